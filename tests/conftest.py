@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny synthetic datasets in temporary folders, the real sample's path."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test session writes caches to a temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cxrlab-cache"))
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def random_gray(seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+def make_kaggle_db(root: Path, per_class: int = 6, size: int = 32) -> Path:
+    """A tiny dataset in the Kaggle layout, with masks, metadata and junk beside the images."""
+    db = root / "COVID-19_Radiography_Dataset"
+    for ci, cls in enumerate(CLASSES):
+        for i in range(per_class):
+            write_png(db / cls / "images" / f"{cls}-{i + 1}.png", random_gray(ci * 1000 + i, size))
+            write_png(db / cls / "masks" / f"{cls}-{i + 1}.png", np.zeros((size, size), np.uint8))
+        (db / f"{cls}.metadata.xlsx").write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    (db / "README.md.txt").write_text("readme")
+    (db / "COVID" / "images" / ".DS_Store").write_bytes(b"\0\1junk")
+    (db / "COVID" / "images" / "Thumbs.db").write_bytes(b"junk")
+    return db
+
+
+@pytest.fixture
+def kaggle_db(tmp_path: Path) -> Path:
+    return make_kaggle_db(tmp_path)
+
+
+def png_with_declared_size(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 16)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    """The real COVID-19 Radiography sample (500 images per class), when available.
+
+    CI passes its path in ``CXRLAB_SAMPLE_DATA`` and sets ``CXRLAB_REQUIRE_SAMPLE=1`` so these
+    tests can never be skipped there. A fresh clone has no sample: the tests are skipped with
+    the reason.
+    """
+    path = os.environ.get("CXRLAB_SAMPLE_DATA")
+    if path and Path(path).is_dir():
+        return Path(path)
+    reason = (
+        "real-data test: set CXRLAB_SAMPLE_DATA to a copy of the COVID-19 Radiography "
+        "Database (e.g. ../shared/cxr-sample/COVID-19_Radiography_Dataset)"
+    )
+    if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
+        pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but the sample is missing ({path!r}); {reason}")
+    pytest.skip(reason)
