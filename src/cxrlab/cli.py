@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import CxrlabError
+from .errors import CxrlabError, TrainingInterrupted
 
 app = typer.Typer(
     name="cxrlab",
@@ -135,6 +135,144 @@ def data_download(
     typer.echo(f"Downloaded to {root}; use --data {root}")
 
 
+# ------------------------------------------------------------------------------ models
+@app.command("models")
+def models_list(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*'.")] = "*",
+) -> None:
+    """List the registered models (any timm model also works as timm:<name>)."""
+    from .models import MODELS, list_models
+
+    for name in list_models(pattern):
+        spec = MODELS[name]
+        typer.echo(f"{name:<20} {spec.source:<12} {spec.description}")
+
+
+# ------------------------------------------------------------------------------- train
+_T = "Training"
+_D = "Data"
+_M = "Model"
+_R = "Runtime"
+
+
+@app.command("train", no_args_is_help=False)
+def train_cmd(
+    out: Annotated[Path, typer.Option(help="Run folder to write.", rich_help_panel=_R)] = Path(
+        "runs/train"
+    ),
+    data: Annotated[
+        str, typer.Option(help="Dataset folder, or 'phantoms' (synthetic).", rich_help_panel=_D)
+    ] = "phantoms",
+    split_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Manifest from 'cxrlab data split' (made if missing).", rich_help_panel=_D
+        ),
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="Seed of a new split.", rich_help_panel=_D)] = 0,
+    ratios: Annotated[str, typer.Option(help="train,val,test.", rich_help_panel=_D)] = (
+        "0.7,0.15,0.15"
+    ),
+    image_size: Annotated[int, typer.Option(help="Input size (px).", rich_help_panel=_D)] = 224,
+    model: Annotated[str, typer.Option(help="See 'cxrlab models'.", rich_help_panel=_M)] = (
+        "resnet18"
+    ),
+    weights: Annotated[
+        str, typer.Option(help="imagenet, none, or a weights file.", rich_help_panel=_M)
+    ] = "imagenet",
+    freeze: Annotated[
+        str, typer.Option(help="none, head, 0.5, 0.75, last:K.", rich_help_panel=_M)
+    ] = "none",
+    freeze_bn: Annotated[
+        str,
+        typer.Option(
+            help="frozen: frozen BatchNorm keeps its statistics; update.", rich_help_panel=_M
+        ),
+    ] = "frozen",
+    epochs: Annotated[int, typer.Option(rich_help_panel=_T)] = 10,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=_T)] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=_T)] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw, sgd.", rich_help_panel=_T)] = "adam",
+    weight_decay: Annotated[float, typer.Option(rich_help_panel=_T)] = 0.0,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=_T)] = 0.9,
+    scheduler: Annotated[
+        str, typer.Option(help="none, cosine, plateau.", rich_help_panel=_T)
+    ] = "none",
+    warmup_epochs: Annotated[int, typer.Option(rich_help_panel=_T)] = 0,
+    grad_clip: Annotated[float, typer.Option(help="Max grad norm, 0=off.", rich_help_panel=_T)] = (
+        0.0
+    ),
+    label_smoothing: Annotated[float, typer.Option(rich_help_panel=_T)] = 0.0,
+    class_balance: Annotated[
+        str, typer.Option(help="none, weighted_loss, sampler.", rich_help_panel=_T)
+    ] = "none",
+    augment: Annotated[
+        str,
+        typer.Option(help="none, light (small affine, brightness/contrast).", rich_help_panel=_T),
+    ] = "none",
+    early_stopping: Annotated[
+        int, typer.Option(help="Patience in epochs, 0=off.", rich_help_panel=_T)
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Training seed.", rich_help_panel=_R)] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.", rich_help_panel=_R)] = (
+        "auto"
+    ),
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16.", rich_help_panel=_R)] = (
+        "auto"
+    ),
+    channels_last: Annotated[str, typer.Option(help="auto, on, off.", rich_help_panel=_R)] = (
+        "auto"
+    ),
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the model.", rich_help_panel=_R)
+    ] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads, 0=default.", rich_help_panel=_R)] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel=_R)
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.", rich_help_panel=_R)] = True,
+) -> None:
+    """Train one classifier; writes metrics, figures, weights and a model card to --out."""
+    options = dict(locals())  # first line: exactly the command's options
+    from .engine import TrainConfig, train
+
+    out_dir, resume_run = options.pop("out"), options.pop("resume")
+    options["ratios"] = _parse_ratios(ratios)
+    options["split_file"] = str(split_file) if split_file else None
+    config = TrainConfig.from_dict(options, section="train ")
+    train(config, out_dir, resume=resume_run)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Dataset folder (default: the run's own)."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
+    ] = "test",
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write the metrics JSON here."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Metrics of a trained model on its test split or on another dataset."""
+    from .engine import evaluate_run
+
+    m = evaluate_run(run_dir, data, split=split, out=out, batch_size=batch_size, device=device)
+    typer.echo(
+        f"{split}: n={m['n']}  accuracy {m['accuracy']:.4f}  balanced "
+        f"{m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  AUROC "
+        f"{m['auroc'] if m['auroc'] is None else round(m['auroc'], 4)}  ECE {m['ece']:.4f}"
+    )
+    if out:
+        typer.echo(f"Wrote {out}")
+
+
 # ------------------------------------------------------------------------------ entry points
 def main(argv: Optional[list[str]] = None) -> int:  # noqa: UP045 - typer needs Optional
     """Run the CLI and return its exit status (for tests: ``main(["data", "scan", ...])``)."""
@@ -142,6 +280,9 @@ def main(argv: Optional[list[str]] = None) -> int:  # noqa: UP045 - typer needs 
         app(args=argv, prog_name="cxrlab")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except TrainingInterrupted as e:
+        typer.echo(f"cxrlab: {e}", err=True)
+        return 130
     except CxrlabError as e:
         typer.echo(f"cxrlab: error: {e}", err=True)
         return 2

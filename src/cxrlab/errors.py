@@ -14,6 +14,7 @@ __all__ = [
     "CxrlabError",
     "DataError",
     "TrainingError",
+    "TrainingInterrupted",
     "WeightsError",
 ]
 
@@ -40,3 +41,7 @@ class CheckpointError(CxrlabError):
 
 class TrainingError(CxrlabError):
     """Training stopped because it cannot go on (for example a non-finite loss)."""
+
+
+class TrainingInterrupted(CxrlabError):
+    """Training was stopped by Ctrl-C or SIGTERM after saving a resumable checkpoint."""

@@ -1,0 +1,97 @@
+"""Typed configuration objects: dataclasses checked on the way in.
+
+``from_dict`` rejects unknown keys (with a did-you-mean) and values of the wrong type, naming
+the key, so a typo in a config file or a call never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+__all__ = ["from_dict"]
+
+T = TypeVar("T")
+
+
+def _check(value: Any, hint: Any, key: str, section: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key, section)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{section}{key} = {value!r} has the wrong type (expected {hint})")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{section}{key} must be one of {', '.join(map(repr, args))}; got {value!r}"
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{section}{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(v, args[0], key, section) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{section}{key} needs {len(args)} values, got {len(value)}")
+        return tuple(_check(v, a, key, section) for v, a in zip(value, args))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{section}{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{section}{key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{section}{key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{section}{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and value types.
+
+    Args:
+        cls: a dataclass type.
+        data: key/value pairs (e.g. one TOML table).
+        section: a prefix for error messages, like ``"[train] "``.
+
+    Raises:
+        ConfigError: an unknown key (with a suggestion) or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown key {key!r} in {section or cls.__name__}{hint}")
+        out[key] = _check(value, hints[key], key, section)
+    try:
+        return cls(**out)
+    except ConfigError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"{section or cls.__name__}: {e}") from e

@@ -1,0 +1,110 @@
+"""The training configuration: every knob of ``cxrlab train`` in one typed object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..config import from_dict
+from ..errors import ConfigError
+from ..freeze import BN_MODES, parse_freeze
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults follow the original experiment: Adam, lr 1e-3,
+    cross-entropy, 10 epochs, 224 px.
+
+    Data:
+        data: dataset folder, or ``"phantoms"`` for the embedded synthetic phantoms.
+        split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
+        split_seed: seed of a newly made split (independent of ``seed``).
+        ratios: train/val/test fractions of a newly made split.
+        image_size: square input size in pixels.
+    Model:
+        model: a registry name (``cxrlab models``) or ``timm:<arch>``.
+        weights: ``imagenet``, ``none`` or a weights file.
+        freeze: ``none``, ``head``, a fraction such as ``0.5``, or ``last:K``.
+        freeze_bn: ``frozen`` (frozen BatchNorm keeps its statistics) or ``update``.
+    Optimisation:
+        epochs, batch_size, lr, optimizer, weight_decay, momentum (SGD only),
+        scheduler (``none``/``cosine``/``plateau``), warmup_epochs, grad_clip (0 = off),
+        label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
+        augment (``none``/``light``: small affine, brightness/contrast; no flips),
+        early_stopping (patience in epochs on validation loss, 0 = off).
+    Runtime:
+        seed: training seed (initialisation, order, augmentation).
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with bf16 support), ``fp32``,
+            ``bf16``.
+        channels_last: ``auto`` (on CUDA for CNNs), ``on``, ``off``.
+        compile: wrap the model in ``torch.compile``.
+        threads: CPU threads for torch (0 = torch's default).
+        progress: show progress bars.
+    """
+
+    data: str = "phantoms"
+    split_file: str | None = None
+    split_seed: int = 0
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    image_size: int = 224
+
+    model: str = "resnet18"
+    weights: str = "imagenet"
+    freeze: str = "none"
+    freeze_bn: Literal["frozen", "update"] = "frozen"
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine", "plateau"] = "none"
+    warmup_epochs: int = 0
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
+    augment: Literal["none", "light"] = "none"
+    early_stopping: int = 0
+
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_freeze(self.freeze)
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.early_stopping >= 0, "early_stopping must be >= 0 (0 = off)"),
+            (self.image_size >= 32, "image_size must be at least 32"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (self.freeze_bn in BN_MODES, f"freeze_bn must be one of {BN_MODES}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], section: str = "") -> TrainConfig:
+        """Build from a plain dict (a TOML table), rejecting unknown keys."""
+        return from_dict(cls, data, section)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,105 @@
+"""A run folder on disk: the model weights, its card, and loading both back safely.
+
+``model.safetensors`` holds the weights with a small header (model name, classes);
+``model_card.json`` holds everything needed to use and to trust the model: architecture,
+classes, preprocessing, weights source, freezing, data and split hashes, seed, versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from ..models import CxrClassifier, create_model
+from ..utils import write_json
+
+__all__ = ["CARD_FORMAT", "load_card", "load_run_model", "save_model"]
+
+CARD_FORMAT = "cxrlab-model-card/1"
+MODEL_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+
+
+def save_model(run_dir: str | os.PathLike[str], model: CxrClassifier, card: dict) -> Path:
+    """Write ``model.safetensors`` (atomically) and ``model_card.json``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": CARD_FORMAT, "model": card["model"], "classes": json.dumps(card["classes"])}
+    tmp = run_dir / f".{MODEL_FILE}.tmp"
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, run_dir / MODEL_FILE)
+    write_json(run_dir / CARD_FILE, card)
+    return run_dir / MODEL_FILE
+
+
+def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a run's model card."""
+    run_dir = Path(run_dir)
+    path = run_dir / CARD_FILE
+    if not run_dir.is_dir():
+        raise CheckpointError(f"Run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no {CARD_FILE}: not a finished cxrlab run "
+            "(train one with 'cxrlab train --out DIR')"
+        )
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    if card.get("format") != CARD_FORMAT:
+        raise CheckpointError(f"{path} is not a cxrlab model card (format {card.get('format')!r})")
+    return card
+
+
+def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[CxrClassifier, dict[str, Any]]:
+    """Rebuild a run's model from its card and load its weights (no unpickling).
+
+    Raises:
+        CheckpointError: the card or weights are missing, or the weights belong to another
+            model or class list than the card describes.
+    """
+    run_dir = Path(run_dir)
+    card = load_card(run_dir)
+    weights = run_dir / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{run_dir} has a model card but no {MODEL_FILE}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types per version
+        raise CheckpointError(f"Cannot read {weights}: {e}") from e
+    file_classes = json.loads(meta.get("classes", "null"))
+    if meta.get("model") != card["model"] or file_classes != card["classes"]:
+        raise CheckpointError(
+            f"{weights} is for model {meta.get('model')!r} with classes {file_classes}, but the "
+            f"card describes {card['model']!r} with classes {card['classes']}; the files come "
+            "from different runs"
+        )
+    pre = card["preprocessing"]
+    model = create_model(
+        card["model"], len(card["classes"]), "none", image_size=int(pre["image_size"])
+    )
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ
+        raise CheckpointError(
+            f"{weights} does not fit {card['model']} with "
+            f"{len(card['classes'])} classes: {str(e).splitlines()[1:2]}"
+        ) from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit {card['model']}: missing {missing[:2]}, "
+            f"unexpected {unexpected[:2]}"
+        )
+    model.eval()
+    return model, card

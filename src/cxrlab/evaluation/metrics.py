@@ -1,0 +1,100 @@
+"""Classification metrics for a test set, computed with scikit-learn."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+__all__ = ["classification_metrics", "expected_calibration_error"]
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error (Guo et al., 2017) with equal-width bins.
+
+    The weighted mean over bins of ``|accuracy - mean confidence|``.
+    """
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1, per-class scores, AUROC, ECE, confusion matrix.
+
+    Args:
+        y_true: true class indices, shape ``(N,)``.
+        probs: predicted class probabilities, shape ``(N, K)``.
+        classes: the K class names, in index order.
+
+    Returns:
+        A JSON-ready dict. ``confusion_matrix`` has true classes as rows and predicted
+        classes as columns, both in ``classes`` order. ``auroc`` is the macro mean of the
+        one-vs-rest AUROCs of the classes present in ``y_true`` (``None`` if fewer than two
+        are present); ``per_class[c]["auroc"]`` is ``None`` for an absent class.
+    """
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    if probs.ndim != 2 or probs.shape != (len(y), k):
+        raise ValueError(f"probs must have shape ({len(y)}, {k}), got {probs.shape}")
+    labels = list(range(k))
+    pred = probs.argmax(axis=1)
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    present = [c for c in labels if (y == c).any()]
+    aurocs: dict[int, float | None] = dict.fromkeys(labels)
+    if len(present) >= 2:
+        for c in present:
+            aurocs[c] = float(roc_auc_score(y == c, probs[:, c]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about classes absent from y_true
+        balanced = float(balanced_accuracy_score(y, pred))
+    per_class = {
+        name: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "auroc": aurocs[i],
+        }
+        for i, name in enumerate(classes)
+    }
+    valid_auroc = [a for a in aurocs.values() if a is not None]
+    eps = 1e-7
+    clipped = np.clip(probs, eps, 1.0)
+    return {
+        "n": len(y),
+        "classes": list(classes),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": balanced,
+        "macro_f1": float(
+            f1_score(y, pred, labels=present or labels, average="macro", zero_division=0)
+        ),
+        "auroc": float(np.mean(valid_auroc)) if valid_auroc else None,
+        "ece": expected_calibration_error(probs, y),
+        "nll": float(log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }

@@ -1,0 +1,204 @@
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrlab.cli import main
+from cxrlab.data import write_synthetic_dataset
+from cxrlab.engine import TrainConfig, evaluate_run, load_run_model, train
+from cxrlab.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+
+from conftest import random_gray, write_png
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    return write_synthetic_dataset(out, per_class=10, seed=1, size=48, progress=False)
+
+
+def tiny(data: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        model="resnet18",
+        weights="none",
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        progress=False,
+        precision="fp32",
+        threads=2,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def test_run_folder_contents(phantoms: Path, tmp_path: Path) -> None:
+    result = train(tiny(phantoms, freeze="0.5"), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "split.csv",
+        "history.csv",
+        "metrics.json",
+        "model.safetensors",
+        "model_card.json",
+        "loss.png",
+        "confusion_matrix.png",
+    ):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoint.pt").exists()
+    m = json.loads((run / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "per_class",
+        "auroc",
+        "ece",
+        "confusion_matrix",
+    ):
+        assert key in m
+    assert np.sum(m["confusion_matrix"]) == m["n"] == 4  # 1 test image per class (10 x 0.15)
+    assert set(m["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
+    lines = (run / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s"
+    assert len(lines) == 3 and len(result.history) == 2
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    assert card["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert card["preprocessing"]["channel_mode"] == "repeat"
+    assert card["freeze"]["policy"] == "0.5" and card["freeze"]["bn"] == "frozen"
+    assert card["freeze"]["frozen_units"] == ["stem", "layer1.0", "layer1.1", "layer2.0"]
+    assert card["data"]["split_hash"] and card["data"]["data_hash"]
+    assert card["versions"]["torch"] == torch.__version__
+    assert card["training"]["seed"] == 0
+    # the saved model reproduces the reported test accuracy
+    again = evaluate_run(run, progress=False)
+    assert again["accuracy"] == m["accuracy"] and again["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_resume_after_sigterm_matches_uninterrupted(phantoms: Path, tmp_path: Path) -> None:
+    cfg = tiny(phantoms, augment="light", scheduler="cosine", warmup_epochs=1, epochs=3)
+    full = train(cfg, tmp_path / "full")
+
+    def kill_mid_epoch(epoch: int, step: int, model) -> None:
+        if (epoch, step) == (1, 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(cfg, tmp_path / "cut", on_step=kill_mid_epoch)
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    with pytest.raises(ConfigError, match="interrupted run"):
+        train(cfg, tmp_path / "cut")  # must say --resume
+    with pytest.raises(CheckpointError, match="lr="):
+        train(cfg.replace(lr=0.1), tmp_path / "cut", resume=True)
+    resumed = train(cfg, tmp_path / "cut", resume=True)
+    assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
+    assert resumed.metrics["confusion_matrix"] == full.metrics["confusion_matrix"]
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    m1, _ = load_run_model(tmp_path / "full")
+    m2, _ = load_run_model(tmp_path / "cut")
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    # a finished run resumed is returned as it is
+    assert train(cfg, tmp_path / "cut", resume=True).metrics == resumed.metrics
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantoms: Path, tmp_path: Path) -> None:
+    def poison(epoch: int, step: int, model) -> None:
+        if (epoch, step) == (1, 1):
+            with torch.no_grad():
+                model.net.fc.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2"):
+        train(tiny(phantoms), tmp_path / "run", on_step=poison)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    model, _ = load_run_model(tmp_path / "run")  # the best model of epoch 1 is intact
+    assert torch.isfinite(model.net.fc.weight).all()
+
+
+def test_evaluate_external_sets_and_class_mismatch(phantoms: Path, tmp_path: Path) -> None:
+    train(tiny(phantoms, epochs=1), tmp_path / "run")
+    # an external folder with two of the four classes: every image is test
+    ext = tmp_path / "ext"
+    for cls in ("Normal", "COVID"):
+        shutil.copytree(phantoms / cls, ext / cls)
+    m = evaluate_run(tmp_path / "run", ext, split="all", out=tmp_path / "ext.json", progress=False)
+    assert m["n"] == 20 and json.loads((tmp_path / "ext.json").read_text())["n"] == 20
+    assert m["per_class"]["Lung_Opacity"]["support"] == 0
+    # a dataset with a class the model never saw
+    other = tmp_path / "other"
+    for i, cls in enumerate(("Normal", "Tuberculosis")):
+        for j in range(3):
+            write_png(other / cls / f"{j}.png", random_gray(100 * i + j, 40))
+    with pytest.raises(CheckpointError, match="Tuberculosis"):
+        evaluate_run(tmp_path / "run", other, split="all", progress=False)
+
+
+def test_checkpoint_from_another_model_or_class_list(phantoms: Path, tmp_path: Path) -> None:
+    train(tiny(phantoms, epochs=1), tmp_path / "four")
+    three = tmp_path / "three-classes"
+    for i, cls in enumerate(("a", "b", "c")):
+        for j in range(6):
+            write_png(three / cls / f"{j}.png", random_gray(10 * i + j, 40))
+    train(tiny(three, epochs=1), tmp_path / "three")
+    shutil.copy(tmp_path / "three" / "model.safetensors", tmp_path / "four" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"classes \['a', 'b', 'c'\]"):
+        load_run_model(tmp_path / "four")
+    (tmp_path / "three" / "model_card.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no model_card\.json"):
+        load_run_model(tmp_path / "three")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_run_model(tmp_path / "nowhere")
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'scheduler'"):
+        TrainConfig.from_dict({"sheduler": "cosine"})
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        TrainConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        TrainConfig.from_dict({"optimizer": "lion"})
+    with pytest.raises(ConfigError, match="freeze"):
+        TrainConfig(freeze="most")
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        TrainConfig(lr=0)
+
+
+def test_cli_train_and_evaluate(phantoms: Path, tmp_path: Path, capsys) -> None:
+    args = [
+        "train",
+        "--data",
+        str(phantoms),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--freeze",
+        "head",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "freeze=head" in out and "trainable 2,052 of" in out and "test: accuracy" in out
+    assert main(args) == 2  # the folder already holds a finished run
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "all"]) == 0
+    assert "all: n=40" in capsys.readouterr().out
+    assert main(["train", "--model", "resnet19", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'resnet18'" in capsys.readouterr().err.lower()

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from cxrlab.evaluation import classification_metrics, expected_calibration_error
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_perfect_and_known_confusion() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    perfect = np.eye(3)[y] * 0.98 + 0.01
+    m = classification_metrics(y, perfect, CLASSES)
+    assert m["accuracy"] == 1.0 and m["auroc"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
+
+    pred = np.array([0, 1, 1, 1, 2, 0])  # one a->b, one c->a
+    m = classification_metrics(y, np.eye(3)[pred] * 0.7 + 0.1, CLASSES)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # rows true, cols pred
+    assert m["per_class"]["b"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2, "auroc": 0.875}
+    )
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_ece_on_a_constructed_case() -> None:
+    # 10 predictions at confidence 0.9, 6 of them right: ECE = |0.6 - 0.9| = 0.3
+    probs = np.tile([0.9, 0.1], (10, 1))
+    y = np.array([0] * 6 + [1] * 4)
+    assert expected_calibration_error(probs, y) == pytest.approx(0.3)
+    # perfectly calibrated halves
+    probs = np.array([[1.0, 0.0]] * 5 + [[0.5, 0.5]] * 4)
+    y = np.array([0] * 5 + [0, 0, 1, 1])
+    assert expected_calibration_error(probs, y) == pytest.approx(0.0)
+
+
+def test_absent_class_gives_none_auroc_not_a_crash() -> None:
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
+    m = classification_metrics(y, probs, CLASSES)
+    assert m["per_class"]["c"]["auroc"] is None and m["per_class"]["c"]["support"] == 0
+    assert m["auroc"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        classification_metrics(y, probs[:, :2], CLASSES)
