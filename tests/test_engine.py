@@ -65,6 +65,9 @@ def test_run_folder_contents(phantoms: Path, tmp_path: Path) -> None:
         assert key in m
     assert np.sum(m["confusion_matrix"]) == m["n"] == 4  # 1 test image per class (10 x 0.15)
     assert set(m["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
+    preds = (run / "predictions.csv").read_text().splitlines()
+    assert preds[0] == "path,label,pred,p_COVID,p_Lung_Opacity,p_Normal,p_Viral Pneumonia"
+    assert len(preds) == 1 + 4
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s"
     assert len(lines) == 3 and len(result.history) == 2
@@ -202,3 +205,23 @@ def test_cli_train_and_evaluate(phantoms: Path, tmp_path: Path, capsys) -> None:
     assert "all: n=40" in capsys.readouterr().out
     assert main(["train", "--model", "resnet19", "--out", str(tmp_path / "x")]) == 2
     assert "did you mean 'resnet18'" in capsys.readouterr().err.lower()
+
+
+def test_batches_order_and_lone_last_batch() -> None:
+    from cxrlab.engine.batches import ImageBatches
+
+    array = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    labels = np.array([0, 1] * 5)
+    b = ImageBatches(array, list(range(9)), labels, batch_size=4, drop_single=True)
+    assert len(b) == 2  # 9 = 4 + 4 + 1: the lone image would break BatchNorm
+    order = b.order(seed=0, epoch=0)
+    assert sorted(order.tolist()) == list(range(9))
+    assert np.array_equal(order, b.order(seed=0, epoch=0))
+    assert not np.array_equal(order, b.order(seed=0, epoch=1))
+    xs = list(b.batches(order))
+    assert [x.shape for x, _ in xs] == [(4, 1, 4, 4)] * 2
+    x, y = xs[0]
+    assert x.dtype == torch.uint8 and torch.equal(y, torch.from_numpy(labels[np.sort(order[:4])]))
+    assert len(ImageBatches(array, list(range(9)), labels, 4)) == 3
+    balanced = ImageBatches(array, [0, 2, 4, 6, 1], labels, 5).order(0, 0, balanced=True)
+    assert len(balanced) == 5 and set(balanced) <= {0, 1, 2, 4, 6}

@@ -28,6 +28,10 @@ data_app = typer.Typer(
     help="Scan, split, cache, synthesise and download datasets.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(
+    help="Run a grid of trainings from a TOML file and report on it.", no_args_is_help=True
+)
+app.add_typer(study_app, name="study")
 
 
 def _version(value: bool) -> None:
@@ -271,6 +275,82 @@ def evaluate_cmd(
     )
     if out:
         typer.echo(f"Wrote {out}")
+
+
+# ------------------------------------------------------------------------------- study
+@study_app.command("run")
+def study_run(
+    config: Annotated[Path, typer.Argument(help="Study TOML file (see configs/).")],
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Dataset folder (overrides [study] data)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Study folder (default: runs/<study name>)."),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Override [train] epochs."),
+    ] = None,
+    seeds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Override [study] seeds (0..N-1)."),
+    ] = None,
+    cell: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Run only this cell id (or id prefix); repeatable."),
+    ] = None,
+    shard: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Run only shard i/n of the cells (1-based), e.g. 2/4."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Run every cell of a study (skipping finished ones), then write the report."""
+    from .study import build_report, load_study_config, run_study
+
+    study = load_study_config(config, data=data, epochs=epochs, seeds=seeds)
+    out = out or Path("runs") / study.settings.name
+    done = run_study(study, out, cells=cell or (), shard=shard, progress=progress)
+    typer.echo(
+        f"{done.finished}/{done.total} cells finished in {out} (ran {len(done.ran)}, "
+        f"already done {len(done.skipped)}, busy elsewhere {len(done.busy)})"
+    )
+    if done.complete:
+        report = build_report(out, study)
+        typer.echo(f"Report: {report.files['report']}  summary: {report.files['summary']}")
+    else:
+        typer.echo(f"When every shard has finished: cxrlab study report {out}")
+
+
+@study_app.command("report")
+def study_report(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab study run'.")],
+) -> None:
+    """Rebuild results.csv, summary.md, comparisons.csv, figures and report.html."""
+    from .study import build_report
+
+    if not (study_dir / "study.toml").is_file():
+        raise CxrlabError(f"{study_dir} has no study.toml: not a folder of 'cxrlab study run'")
+    report = build_report(study_dir)
+    n = len(report.results.rows)
+    typer.echo(
+        f"{n} runs ({len(report.results.missing)} cells missing); report: {report.files['report']}"
+    )
+
+
+@study_app.command("cells")
+def study_cells(
+    config: Annotated[Path, typer.Argument(help="Study TOML file.")],
+    seeds: Annotated[Optional[int], typer.Option(help="Override seeds.")] = None,  # noqa: UP045
+) -> None:
+    """List the cell ids a study file expands to (for --cell and job arrays)."""
+    from .study import load_study_config
+
+    study = load_study_config(config, seeds=seeds)
+    for c in study.cells:
+        typer.echo(f"{c.id:<40} {c.label}")
 
 
 # ------------------------------------------------------------------------------ entry points

@@ -19,7 +19,7 @@ from .batches import ImageBatches
 from .rundir import load_run_model
 from .runtime import autocast, resolve_device, resolve_precision
 
-__all__ = ["evaluate_run", "predict_batches"]
+__all__ = ["evaluate_run", "predict_batches", "write_predictions"]
 
 
 @torch.no_grad()
@@ -59,6 +59,30 @@ def predict_batches(
     model.train(was_training)
     n = max(1, len(batches.indices))
     return torch.cat(probs).numpy(), torch.cat(ys).numpy(), loss_sum / n
+
+
+def write_predictions(
+    path: str | os.PathLike[str],
+    paths: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+) -> None:
+    """Per-image predictions as CSV: path, true and predicted class, every probability.
+
+    Studies pair runs image by image on the shared test set from these files.
+    """
+    import csv
+    import io
+
+    from ..utils import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "pred", *(f"p_{c}" for c in classes)])
+    for p, t, pr in zip(paths, y_true, probs):
+        w.writerow([p, classes[int(t)], classes[int(pr.argmax())], *(f"{v:.6f}" for v in pr)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def evaluate_run(

@@ -36,7 +36,7 @@ from ..models import CxrClassifier, create_model
 from ..utils import atomic_write_bytes, atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
 from .config import TrainConfig
-from .evaluate import predict_batches
+from .evaluate import predict_batches, write_predictions
 from .rundir import MODEL_FILE, load_run_model, save_model
 from .runtime import autocast, resolve_device, resolve_precision, versions
 
@@ -175,7 +175,9 @@ def _load_checkpoint(
         ) from e
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
     ours = {k: v for k, v in cfg.to_dict().items()}
-    ignore = {"progress", "threads", "device"}
+    # where the data and split live may differ between machines; split.csv in the run
+    # folder pins the images themselves
+    ignore = {"progress", "threads", "device", "data", "split_file"}
     diff = sorted(k for k in ours if k not in ignore and saved.get(k) != ours[k])
     if diff:
         k = diff[0]
@@ -218,7 +220,8 @@ def train(
         config: every setting of the run.
         out: the run folder. It receives ``config.json``, ``split.csv``, ``history.csv``,
             ``model.safetensors`` + ``model_card.json`` (best by validation loss),
-            ``metrics.json`` (test split), ``loss.png`` and ``confusion_matrix.png``.
+            ``metrics.json`` and ``predictions.csv`` (test split), ``loss.png`` and
+            ``confusion_matrix.png``.
         resume: continue the interrupted run in ``out`` (a finished run is returned as is).
         on_step: called as ``on_step(epoch, step, model)`` after every optimisation step.
 
@@ -428,6 +431,8 @@ def train(
         best, test_b, device, amp, desc="Testing", progress=config.progress
     )
     metrics = classification_metrics(yt, probs, data.classes)
+    test_paths = [data.split.records[i].path for i in test_b.indices]
+    write_predictions(out / "predictions.csv", test_paths, yt, probs, data.classes)
     metrics.update(
         {
             "split": "test",

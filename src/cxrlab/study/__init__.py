@@ -1,0 +1,17 @@
+"""Studies: a grid of training runs from a TOML file, run resumably, with a report."""
+
+from .config import Cell, StudyConfig, arm_label, load_study_config, parse_study_config
+from .report import build_report
+from .runner import StudyProgress, run_study, select_cells
+
+__all__ = [
+    "Cell",
+    "StudyConfig",
+    "StudyProgress",
+    "arm_label",
+    "build_report",
+    "load_study_config",
+    "parse_study_config",
+    "run_study",
+    "select_cells",
+]

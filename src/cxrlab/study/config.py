@@ -1,0 +1,242 @@
+"""Study configuration: a TOML file naming the data, shared settings and a grid of cells.
+
+Example (``configs/original.toml``)::
+
+    [study]
+    name = "original"
+    seeds = 1                 # or an explicit list: [0, 1, 2]
+    split_seed = 0
+
+    [train]                   # any TrainConfig key, shared by every cell
+    epochs = 10
+    lr = 1e-3
+
+    [[cells]]                 # a mini-grid: list values are crossed
+    model = ["resnet18", "resnet34"]
+    weights = "imagenet"
+    freeze = ["head", "0.5", "0.75"]
+
+    [[cells]]
+    model = "vit_b_16"
+    weights = "imagenet"
+    freeze = "last:4"
+    label = "Pretrained, last 4 blocks trained"   # optional row label
+
+Every ``[[cells]]`` entry may override any ``[train]`` key. Each expanded cell is one
+(model, weights, freeze, overrides) combination run once per seed, with a stable id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict
+from ..engine import TrainConfig
+from ..errors import ConfigError
+from ..freeze import parse_freeze
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Cell", "StudyConfig", "StudySettings", "arm_label", "load_study_config"]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The ``[study]`` table."""
+
+    name: str = "study"
+    description: str = ""
+    data: str = "phantoms"
+    seeds: int | tuple[int, ...] = 1
+    split_seed: int = 0
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    alpha: float = 0.05  # significance level of the paired comparisons
+    bootstrap: int = 2000  # paired-bootstrap resamples
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the study."""
+
+    id: str
+    label: str  # the training type: a row of the summary tables
+    model: str
+    seed: int
+    config: TrainConfig
+
+    @property
+    def group(self) -> str:
+        """The cell without its seed: runs that differ only by seed share a group."""
+        return self.id.rsplit("-s", 1)[0]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A parsed study file: settings, shared training options, and the expanded cells."""
+
+    settings: StudySettings
+    train: dict[str, Any]
+    cells: tuple[Cell, ...]
+    source: str  # the TOML text, kept for the report
+    path: Path | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # from the command line
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        s = self.settings.seeds
+        return tuple(range(s)) if isinstance(s, int) else tuple(s)
+
+
+def arm_label(weights: str, freeze: str) -> str:
+    """A readable training type, in the original study's terms."""
+    policy = parse_freeze(freeze)
+    if weights == "imagenet":
+        prefix = "Pretrained"
+    elif weights == "none":
+        prefix = "From scratch"
+    else:
+        prefix = f"Weights {Path(weights).name}"
+    if policy.kind == "none":
+        return "From scratch" if weights == "none" else f"{prefix}, fully fine-tuned"
+    if policy.kind == "head":
+        return f"{prefix}, head only"
+    if policy.kind == "fraction":
+        return f"{prefix}, {policy.value:.0%} frozen"
+    return f"{prefix}, last {int(policy.value)} blocks trained"
+
+
+def _tag(weights: str, freeze: str) -> str:
+    policy = parse_freeze(freeze)
+    w = {"imagenet": "in1k", "none": "scratch"}.get(weights, f"file-{Path(weights).stem}")
+    f = {"none": "full", "head": "head"}.get(policy.kind)
+    if f is None:
+        f = f"f{round(policy.value * 100):03d}" if policy.kind == "fraction" else str(policy)
+        f = f.replace(":", "")
+    return f"{w}-{f}"
+
+
+def _expand(entry: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """Cross the list-valued keys of one ``[[cells]]`` entry."""
+    axes = {}
+    for key, value in entry.items():
+        # ratios is a list by nature; a list of lists is an axis
+        is_axis = isinstance(value, list) and not (
+            key == "ratios" and value and not isinstance(value[0], list)
+        )
+        axes[key] = value if is_axis else [value]
+        if is_axis and not value:
+            raise ConfigError(f"[[cells]] #{index + 1}: {key} is an empty list")
+    keys = list(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
+
+
+def _parse(data: dict[str, Any], source: str, path: Path | None,
+           overrides: dict[str, Any]) -> StudyConfig:  # fmt: skip
+    unknown = set(data) - {"study", "train", "cells"}
+    if unknown:
+        raise ConfigError(
+            f"Unknown table(s) {sorted(unknown)} in the study file; expected "
+            "[study], [train] and [[cells]]"
+        )
+    settings = from_dict(StudySettings, dict(data.get("study", {})), "[study] ")
+    if isinstance(settings.seeds, int) and settings.seeds < 1:
+        raise ConfigError("[study] seeds must be at least 1")
+    if overrides.get("seeds") is not None:
+        settings = dataclasses.replace(settings, seeds=int(overrides["seeds"]))
+    if overrides.get("data") is not None:
+        settings = dataclasses.replace(settings, data=str(overrides["data"]))
+    train = dict(data.get("train", {}))
+    for forbidden in ("data", "split_file", "split_seed", "ratios", "seed"):
+        if forbidden in train:
+            raise ConfigError(
+                f"[train] {forbidden} is set by the study; move it to [study]"
+                if forbidden != "seed"
+                else "[train] seed: use [study] seeds"
+            )
+    if overrides.get("epochs") is not None:
+        train["epochs"] = int(overrides["epochs"])
+    TrainConfig.from_dict(train, "[train] ")  # reject unknown keys and bad values early
+    entries = data.get("cells")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("The study file needs at least one [[cells]] entry")
+    seeds = tuple(range(settings.seeds)) if isinstance(settings.seeds, int) else settings.seeds
+    bases: list[tuple[str, str | None, dict[str, Any], int]] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if "model" not in entry:
+            raise ConfigError(f"[[cells]] #{index + 1} has no model")
+        for combo in _expand(dict(entry), index):
+            label = combo.pop("label", None)
+            extra = {k: v for k, v in combo.items() if k not in ("model", "weights", "freeze")}
+            options = train | combo
+            options.setdefault("weights", "imagenet")
+            options.setdefault("freeze", "none")
+            digest = ""
+            if extra:
+                blob = json.dumps(extra, sort_keys=True, default=str).encode()
+                digest = "-" + hashlib.blake2b(blob, digest_size=3).hexdigest()
+            base_id = f"{options['model']}-{_tag(options['weights'], options['freeze'])}{digest}"
+            if base_id in seen:
+                raise ConfigError(f"Cell {base_id} appears twice in the study file")
+            seen.add(base_id)
+            bases.append((base_id, label, options, index))
+    # seed-major order: every cell's first seed finishes before any second seed starts
+    cells: list[Cell] = []
+    for seed in seeds:
+        for base_id, label, options, index in bases:
+            cfg = TrainConfig.from_dict(
+                options | {"data": settings.data, "split_seed": settings.split_seed,
+                           "ratios": settings.ratios, "seed": seed},
+                f"[[cells]] #{index + 1} ",
+            )  # fmt: skip
+            cells.append(Cell(
+                id=f"{base_id}-s{seed}",
+                label=label or arm_label(options["weights"], options["freeze"]),
+                model=options["model"], seed=seed, config=cfg,
+            ))  # fmt: skip
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return StudyConfig(settings, train, tuple(cells), source, path, given)
+
+
+def load_study_config(
+    path: str | os.PathLike[str],
+    *,
+    data: str | None = None,
+    epochs: int | None = None,
+    seeds: int | None = None,
+) -> StudyConfig:
+    """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it.
+
+    Raises:
+        ConfigError: an unknown key or table (named, with a suggestion) or a bad value.
+    """
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"Cannot read the study file {path}: {e.strerror or e}") from e
+    try:
+        data_ = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    return _parse(data_, source, path, {"data": data, "epochs": epochs, "seeds": seeds})
+
+
+def parse_study_config(text: str, **overrides: Any) -> StudyConfig:
+    """Like :func:`load_study_config` for TOML text (tests, notebooks)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"Invalid TOML: {e}") from e
+    return _parse(data, text, None, overrides)

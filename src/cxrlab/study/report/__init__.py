@@ -1,0 +1,69 @@
+"""The study report: tables, statistics, figures and an HTML page, rebuilt from disk."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...utils import atomic_write_text
+from ..config import StudyConfig, load_study_config
+from .figures import plot_accuracy_intervals, plot_feature_maps
+from .html import render_html
+from .results import (
+    Comparison,
+    StudyResults,
+    collect_results,
+    compare,
+    comparisons_csv,
+    results_csv,
+    summary_markdown,
+)
+
+__all__ = ["Report", "build_report"]
+
+
+@dataclass(frozen=True)
+class Report:
+    results: StudyResults
+    comparisons: list[Comparison]
+    files: dict[str, Path]
+
+
+def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = None) -> Report:
+    """(Re)build ``results.csv``, ``summary.md``, ``comparisons.csv``, figures and
+    ``report.html`` from the finished runs in ``study_dir``.
+
+    Works at any time: cells without results are listed as missing.
+    """
+    study_dir = Path(study_dir)
+    if study is None:
+        study = load_study_config(study_dir / "study.toml", **_overrides(study_dir))
+    results = collect_results(study, study_dir)
+    comparisons = compare(results, study.settings.alpha, study.settings.bootstrap)
+    fig_dir = study_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figures: dict[str, Path] = {}
+    if (p := plot_accuracy_intervals(results, fig_dir / "accuracy.png")) is not None:
+        figures["accuracy"] = p
+    for p in plot_feature_maps(study, results, fig_dir, study_dir):
+        figures[p.stem] = p
+    files = {
+        "results": study_dir / "results.csv",
+        "summary": study_dir / "summary.md",
+        "comparisons": study_dir / "comparisons.csv",
+        "report": study_dir / "report.html",
+    }
+    atomic_write_text(files["results"], results_csv(results))
+    atomic_write_text(files["summary"], summary_markdown(study, results, comparisons))
+    atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
+    atomic_write_text(files["report"], render_html(study, results, comparisons, study_dir, figures))
+    return Report(results, comparisons, files | figures)
+
+
+def _overrides(study_dir: Path) -> dict:
+    """The command-line overrides the study was run with (kept in study.json)."""
+    import json
+
+    path = study_dir / "study.json"
+    return json.loads(path.read_text()).get("overrides", {}) if path.exists() else {}

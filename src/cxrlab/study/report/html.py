@@ -1,0 +1,142 @@
+"""``report.html``: one self-contained page (figures embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import StudyConfig
+from .results import Comparison, StudyResults, summary_tables
+
+__all__ = ["render_html"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;color:#1b1f23;line-height:1.45;padding:0 1rem}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.sig{color:#116329;font-weight:600}.ns{color:#57606a}
+figure{display:inline-block;margin:.4rem;vertical-align:top;text-align:center}
+figure img{max-width:480px;border:1px solid #d0d7de}figcaption{font-size:.8rem;color:#57606a}
+pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.8rem}
+.muted{color:#57606a;font-size:.85rem}
+"""
+
+
+def _img(path: Path, caption: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+
+    def cell(i: int, c: Any) -> str:
+        return (
+            f'<td class="num">{html.escape(str(c))}</td>'
+            if i
+            else f"<td>{html.escape(str(c))}</td>"
+        )
+
+    body = "".join(
+        "<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(
+    study: StudyConfig,
+    results: StudyResults,
+    comparisons: list[Comparison],
+    study_dir: Path,
+    figures: dict[str, Path],
+) -> str:
+    """The report page: tables, verdicts, figures, configuration, hashes and versions."""
+    s = study.settings
+    parts = [f"<h1>cxrlab study: {html.escape(s.name)}</h1>"]
+    if s.description:
+        parts.append(f"<p>{html.escape(s.description)}</p>")
+    seeds = sorted({r["seed"] for r in results.rows})
+    parts.append(
+        f'<p class="muted">{len(results.rows)} runs of {len(study.cells)} cells; '
+        f"{len(seeds)} seed(s); {len(results.paths)} shared test images.</p>"
+    )
+    if results.missing:
+        parts.append(
+            f"<p><strong>Incomplete:</strong> no results yet for "
+            f"{html.escape(', '.join(results.missing))}.</p>"
+        )
+    parts.append(
+        "<h2>Summary tables</h2><p class='muted'>mean ± std over seeds [95 % "
+        "interval: Student t over seeds, or Wilson over test images for one seed]</p>"
+    )
+    for t in summary_tables(results):
+        parts.append(f"<h3>{html.escape(t['title'])}</h3>")
+        parts.append(_table(["Training type", *t["models"]], t["rows"]))
+    parts.append("<h2>Which differences are real?</h2><ul>")
+    for c in comparisons:
+        cls, word = ("sig", "significant") if c.significant else ("ns", "not significant")
+        parts.append(f'<li><span class="{cls}">{word}</span>: {html.escape(c.verdict())}</li>')
+    parts.append(
+        "</ul><p class='muted'>Paired bootstrap over the shared test images (seeds "
+        "averaged per image), Holm-Bonferroni over all pairs; McNemar's exact test "
+        "in comparisons.csv.</p>"
+    )
+    parts.append("<h2>Figures</h2>")
+    for key, caption in (
+        ("accuracy", "Test accuracy with 95 % intervals"),
+        ("features_pretrained", "First-stage feature maps: pretrained"),
+        ("features_non_pretrained", "First-stage feature maps: not pretrained"),
+    ):
+        if key in figures:
+            parts.append(_img(figures[key], caption))
+    parts.append("<h2>Every run</h2>")
+    for r in results.rows:
+        run = study_dir / "runs" / r["cell"]
+        parts.append(
+            f"<h3>{html.escape(r['cell'])}</h3><p class='muted'>"
+            f"{html.escape(r['label'])}; test accuracy {r['accuracy']:.4f}; "
+            f"{r['trainable_params']:,} of {r['total_params']:,} parameters trained; "
+            f"{r['train_seconds']} s</p>"
+        )
+        parts.append(_img(run / "loss.png", "loss over epochs (train vs validation)"))
+        parts.append(_img(run / "confusion_matrix.png", "confusion matrix (test)"))
+    cols = ["cell", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece",
+            "trainable_params", "train_seconds"]  # fmt: skip
+    parts.append("<h2>Results table</h2>")
+    parts.append(_table(cols, [[(f"{r[c]:.4f}" if isinstance(r[c], float) else r[c])
+                                for c in cols] for r in results.rows]))  # fmt: skip
+    parts.append("<h2>Configuration and provenance</h2>")
+    parts.append(f"<pre>{html.escape(study.source)}</pre>")
+    card = _first_card(study_dir, results)
+    if card:
+        parts.append(_table(["", ""], [
+            ["data root", card["data"]["root"]], ["data hash", card["data"]["data_hash"]],
+            ["split hash", card["data"]["split_hash"]],
+            ["split seed / ratios", f"{card['data']['split_seed']} / {card['data']['ratios']}"],
+            *[[k, v] for k, v in card["versions"].items()],
+        ]))  # fmt: skip
+    body = "\n".join(parts)
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cxrlab: "
+        f"{html.escape(s.name)}</title><style>{_CSS}</style></head><body>{body}"
+        "</body></html>\n"
+    )
+
+
+def _first_card(study_dir: Path, results: StudyResults) -> dict | None:
+    for r in results.rows:
+        path = study_dir / "runs" / r["cell"] / "model_card.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return None

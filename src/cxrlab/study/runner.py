@@ -1,0 +1,203 @@
+"""Running a study: every cell on the same saved split, resumable, shardable.
+
+Folder layout (``OUT``)::
+
+    study.toml            the study file as given
+    study.json            the resolved cells and overrides
+    split.csv             the one split every cell trains and tests on
+    runs/<cell id>/       one ``cxrlab train`` run folder per cell
+    results.csv, summary.md, comparisons.csv, figures/, report.html   (the report)
+
+Re-running the same command skips finished cells and resumes an interrupted one from its
+checkpoint. ``cell`` and ``shard`` select a subset, so several processes or machines can
+share one folder: each cell is claimed with a lock file before it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data import prepare_data
+from ..engine import train
+from ..engine.trainer import CHECKPOINT
+from ..errors import ConfigError
+from ..utils import atomic_write_text, write_json
+from .config import Cell, StudyConfig
+
+__all__ = ["StudyProgress", "parse_shard", "run_study", "select_cells"]
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """What one call of :func:`run_study` did."""
+
+    out: Path
+    total: int
+    finished: int  # cells of the whole study with results
+    ran: list[str]
+    skipped: list[str]  # already finished
+    busy: list[str]  # locked by another process
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.total
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``; shards are numbered from 1."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not (n >= 1 and 1 <= i <= n):
+        raise ConfigError(f"--shard must look like i/n with 1 <= i <= n, got {text!r}")
+    return i, n
+
+
+def select_cells(
+    cells: Sequence[Cell], cell_ids: Sequence[str] = (), shard: str | None = None
+) -> list[Cell]:
+    """The cells to run: those named (ids or id prefixes), then every n-th for a shard."""
+    chosen = list(cells)
+    if cell_ids:
+        chosen = [c for c in cells if any(c.id == w or c.id.startswith(w + "-") for w in cell_ids)]
+        missing = [w for w in cell_ids if not any(c.id == w or c.id.startswith(w + "-")
+                                                  for c in cells)]  # fmt: skip
+        if missing:
+            raise ConfigError(
+                f"No cell {missing[0]!r} in this study; cells are: {', '.join(c.id for c in cells)}"
+            )
+    if shard:
+        i, n = parse_shard(shard)
+        chosen = [c for k, c in enumerate(chosen) if k % n == i - 1]
+    return chosen
+
+
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` exclusively; take over a lock left by a dead process on this host."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                lock.unlink(missing_ok=True)
+                continue
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_same_settings(cell: Cell, run_dir: Path) -> None:
+    import json
+
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.exists():
+        return
+    saved = json.loads(cfg_file.read_text())["config"]
+    ours = cell.config.to_dict()
+    ignore = {"progress", "threads", "device", "data", "split_file"}
+    diff = [k for k in ours if k not in ignore and _norm(saved.get(k)) != _norm(ours[k])]
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"Cell {cell.id} in {run_dir.parent.parent} was run with {k}="
+            f"{saved.get(k)!r}, the study now asks for {k}={ours[k]!r}; use a new "
+            "--out for changed settings"
+        )
+
+
+def _norm(v: object) -> object:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def run_study(
+    study: StudyConfig,
+    out: str | os.PathLike[str],
+    *,
+    cells: Sequence[str] = (),
+    shard: str | None = None,
+    progress: bool = True,
+) -> StudyProgress:
+    """Run (or continue) the study's cells in ``out``.
+
+    Args:
+        study: the parsed study file (see :func:`~cxrlab.study.load_study_config`).
+        out: the study folder; created if needed, reused if it exists.
+        cells: only these cell ids (or id prefixes such as ``resnet18-in1k-head``).
+        shard: ``"i/n"``: only every n-th of the selected cells, starting at the i-th.
+        progress: show progress bars.
+    """
+    if not study.settings.data:
+        raise ConfigError(
+            "This study names no dataset ([study] data is empty): pass "
+            "--data PATH/TO/COVID-19_Radiography_Dataset"
+        )
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if study.source:
+        atomic_write_text(out / "study.toml", study.source)
+    write_json(out / "study.json", {
+        "settings": study.settings.__dict__, "train": study.train, "overrides": study.overrides,
+        "cells": [{"id": c.id, "label": c.label, "model": c.model, "seed": c.seed,
+                   "config": c.config.to_dict()} for c in study.cells],
+    })  # fmt: skip
+    first = study.cells[0].config
+    # one split for every cell, made (or checked) before any cell starts
+    prepare_data(
+        first.data,
+        split_file=out / "split.csv",
+        split_seed=first.split_seed,
+        ratios=first.ratios,
+        image_size=first.image_size,
+        progress=progress,
+    )
+
+    todo = select_cells(study.cells, cells, shard)
+    ran, skipped, busy = [], [], []
+    bar = tqdm(todo, desc=f"study {study.settings.name}", unit="cell",
+               disable=not progress or None)  # fmt: skip
+    for cell in bar:
+        bar.set_postfix_str(cell.id)
+        run_dir = out / "runs" / cell.id
+        _check_same_settings(cell, run_dir)
+        if (run_dir / "metrics.json").exists():
+            skipped.append(cell.id)
+            continue
+        lock = out / "runs" / f"{cell.id}.lock"
+        if not _claim(lock):
+            tqdm.write(f"{cell.id}: running in another process ({lock.read_text()}); skipped")
+            busy.append(cell.id)
+            continue
+        try:
+            resume = (run_dir / CHECKPOINT).exists()
+            if run_dir.exists() and not resume:
+                shutil.rmtree(run_dir)  # started but not one epoch done: start again
+            tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
+            cfg = cell.config.replace(split_file=str(out / "split.csv"), progress=progress)
+            train(cfg, run_dir, resume=resume)
+            ran.append(cell.id)
+        finally:
+            lock.unlink(missing_ok=True)
+    finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
+    return StudyProgress(out, len(study.cells), finished, ran, skipped, busy)

@@ -1,0 +1,234 @@
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlab.cli import main
+from cxrlab.data import write_synthetic_dataset
+from cxrlab.engine import train
+from cxrlab.errors import ConfigError, TrainingInterrupted
+from cxrlab.study import build_report, parse_study_config, run_study, select_cells
+from cxrlab.study.report.results import StudyResults, compare, summary_markdown
+
+TINY = """
+[study]
+name = "tiny"
+data = "{data}"
+seeds = 2
+
+[train]
+epochs = 1
+batch_size = 8
+image_size = 32
+precision = "fp32"
+threads = 2
+progress = false
+
+[[cells]]
+model = "resnet18"
+weights = "none"
+freeze = ["none", "0.5"]
+"""
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("ph"), per_class=8, seed=3, size=40,
+                                   progress=False)  # fmt: skip
+
+
+def test_config_validation_names_the_key() -> None:
+    base = '[study]\nname="x"\n[[cells]]\nmodel="resnet18"\n'
+    with pytest.raises(ConfigError, match=r"Unknown key 'sheduler' in \[train\].*'scheduler'"):
+        parse_study_config(base + '[train]\nsheduler="cosine"\n')
+    with pytest.raises(ConfigError, match=r"Unknown key 'lrr'.*did you mean 'lr'"):
+        parse_study_config('[[cells]]\nmodel="resnet18"\nlrr=0.1\n')
+    with pytest.raises(ConfigError, match=r"Unknown key 'sed' in \[study\]"):
+        parse_study_config('[study]\nsed=1\n[[cells]]\nmodel="resnet18"\n')
+    with pytest.raises(ConfigError, match="Unknown table"):
+        parse_study_config(base + "[grid]\nx=1\n")
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        parse_study_config(base + '[train]\nepochs="ten"\n')
+    with pytest.raises(ConfigError, match="freeze"):
+        parse_study_config('[[cells]]\nmodel="resnet18"\nfreeze="most"\n')
+    with pytest.raises(ConfigError, match="has no model"):
+        parse_study_config("[[cells]]\nweights='none'\n")
+    with pytest.raises(ConfigError, match="appears twice"):
+        parse_study_config(base + base.split("\n", 2)[2])
+    with pytest.raises(ConfigError, match="seeds"):
+        parse_study_config(base + "[train]\nseed=3\n")
+    with pytest.raises(ConfigError, match="at least one"):
+        parse_study_config('[study]\nname="x"\n')
+    with pytest.raises(ConfigError, match="TOML"):
+        parse_study_config("[study\n")
+
+
+def test_cell_ids_are_stable_and_seed_major() -> None:
+    text = Path("configs/original.toml").read_text()
+    study = parse_study_config(text, data="somewhere", seeds=2, epochs=3)
+    ids = [c.id for c in study.cells]
+    assert ids[:3] == ["resnet18-in1k-head-s0", "resnet18-in1k-f050-s0", "resnet18-in1k-f075-s0"]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    assert all(c.seed == 0 for c in study.cells[:10]) and ids[10] == "resnet18-in1k-head-s1"
+    assert "vit_b_16-in1k-last4-s0" in ids and "vit_b_16-scratch-full-s1" in ids
+    assert {c.config.epochs for c in study.cells} == {3}
+    assert parse_study_config(text, data="x").cells[0].id == ids[0]  # same text, same ids
+    labels = {c.label for c in study.cells}
+    assert labels == {"Pretrained, head only", "Pretrained, 50% frozen", "Pretrained, 75% frozen",
+                      "From scratch", "Pretrained, last 4 blocks trained"}  # fmt: skip
+    # per-cell overrides get a short hash so two variants never share an id
+    over = parse_study_config('[[cells]]\nmodel="resnet18"\nlr=[0.1, 0.01]\n')
+    a, b = (c.id for c in over.cells)
+    assert a != b and a.startswith("resnet18-in1k-full-") and a.endswith("-s0")
+
+
+def test_select_cells_by_id_and_shard() -> None:
+    study = parse_study_config(Path("configs/demo.toml").read_text())
+    cells = study.cells
+    shards = [select_cells(cells, shard=f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(c.id for s in shards for c in s) == sorted(c.id for c in cells)
+    assert not set(shards[0]) & set(shards[1])
+    prefix = select_cells(cells, ["efficientnet_lite0-in1k-head"])
+    assert [c.id for c in prefix] == ["efficientnet_lite0-in1k-head-s0",
+                                      "efficientnet_lite0-in1k-head-s1"]  # fmt: skip
+    with pytest.raises(ConfigError, match="No cell"):
+        select_cells(cells, ["resnet99"])
+    for bad in ("0/2", "3/2", "x"):
+        with pytest.raises(ConfigError, match="--shard"):
+            select_cells(cells, shard=bad)
+
+
+def test_study_runs_skips_resumes_and_reports(phantoms: Path, tmp_path: Path) -> None:
+    study = parse_study_config(TINY.format(data=phantoms))
+    out = tmp_path / "study"
+    # interrupt one cell half-way, as a killed job would leave it
+    cut = study.cells[1]
+    run_dir = out / "runs" / cut.id
+    first = run_study(study, out, cells=[study.cells[0].id], progress=False)
+    assert first.ran == [study.cells[0].id] and not first.complete
+
+    def stop(epoch: int, step: int, model) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = cut.config.replace(split_file=str(out / "split.csv"))
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, run_dir, on_step=stop)
+    done = run_study(study, out, progress=False)
+    assert done.complete and cut.id in done.ran and done.skipped == [study.cells[0].id]
+    again = run_study(study, out, progress=False)
+    assert again.ran == [] and len(again.skipped) == 4  # everything cached
+
+    # the resumed cell ends exactly like an uninterrupted run of the same cell
+    ref = train(cfg, tmp_path / "reference")
+    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] == ref.metrics["accuracy"]
+
+    report = build_report(out)
+    for key in ("results", "summary", "comparisons", "report", "accuracy",
+                "features_pretrained"):  # fmt: skip
+        if key == "features_pretrained":
+            continue  # tiny study has no pretrained CNN
+        assert report.files[key].is_file(), key
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("cell,group,label,model,weights,freeze,seed")
+    summary = (out / "summary.md").read_text()
+    assert "| Training type | resnet18 |" in summary
+    assert "| From scratch | " in summary and "| From scratch, 50% frozen | " in summary
+    assert len(report.comparisons) == 1
+    assert "Holm-adjusted" in report.comparisons[0].verdict()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 9  # accuracy plot + 2 per run
+    assert "split hash" in html and "[[cells]]" in html
+
+
+def test_sharded_study_and_changed_settings(phantoms: Path, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
+    out = tmp_path / "s"
+    assert main(["study", "run", str(cfg), "--out", str(out), "--shard", "1/2",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "1/2 cells finished" in capsys.readouterr().out
+    assert main(["study", "run", str(cfg), "--out", str(out), "--shard", "2/2",
+                 "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "2/2 cells finished" in text and "Report:" in text
+    assert main(["study", "report", str(out)]) == 0
+    assert "2 runs (0 cells missing)" in capsys.readouterr().out
+    # the same folder with other settings is refused, naming the setting
+    assert main(["study", "run", str(cfg), "--out", str(out), "--epochs", "2",
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "epochs=1" in capsys.readouterr().err
+    assert main(["study", "run", "configs/offline.toml", "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_summary_table_layout_like_the_original() -> None:
+    rows, correct = [], {}
+    rng = np.random.default_rng(0)
+    arms = {"resnet18": ["Pretrained, head only", "From scratch"],
+            "resnet34": ["Pretrained, head only", "From scratch"],
+            "vit_b_16": ["Pretrained, last 4 blocks trained", "From scratch"]}  # fmt: skip
+    for model, labels in arms.items():
+        for label in labels:
+            for seed in (0, 1):
+                cell = f"{model}-{label}-{seed}"
+                correct[cell] = rng.random(50) < 0.8
+                acc = float(correct[cell].mean())
+                rows.append({"cell": cell, "label": label, "model": model, "seed": seed,
+                             "accuracy": acc, "macro_f1": acc, "balanced_accuracy": acc,
+                             "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0})  # fmt: skip
+    results = StudyResults(rows, correct, [f"img{i}" for i in range(50)])
+    study = parse_study_config('[study]\nname="t"\n[[cells]]\nmodel="resnet18"\n')
+    text = summary_markdown(study, results, compare(results, n_resamples=200))
+    assert "## Accuracy: resnet18, resnet34" in text and "## Accuracy: vit_b_16" in text
+    assert "| Training type | resnet18 | resnet34 |" in text
+    assert "| Training type | vit_b_16 |" in text
+    r18 = [r["accuracy"] for r in rows if r["model"] == "resnet18" and r["label"] == "From scratch"]
+    assert f"| From scratch | {np.mean(r18):.4f} ± {np.std(r18, ddof=1):.4f} [" in text
+    assert text.count("not significant") + text.count("**significant**") == 3
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(phantoms: Path, tmp_path: Path) -> None:
+    """Open report.html in a real browser and check the embedded figures are drawn."""
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must check the report in Chromium: apt-get install chromium")
+        pytest.skip("needs Chromium (apt-get install chromium) to render the report")
+    from PIL import Image
+
+    study = parse_study_config(TINY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
+    out = tmp_path / "study"
+    run_study(study, out, progress=False)
+    report = build_report(out, study).files["report"]
+
+    def coloured_fraction(page: Path) -> float:
+        shot = page.with_suffix(".png")
+        subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+             "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        assert img.shape[:2] == (2400, 1200)
+        return float((np.abs(img - img.mean(axis=2, keepdims=True)).max(axis=2) > 40).mean())
+
+    # the same page with its images' data removed: what a broken report would look like
+    broken = tmp_path / "broken.html"
+    text = report.read_text()
+    broken.write_text(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:,", text))
+    drawn, missing = coloured_fraction(report), coloured_fraction(broken)
+    # matplotlib's coloured lines and markers appear only if the embedded PNGs were drawn
+    assert drawn > 0.002 and drawn > 5 * missing, (drawn, missing)
