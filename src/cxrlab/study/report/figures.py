@@ -74,7 +74,7 @@ def _stem_features(run_dir: Path, image: np.ndarray) -> np.ndarray:
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
     try:
         with torch.no_grad():
-            model(torch.from_numpy(resize_gray8(image, size))[None, None])  # (1, 1, H, W)
+            model(torch.from_numpy(resize_gray8(image, size).copy())[None, None])  # (1, 1, H, W)
     finally:
         handle.remove()
     return captured[0][0].float().numpy()  # (C, H/2, W/2)

@@ -129,6 +129,8 @@ def summarise(results: StudyResults, metric: str = "accuracy") -> dict[tuple[str
             continue
         if len(values) >= 2:
             low, high = t_interval(values)
+            if metric != "ece":  # scores bounded by 0 and 1
+                low, high = max(0.0, low), min(1.0, high)
         elif metric == "accuracy":
             low, high = rows[0]["accuracy_ci_low"], rows[0]["accuracy_ci_high"]
         else:
