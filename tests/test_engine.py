@@ -225,3 +225,37 @@ def test_batches_order_and_lone_last_batch() -> None:
     assert len(ImageBatches(array, list(range(9)), labels, 4)) == 3
     balanced = ImageBatches(array, [0, 2, 4, 6, 1], labels, 5).order(0, 0, balanced=True)
     assert len(balanced) == 5 and set(balanced) <= {0, 1, 2, 4, 6}
+
+
+@pytest.mark.parametrize("freeze", ["head", "0.5", "last:2"])
+def test_frozen_feature_cache_matches_full_forward(phantoms: Path, tmp_path: Path, freeze) -> None:
+    cfg = tiny(phantoms, freeze=freeze, epochs=2)
+    cached = train(cfg, tmp_path / "cached")
+    plain = train(cfg.replace(feature_cache="off"), tmp_path / "plain")
+    for a, b in zip(cached.history, plain.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
+    assert cached.metrics["confusion_matrix"] == plain.metrics["confusion_matrix"]
+    resolved = json.loads((tmp_path / "cached" / "config.json").read_text())["resolved"]
+    assert resolved["frozen_feature_cache"].startswith("the first")
+    off = json.loads((tmp_path / "plain" / "config.json").read_text())["resolved"]
+    assert off["frozen_feature_cache"] == "not used: --feature-cache off"
+
+
+def test_feature_cache_is_shared_and_skipped_when_unsafe(phantoms: Path, tmp_path: Path,
+                                                         capsys) -> None:  # fmt: skip
+    from cxrlab.utils import cache_dir
+
+    features = cache_dir() / "features"
+    before = set(features.glob("*.float32"))
+    lite0 = dict(model="efficientnet_lite0", weights="imagenet", freeze="head", epochs=1)
+    a = train(tiny(phantoms, **lite0, seed=0), tmp_path / "a")
+    b = train(tiny(phantoms, **lite0, seed=1), tmp_path / "b")
+    # two seeds of one pretrained cell share the frozen backbone: one feature file for both
+    assert len(set(features.glob("*.float32")) - before) == 1
+    assert a.history[0]["train_loss"] != b.history[0]["train_loss"]  # different heads
+    capsys.readouterr()
+    train(tiny(phantoms, freeze="head", epochs=1, augment="light"), tmp_path / "c")
+    assert "Frozen-feature cache not used: --augment light" in capsys.readouterr().out
+    train(tiny(phantoms, freeze="0.5", epochs=1, freeze_bn="update"), tmp_path / "d")
+    assert "--freeze-bn update" in capsys.readouterr().out

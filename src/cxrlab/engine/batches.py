@@ -31,6 +31,8 @@ class ImageBatches:
         labels: the class index of every row of ``array``.
         batch_size: images per batch.
         drop_single: skip a last batch of one image (BatchNorm cannot train on it).
+        add_channel: yield ``(B, 1, H, W)`` from ``(N, H, W)`` images; ``False`` for arrays
+            that already have their full per-row shape (frozen features).
     """
 
     def __init__(
@@ -40,12 +42,14 @@ class ImageBatches:
         labels: np.ndarray,
         batch_size: int,
         drop_single: bool = False,
+        add_channel: bool = True,
     ) -> None:
         self.array = array
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size = batch_size
         self.drop_single = drop_single
+        self.add_channel = add_channel
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -84,7 +88,7 @@ class ImageBatches:
             rows = np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])
             x = torch.from_numpy(np.ascontiguousarray(self.array[rows]))  # (B, H, W) uint8
             y = torch.from_numpy(self.labels[rows])
-            yield x.unsqueeze(1), y
+            yield (x.unsqueeze(1) if self.add_channel else x), y
 
 
 def light_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -35,6 +35,11 @@ class TrainConfig:
         label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
         augment (``none``/``light``: small affine, brightness/contrast; no flips),
         early_stopping (patience in epochs on validation loss, 0 = off).
+    Speed:
+        feature_cache: ``auto`` computes a frozen, deterministic prefix of the network once
+            per image and trains the rest on the stored output; ``off`` always runs the
+            whole network.
+        feature_dtype: storage of cached features (``float32`` or ``float16``).
     Runtime:
         seed: training seed (initialisation, order, augmentation).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
@@ -70,6 +75,8 @@ class TrainConfig:
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
     augment: Literal["none", "light"] = "none"
     early_stopping: int = 0
+    feature_cache: Literal["auto", "off"] = "auto"
+    feature_dtype: Literal["float32", "float16"] = "float32"
 
     seed: int = 0
     device: str = "auto"

@@ -32,11 +32,12 @@ from ..data import RESIZE_METHOD, PreparedData, prepare_data
 from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import classification_metrics, plot_confusion_matrix, plot_loss
 from ..freeze import apply_freeze
-from ..models import CxrClassifier, create_model
+from ..models import CxrClassifier, create_model, get_spec
 from ..utils import atomic_write_bytes, atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
 from .config import TrainConfig
 from .evaluate import predict_batches, write_predictions
+from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .rundir import MODEL_FILE, load_run_model, save_model
 from .runtime import autocast, resolve_device, resolve_precision, versions
 
@@ -235,6 +236,7 @@ def train(
         >>> result.metrics["accuracy"]  # doctest: +SKIP
     """
     out = Path(out)
+    get_spec(config.model)  # an unknown model fails now, not after scanning the data
     _prepare_run_dir(out, resume)
     if resume and (out / "metrics.json").exists():
         return _finished(out)
@@ -304,12 +306,48 @@ def train(
             device=device,
         )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-    forward = torch.compile(model) if config.compile else model
 
     state = _State(history=[])
     if resume and (out / CHECKPOINT).exists():
         state = _load_checkpoint(out / CHECKPOINT, model, opt, config)
         _log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
+
+    # ---- a frozen, deterministic prefix runs once per image instead of once per epoch
+    n_frozen = len(freeze.frozen_units)
+    cached, why = feature_cache_plan(model, n_frozen, config.augment, config.freeze_bn,
+                                     config.feature_cache)  # fmt: skip
+    net: nn.Module = model
+    if cached:
+        t0 = time.perf_counter()
+        feats = build_frozen_features(
+            model,
+            n_frozen,
+            data.images,
+            device=device,
+            amp=amp,
+            batch_size=max(64, config.batch_size),
+            dtype=config.feature_dtype,
+            progress=config.progress,
+        )
+        train_b, val_b = (
+            ImageBatches(
+                feats.array,
+                b.indices,
+                labels,
+                config.batch_size,
+                drop_single=b.drop_single,
+                add_channel=False,
+            )
+            for b in (train_b, val_b)
+        )
+        net = TrainableRest(model, n_frozen)
+        _log(
+            f"Frozen-feature cache: {why}; features {tuple(feats.array.shape[1:])} of "
+            f"{len(feats.array)} images ready in {time.perf_counter() - t0:.1f}s"
+        )
+    elif n_frozen:
+        _log(f"Frozen-feature cache not used: {why}")
+    forward = torch.compile(net) if config.compile else net
     write_json(
         out / "config.json",
         {
@@ -320,6 +358,7 @@ def train(
                 "weights_source": weights_source,
                 "classes": list(data.classes),
                 "freeze": freeze.to_dict(),
+                "frozen_feature_cache": why if cached else f"not used: {why}",
                 "split_hash": data.split.fingerprint(),
                 "data_hash": data.report.fingerprint(),
                 "data_root": str(data.report.root),
@@ -387,7 +426,7 @@ def train(
             bar.close()
             state.seconds += time.perf_counter() - t0
 
-            probs, yv, val_loss = predict_batches(model, val_b, device, amp)
+            probs, yv, val_loss = predict_batches(net, val_b, device, amp)
             val_acc = float((probs.argmax(1) == yv).mean())
             row = {
                 "epoch": epoch + 1,
@@ -471,7 +510,6 @@ def _card(
     device: torch.device,
     amp: torch.dtype | None,
 ) -> dict[str, Any]:
-    from ..models import get_spec
     from .rundir import CARD_FORMAT
 
     spec = get_spec(cfg.model)
