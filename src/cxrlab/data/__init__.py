@@ -1,0 +1,47 @@
+"""The dataset layer: find classes, scan and hash images, split, cache decoded pixels.
+
+Typical use::
+
+    from cxrlab.data import scan_dataset, make_split, decoded_images
+
+    report = scan_dataset("data/COVID-19_Radiography_Dataset")
+    split = make_split(report, seed=0)
+    images = decoded_images(report.root, split.records, size=224)
+    x = images.array[split.indices("train")]  # (N, 224, 224) uint8
+"""
+
+from .cache import RESIZE_METHOD, DecodedImages, decoded_images, resize_gray8
+from .download import KAGGLE_URL, download_database
+from .imageio import ImageReadError, load_gray8, to_gray8
+from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
+from .prepare import PreparedData, prepare_data
+from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
+from .split import SPLITS, Split, load_split, make_split
+from .synth import draw_phantom, write_synthetic_dataset
+
+__all__ = [
+    "COVID_RADIOGRAPHY_CLASSES",
+    "KAGGLE_URL",
+    "RESIZE_METHOD",
+    "SPLITS",
+    "DatasetLayout",
+    "DecodedImages",
+    "ImageReadError",
+    "ImageRecord",
+    "InvalidFile",
+    "PreparedData",
+    "ScanReport",
+    "Split",
+    "decoded_images",
+    "download_database",
+    "draw_phantom",
+    "find_layout",
+    "load_gray8",
+    "load_split",
+    "make_split",
+    "prepare_data",
+    "resize_gray8",
+    "scan_dataset",
+    "to_gray8",
+    "write_synthetic_dataset",
+]

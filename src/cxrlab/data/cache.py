@@ -1,0 +1,136 @@
+"""The decoded-image cache: every image decoded, converted and resized once.
+
+Training reads a ``(N, H, W)`` uint8 memory-mapped array instead of decoding PNGs every
+epoch. The file's name is a hash of the images' content hashes (in manifest order), the size
+and the resize method, so a changed image, a new image or a new size gives a new cache, and
+a stale one is never read. It is written under a temporary name and renamed when complete,
+so an interrupted build leaves nothing that could be mistaken for a finished cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from ..utils import cache_dir, hash_strings
+from .imageio import ImageReadError, load_gray8
+from .scan import ImageRecord
+
+__all__ = ["RESIZE_METHOD", "DecodedImages", "decoded_images", "resize_gray8"]
+
+_CACHE_VERSION = 1
+#: How images are resized: the whole image squashed to a square (no crop), bilinear with
+#: Pillow's antialiasing. Recorded in every model card.
+RESIZE_METHOD = "bilinear-antialias-squash"
+
+
+def resize_gray8(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize a ``(H, W)`` uint8 image to ``(size, size)`` the way the cache does."""
+    if gray.shape == (size, size):
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """A finished cache: ``array[i]`` is record ``i`` as a ``(size, size)`` uint8 image."""
+
+    array: np.ndarray
+    path: Path
+    key: str
+    size: int
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+
+def _cache_key(records: Sequence[ImageRecord], size: int) -> str:
+    return hash_strings([f"v{_CACHE_VERSION}", RESIZE_METHOD, str(size), *(r.hash for r in records)])
+
+
+def decoded_images(
+    root: str | os.PathLike[str],
+    records: Sequence[ImageRecord],
+    size: int = 224,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> DecodedImages:
+    """Return the decoded-image cache for ``records``, building it if needed.
+
+    Args:
+        root: the dataset folder the records' paths are relative to.
+        records: images in the order the array rows should have (a manifest's rows).
+        size: the square side length in pixels.
+        directory: where caches live (default: ``cxrlab.utils.cache_dir() / "images"``).
+        workers: decoding threads (default: number of CPUs).
+        progress: show a progress bar while building.
+
+    Raises:
+        DataError: an image cannot be read any more, or changed since it was scanned.
+    """
+    if size < 8:
+        raise DataError(f"Image size must be at least 8 pixels, got {size}")
+    if not records:
+        raise DataError("No images to cache: the manifest is empty")
+    directory = Path(directory) if directory else cache_dir() / "images"
+    key = _cache_key(records, size)
+    path = directory / f"{key}-{len(records)}x{size}x{size}.u8"
+    meta_path = path.with_suffix(".json")
+    shape = (len(records), size, size)
+    if path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("shape") == list(shape) and path.stat().st_size == int(np.prod(shape)):
+                arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+                return DecodedImages(arr, path, key, size)
+        except (OSError, ValueError):
+            pass  # unreadable metadata: rebuild
+
+    directory.mkdir(parents=True, exist_ok=True)
+    root = Path(root)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    os.close(fd)
+    try:
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+
+        def work(i: int) -> None:
+            rec = records[i]
+            try:
+                gray = load_gray8(root / rec.path)
+            except ImageReadError as e:
+                raise DataError(f"{rec.path} became unreadable since the scan ({e.reason}); "
+                                "re-run 'cxrlab data scan'") from e
+            if gray.shape != (rec.height, rec.width):
+                raise DataError(f"{rec.path} changed since the scan (size "
+                                f"{gray.shape[1]}x{gray.shape[0]}, manifest "
+                                f"{rec.width}x{rec.height}); re-create the split")
+            out[i] = resize_gray8(gray, size)
+
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            jobs = pool.map(work, range(len(records)))
+            for _ in tqdm(jobs, total=len(records), desc=f"Caching images at {size}px",
+                          unit="img", disable=not progress or None, leave=False):
+                pass
+        out.flush()
+        del out
+        meta = {"version": _CACHE_VERSION, "shape": list(shape), "resize": RESIZE_METHOD,
+                "root": str(root), "count": len(records)}
+        meta_path.write_text(json.dumps(meta))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+    return DecodedImages(arr, path, key, size)

@@ -1,0 +1,182 @@
+"""Finding the classes of a chest X-ray dataset on disk.
+
+Supported layouts (``ROOT`` may also be the folder *above* the dataset folder)::
+
+    COVID-19_Radiography_Dataset/COVID/images/COVID-1.png     Kaggle release (masks/ ignored)
+    COVID-19_Radiography_Dataset/COVID/COVID-1.png            older flat copies
+    my_dataset/<any class>/<any depth>/<image>                any one-folder-per-class set
+
+Class folder names of the COVID-19 Radiography Database are matched case- and
+separator-insensitively (``viral_pneumonia``, ``Viral-Pneumonia`` and ``Viral Pneumonia``
+are the same class) and reported under their canonical names. Hidden files, masks,
+metadata spreadsheets, READMEs and OS junk are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+
+__all__ = [
+    "COVID_RADIOGRAPHY_CLASSES",
+    "ClassFolder",
+    "DatasetLayout",
+    "canonical_class_name",
+    "find_layout",
+]
+
+#: Canonical class names of the COVID-19 Radiography Database, in the order cxrlab uses.
+COVID_RADIOGRAPHY_CLASSES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+_ALIASES = {
+    "covid": "COVID",
+    "covid19": "COVID",
+    "lungopacity": "Lung_Opacity",
+    "normal": "Normal",
+    "viralpneumonia": "Viral Pneumonia",
+}
+
+#: Folder names never holding class images.
+_SKIP_DIRS = {"masks", "mask", "__macosx", "$recycle.bin", "system volume information"}
+#: File names and suffixes that are documentation, metadata or OS junk, never images.
+_SKIP_NAMES = {"thumbs.db", "desktop.ini", "readme", "license", "licence"}
+_SKIP_SUFFIXES = {
+    ".xlsx", ".xls", ".csv", ".tsv", ".md", ".txt", ".rst", ".json", ".yaml", ".yml",
+    ".pdf", ".doc", ".docx", ".html", ".htm", ".ini", ".db", ".zip", ".py", ".ipynb",
+}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-.]+", "", name).lower()
+
+
+def canonical_class_name(folder_name: str) -> str | None:
+    """Return the database's canonical class name for a folder name, or ``None``."""
+    return _ALIASES.get(_norm(folder_name))
+
+
+def is_ignored_file(name: str) -> bool:
+    """True for hidden files, documentation, spreadsheets and OS junk."""
+    low = name.lower()
+    if low.startswith((".", "~$", "._")):
+        return True
+    stem, suffix = os.path.splitext(low)
+    return low in _SKIP_NAMES or stem in _SKIP_NAMES or suffix in _SKIP_SUFFIXES
+
+
+def _is_ignored_dir(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _SKIP_DIRS
+
+
+def _list_dirs(path: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if e.is_dir() and not _is_ignored_dir(e.name)]
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """One class of the dataset: its name and the folder its images live under."""
+
+    name: str
+    path: Path
+
+    def files(self) -> list[Path]:
+        """Every candidate image file under the class folder, sorted by path.
+
+        When the folder has an ``images/`` subfolder (the Kaggle layout) only that is read, so
+        the lung masks next to it never become training images.
+        """
+        images = next(
+            (d for d in _list_dirs(self.path) if d.name.lower() == "images"), None
+        )
+        top = images or self.path
+        out: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not _is_ignored_dir(d))
+            out.extend(Path(dirpath, f) for f in filenames if not is_ignored_file(f))
+        return sorted(out)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a dataset's classes are: the dataset folder and one :class:`ClassFolder` each."""
+
+    root: Path
+    classes: tuple[ClassFolder, ...]
+    known_database: bool
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+
+def _has_image_files(folder: Path) -> bool:
+    """Whether ``folder`` (or its ``images/`` subfolder) holds at least one image-like file."""
+    for sub in (folder / "images", folder):
+        try:
+            with os.scandir(sub) as it:
+                for e in it:
+                    if e.is_file() and not is_ignored_file(e.name):
+                        if os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES:
+                            return True
+        except OSError:
+            continue
+    return False
+
+
+def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
+    """Locate the class folders under ``root``.
+
+    ``root`` itself is tried first, then its subfolders (for a root holding
+    ``COVID-19_Radiography_Dataset/``), then one level deeper.
+
+    Raises:
+        DataError: ``root`` does not exist, or no folder holds two or more classes.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"Dataset folder {root} does not exist; check the path or create a demo "
+                        "set with 'cxrlab data synth --out DIR'")
+    if not root.is_dir():
+        raise DataError(f"Dataset path {root} is a file, not a folder of class folders")
+
+    candidates = [root]
+    level = [root]
+    for _ in range(2):
+        level = [d for parent in level for d in _list_dirs(parent)]
+        candidates.extend(level)
+    for folder in candidates:
+        dirs = _list_dirs(folder)
+        with_images = [d for d in dirs if _has_image_files(d)]
+        if len(with_images) < 2:
+            continue
+        canon = {d: canonical_class_name(d.name) for d in dirs}
+        if all(canon[d] for d in with_images):
+            # The COVID-19 Radiography Database: canonical names and order; a known class
+            # folder without images stays in the list so the scan reports it as empty.
+            known = [d for d in dirs if canon[d]]
+            names = [canon[d] for d in known]
+            if len(set(names)) != len(names):
+                dup = next(n for n in names if names.count(n) > 1)
+                same = ", ".join(repr(d.name) for d in known if canon[d] == dup)
+                raise DataError(f"{folder} has several folders for the class {dup!r} ({same}); "
+                                "keep one")
+            order = {name: i for i, name in enumerate(COVID_RADIOGRAPHY_CLASSES)}
+            known.sort(key=lambda d: order[canon[d]])
+            classes = tuple(ClassFolder(canon[d], d) for d in known)
+            return DatasetLayout(folder, classes, known_database=True)
+        # A generic one-folder-per-class dataset: every subfolder is a class.
+        return DatasetLayout(folder, tuple(ClassFolder(d.name, d) for d in dirs), False)
+    raise DataError(
+        f"No class folders found under {root}: expected one folder per class holding images "
+        "(e.g. COVID-19_Radiography_Dataset/COVID/images/*.png). Download the database with "
+        "'cxrlab data download' or create a demo set with 'cxrlab data synth --out DIR'"
+    )

@@ -1,0 +1,91 @@
+"""One call from a dataset path to training-ready arrays: scan, split, decode once."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..utils import cache_dir
+from .cache import DecodedImages, decoded_images
+from .scan import ScanReport, scan_dataset
+from .split import Split, load_split, make_split
+from .synth import DATASET_DIRNAME, write_synthetic_dataset
+
+__all__ = ["DEMO_DATA", "PreparedData", "demo_dataset", "prepare_data"]
+
+#: The name that selects the embedded synthetic phantom dataset instead of a folder.
+DEMO_DATA = "phantoms"
+_DEMO_PER_CLASS, _DEMO_SEED, _DEMO_SIZE = 150, 0, 256
+
+
+def demo_dataset(
+    per_class: int = _DEMO_PER_CLASS, seed: int = _DEMO_SEED, size: int = _DEMO_SIZE
+) -> Path:
+    """The synthetic phantom dataset, generated into the cache folder on first use."""
+    out = cache_dir() / "phantoms" / f"v1-n{per_class}-s{seed}-{size}px"
+    done = out / ".complete"
+    if not done.exists():
+        write_synthetic_dataset(out, per_class=per_class, seed=seed, size=size)
+        done.write_text("ok\n")
+    return out / DATASET_DIRNAME
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A scanned dataset, its split and its decoded images (rows follow ``split.records``)."""
+
+    report: ScanReport
+    split: Split
+    images: DecodedImages
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.split.classes
+
+
+def prepare_data(
+    data: str | os.PathLike[str] | None = None,
+    *,
+    split_file: str | os.PathLike[str] | None = None,
+    split_seed: int = 0,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    holdout_all: bool = False,
+    image_size: int = 224,
+    progress: bool = True,
+) -> PreparedData:
+    """Scan ``data``, load or make the split, and return it with the decoded-image cache.
+
+    Args:
+        data: a dataset folder, or ``None``/``"phantoms"`` for the synthetic phantoms.
+        split_file: a manifest from ``cxrlab data split``; when it exists it is used (and
+            checked against the data), otherwise a split is made with ``split_seed``.
+        split_seed: seed of a newly made split.
+        ratios: train/val/test fractions of a newly made split.
+        holdout_all: every image is test (evaluate a whole external dataset).
+        image_size: side length of the cached square images.
+        progress: show progress bars.
+    """
+    root = demo_dataset() if data is None or str(data) == DEMO_DATA else Path(data)
+    report = scan_dataset(root, progress=progress)
+    if report.invalid:
+        first = report.invalid[0]
+        warnings.warn(
+            f"{len(report.invalid)} file(s) under {report.root} are not usable images and were "
+            f"left out (first: {first.path}: {first.reason}); 'cxrlab data scan' lists them",
+            stacklevel=2,
+        )
+    if report.conflicts:
+        warnings.warn(
+            f"{len(report.conflicts)} image(s) appear under more than one class and were left "
+            "out; 'cxrlab data scan' lists them", stacklevel=2,
+        )
+    if split_file is not None and Path(split_file).exists() and not holdout_all:
+        split = load_split(split_file, report)
+    else:
+        split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all)
+        if split_file is not None:
+            split.save(split_file)
+    images = decoded_images(report.root, split.records, image_size, progress=progress)
+    return PreparedData(report, split, images)

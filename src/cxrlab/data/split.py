@@ -1,0 +1,210 @@
+"""Reproducible, stratified train/val/test splits saved as a manifest CSV.
+
+The manifest has one row per valid image (path, label, width, height, hash, split) and a
+first comment line with the seed, ratios and class order. Its bytes depend only on the data
+and the seed: each image's place in the shuffle is a hash of its content and the seed, so
+the same data and seed give a byte-identical file on any machine and any NumPy version, and
+adding images never moves existing ones between splits unless a class's quotas change.
+Exact duplicates (same pixels) always land in the same split, so a test image never has a
+copy in training.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from ..utils import atomic_write_text, hash_strings
+from .scan import ImageRecord, ScanReport
+
+__all__ = ["SPLITS", "Split", "load_split", "make_split"]
+
+SPLITS = ("train", "val", "test")
+_HEADER = ("path", "label", "width", "height", "hash", "split")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A dataset's images with their split assignment.
+
+    Attributes:
+        classes: class names; a label's index in this tuple is the model's target.
+        records: valid images, sorted by path.
+        assignment: ``"train"``, ``"val"`` or ``"test"`` for each record.
+        seed: the split seed.
+        ratios: train/val/test fractions (``(0, 0, 1)`` for a hold-out set).
+    """
+
+    classes: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+    assignment: tuple[str, ...]
+    seed: int
+    ratios: tuple[float, float, float]
+
+    def indices(self, split: str) -> list[int]:
+        """Row indices of one split (``"all"`` gives every row)."""
+        if split == "all":
+            return list(range(len(self.records)))
+        if split not in SPLITS:
+            raise DataError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
+        return [i for i, s in enumerate(self.assignment) if s == split]
+
+    def labels(self) -> list[int]:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [index[r.label] for r in self.records]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {class: n}}``."""
+        out = {s: dict.fromkeys(self.classes, 0) for s in SPLITS}
+        for r, s in zip(self.records, self.assignment):
+            out[s][r.label] += 1
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of the manifest's rows (the split hash recorded with every run)."""
+        return hash_strings(
+            f"{r.path}\t{r.label}\t{r.hash}\t{s}" for r, s in zip(self.records, self.assignment)
+        )
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        ratios = ",".join(f"{r:g}" for r in self.ratios)
+        buf.write(f"# cxrlab manifest v1; seed={self.seed}; ratios={ratios}; "
+                  f"classes={'|'.join(self.classes)}\n")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(_HEADER)
+        for r, s in zip(self.records, self.assignment):
+            w.writerow([r.path, r.label, r.width, r.height, r.hash, s])
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the manifest CSV atomically; returns the path."""
+        atomic_write_text(path, self.to_csv())
+        return Path(path)
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=16).hexdigest()
+
+
+def _quotas(n: int, ratios: tuple[float, float, float]) -> list[int]:
+    """Split ``n`` items by ``ratios`` (largest remainder), keeping val/test non-empty."""
+    raw = [n * r for r in ratios]
+    q = [int(x) for x in raw]
+    for i in sorted(range(3), key=lambda i: (q[i] - raw[i], i))[: n - sum(q)]:
+        q[i] += 1
+    for i in (1, 2):  # a class must be represented in val and test when it can be
+        if ratios[i] > 0 and q[i] == 0 and q[0] > 1:
+            q[0] -= 1
+            q[i] += 1
+    return q
+
+
+def make_split(
+    report: ScanReport,
+    *,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    holdout_all: bool = False,
+) -> Split:
+    """Assign every valid image of ``report`` to train, val or test, stratified by class.
+
+    Args:
+        report: the result of :func:`~cxrlab.data.scan.scan_dataset`.
+        ratios: train/val/test fractions; they must be non-negative and sum to 1.
+        seed: the split seed (independent of the training seed).
+        holdout_all: every image is test (evaluating an external dataset).
+
+    Raises:
+        DataError: a class has no valid images, or the ratios are invalid.
+    """
+    if report.empty_classes:
+        folders = ", ".join(repr(c) for c in report.empty_classes)
+        raise DataError(
+            f"Class folder(s) {folders} under {report.root} hold no valid images; add images or "
+            "remove the folder ('cxrlab data scan' lists invalid files)"
+        )
+    if holdout_all:
+        ratios = (0.0, 0.0, 1.0)
+    ratios = tuple(float(r) for r in ratios)  # type: ignore[assignment]
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise DataError(f"Split ratios must be three non-negative numbers summing to 1, "
+                        f"got {ratios}")
+    records = sorted(report.records, key=lambda r: r.path)
+    assign: dict[str, str] = {}
+    for cls in report.classes:
+        groups: dict[str, list[ImageRecord]] = defaultdict(list)
+        for r in records:
+            if r.label == cls:
+                groups[r.hash].append(r)
+        n = sum(len(g) for g in groups.values())
+        quota = _quotas(n, ratios)  # type: ignore[arg-type]
+        filled = [0, 0, 0]
+        for h in sorted(groups, key=lambda h: _rank(seed, h)):
+            g = groups[h]
+            # the first split with room left takes the whole duplicate group
+            k = next((i for i in range(3) if filled[i] < quota[i]), 2)
+            filled[k] += len(g)
+            for r in g:
+                assign[r.path] = SPLITS[k]
+    return Split(
+        classes=tuple(report.classes),
+        records=tuple(records),
+        assignment=tuple(assign[r.path] for r in records),
+        seed=seed,
+        ratios=ratios,  # type: ignore[arg-type]
+    )
+
+
+def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -> Split:
+    """Read a manifest written by :meth:`Split.save`.
+
+    When ``report`` (a fresh scan of the dataset) is given, every row is checked against it:
+    a missing, changed or relabelled image raises instead of training on other data than the
+    manifest describes.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"Cannot read split file {path}: {e.strerror or e}") from e
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# cxrlab manifest v1"):
+        raise DataError(f"{path} is not a cxrlab manifest (first line should start with "
+                        "'# cxrlab manifest v1'); create one with 'cxrlab data split'")
+    meta = dict(
+        part.strip().split("=", 1) for part in lines[0][2:].split(";") if "=" in part
+    )
+    try:
+        classes = tuple(meta["classes"].split("|"))
+        seed = int(meta["seed"])
+        ratios = tuple(float(x) for x in meta["ratios"].split(","))
+        rows = list(csv.DictReader(lines[1:]))
+        records = tuple(
+            ImageRecord(r["path"], r["label"], int(r["width"]), int(r["height"]), r["hash"])
+            for r in rows
+        )
+        assignment = tuple(r["split"] for r in rows)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(f"Split file {path} is malformed ({e}); re-create it") from e
+    bad = {s for s in assignment if s not in SPLITS} | {
+        r.label for r in records if r.label not in classes
+    }
+    if bad:
+        raise DataError(f"Split file {path} has unknown split or class names: {sorted(bad)}")
+    if report is not None:
+        current = {r.path: r for r in report.records}
+        changed = [r.path for r in records if current.get(r.path) != r]
+        if changed:
+            raise DataError(
+                f"Split file {path} does not match the dataset at {report.root}: "
+                f"{len(changed)} image(s) missing or changed (first: {changed[0]}). "
+                "Re-create the split or point --data at the dataset it was made from"
+            )
+    return Split(classes, records, assignment, seed, ratios)  # type: ignore[arg-type]

@@ -1,0 +1,192 @@
+"""Synthetic chest X-ray phantoms: a four-class dataset that needs no download.
+
+Each image is drawn procedurally: a thorax, two lung fields with diaphragm domes, a heart
+shadow, spine, ribs and clavicles, faint vascular markings, and one class-specific finding
+whose strength varies from obvious to barely visible:
+
+* ``Normal``: clear lungs.
+* ``COVID``: bilateral, peripheral, lower-zone ground-glass opacities (several hazy blobs
+  along the outer lung margins of both lungs).
+* ``Lung_Opacity``: a focal lobar consolidation (one dense, sharply bounded region in one
+  lung).
+* ``Viral Pneumonia``: a diffuse perihilar interstitial pattern (streaks and reticular
+  texture radiating from both hila).
+
+Nuisances that carry no label information (exposure, gamma, noise, small rotations and
+shifts, an "L"/"R" text marker in a random corner) keep the task from being trivial. The
+images are written in the Kaggle layout of the COVID-19 Radiography Database, so every
+command treats them exactly like the real data. Generation is deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .layout import COVID_RADIOGRAPHY_CLASSES
+
+__all__ = ["draw_phantom", "write_synthetic_dataset"]
+
+DATASET_DIRNAME = "COVID-19_Radiography_Dataset"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float,
+             edge: float = 0.03) -> np.ndarray:
+    """Soft-edged filled ellipse in ``[0, 1]``."""
+    r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+    return _sigmoid((1.0 - r) / edge)
+
+
+def _blob(x: np.ndarray, y: np.ndarray, cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
+    return np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Band-limited noise in ``[-1, 1]``: random values on a coarse grid, bicubic-upsampled."""
+    coarse = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
+    img = Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.float64)
+
+
+def draw_phantom(label: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """Draw one phantom of class ``label`` as a ``(size, size)`` uint8 image.
+
+    Args:
+        label: one of ``COVID``, ``Lung_Opacity``, ``Normal``, ``Viral Pneumonia``.
+        rng: the random generator; the image is a pure function of its state.
+        size: side length in pixels.
+    """
+    if label not in COVID_RADIOGRAPHY_CLASSES:
+        raise DataError(f"Unknown phantom class {label!r}; choose from {COVID_RADIOGRAPHY_CLASSES}")
+    # Findings draw from their own stream, so the same seed gives the same patient (anatomy,
+    # exposure, noise) with or without a finding: the class is the only difference.
+    frng = np.random.default_rng(rng.integers(0, 2**63))
+    lin = np.linspace(-1, 1, size)
+    x, y = np.meshgrid(lin, lin)  # (H, W); y grows downwards, x to the image's right
+    s = rng.uniform(0.9, 1.05)
+    x = (x - rng.uniform(-0.05, 0.05)) / s
+    y = (y - rng.uniform(-0.05, 0.05)) / s
+
+    img = np.full_like(x, 0.06)
+    body = _ellipse(x, y, 0, 0.08, 0.86, 1.0, edge=0.04)
+    img += 0.42 * body
+
+    # Lungs: ellipses cut by diaphragm domes (soft), darker than soft tissue.
+    lungs = np.zeros_like(x)
+    lung_masks = []
+    for side in (-1, 1):
+        cx = side * rng.uniform(0.36, 0.40)
+        ax, ay = rng.uniform(0.25, 0.29), rng.uniform(0.55, 0.62)
+        dome = 0.42 + rng.uniform(-0.04, 0.04) - 0.22 * ((x - cx) / ax) ** 2
+        m = _ellipse(x, y, cx, -0.08, ax, ay) * _sigmoid((dome - y) / 0.02)
+        lung_masks.append((m, cx, ax))
+        lungs = np.maximum(lungs, m)
+    img -= 0.30 * lungs
+
+    # Mediastinum and spine, heart shadow over the patient's left (image right).
+    img += 0.18 * _sigmoid((0.09 - np.abs(x)) / 0.02) * body
+    img += 0.15 * _ellipse(x, y, rng.uniform(0.08, 0.14), 0.22, rng.uniform(0.24, 0.3), 0.22, 0.06)
+
+    # Ribs: bright curved bands over both hemithoraces; clavicles at the top.
+    for k in range(9):
+        y0 = -0.62 + k * 0.12 + rng.uniform(-0.01, 0.01)
+        rib = y0 + 0.35 * np.abs(x) ** 1.6 - 0.05 * np.abs(x)
+        img += 0.07 * np.exp(-0.5 * ((y - rib) / 0.018) ** 2) * body * (np.abs(x) > 0.08)
+    for side in (-1, 1):
+        clav = -0.72 + 0.18 * np.abs(x) - 0.02 * side
+        img += 0.10 * np.exp(-0.5 * ((y - clav) / 0.022) ** 2) * (np.abs(x) < 0.6) * (side * x > 0)
+
+    # Faint vascular markings in every class, so "has streaks" alone is not a finding.
+    vessels = _smooth_noise(rng, size, 24)
+    img += 0.025 * np.abs(vessels) * lungs
+
+    # Severity: from obvious to nearly invisible, so the task is learnable but not trivial.
+    sev = frng.uniform(0.25, 1.0) ** 1.5
+    finding = np.zeros_like(x)
+    if label == "COVID":
+        for m, cx, ax in lung_masks:
+            side = np.sign(cx)
+            for _ in range(frng.integers(3, 6)):
+                bx = cx + side * ax * frng.uniform(0.45, 0.85)
+                by = frng.uniform(-0.1, 0.35)
+                finding += frng.uniform(0.6, 1.0) * _blob(
+                    x, y, bx, by, frng.uniform(0.06, 0.11), frng.uniform(0.07, 0.14)) * m
+        finding = 0.16 * sev * np.minimum(finding, 1.5)
+    elif label == "Lung_Opacity":
+        m, cx, ax = lung_masks[frng.integers(0, 2)]
+        by = frng.choice([-0.4, -0.1, 0.2]) + frng.uniform(-0.05, 0.05)
+        region = _ellipse(x, y, cx + frng.uniform(-0.08, 0.08), by, frng.uniform(0.14, 0.22),
+                          frng.uniform(0.14, 0.2), edge=0.06)
+        texture = 0.85 + 0.15 * _smooth_noise(frng, size, 16)
+        finding = 0.30 * sev * region * texture * m
+    elif label == "Viral Pneumonia":
+        pattern = np.zeros_like(x)
+        for m, cx, _ in lung_masks:
+            hx, hy = cx * 0.55, -0.05
+            ang = np.arctan2(y - hy, x - hx)
+            dist = np.hypot(x - hx, y - hy)
+            streaks = np.abs(np.sin(ang * frng.integers(9, 15) + frng.uniform(0, np.pi)))
+            pattern += (streaks**6) * np.exp(-dist / 0.3) * m
+        reticular = np.clip(_smooth_noise(frng, size, 40), 0, None)
+        perihilar = np.exp(-np.abs(x) / 0.35) * lungs
+        finding = 0.14 * sev * (pattern + 0.8 * reticular * perihilar)
+    img += finding
+
+    # Acquisition nuisances.
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
+    img += rng.normal(0, rng.uniform(0.008, 0.03), img.shape)
+    out = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8))
+    out = out.rotate(rng.uniform(-5, 5), resample=Image.BILINEAR, fillcolor=int(0.06 * 255))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=max(10, size // 14))
+    corner = rng.integers(0, 4)
+    px = size * (0.05 if corner % 2 == 0 else 0.88)
+    py = size * (0.04 if corner < 2 else 0.88)
+    draw.text((px, py), "LR"[rng.integers(0, 2)], fill=235, font=font)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def write_synthetic_dataset(
+    out: str | os.PathLike[str],
+    per_class: int = 100,
+    seed: int = 0,
+    size: int = 256,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write a phantom dataset in the Kaggle layout and return the dataset folder.
+
+    The folder is ``OUT/COVID-19_Radiography_Dataset/<Class>/images/<Class>-<n>.png``. The
+    same ``per_class``, ``seed`` and ``size`` give byte-identical files.
+
+    Example:
+        >>> root = write_synthetic_dataset("data/phantoms", per_class=50)  # doctest: +SKIP
+    """
+    if per_class < 1:
+        raise DataError(f"--per-class must be at least 1, got {per_class}")
+    if size < 32:
+        raise DataError(f"Phantom size must be at least 32 pixels, got {size}")
+    root = Path(out) / DATASET_DIRNAME
+    jobs = [(ci, c, i) for ci, c in enumerate(COVID_RADIOGRAPHY_CLASSES)
+            for i in range(1, per_class + 1)]
+    for ci, cls, i in tqdm(jobs, desc="Drawing phantoms", unit="img",
+                           disable=not progress or None, leave=False):
+        rng = np.random.default_rng([seed, ci, i])
+        folder = root / cls / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(draw_phantom(cls, rng, size)).save(folder / f"{cls}-{i}.png")
+    (root / "README.md").write_text(
+        "Synthetic chest X-ray phantoms made by `cxrlab data synth` "
+        f"(per_class={per_class}, seed={seed}, size={size}). Not real patient data.\n"
+    )
+    return root
