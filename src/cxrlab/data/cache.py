@@ -55,7 +55,9 @@ class DecodedImages:
 
 
 def _cache_key(records: Sequence[ImageRecord], size: int) -> str:
-    return hash_strings([f"v{_CACHE_VERSION}", RESIZE_METHOD, str(size), *(r.hash for r in records)])
+    return hash_strings(
+        [f"v{_CACHE_VERSION}", RESIZE_METHOD, str(size), *(r.hash for r in records)]
+    )
 
 
 def decoded_images(
@@ -105,28 +107,38 @@ def decoded_images(
     try:
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
 
-        def work(i: int) -> None:
+        def work(i: int) -> np.ndarray:
             rec = records[i]
             try:
                 gray = load_gray8(root / rec.path)
             except ImageReadError as e:
-                raise DataError(f"{rec.path} became unreadable since the scan ({e.reason}); "
-                                "re-run 'cxrlab data scan'") from e
+                raise DataError(
+                    f"{rec.path} became unreadable since the scan ({e.reason}); "
+                    "re-run 'cxrlab data scan'"
+                ) from e
             if gray.shape != (rec.height, rec.width):
-                raise DataError(f"{rec.path} changed since the scan (size "
-                                f"{gray.shape[1]}x{gray.shape[0]}, manifest "
-                                f"{rec.width}x{rec.height}); re-create the split")
-            out[i] = resize_gray8(gray, size)
+                raise DataError(
+                    f"{rec.path} changed since the scan (size "
+                    f"{gray.shape[1]}x{gray.shape[0]}, manifest "
+                    f"{rec.width}x{rec.height}); re-create the split"
+                )
+            return resize_gray8(gray, size)
 
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             jobs = pool.map(work, range(len(records)))
-            for _ in tqdm(jobs, total=len(records), desc=f"Caching images at {size}px",
-                          unit="img", disable=not progress or None, leave=False):
-                pass
+            bar = tqdm(jobs, total=len(records), desc=f"Caching images at {size}px", unit="img",
+                       disable=not progress or None, leave=False)  # fmt: skip
+            for i, img in enumerate(bar):
+                out[i] = img
         out.flush()
         del out
-        meta = {"version": _CACHE_VERSION, "shape": list(shape), "resize": RESIZE_METHOD,
-                "root": str(root), "count": len(records)}
+        meta = {
+            "version": _CACHE_VERSION,
+            "shape": list(shape),
+            "resize": RESIZE_METHOD,
+            "root": str(root),
+            "count": len(records),
+        }
         meta_path.write_text(json.dumps(meta))
         os.replace(tmp, path)
     except BaseException:

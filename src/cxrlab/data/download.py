@@ -24,8 +24,7 @@ def download_database(out: str | os.PathLike[str]) -> Path:
         DataError: one line saying why the download failed and what to do instead.
     """
     out = Path(out).expanduser()
-    manual = (f"download it by hand from {KAGGLE_URL}, unzip it, then pass --data PATH "
-              "to cxrlab")
+    manual = f"download it by hand from {KAGGLE_URL}, unzip it, then pass --data PATH to cxrlab"
     try:
         import kagglehub
     except ImportError as e:  # pragma: no cover - kagglehub is a dependency
@@ -34,8 +33,10 @@ def download_database(out: str | os.PathLike[str]) -> Path:
         cached = Path(kagglehub.dataset_download(KAGGLE_DATASET))
     except Exception as e:  # network, credentials, quota: all end the same way for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"Could not download {KAGGLE_DATASET} from Kaggle ({reason[:200]}); "
-                        f"check your network and Kaggle credentials, or {manual}") from e
+        raise DataError(
+            f"Could not download {KAGGLE_DATASET} from Kaggle ({reason[:200]}); "
+            f"check your network and Kaggle credentials, or {manual}"
+        ) from e
     out.mkdir(parents=True, exist_ok=True)
     for item in cached.iterdir():
         target = out / item.name

@@ -61,9 +61,7 @@ def to_gray8(img: Image.Image) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def load_gray8(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` fully and return it as a ``(H, W)`` uint8 grayscale array.
 
     Args:

@@ -45,8 +45,26 @@ _SKIP_DIRS = {"masks", "mask", "__macosx", "$recycle.bin", "system volume inform
 #: File names and suffixes that are documentation, metadata or OS junk, never images.
 _SKIP_NAMES = {"thumbs.db", "desktop.ini", "readme", "license", "licence"}
 _SKIP_SUFFIXES = {
-    ".xlsx", ".xls", ".csv", ".tsv", ".md", ".txt", ".rst", ".json", ".yaml", ".yml",
-    ".pdf", ".doc", ".docx", ".html", ".htm", ".ini", ".db", ".zip", ".py", ".ipynb",
+    ".xlsx",
+    ".xls",
+    ".csv",
+    ".tsv",
+    ".md",
+    ".txt",
+    ".rst",
+    ".json",
+    ".yaml",
+    ".yml",
+    ".pdf",
+    ".doc",
+    ".docx",
+    ".html",
+    ".htm",
+    ".ini",
+    ".db",
+    ".zip",
+    ".py",
+    ".ipynb",
 }
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
 
@@ -94,9 +112,7 @@ class ClassFolder:
         When the folder has an ``images/`` subfolder (the Kaggle layout) only that is read, so
         the lung masks next to it never become training images.
         """
-        images = next(
-            (d for d in _list_dirs(self.path) if d.name.lower() == "images"), None
-        )
+        images = next((d for d in _list_dirs(self.path) if d.name.lower() == "images"), None)
         top = images or self.path
         out: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(top):
@@ -124,9 +140,9 @@ def _has_image_files(folder: Path) -> bool:
         try:
             with os.scandir(sub) as it:
                 for e in it:
-                    if e.is_file() and not is_ignored_file(e.name):
-                        if os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES:
-                            return True
+                    suffix = os.path.splitext(e.name)[1].lower()
+                    if suffix in _IMAGE_SUFFIXES and e.is_file() and not is_ignored_file(e.name):
+                        return True
         except OSError:
             continue
     return False
@@ -143,8 +159,10 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"Dataset folder {root} does not exist; check the path or create a demo "
-                        "set with 'cxrlab data synth --out DIR'")
+        raise DataError(
+            f"Dataset folder {root} does not exist; check the path or create a demo "
+            "set with 'cxrlab data synth --out DIR'"
+        )
     if not root.is_dir():
         raise DataError(f"Dataset path {root} is a file, not a folder of class folders")
 
@@ -167,8 +185,9 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
             if len(set(names)) != len(names):
                 dup = next(n for n in names if names.count(n) > 1)
                 same = ", ".join(repr(d.name) for d in known if canon[d] == dup)
-                raise DataError(f"{folder} has several folders for the class {dup!r} ({same}); "
-                                "keep one")
+                raise DataError(
+                    f"{folder} has several folders for the class {dup!r} ({same}); keep one"
+                )
             order = {name: i for i, name in enumerate(COVID_RADIOGRAPHY_CLASSES)}
             known.sort(key=lambda d: order[canon[d]])
             classes = tuple(ClassFolder(canon[d], d) for d in known)

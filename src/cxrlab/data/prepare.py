@@ -79,7 +79,8 @@ def prepare_data(
     if report.conflicts:
         warnings.warn(
             f"{len(report.conflicts)} image(s) appear under more than one class and were left "
-            "out; 'cxrlab data scan' lists them", stacklevel=2,
+            "out; 'cxrlab data scan' lists them",
+            stacklevel=2,
         )
     if split_file is not None and Path(split_file).exists() and not holdout_all:
         split = load_split(split_file, report)

@@ -198,8 +198,14 @@ def scan_dataset(
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             probes = pool.map(lambda t: _probe(t[1], max_pixels), todo)
-            bar = tqdm(probes, total=len(todo), desc="Scanning images", unit="img",
-                       disable=not progress or None, leave=False)
+            bar = tqdm(
+                probes,
+                total=len(todo),
+                desc="Scanning images",
+                unit="img",
+                disable=not progress or None,
+                leave=False,
+            )
             for (rel, _, key), res in zip(todo, bar):
                 results[rel] = key + res
         if use_cache:

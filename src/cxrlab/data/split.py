@@ -75,8 +75,10 @@ class Split:
     def to_csv(self) -> str:
         buf = io.StringIO()
         ratios = ",".join(f"{r:g}" for r in self.ratios)
-        buf.write(f"# cxrlab manifest v1; seed={self.seed}; ratios={ratios}; "
-                  f"classes={'|'.join(self.classes)}\n")
+        buf.write(
+            f"# cxrlab manifest v1; seed={self.seed}; ratios={ratios}; "
+            f"classes={'|'.join(self.classes)}\n"
+        )
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_HEADER)
         for r, s in zip(self.records, self.assignment):
@@ -134,8 +136,9 @@ def make_split(
         ratios = (0.0, 0.0, 1.0)
     ratios = tuple(float(r) for r in ratios)  # type: ignore[assignment]
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise DataError(f"Split ratios must be three non-negative numbers summing to 1, "
-                        f"got {ratios}")
+        raise DataError(
+            f"Split ratios must be three non-negative numbers summing to 1, got {ratios}"
+        )
     records = sorted(report.records, key=lambda r: r.path)
     assign: dict[str, str] = {}
     for cls in report.classes:
@@ -176,11 +179,11 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
         raise DataError(f"Cannot read split file {path}: {e.strerror or e}") from e
     lines = text.splitlines()
     if not lines or not lines[0].startswith("# cxrlab manifest v1"):
-        raise DataError(f"{path} is not a cxrlab manifest (first line should start with "
-                        "'# cxrlab manifest v1'); create one with 'cxrlab data split'")
-    meta = dict(
-        part.strip().split("=", 1) for part in lines[0][2:].split(";") if "=" in part
-    )
+        raise DataError(
+            f"{path} is not a cxrlab manifest (first line should start with "
+            "'# cxrlab manifest v1'); create one with 'cxrlab data split'"
+        )
+    meta = dict(part.strip().split("=", 1) for part in lines[0][2:].split(";") if "=" in part)
     try:
         classes = tuple(meta["classes"].split("|"))
         seed = int(meta["seed"])

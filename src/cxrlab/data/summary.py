@@ -10,7 +10,7 @@ __all__ = ["format_scan_report", "format_split_counts"]
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(  # noqa: E731
+    fmt = lambda r: "  ".join(
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
     )
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
@@ -27,9 +27,11 @@ def format_scan_report(report: ScanReport, max_list: int = 20) -> str:
     if sizes:
         common = ", ".join(f"{k} ({v})" for k, v in sizes["most_common"].items())
         w, h = sizes["width"], sizes["height"]
-        lines.append(f"Sizes: width {w['min']}..{w['max']} (median {w['median']:g}), "
-                     f"height {h['min']}..{h['max']} (median {h['median']:g}); "
-                     f"most common: {common}")
+        lines.append(
+            f"Sizes: width {w['min']}..{w['max']} (median {w['median']:g}), "
+            f"height {h['min']}..{h['max']} (median {h['median']:g}); "
+            f"most common: {common}"
+        )
     if report.empty_classes:
         lines.append(f"Empty classes (no valid images): {', '.join(report.empty_classes)}")
     lines.append(f"Invalid files: {len(report.invalid)}")
@@ -38,8 +40,10 @@ def format_scan_report(report: ScanReport, max_list: int = 20) -> str:
     lines.append(f"Duplicate groups: {len(report.duplicates)} ({n_dup} files, kept in one split)")
     lines += [f"  {' == '.join(g)}" for g in report.duplicates[:max_list]]
     lines.append(f"Label conflicts: {len(report.conflicts)} (left out)")
-    lines += [f"  {' / '.join(c['classes'])}: {' == '.join(c['paths'])}"
-              for c in report.conflicts[:max_list]]
+    lines += [
+        f"  {' / '.join(c['classes'])}: {' == '.join(c['paths'])}"
+        for c in report.conflicts[:max_list]
+    ]
     hidden = max(0, len(report.invalid) - max_list) + max(0, len(report.duplicates) - max_list)
     if hidden:
         lines.append(f"  ... {hidden} more not shown; use --json for the full lists")

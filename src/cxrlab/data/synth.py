@@ -39,8 +39,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float,
-             edge: float = 0.03) -> np.ndarray:
+def _ellipse(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float, edge: float = 0.03
+) -> np.ndarray:
     """Soft-edged filled ellipse in ``[0, 1]``."""
     r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
     return _sigmoid((1.0 - r) / edge)
@@ -118,14 +119,24 @@ def draw_phantom(label: str, rng: np.random.Generator, size: int = 256) -> np.nd
             for _ in range(frng.integers(3, 6)):
                 bx = cx + side * ax * frng.uniform(0.45, 0.85)
                 by = frng.uniform(-0.1, 0.35)
-                finding += frng.uniform(0.6, 1.0) * _blob(
-                    x, y, bx, by, frng.uniform(0.06, 0.11), frng.uniform(0.07, 0.14)) * m
+                finding += (
+                    frng.uniform(0.6, 1.0)
+                    * _blob(x, y, bx, by, frng.uniform(0.06, 0.11), frng.uniform(0.07, 0.14))
+                    * m
+                )
         finding = 0.16 * sev * np.minimum(finding, 1.5)
     elif label == "Lung_Opacity":
         m, cx, ax = lung_masks[frng.integers(0, 2)]
         by = frng.choice([-0.4, -0.1, 0.2]) + frng.uniform(-0.05, 0.05)
-        region = _ellipse(x, y, cx + frng.uniform(-0.08, 0.08), by, frng.uniform(0.14, 0.22),
-                          frng.uniform(0.14, 0.2), edge=0.06)
+        region = _ellipse(
+            x,
+            y,
+            cx + frng.uniform(-0.08, 0.08),
+            by,
+            frng.uniform(0.14, 0.22),
+            frng.uniform(0.14, 0.2),
+            edge=0.06,
+        )
         texture = 0.85 + 0.15 * _smooth_noise(frng, size, 16)
         finding = 0.30 * sev * region * texture * m
     elif label == "Viral Pneumonia":
@@ -177,10 +188,14 @@ def write_synthetic_dataset(
     if size < 32:
         raise DataError(f"Phantom size must be at least 32 pixels, got {size}")
     root = Path(out) / DATASET_DIRNAME
-    jobs = [(ci, c, i) for ci, c in enumerate(COVID_RADIOGRAPHY_CLASSES)
-            for i in range(1, per_class + 1)]
-    for ci, cls, i in tqdm(jobs, desc="Drawing phantoms", unit="img",
-                           disable=not progress or None, leave=False):
+    jobs = [
+        (ci, c, i)
+        for ci, c in enumerate(COVID_RADIOGRAPHY_CLASSES)
+        for i in range(1, per_class + 1)
+    ]
+    for ci, cls, i in tqdm(
+        jobs, desc="Drawing phantoms", unit="img", disable=not progress or None, leave=False
+    ):
         rng = np.random.default_rng([seed, ci, i])
         folder = root / cls / "images"
         folder.mkdir(parents=True, exist_ok=True)
