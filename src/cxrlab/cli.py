@@ -353,6 +353,83 @@ def study_cells(
         typer.echo(f"{c.id:<40} {c.label}")
 
 
+# ------------------------------------------------------------------------------- use
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[str, typer.Argument(help="Run folder of 'cxrlab train', or an .onnx export.")],
+    paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive) or globs.")],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write predictions as CSV here."),
+    ] = None,
+    cam: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write a Grad-CAM overlay per image into this folder."),
+    ] = None,
+    cam_class: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Explain this class (default: the predicted one)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+) -> None:
+    """Predict classes of X-rays; exit status 3 if any file was skipped."""
+    from .infer import load, predict_paths
+
+    predictor = load(model, device=device)
+    result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out)
+    if out is None:
+        typer.echo(result.to_csv(), nl=False)
+    else:
+        typer.echo(f"Wrote {len(result.paths)} predictions to {out}")
+    if cam is not None:
+        _write_cams(predictor, result, cam, cam_class)
+    for path, reason in result.skipped:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    if result.skipped:
+        typer.echo(f"{len(result.skipped)} input(s) skipped", err=True)
+        raise typer.Exit(3)
+
+
+def _write_cams(predictor, result, folder: Path, cam_class: Optional[str]) -> None:  # noqa: UP045
+    import numpy as np
+
+    from .infer import gradcam, save_cam_overlay
+
+    if predictor.model is None:
+        raise CxrlabError("--cam needs the run folder (PyTorch model), not an ONNX file")
+    index = None
+    if cam_class is not None:
+        if cam_class not in predictor.classes:
+            raise CxrlabError(f"--cam-class {cam_class!r} is not one of {predictor.classes}")
+        index = predictor.classes.index(cam_class)
+    predictor.model.cpu()
+    for i, (path, probs) in enumerate(zip(result.paths, result.probs)):
+        pixels = predictor.to_pixels(path)
+        k = int(np.argmax(probs)) if index is None else index
+        heat = gradcam(predictor.model, pixels[None], k)[0]
+        caption = f"Grad-CAM: {predictor.classes[k]} (p={probs[k]:.2f})"
+        save_cam_overlay(pixels, heat, folder / f"{i:05d}-{Path(path).stem}.png", caption)
+    typer.echo(f"Wrote {len(result.paths)} Grad-CAM overlays to {folder}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    out: Annotated[Path, typer.Option(help="File to write (.onnx or .pt).")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+) -> None:
+    """Export a trained model; checked against PyTorch (max |dp| <= 1e-4) before it is kept."""
+    from .infer import export_model
+
+    meta = export_model(run_dir, format, out)
+    typer.echo(
+        f"Wrote {out} and {out.with_suffix('.json')} (max |dp| vs PyTorch "
+        f"{meta['parity']['max_abs_diff']:.1e} on {meta['parity']['images']} images)"
+    )
+
+
 # ------------------------------------------------------------------------------ entry points
 def main(argv: Optional[list[str]] = None) -> int:  # noqa: UP045 - typer needs Optional
     """Run the CLI and return its exit status (for tests: ``main(["data", "scan", ...])``)."""

@@ -49,8 +49,8 @@ class Preprocess(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.scale.dtype)  # (B, 1, H, W)
-        if x.shape[1] == 1 and self.in_chans != 1:
-            x = x.expand(-1, self.in_chans, -1, -1)  # (B, C, H, W), no copy
+        if self.in_chans != 1:
+            x = x.expand(-1, self.in_chans, -1, -1)  # (B, 1, H, W) -> (B, C, H, W), no copy
         return x * self.scale + self.shift
 
 

@@ -1,0 +1,117 @@
+"""``cxrlab export``: ONNX or TorchScript, checked against PyTorch before it is kept."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
+from ..engine import load_run_model
+from ..errors import CxrlabError
+from ..utils import write_json
+
+__all__ = ["FORMATS", "export_model"]
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4
+
+
+class _WithSoftmax(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image).float().softmax(dim=1)  # (B, K) probabilities
+
+
+def _check_images(size: int, n: int = 8) -> np.ndarray:
+    """A batch of phantom X-rays at the model's size (no data needed to check an export)."""
+    from ..data import resize_gray8
+
+    classes = COVID_RADIOGRAPHY_CLASSES
+    draw = max(64, size)
+    images = [draw_phantom(classes[i % 4], np.random.default_rng([7, i]), draw) for i in range(n)]
+    return np.stack([resize_gray8(img, size) for img in images])
+
+
+def export_model(
+    run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Export a run's model and write ``<out>.json`` describing its input and output.
+
+    The exported model takes ``image``: ``(N, 1, H, W)`` uint8 grayscale (0..255) and returns
+    ``probabilities``: ``(N, K)`` float32; resizing to ``H x W`` happens before, normalisation
+    inside. After exporting, the file is run on a batch of images and compared with PyTorch;
+    a maximum absolute difference of the probabilities above 1e-4 deletes it and fails.
+    """
+    if fmt not in FORMATS:
+        raise CxrlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model, card = load_run_model(run_dir)
+    model = _WithSoftmax(model.cpu()).eval()
+    size = int(card["preprocessing"]["image_size"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pixels = _check_images(size)
+    x = torch.from_numpy(pixels)[:, None]  # (N, 1, H, W) uint8
+    with torch.no_grad():
+        reference = model(x).numpy()
+    if fmt == "onnx":
+        _export_onnx(model, x, out)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": pixels[:, None]})[0]
+    else:
+        with torch.no_grad():
+            scripted = torch.jit.trace(model, x[:1])
+        scripted.save(str(out))
+        with torch.no_grad():
+            got = torch.jit.load(str(out))(x).numpy()
+    diff = float(np.abs(np.asarray(got) - reference).max())
+    if not diff <= TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise CxrlabError(
+            f"The {fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE}) "
+            "in its probabilities; nothing was written"
+        )
+    pre = card["preprocessing"]
+    meta = {
+        "format": fmt, "model": card["model"], "architecture": card["architecture"],
+        "classes": card["classes"],
+        "input": {"name": "image", "shape": ["N", 1, size, size], "dtype": "uint8",
+                  "description": "grayscale X-ray, 0..255, resized to the square size "
+                                 f"({pre.get('resize', 'bilinear')}); normalisation is inside "
+                                 "the model"},
+        "output": {"name": "probabilities", "shape": ["N", len(card["classes"])],
+                   "dtype": "float32"},
+        "normalisation": {"channel_mode": pre["channel_mode"], "mean": pre["mean"],
+                          "std": pre["std"], "formula": "(x / 255 - mean) / std per channel"},
+        "parity": {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE},
+        "source_run": str(Path(run_dir).resolve()),
+    }  # fmt: skip
+    write_json(out.with_suffix(".json"), meta)
+    return meta
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise CxrlabError(
+            "ONNX export needs onnx and onnxruntime: pip install 'cxrlab[export]'"
+        ) from e
+    kwargs = {"input_names": ["image"], "output_names": ["probabilities"]}
+    try:  # the torch.export-based exporter (the default since torch 2.9)
+        batch = {"image": {0: torch.export.Dim("batch")}}
+        torch.onnx.export(model, (x,), str(out), dynamo=True, verbose=False,
+                          dynamic_shapes=batch, **kwargs)  # fmt: skip
+    except Exception:  # older torch, or a model torch.export cannot trace: TorchScript exporter
+        torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=17,
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                          **kwargs)  # fmt: skip

@@ -1,0 +1,107 @@
+"""``cxrlab predict``: many files, folders and globs, batched, with a CSV out."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.imageio import ImageReadError
+from ..data.layout import is_ignored_file
+from ..utils import atomic_write_text
+from .predictor import Predictor
+
+__all__ = ["Predictions", "collect_inputs", "predict_paths"]
+
+
+@dataclass
+class Predictions:
+    """Per-image results and the files that could not be used."""
+
+    classes: list[str]
+    paths: list[str] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "pred", *(f"p_{c}" for c in self.classes)])
+        for path, p in zip(self.paths, self.probs):
+            w.writerow([path, self.classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p)])
+        return buf.getvalue()
+
+
+def collect_inputs(
+    items: Iterable[str | os.PathLike[str]],
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (recursively) and glob patterns into image paths.
+
+    Returns the paths and ``(item, reason)`` for items that matched nothing.
+    """
+    found: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files = [
+                f
+                for f in sorted(p.rglob("*"))
+                if f.is_file()
+                and not is_ignored_file(f.name)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ]
+            found.extend(files)
+        elif p.is_file():
+            found.append(p)
+        elif any(ch in str(item) for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            files = [m for m in matches if m.is_file() and not is_ignored_file(m.name)]
+            if files:
+                found.extend(files)
+            else:
+                missing.append((str(item), "pattern matched no files"))
+        else:
+            missing.append((str(item), "no such file or folder"))
+    return list(dict.fromkeys(found)), missing
+
+
+def predict_paths(
+    predictor: Predictor,
+    items: Iterable[str | os.PathLike[str]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    out: str | os.PathLike[str] | None = None,
+) -> Predictions:
+    """Predict every image among ``items``; unreadable files are skipped with the reason."""
+    paths, missing = collect_inputs(items)
+    result = Predictions(predictor.classes, skipped=list(missing))
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if batch:
+            probs = predictor.predict_pixels(np.stack([px for _, px in batch]))
+            result.paths.extend(p for p, _ in batch)
+            result.probs.extend(probs)
+            batch.clear()
+
+    for path in tqdm(paths, desc="Predicting", unit="img", leave=False,
+                     disable=not progress or len(paths) < 64 or None):  # fmt: skip
+        try:
+            batch.append((str(path), predictor.to_pixels(path)))
+        except ImageReadError as e:
+            result.skipped.append((str(path), e.reason))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if out is not None:
+        atomic_write_text(out, result.to_csv())
+    return result

@@ -1,0 +1,124 @@
+"""Using a trained model: a predictor for a run folder or an exported ONNX file.
+
+Images are preprocessed exactly as in training, from the model card: decoded safely to 8-bit
+grayscale with the full intensity range (:func:`cxrlab.data.load_gray8`), resized with the
+data layer's resize, and fed to the model as ``(B, 1, H, W)`` uint8. Normalisation lives
+inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import load_gray8, resize_gray8, to_gray8
+from ..engine.runtime import resolve_device
+from ..errors import CheckpointError
+
+__all__ = ["Predictor", "load"]
+
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
+
+
+class Predictor:
+    """Class probabilities for chest X-rays from a run folder or an ONNX export.
+
+    Attributes:
+        classes: output class names, in probability order.
+        image_size: the square input size.
+        source: the run folder or ONNX file.
+
+    Example:
+        >>> p = cxrlab.load("runs/lite0-head")  # doctest: +SKIP
+        >>> p.predict("xray.png")  # doctest: +SKIP
+        {'COVID': 0.02, 'Lung_Opacity': 0.05, 'Normal': 0.9, 'Viral Pneumonia': 0.03}
+    """
+
+    def __init__(self, source: str | os.PathLike[str], device: str = "auto") -> None:
+        self.source = Path(source)
+        self.session = None
+        self.model: torch.nn.Module | None = None
+        if self.source.suffix == ".onnx":
+            self._init_onnx()
+        else:
+            from ..engine import load_run_model
+
+            self.model, self.card = load_run_model(self.source)
+            self.device = resolve_device(device)
+            self.model.to(self.device).eval()
+            self.classes: list[str] = list(self.card["classes"])
+            self.image_size = int(self.card["preprocessing"]["image_size"])
+
+    def _init_onnx(self) -> None:
+        meta_path = self.source.with_suffix(".json")
+        if not self.source.is_file():
+            raise CheckpointError(f"ONNX file {self.source} does not exist")
+        if not meta_path.is_file():
+            raise CheckpointError(
+                f"{self.source} has no {meta_path.name} beside it (written by "
+                "'cxrlab export'); it holds the classes and input size"
+            )
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise CheckpointError(
+                "Running ONNX models needs onnxruntime: pip install 'cxrlab[export]'"
+            ) from e
+        self.card = json.loads(meta_path.read_text())
+        self.classes = list(self.card["classes"])
+        self.image_size = int(self.card["input"]["shape"][-1])
+        self.session = ort.InferenceSession(str(self.source), providers=["CPUExecutionProvider"])
+        self.device = torch.device("cpu")
+
+    # ---------------------------------------------------------------- preprocessing
+    def to_pixels(self, image: ImageLike) -> np.ndarray:
+        """One image as the model's ``(H, W)`` uint8 input (resized like the training cache)."""
+        if isinstance(image, (str, os.PathLike)):
+            gray = load_gray8(image)
+        elif isinstance(image, Image.Image):
+            gray = to_gray8(image)
+        else:
+            arr = np.asarray(image)
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                gray = to_gray8(Image.fromarray(arr.astype(np.uint8)))
+            elif arr.ndim == 2:
+                gray = arr if arr.dtype == np.uint8 else to_gray8(Image.fromarray(arr))
+            else:
+                raise ValueError(f"Expected an (H, W) or (H, W, 3) image, got shape {arr.shape}")
+        return resize_gray8(np.ascontiguousarray(gray), self.image_size)
+
+    # ---------------------------------------------------------------- prediction
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """``(B, H, W)`` uint8 -> ``(B, K)`` probabilities."""
+        x = np.array(pixels, dtype=np.uint8, copy=True)[:, None]  # (B, 1, H, W), writable
+        if self.session is not None:
+            name = self.session.get_inputs()[0].name
+            return np.asarray(self.session.run(None, {name: x})[0], dtype=np.float32)
+        assert self.model is not None
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(x).to(self.device))
+        return logits.float().softmax(dim=1).cpu().numpy()
+
+    def predict(self, image: ImageLike) -> dict[str, float]:
+        """Probability of every class for one image (path, PIL image or array)."""
+        probs = self.predict_pixels(self.to_pixels(image)[None])[0]
+        return {c: float(p) for c, p in zip(self.classes, probs)}
+
+    def predict_many(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """``(N, K)`` probabilities for several images."""
+        return self.predict_pixels(np.stack([self.to_pixels(i) for i in images]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": str(self.source), "classes": self.classes, "image_size": self.image_size}
+
+
+def load(source: str | os.PathLike[str], device: str = "auto") -> Predictor:
+    """A :class:`Predictor` for a run folder (``cxrlab train --out``) or an ``.onnx`` export."""
+    return Predictor(source, device)

@@ -1,0 +1,153 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlab.cli import main
+from cxrlab.data import write_synthetic_dataset
+from cxrlab.engine import TrainConfig, train
+from cxrlab.errors import CheckpointError, CxrlabError
+from cxrlab.infer import export_model, gradcam, load
+from cxrlab.models import create_model
+
+from conftest import write_png
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("infer")
+    data = write_synthetic_dataset(base / "ph", per_class=8, seed=4, size=48, progress=False)
+    cfg = TrainConfig(data=str(data), model="resnet18", weights="none", image_size=32, epochs=1,
+                      batch_size=8, progress=False, precision="fp32")  # fmt: skip
+    train(cfg, base / "run")
+    return base / "run"
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_png(folder / f"a{i}.png", rng.integers(0, 256, (40, 50), dtype=np.uint8))
+    write_png(folder / "deep" / "b.png", rng.integers(0, 256, (30, 30), dtype=np.uint8))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+def _read(path: Path) -> dict[str, list[float]]:
+    with open(path, newline="") as f:
+        return {r["path"]: [float(v) for k, v in r.items() if k.startswith("p_")]
+                for r in csv.DictReader(f)}  # fmt: skip
+
+
+def test_predict_files_folders_globs_and_bad_file(run: Path, inputs: Path, tmp_path: Path,
+                                                  capsys) -> None:  # fmt: skip
+    out = tmp_path / "preds.csv"
+    args = [
+        "predict",
+        str(run),
+        str(inputs / "deep"),
+        str(inputs / "a*.png"),
+        str(inputs / "broken.png"),
+        str(inputs / "missing.png"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 3  # some inputs were skipped
+    err = capsys.readouterr().err
+    assert "broken.png: " in err and "missing.png: no such file" in err
+    rows = _read(out)
+    assert len(rows) == 4  # a0..a2 and deep/b
+    for probs in rows.values():
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4) and len(probs) == 4
+    # the Python API gives the same numbers as the CLI
+    predictor = load(run)
+    assert predictor.classes == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    for path, probs in rows.items():
+        api = predictor.predict(path)
+        assert list(api.values()) == pytest.approx(probs, abs=1e-5)
+    from PIL import Image
+
+    first = str(inputs / "a0.png")
+    as_pil = predictor.predict(Image.open(first))
+    as_array = predictor.predict(np.asarray(Image.open(first)))
+    assert list(as_pil.values()) == pytest.approx(rows[first], abs=1e-5)
+    assert list(as_array.values()) == pytest.approx(rows[first], abs=1e-5)
+    # a folder with only good images exits 0
+    assert main(["predict", str(run), str(inputs / "deep"), "--no-progress"]) == 0
+
+
+def test_predict_refuses_bad_run_folders(run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["predict", str(tmp_path / "nope"), "x.png"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"no model_card\.json"):
+        load(broken)
+
+
+def test_cam_highlights_the_deciding_quadrant(tmp_path: Path) -> None:
+    """The class is the stripe direction in the top-left quadrant; the rest is shared noise.
+
+    Whatever the model learned, only the top-left quadrant can decide the class, so its
+    Grad-CAM must be strongest there.
+    """
+    rng = np.random.default_rng(0)
+    size, half = 128, 64
+    yy, xx = np.mgrid[:half, :half]
+    for i in range(30):
+        for cls in ("vertical", "horizontal"):
+            img = rng.normal(110, 30, (size, size))
+            coord = xx if cls == "vertical" else yy
+            img[:half, :half] += 50 * np.sin(2 * np.pi * coord / 8 + rng.uniform(0, 2 * np.pi))
+            write_png(tmp_path / "q" / cls / f"{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    cfg = TrainConfig(data=str(tmp_path / "q"), model="resnet18", weights="none",
+                      image_size=size, epochs=3, batch_size=16, progress=False,
+                      precision="fp32")  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    assert result.metrics["accuracy"] >= 0.9
+    predictor = load(tmp_path / "run")
+    for cls in predictor.classes:
+        images = sorted((tmp_path / "q" / cls).glob("*.png"))[:8]
+        pixels = np.stack([predictor.to_pixels(p) for p in images])
+        maps = gradcam(predictor.model.cpu(), pixels, predictor.classes.index(cls))
+        assert maps.shape == (8, size, size) and np.isfinite(maps).all()
+        quadrants = maps.reshape(8, 2, half, 2, half).mean(axis=(2, 4)).reshape(8, 4)
+        assert (quadrants.argmax(axis=1) == 0).sum() >= 7, quadrants  # top-left strongest
+        assert np.median(quadrants[:, 0] / quadrants[:, 1:].mean(axis=1)) > 1.2
+
+
+def test_cam_works_for_vits() -> None:
+    for name in ("vit_tiny", "vit_b_16"):
+        model = create_model(name, 3, "none", image_size=32)
+        maps = gradcam(model, np.random.default_rng(0).integers(0, 256, (2, 32, 32), np.uint8))
+        assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path, fmt: str,
+                                        suffix: str, capsys) -> None:  # fmt: skip
+    out = tmp_path / f"model{suffix}"
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["input"] == {**meta["input"], "name": "image", "dtype": "uint8",
+                             "shape": ["N", 1, 32, 32]}  # fmt: skip
+    assert meta["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["parity"]["max_abs_diff"] <= 1e-4
+    if fmt == "onnx":
+        capsys.readouterr()
+        assert (
+            main(["predict", str(out), str(inputs / "deep"), "--out", str(tmp_path / "o.csv")]) == 0
+        )
+        assert (
+            main(["predict", str(run), str(inputs / "deep"), "--out", str(tmp_path / "t.csv")]) == 0
+        )
+        onnx_probs, torch_probs = _read(tmp_path / "o.csv"), _read(tmp_path / "t.csv")
+        for path in torch_probs:
+            assert onnx_probs[path] == pytest.approx(torch_probs[path], abs=1e-4)
+    with pytest.raises(CxrlabError, match="--format"):
+        export_model(run, "tflite", tmp_path / "x")
