@@ -199,6 +199,7 @@ def test_cli_train_and_evaluate(phantoms: Path, tmp_path: Path, capsys) -> None:
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "freeze=head" in out and "trainable 2,052 of" in out and "test: accuracy" in out
+    assert "Frozen-feature cache: the first 9 of 9 units" in out
     assert main(args) == 2  # the folder already holds a finished run
     assert "already holds a finished run" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "run"), "--split", "all"]) == 0

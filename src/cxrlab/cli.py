@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -168,7 +168,7 @@ def train_cmd(
         str, typer.Option(help="Dataset folder, or 'phantoms' (synthetic).", rich_help_panel=_D)
     ] = "phantoms",
     split_file: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(
             help="Manifest from 'cxrlab data split' (made if missing).", rich_help_panel=_D
         ),
@@ -217,6 +217,13 @@ def train_cmd(
     early_stopping: Annotated[
         int, typer.Option(help="Patience in epochs, 0=off.", rich_help_panel=_T)
     ] = 0,
+    feature_cache: Annotated[
+        str,
+        typer.Option(help="auto: run a frozen prefix once per image; off.", rich_help_panel=_R),
+    ] = "auto",
+    feature_dtype: Annotated[
+        str, typer.Option(help="float32 or float16 cached features.", rich_help_panel=_R)
+    ] = "float32",
     seed: Annotated[int, typer.Option(help="Training seed.", rich_help_panel=_R)] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.", rich_help_panel=_R)] = (
         "auto"
@@ -251,14 +258,14 @@ def train_cmd(
 def evaluate_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
     data: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Dataset folder (default: the run's own)."),
     ] = None,
     split: Annotated[
         str, typer.Option(help="test, val, train (the run's split) or all (every image).")
     ] = "test",
     out: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Write the metrics JSON here."),
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
@@ -282,27 +289,27 @@ def evaluate_cmd(
 def study_run(
     config: Annotated[Path, typer.Argument(help="Study TOML file (see configs/).")],
     data: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Dataset folder (overrides [study] data)."),
     ] = None,
     out: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Study folder (default: runs/<study name>)."),
     ] = None,
     epochs: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(help="Override [train] epochs."),
     ] = None,
     seeds: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(help="Override [study] seeds (0..N-1)."),
     ] = None,
     cell: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option(help="Run only this cell id (or id prefix); repeatable."),
     ] = None,
     shard: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Run only shard i/n of the cells (1-based), e.g. 2/4."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
@@ -343,7 +350,7 @@ def study_report(
 @study_app.command("cells")
 def study_cells(
     config: Annotated[Path, typer.Argument(help="Study TOML file.")],
-    seeds: Annotated[Optional[int], typer.Option(help="Override seeds.")] = None,  # noqa: UP045
+    seeds: Annotated[int | None, typer.Option(help="Override seeds.")] = None,
 ) -> None:
     """List the cell ids a study file expands to (for --cell and job arrays)."""
     from .study import load_study_config
@@ -359,15 +366,15 @@ def predict_cmd(
     model: Annotated[str, typer.Argument(help="Run folder of 'cxrlab train', or an .onnx export.")],
     paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive) or globs.")],
     out: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Write predictions as CSV here."),
     ] = None,
     cam: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Write a Grad-CAM overlay per image into this folder."),
     ] = None,
     cam_class: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Explain this class (default: the predicted one)."),
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
@@ -392,7 +399,7 @@ def predict_cmd(
         raise typer.Exit(3)
 
 
-def _write_cams(predictor, result, folder: Path, cam_class: Optional[str]) -> None:  # noqa: UP045
+def _write_cams(predictor, result, folder: Path, cam_class: str | None) -> None:
     import numpy as np
 
     from .infer import gradcam, save_cam_overlay
@@ -431,7 +438,7 @@ def export_cmd(
 
 
 # ------------------------------------------------------------------------------ entry points
-def main(argv: Optional[list[str]] = None) -> int:  # noqa: UP045 - typer needs Optional
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (for tests: ``main(["data", "scan", ...])``)."""
     try:
         app(args=argv, prog_name="cxrlab")

@@ -54,7 +54,7 @@ def gradcam(model: CxrClassifier, pixels: np.ndarray, class_index: int | None = 
 
     layer, reshape = target_layer(model)
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).float()[:, None]  # (B, 1, H, W) 0..255
+    x = torch.from_numpy(np.array(pixels, dtype=np.float32))[:, None]  # (B, 1, H, W) 0..255
     targets = None if class_index is None else [ClassifierOutputTarget(class_index)] * len(x)
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         maps = cam(input_tensor=x, targets=targets)  # (B, H, W)
