@@ -45,9 +45,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, native bf16: {cpu_supports_bf16()}, "
-          f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
-          f"{args.size}px, median of {args.repeats}")
+    print(
+        f"# {platform.processor() or platform.machine()}, native bf16: {cpu_supports_bf16()}, "
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+        f"{args.size}px, median of {args.repeats}"
+    )
     x = torch.randint(0, 256, (args.batch, 1, args.size, args.size), dtype=torch.uint8)
     for name in args.models.split(","):
         model = create_model(name, 4, "none", image_size=args.size).eval()
@@ -55,8 +57,10 @@ def main() -> None:
         bf16 = images_per_second(model, x, args.repeats, bf16=True)
         model = model.to(memory_format=torch.channels_last)
         cl = images_per_second(model, x, args.repeats, bf16=False)
-        print(f"{name:<20} fp32 {fp32:7.1f} img/s   fp32+channels_last {cl:7.1f} img/s "
-              f"({cl / fp32:.2f}x)   bf16 autocast {bf16:7.1f} img/s ({bf16 / fp32:.2f}x)")
+        print(
+            f"{name:<20} fp32 {fp32:7.1f} img/s   fp32+channels_last {cl:7.1f} img/s "
+            f"({cl / fp32:.2f}x)   bf16 autocast {bf16:7.1f} img/s ({bf16 / fp32:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

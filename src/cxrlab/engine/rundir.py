@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
+from ..data import RESIZE_METHOD, PreparedData
 from ..errors import CheckpointError
-from ..models import CxrClassifier, create_model
+from ..freeze import FreezeReport
+from ..models import CxrClassifier, create_model, get_spec
 from ..utils import write_json
+from .config import TrainConfig
+from .runtime import versions
 
-__all__ = ["CARD_FORMAT", "load_card", "load_run_model", "save_model"]
+__all__ = ["CARD_FORMAT", "build_card", "load_card", "load_run_model", "save_model"]
 
 CARD_FORMAT = "cxrlab-model-card/1"
 MODEL_FILE = "model.safetensors"
@@ -103,3 +109,46 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[CxrClassifier, dict
         )
     model.eval()
     return model, card
+
+
+def build_card(
+    cfg: TrainConfig,
+    data: PreparedData,
+    model: CxrClassifier,
+    freeze: FreezeReport,
+    best_epoch: int,
+    best_val_loss: float,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> dict[str, Any]:
+    """The model card: everything needed to use, reproduce and trust the model."""
+    spec = get_spec(cfg.model)
+    pre = model.preprocess_config.to_dict() | {"resize": RESIZE_METHOD}
+    return {
+        "format": CARD_FORMAT,
+        "model": cfg.model,
+        "architecture": f"{spec.source}:{spec.arch}",
+        "classes": list(data.classes),
+        "preprocessing": pre,
+        "weights": model.weights_source,  # type: ignore[attr-defined]
+        "freeze": freeze.to_dict(),
+        "data": {
+            "root": str(data.report.root),
+            "data_hash": data.report.fingerprint(),
+            "split_hash": data.split.fingerprint(),
+            "split_seed": data.split.seed,
+            "ratios": list(data.split.ratios),
+            "counts": data.split.counts(),
+        },
+        "training": {
+            "seed": cfg.seed,
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val_loss,
+            "epochs": cfg.epochs,
+            "device": str(device),
+            "precision": str(amp or "fp32").removeprefix("torch."),
+            "config": cfg.to_dict(),
+        },
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import RESIZE_METHOD, PreparedData, prepare_data
+from ..data import prepare_data
 from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import classification_metrics, plot_confusion_matrix, plot_loss
 from ..freeze import apply_freeze
-from ..models import CxrClassifier, create_model, get_spec
+from ..models import create_model, get_spec
 from ..utils import atomic_write_bytes, atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
 from .config import TrainConfig
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
-from .rundir import MODEL_FILE, load_run_model, save_model
-from .runtime import autocast, resolve_device, resolve_precision, versions
+from .rundir import MODEL_FILE, build_card, load_run_model, save_model
+from .runtime import autocast, resolve_device, resolve_precision
 
 __all__ = ["TrainResult", "train"]
 
@@ -412,7 +411,9 @@ def train(
                 state.correct += int((logits.argmax(1) == y).sum())
                 state.seen += len(y)
                 bar.update(1)
-                bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", lr=f"{lr:.2e}")
+                elapsed = state.seconds + time.perf_counter() - t0
+                bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{state.seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
                 if on_step is not None:
                     on_step(epoch, state.step, model)
                 if stop["stop"]:
@@ -444,7 +445,20 @@ def train(
             improved = val_loss < state.best_val_loss - 1e-6
             if improved:
                 state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
-                save_model(out, model, _card(config, data, model, freeze, state, device, amp))
+                save_model(
+                    out,
+                    model,
+                    build_card(
+                        config,
+                        data,
+                        model,
+                        freeze,
+                        state.best_epoch,
+                        state.best_val_loss,
+                        device,
+                        amp,
+                    ),
+                )
             else:
                 state.bad_epochs += 1
                 if config.scheduler == "plateau" and state.bad_epochs % 2 == 0:
@@ -499,49 +513,6 @@ def train(
         f"  ECE {metrics['ece']:.4f}  -> {out}"
     )
     return TrainResult(out, metrics, state.history or [], card)
-
-
-def _card(
-    cfg: TrainConfig,
-    data: PreparedData,
-    model: CxrClassifier,
-    freeze: Any,
-    state: _State,
-    device: torch.device,
-    amp: torch.dtype | None,
-) -> dict[str, Any]:
-    from .rundir import CARD_FORMAT
-
-    spec = get_spec(cfg.model)
-    pre = model.preprocess_config.to_dict() | {"resize": RESIZE_METHOD}
-    return {
-        "format": CARD_FORMAT,
-        "model": cfg.model,
-        "architecture": f"{spec.source}:{spec.arch}",
-        "classes": list(data.classes),
-        "preprocessing": pre,
-        "weights": model.weights_source,  # type: ignore[attr-defined]
-        "freeze": freeze.to_dict(),
-        "data": {
-            "root": str(data.report.root),
-            "data_hash": data.report.fingerprint(),
-            "split_hash": data.split.fingerprint(),
-            "split_seed": data.split.seed,
-            "ratios": list(data.split.ratios),
-            "counts": data.split.counts(),
-        },
-        "training": {
-            "seed": cfg.seed,
-            "best_epoch": state.best_epoch,
-            "best_val_loss": state.best_val_loss,
-            "epochs": cfg.epochs,
-            "device": str(device),
-            "precision": str(amp or "fp32").removeprefix("torch."),
-            "config": cfg.to_dict(),
-        },
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _finished(out: Path) -> TrainResult:
