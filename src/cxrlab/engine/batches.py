@@ -8,7 +8,7 @@ augmented there as one tensor operation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -75,17 +75,23 @@ class ImageBatches:
         return self.indices[pick.numpy()]
 
     def batches(
-        self, order: np.ndarray | None = None, start: int = 0
+        self,
+        order: np.ndarray | None = None,
+        start: int = 0,
+        part: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: ``x`` is ``(B, 1, H, W)`` uint8, ``y`` is ``(B,)`` int64.
 
         Args:
             order: row order (default: the subset in its own order, for evaluation).
             start: the first batch to yield (resuming in the middle of an epoch).
+            part: picks this process's share of each batch's rows (distributed training).
         """
         order = self.indices if order is None else order
         for b in range(start, len(self)):
             rows = np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])
+            if part is not None:
+                rows = part(rows)
             x = torch.from_numpy(np.ascontiguousarray(self.array[rows]))  # (B, H, W) uint8
             y = torch.from_numpy(self.labels[rows])
             yield (x.unsqueeze(1) if self.add_channel else x), y

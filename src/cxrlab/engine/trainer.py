@@ -35,6 +35,7 @@ from ..models import create_model, get_spec
 from ..utils import atomic_write_bytes, atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
 from .config import TrainConfig
+from .distributed import init_distributed
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .rundir import MODEL_FILE, build_card, load_run_model, save_model
@@ -236,16 +237,24 @@ def train(
     """
     out = Path(out)
     get_spec(config.model)  # an unknown model fails now, not after scanning the data
-    _prepare_run_dir(out, resume)
+    ddp = init_distributed(config.device)  # a no-op unless started by torchrun
+    log = _log if ddp.main else (lambda message: None)
+    if ddp.main:
+        _prepare_run_dir(out, resume)
+    ddp.barrier()
     if resume and (out / "metrics.json").exists():
         return _finished(out)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if ddp.active and device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
     amp = resolve_precision(config.precision, device)
 
     # ---- data: scanned, split and decoded once; a resumed run reuses its own split
     split_file = out / "split.csv" if resume else config.split_file
+    if not ddp.main:
+        ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
     data = prepare_data(
         config.data,
         split_file=split_file,
@@ -254,7 +263,9 @@ def train(
         image_size=config.image_size,
         progress=config.progress,
     )
-    data.split.save(out / "split.csv")
+    if ddp.main:
+        data.split.save(out / "split.csv")
+        ddp.barrier()
     labels = np.asarray(data.split.labels(), dtype=np.int64)
     train_b, val_b, test_b = (
         ImageBatches(
@@ -280,13 +291,13 @@ def train(
     )
     weights_source = model.weights_source  # type: ignore[attr-defined]
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
-    _log(
+    log(
         f"{config.model} ({weights_source}) on {device}"
         f"{' with ' + str(amp).removeprefix('torch.') + ' autocast' if amp else ''}; "
         f"{len(data.classes)} classes; train/val/test = "
         f"{len(train_b.indices)}/{len(val_b.indices)}/{len(test_b.indices)} images"
     )
-    _log(freeze.summary())
+    log(freeze.summary())
     model.to(device)
     cnn = not config.model.startswith(("vit", "timm:vit"))
     # channels_last: +35-50 % CNN throughput on this project's 2-core CPU, standard on GPUs
@@ -309,7 +320,9 @@ def train(
     state = _State(history=[])
     if resume and (out / CHECKPOINT).exists():
         state = _load_checkpoint(out / CHECKPOINT, model, opt, config)
-        _log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
+        if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
+            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+        log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
 
     # ---- a frozen, deterministic prefix runs once per image instead of once per epoch
     n_frozen = len(freeze.frozen_units)
@@ -318,6 +331,8 @@ def train(
     net: nn.Module = model
     if cached:
         t0 = time.perf_counter()
+        if not ddp.main:
+            ddp.barrier()
         feats = build_frozen_features(
             model,
             n_frozen,
@@ -339,31 +354,42 @@ def train(
             )
             for b in (train_b, val_b)
         )
+        if ddp.main:
+            ddp.barrier()
         net = TrainableRest(model, n_frozen)
-        _log(
+        log(
             f"Frozen-feature cache: {why}; features {tuple(feats.array.shape[1:])} of "
             f"{len(feats.array)} images ready in {time.perf_counter() - t0:.1f}s"
         )
     elif n_frozen:
-        _log(f"Frozen-feature cache not used: {why}")
-    forward = torch.compile(net) if config.compile else net
-    write_json(
-        out / "config.json",
-        {
-            "config": config.to_dict(),
-            "resolved": {
-                "device": str(device),
-                "precision": str(amp or "fp32").removeprefix("torch."),
-                "weights_source": weights_source,
-                "classes": list(data.classes),
-                "freeze": freeze.to_dict(),
-                "frozen_feature_cache": why if cached else f"not used: {why}",
-                "split_hash": data.split.fingerprint(),
-                "data_hash": data.report.fingerprint(),
-                "data_root": str(data.report.root),
+        log(f"Frozen-feature cache not used: {why}")
+    if ddp.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        forward: nn.Module = DistributedDataParallel(net, device_ids=ids)
+        log(f"DistributedDataParallel: {ddp.world} processes, each on 1/{ddp.world} of a batch")
+    else:
+        forward = net
+    forward = torch.compile(forward) if config.compile else forward
+    if ddp.main:
+        write_json(
+            out / "config.json",
+            {
+                "config": config.to_dict(),
+                "resolved": {
+                    "device": str(device),
+                    "precision": str(amp or "fp32").removeprefix("torch."),
+                    "weights_source": weights_source,
+                    "classes": list(data.classes),
+                    "freeze": freeze.to_dict(),
+                    "frozen_feature_cache": why if cached else f"not used: {why}",
+                    "split_hash": data.split.fingerprint(),
+                    "data_hash": data.report.fingerprint(),
+                    "data_root": str(data.report.root),
+                },
             },
-        },
-    )
+        )
 
     steps = len(train_b)
     total_steps = steps * config.epochs
@@ -382,7 +408,7 @@ def train(
                 disable=not config.progress or None,
             )
             t0 = time.perf_counter()
-            for x, y in train_b.batches(order, start=state.step):
+            for x, y in train_b.batches(order, start=state.step, part=ddp.shard):
                 lr = _lr_at(config, state, epoch * steps + state.step, total_steps, steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -395,14 +421,20 @@ def train(
                 with autocast(device, amp):
                     logits = forward(x)  # (B, K)
                 loss = criterion(logits.float(), y)
-                if not torch.isfinite(loss):
+                if ddp.active:  # DDP averages over ranks: weight by this rank's share
+                    n_global = min(config.batch_size, len(order) - state.step * config.batch_size)
+                    loss_for_grad = loss * (ddp.world * len(y) / n_global)
+                else:
+                    loss_for_grad = loss
+                (nonfinite,) = ddp.any(not bool(torch.isfinite(loss)))
+                if nonfinite:
                     raise TrainingError(
                         f"The loss became {loss.item()} at epoch {epoch + 1}, step "
                         f"{state.step + 1}; stopped. The last good checkpoint is kept in "
                         f"{out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_for_grad.backward()
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
@@ -416,9 +448,14 @@ def train(
                                 img_s=f"{state.seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
                 if on_step is not None:
                     on_step(epoch, state.step, model)
-                if stop["stop"]:
+                (stopping_now,) = ddp.any(stop["stop"])
+                if stopping_now:
                     state.seconds += time.perf_counter() - t0
-                    _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
+                    state.loss_sum, state.correct, state.seen = ddp.sum(
+                        state.loss_sum, state.correct, state.seen
+                    )
+                    if ddp.main:
+                        _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
                     bar.close()
                     raise TrainingInterrupted(
                         f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
@@ -427,8 +464,14 @@ def train(
             bar.close()
             state.seconds += time.perf_counter() - t0
 
-            probs, yv, val_loss = predict_batches(net, val_b, device, amp)
-            val_acc = float((probs.argmax(1) == yv).mean())
+            state.loss_sum, state.correct, state.seen = ddp.sum(
+                state.loss_sum, state.correct, state.seen
+            )
+            val_loss, val_acc = 0.0, 0.0
+            if ddp.main:  # the full validation set, once
+                probs, yv, val_loss = predict_batches(net, val_b, device, amp)
+                val_acc = float((probs.argmax(1) == yv).mean())
+            val_loss, val_acc = ddp.broadcast((val_loss, val_acc))
             row = {
                 "epoch": epoch + 1,
                 "train_loss": state.loss_sum / state.seen,
@@ -441,10 +484,12 @@ def train(
             }
             assert state.history is not None
             state.history.append(row)
-            _write_history(out / "history.csv", state.history)
+            if ddp.main:
+                _write_history(out / "history.csv", state.history)
             improved = val_loss < state.best_val_loss - 1e-6
             if improved:
                 state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+            if improved and ddp.main:
                 save_model(
                     out,
                     model,
@@ -459,11 +504,11 @@ def train(
                         amp,
                     ),
                 )
-            else:
+            elif not improved:
                 state.bad_epochs += 1
                 if config.scheduler == "plateau" and state.bad_epochs % 2 == 0:
                     state.lr_scale *= 0.1
-            _log(
+            log(
                 f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.3f}  val loss {val_loss:.4f} acc {val_acc:.3f}  "
                 f"lr {lr:.1e}  {state.seconds:.1f}s  {row['images_per_s']:.0f} img/s"
@@ -474,10 +519,16 @@ def train(
             stopping = config.early_stopping and state.bad_epochs >= config.early_stopping
             if stopping:
                 state.epoch = config.epochs
-                _log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
-            _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
+                log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
+            if ddp.main:
+                _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
+            ddp.barrier()
 
-    # ---- test the best model
+    # ---- test the best model (rank 0, the whole test set, once)
+    if not ddp.main:
+        ddp.barrier()
+        ddp.close()
+        return _finished(out, quiet=True)
     best, card = load_run_model(out)
     best.to(device)
     probs, yt, test_loss = predict_batches(
@@ -507,20 +558,23 @@ def train(
         title=f"{title}\ntest accuracy {metrics['accuracy']:.3f}",
     )
     (out / CHECKPOINT).unlink(missing_ok=True)
-    _log(
+    log(
         f"test: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}"
         f"  macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['auroc'] or float('nan'):.4f}"
         f"  ECE {metrics['ece']:.4f}  -> {out}"
     )
+    ddp.barrier()
+    ddp.close()
     return TrainResult(out, metrics, state.history or [], card)
 
 
-def _finished(out: Path) -> TrainResult:
+def _finished(out: Path, quiet: bool = False) -> TrainResult:
     import json
 
     metrics = json.loads((out / "metrics.json").read_text())
     with open(out / "history.csv") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     _, card = load_run_model(out)
-    _log(f"{out} is already complete (test accuracy {metrics['accuracy']:.4f})")
+    if not quiet:
+        _log(f"{out} is already complete (test accuracy {metrics['accuracy']:.4f})")
     return TrainResult(out, metrics, history, card)
