@@ -260,3 +260,20 @@ def test_feature_cache_is_shared_and_skipped_when_unsafe(phantoms: Path, tmp_pat
     assert "Frozen-feature cache not used: --augment light" in capsys.readouterr().out
     train(tiny(phantoms, freeze="0.5", epochs=1, freeze_bn="update"), tmp_path / "d")
     assert "--freeze-bn update" in capsys.readouterr().out
+
+
+def test_preloaded_batches_equal_memory_mapped_ones(phantoms: Path, tmp_path: Path) -> None:
+    from cxrlab.engine.batches import ImageBatches
+
+    array = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    labels = np.arange(20) % 4
+    mapped = ImageBatches(array, list(range(3, 17)), labels, 4)
+    loaded = ImageBatches(array, list(range(3, 17)), labels, 4)
+    loaded.preload(torch.device("cpu"))
+    order = mapped.order(seed=1, epoch=2)
+    for (xa, ya), (xb, yb) in zip(mapped.batches(order), loaded.batches(order)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # and a whole run with preloading gives the run without it
+    a = train(tiny(phantoms, epochs=1, preload="on"), tmp_path / "on")
+    b = train(tiny(phantoms, epochs=1, preload="off"), tmp_path / "off")
+    assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], abs=1e-6)

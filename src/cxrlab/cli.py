@@ -224,6 +224,12 @@ def train_cmd(
     feature_dtype: Annotated[
         str, typer.Option(help="float32 or float16 cached features.", rich_help_panel=_R)
     ] = "float32",
+    preload: Annotated[
+        str,
+        typer.Option(
+            help="auto (CUDA, if it fits), on, off: data on the device once.", rich_help_panel=_R
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Training seed.", rich_help_panel=_R)] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.", rich_help_panel=_R)] = (
         "auto"

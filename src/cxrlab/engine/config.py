@@ -40,6 +40,9 @@ class TrainConfig:
             per image and trains the rest on the stored output; ``off`` always runs the
             whole network.
         feature_dtype: storage of cached features (``float32`` or ``float16``).
+        preload: ``auto`` copies the training and validation images (or features) to a
+            CUDA device once when they take less than a quarter of its free memory; ``on``
+            always (any device), ``off`` never.
     Runtime:
         seed: training seed (initialisation, order, augmentation).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
@@ -77,6 +80,7 @@ class TrainConfig:
     early_stopping: int = 0
     feature_cache: Literal["auto", "off"] = "auto"
     feature_dtype: Literal["float32", "float16"] = "float32"
+    preload: Literal["auto", "on", "off"] = "auto"
 
     seed: int = 0
     device: str = "auto"

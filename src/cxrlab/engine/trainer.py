@@ -197,6 +197,16 @@ def _load_checkpoint(
     return _State(**payload["state"])
 
 
+def _should_preload(mode: str, device: torch.device, *subsets: ImageBatches) -> bool:
+    if mode != "auto":
+        return mode == "on"
+    if device.type != "cuda":
+        return False  # on the CPU the memory-mapped cache already is in memory
+    need = sum(s.array[:1].nbytes * len(s.indices) for s in subsets)
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < free / 4
+
+
 def _prepare_run_dir(out: Path, resume: bool) -> None:
     finished = (out / "metrics.json").exists()
     interrupted = (out / CHECKPOINT).exists()
@@ -363,6 +373,10 @@ def train(
         )
     elif n_frozen:
         log(f"Frozen-feature cache not used: {why}")
+    if _should_preload(config.preload, device, train_b, val_b):
+        for b in (train_b, val_b):
+            b.preload(device)
+        log(f"Training and validation data preloaded on {device}")
     if ddp.active:
         from torch.nn.parallel import DistributedDataParallel
 
