@@ -51,3 +51,15 @@ def test_paired_bootstrap() -> None:
     assert low < diff < high and 0 < p <= 1
     with pytest.raises(ValueError):
         paired_bootstrap(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_verdict_orients_the_difference() -> None:
+    from cxrlab.study.report.results import Comparison
+
+    worse_first = Comparison("m", "A", "B", -0.08, (-0.117, -0.047), 0.001, 0.005, (1, 9, 0.02),
+                             2, 0.05)  # fmt: skip
+    assert worse_first.significant
+    assert worse_first.verdict().startswith("m: 'B' beats 'A' by 8.0 accuracy points")
+    assert "95% CI [+4.7, +11.7]" in worse_first.verdict()
+    tie = Comparison("m", "A", "B", 0.012, (-0.01, 0.03), 0.3, 0.5, (4, 3, 1.0), 2, 0.05)
+    assert not tie.significant and "no significant difference" in tie.verdict()

@@ -49,20 +49,19 @@ class Comparison:
         return self.p_adjusted < self.alpha
 
     def verdict(self) -> str:
-        better, worse = (self.a, self.b) if self.difference >= 0 else (self.b, self.a)
-        pts = abs(self.difference) * 100
-        ci = f"95% CI of A-B [{self.ci[0] * 100:+.1f}, {self.ci[1] * 100:+.1f}] points"
+        """One sentence: which training type is better, by how much, and whether it is real."""
         if self.significant:
-            return (
-                f"{self.model}: '{better}' beats '{worse}' by {pts:.1f} accuracy points "
-                f"({ci}); significant (Holm-adjusted p = {self.p_adjusted:.3g} < "
-                f"{self.alpha:g})"
-            )
-        return (
-            f"{self.model}: '{self.a}' vs '{self.b}': no significant difference "
-            f"({self.difference * 100:+.1f} points, {ci}, Holm-adjusted p = "
-            f"{self.p_adjusted:.3g})"
-        )
+            # orient the difference and its interval as better minus worse
+            flip = self.difference < 0
+            better, worse = (self.b, self.a) if flip else (self.a, self.b)
+            low, high = (-self.ci[1], -self.ci[0]) if flip else self.ci
+            return (f"{self.model}: '{better}' beats '{worse}' by {abs(self.difference) * 100:.1f} "
+                    f"accuracy points (95% CI [{low * 100:+.1f}, {high * 100:+.1f}]); significant "
+                    f"(Holm-adjusted p = {self.p_adjusted:.3g} < {self.alpha:g})")  # fmt: skip
+        return (f"{self.model}: '{self.a}' vs '{self.b}': no significant difference "
+                f"({self.difference * 100:+.1f} points for the first, 95% CI "
+                f"[{self.ci[0] * 100:+.1f}, {self.ci[1] * 100:+.1f}]; Holm-adjusted p = "
+                f"{self.p_adjusted:.3g})")  # fmt: skip
 
 
 def _read_predictions(path: Path) -> dict[str, bool]:
