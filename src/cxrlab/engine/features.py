@@ -27,12 +27,16 @@ from tqdm.auto import tqdm
 
 from ..data import DecodedImages
 from ..models import CxrClassifier, get_spec
-from ..models.stages import stages
+from ..models.stages import Stages, stages
 from ..utils import cache_dir
 from .batches import ImageBatches
 from .runtime import autocast
 
 __all__ = ["FrozenFeatures", "TrainableRest", "build_frozen_features", "feature_cache_plan"]
+
+
+def _stages(model: CxrClassifier) -> Stages | None:
+    return stages(model.net, get_spec(model.model_name).arch)  # type: ignore[attr-defined]
 
 
 def feature_cache_plan(model: CxrClassifier, n_frozen: int, augment: str, freeze_bn: str,
@@ -46,7 +50,7 @@ def feature_cache_plan(model: CxrClassifier, n_frozen: int, augment: str, freeze
         return False, f"--augment {augment} changes the input of the frozen layers every epoch"
     if freeze_bn != "frozen":
         return False, "--freeze-bn update lets frozen BatchNorm statistics change"
-    if stages(model.net, get_spec(model.model_name).arch) is None:  # type: ignore[attr-defined]
+    if _stages(model) is None:
         return False, f"{model.model_name} has no stage chain to cut"  # type: ignore[attr-defined]
     return True, f"the first {n_frozen} of {len(model.units)} units are frozen and deterministic"
 
@@ -58,7 +62,7 @@ class TrainableRest(nn.Module):
         super().__init__()
         self.model = model
         self.n_frozen = n_frozen
-        units, self._pool, self._classifier = stages(model.net, get_spec(model.model_name).arch)
+        units, self._pool, self._classifier = _stages(model)
         self._units = units[n_frozen:]
         self.pooled = n_frozen == len(units)  # the cache holds pooled vectors
 
@@ -72,8 +76,8 @@ class TrainableRest(nn.Module):
 
 
 @torch.no_grad()
-def _prefix(model: CxrClassifier, n_frozen: int, x: torch.Tensor) -> torch.Tensor:
-    units, pool, _ = stages(model.net, get_spec(model.model_name).arch)
+def _prefix(model: CxrClassifier, chain: Stages, n_frozen: int, x: torch.Tensor) -> torch.Tensor:
+    units, pool, _ = chain
     h = model.preprocess(x)
     for unit in units[:n_frozen]:
         h = unit(h)
@@ -83,12 +87,11 @@ def _prefix(model: CxrClassifier, n_frozen: int, x: torch.Tensor) -> torch.Tenso
 def _frozen_state_hash(model: CxrClassifier, n_frozen: int) -> str:
     """Hash of everything that determines the prefix's output: weights, buffers, preprocessing."""
     trainable = {n for n, p in model.net.named_parameters() if p.requires_grad}
-    frozen = {p for unit in model.units[:n_frozen] for p in unit}
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([model.model_name, n_frozen,  # type: ignore[attr-defined]
                          model.preprocess_config.to_dict()], default=str).encode())  # fmt: skip
     for name, tensor in model.net.state_dict().items():
-        if name in trainable and name not in frozen:
+        if name in trainable:
             continue  # trained parameters (the head, later blocks) do not affect the prefix
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -131,6 +134,8 @@ def build_frozen_features(
         except (OSError, ValueError, KeyError):
             pass  # rebuild
     directory.mkdir(parents=True, exist_ok=True)
+    chain = _stages(model)
+    assert chain is not None, "feature_cache_plan() accepts only models with a stage chain"
     was_training = model.training
     model.eval()
     rows = ImageBatches(images.array, list(range(len(images))), np.zeros(len(images), int),
@@ -144,7 +149,7 @@ def build_frozen_features(
                          unit="batch", leave=False, disable=not progress or None):  # fmt: skip
             x = x.to(device, non_blocking=True)
             with autocast(device, amp):
-                f = _prefix(model, n_frozen, x).float()
+                f = _prefix(model, chain, n_frozen, x).float()
             f = f.contiguous().cpu().numpy().astype(dtype)
             if out is None:
                 shape = (len(images), *f.shape[1:])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..data import RESIZE_METHOD, PreparedData
 from ..errors import CheckpointError
@@ -79,9 +79,9 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[CxrClassifier, dict
     try:
         from safetensors import safe_open
 
-        with safe_open(str(weights), framework="pt") as f:
+        with safe_open(str(weights), framework="pt") as f:  # header and tensors in one read
             meta = f.metadata() or {}
-        state = load_file(str(weights))
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as e:  # safetensors raises its own error types per version
         raise CheckpointError(f"Cannot read {weights}: {e}") from e
     file_classes = json.loads(meta.get("classes", "null"))
