@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxrlab.data import write_synthetic_dataset
 
@@ -42,3 +43,44 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path, feature_cache: s
     assert m2["nll"] == pytest.approx(m1["nll"], abs=1e-5)
     for a, b in zip(h1, h2):
         assert [float(v) for v in a[1:5]] == pytest.approx([float(v) for v in b[1:5]], abs=1e-5)
+
+
+def test_sync_batchnorm_replaces_only_the_batchnorm_that_trains() -> None:
+    from torch import nn
+
+    from cxrlab.engine.distributed import sync_batchnorm
+    from cxrlab.errors import ConfigError
+    from cxrlab.freeze import apply_freeze
+    from cxrlab.models import create_model
+
+    model = create_model("resnet18", 4, "none", image_size=64)
+    apply_freeze(model, "0.5")
+    frozen = model.frozen_modules
+    keys = list(model.state_dict())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with pytest.raises(ConfigError, match="CUDA"):  # PyTorch's SyncBatchNorm is GPU-only
+        sync_batchnorm(model, frozen, torch.device("cpu"))
+    n = sync_batchnorm(model, frozen, torch.device("cuda"))  # module surgery needs no GPU
+    synced = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
+    frozen_bn = {id(b) for m in frozen for b in m.modules() if isinstance(b, nn.BatchNorm2d)}
+    assert n == len(synced) == len(bns) - len(frozen_bn) > 0
+    still = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    assert {id(m) for m in still} == frozen_bn  # the very modules the freezing holds in eval
+    model.train()
+    assert all(not m.training for m in still) and all(m.training for m in synced)
+    assert list(model.state_dict()) == keys  # run folders load into plain BatchNorm
+    assert all(p.requires_grad for m in synced for p in m.parameters())
+
+
+def test_sync_bn_on_cpu_processes_is_refused_clearly(tmp_path: Path) -> None:
+    data = write_synthetic_dataset(tmp_path / "ph", per_class=4, seed=1, size=40, progress=False)
+    args = ["train", "--data", str(data), "--model", "resnet18", "--weights", "none",
+            "--freeze", "0.5", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--threads", "1", "--no-progress", "--sync-bn"]  # fmt: skip
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "cxrlab", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode != 0
+    assert "--sync-bn needs CUDA GPUs" in two.stderr

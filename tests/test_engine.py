@@ -64,6 +64,7 @@ def test_run_folder_contents(phantoms: Path, tmp_path: Path) -> None:
     ):
         assert key in m
     assert np.sum(m["confusion_matrix"]) == m["n"] == 4  # 1 test image per class (10 x 0.15)
+    assert 0 < m["train_seconds"] < m["wall_seconds"]
     assert set(m["per_class"]) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}
     preds = (run / "predictions.csv").read_text().splitlines()
     assert preds[0] == "path,label,pred,p_COVID,p_Lung_Opacity,p_Normal,p_Viral Pneumonia"
@@ -96,11 +97,14 @@ def test_resume_after_sigterm_matches_uninterrupted(phantoms: Path, tmp_path: Pa
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(cfg, tmp_path / "cut", on_step=kill_mid_epoch)
     assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state"]
+    assert saved["wall_seconds"] > 0  # the first session's time, carried into the resumed run
     with pytest.raises(ConfigError, match="interrupted run"):
         train(cfg, tmp_path / "cut")  # must say --resume
     with pytest.raises(CheckpointError, match="lr="):
         train(cfg.replace(lr=0.1), tmp_path / "cut", resume=True)
     resumed = train(cfg, tmp_path / "cut", resume=True)
+    assert resumed.metrics["wall_seconds"] > saved["wall_seconds"]
     assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
     assert resumed.metrics["confusion_matrix"] == full.metrics["confusion_matrix"]
     for a, b in zip(full.history, resumed.history):

@@ -243,6 +243,10 @@ def train_cmd(
     compile: Annotated[
         bool, typer.Option(help="torch.compile the model.", rich_help_panel=_R)
     ] = False,
+    sync_bn: Annotated[
+        bool,
+        typer.Option(help="torchrun on GPUs: SyncBatchNorm for training BN.", rich_help_panel=_R),
+    ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads, 0=default.", rich_help_panel=_R)] = 0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel=_R)

@@ -48,8 +48,11 @@ class TrainConfig:
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with bf16 support), ``fp32``,
             ``bf16``.
-        channels_last: ``auto`` (on CUDA for CNNs), ``on``, ``off``.
+        channels_last: ``auto`` (on for CNNs, on CUDA and on the CPU), ``on``, ``off``.
         compile: wrap the model in ``torch.compile``.
+        sync_bn: under ``torchrun`` on CUDA, BatchNorm layers that train compute their
+            statistics over the whole global batch (``nn.SyncBatchNorm``) instead of each
+            process's share. PyTorch supports it on GPUs only.
         threads: CPU threads for torch (0 = torch's default).
         progress: show progress bars.
     """
@@ -87,6 +90,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
+    sync_bn: bool = False
     threads: int = 0
     progress: bool = True
 

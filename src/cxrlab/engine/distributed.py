@@ -9,13 +9,16 @@ mean over the whole batch. Validation and test run once, on rank 0, over the ful
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["Distributed", "init_distributed"]
+from ..errors import ConfigError
+
+__all__ = ["Distributed", "init_distributed", "sync_batchnorm"]
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Distributed:
     world: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    # where collective tensors live: NCCL reduces CUDA tensors only, gloo CPU tensors
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -43,14 +48,14 @@ class Distributed:
         """Each flag, true if it is true on any rank (so every rank takes the same branch)."""
         if not self.active:
             return list(flags)
-        t = torch.tensor([float(f) for f in flags])
+        t = torch.tensor([float(f) for f in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
     def sum(self, *values: float) -> list[float]:
         if not self.active:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -87,4 +92,32 @@ def init_distributed(device_name: str = "auto") -> Distributed:
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if gpu else "gloo")
         owns = True
-    return Distributed(rank, world, local, owns)
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", local) if nccl else torch.device("cpu")
+    return Distributed(rank, world, local, owns, device)
+
+
+def sync_batchnorm(net: nn.Module, keep: list[nn.Module], device: torch.device) -> int:
+    """Replace, in place, the BatchNorm layers of ``net`` that train by ``nn.SyncBatchNorm``.
+
+    Modules in ``keep`` (the frozen ones, held in eval mode) and everything inside them stay as
+    they are: their BatchNorm uses its running statistics and must remain the very modules
+    the freezing policy holds in eval mode.
+    Returns the number of layers replaced. PyTorch's SyncBatchNorm runs on GPUs only.
+    """
+    if device.type != "cuda":
+        raise ConfigError(
+            "--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU "
+            "(gloo); train without it"
+        )
+    kept = {id(m) for m in keep}
+    count = 0
+    for name, child in list(net.named_children()):
+        if id(child) in kept:
+            continue  # a frozen module, with everything inside it
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(net, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+            count += 1
+        else:
+            count += sync_batchnorm(child, keep, device)
+    return count

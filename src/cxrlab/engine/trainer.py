@@ -10,14 +10,10 @@ same weights as an uninterrupted one (on the CPU).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,22 +24,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import classification_metrics, plot_confusion_matrix, plot_loss
 from ..freeze import apply_freeze
 from ..models import create_model, get_spec
-from ..utils import atomic_write_bytes, atomic_write_text, write_json
+from ..utils import atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
+from .checkpoint import (
+    CHECKPOINT,
+    RunState,
+    graceful_stop,
+    load_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+)
 from .config import TrainConfig
-from .distributed import init_distributed
+from .distributed import init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
+from .optim import build_optimizer, lr_at
 from .rundir import MODEL_FILE, build_card, load_run_model, save_model
 from .runtime import autocast, resolve_device, resolve_precision
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT = "checkpoint.pt"
 HISTORY_FIELDS = (
     "epoch",
     "train_loss",
@@ -66,79 +70,8 @@ class TrainResult:
     card: dict[str, Any]
 
 
-@dataclass
-class _State:
-    """Everything a checkpoint must restore besides the model and optimizer."""
-
-    epoch: int = 0  # the epoch in progress (0-based)
-    step: int = 0  # batches of that epoch already done
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0  # epochs without improvement (early stopping, plateau)
-    lr_scale: float = 1.0  # multiplied by 0.1 on a plateau
-    history: list[dict[str, float]] | None = None
-
-
 def _log(message: str) -> None:
     tqdm.write(message)
-
-
-@contextlib.contextmanager
-def _graceful_stop(flag: dict[str, bool]) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``flag["stop"]``; a second Ctrl-C stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = [signal.SIGINT, signal.SIGTERM]
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum: int, frame: object) -> None:
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        _log(
-            f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-            "(press Ctrl-C again to stop at once)"
-        )
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        nesterov=cfg.momentum > 0,
-    )
-
-
-def _lr_at(
-    cfg: TrainConfig, state: _State, global_step: int, total_steps: int, steps_per_epoch: int
-) -> float:
-    """Learning rate: base x plateau scale x linear warmup x cosine decay (if chosen)."""
-    lr = cfg.lr * state.lr_scale
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if warmup and global_step < warmup:
-        lr *= (global_step + 1) / warmup
-    if cfg.scheduler == "cosine":
-        lr *= 0.5 * (1 + math.cos(math.pi * global_step / max(1, total_steps)))
-    return lr
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -150,53 +83,6 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _save_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: _State, cfg: TrainConfig
-) -> None:
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "state": dict(state.__dict__),
-        "config": cfg.to_dict(),
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig
-) -> _State:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"Cannot read the checkpoint {path} ({type(e).__name__}); "
-            "start a new run with another --out"
-        ) from e
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-    ours = {k: v for k, v in cfg.to_dict().items()}
-    # where the data and split live may differ between machines; split.csv in the run
-    # folder pins the images themselves
-    ignore = {"progress", "threads", "device", "data", "split_file"}
-    diff = sorted(k for k in ours if k not in ignore and saved.get(k) != ours[k])
-    if diff:
-        k = diff[0]
-        raise CheckpointError(
-            f"Cannot resume: the checkpoint in {path.parent} was made with "
-            f"{k}={saved.get(k)!r}, now {k}={ours[k]!r} ({len(diff)} setting(s) "
-            "differ); resume with the same options or use another --out"
-        )
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"The checkpoint in {path.parent} does not fit this model: {str(e).splitlines()[0]}"
-        ) from e
-    opt.load_state_dict(payload["optimizer"])
-    return _State(**payload["state"])
-
-
 def _should_preload(mode: str, device: torch.device, *subsets: ImageBatches) -> bool:
     if mode != "auto":
         return mode == "on"
@@ -205,17 +91,6 @@ def _should_preload(mode: str, device: torch.device, *subsets: ImageBatches) -> 
     need = sum(s.array[:1].nbytes * len(s.indices) for s in subsets)
     free, _ = torch.cuda.mem_get_info(device)
     return need < free / 4
-
-
-def _prepare_run_dir(out: Path, resume: bool) -> None:
-    finished = (out / "metrics.json").exists()
-    interrupted = (out / CHECKPOINT).exists()
-    if not resume and (finished or interrupted):
-        what = "a finished run" if finished else "an interrupted run (continue it with --resume)"
-        raise ConfigError(f"{out} already holds {what}; choose another --out")
-    if resume and not interrupted and not finished and (out / "config.json").exists():
-        raise CheckpointError(f"{out} has no {CHECKPOINT} to resume from; start a new run")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def train(
@@ -245,12 +120,13 @@ def train(
         >>> result = train(cfg, "runs/lite0-head")  # doctest: +SKIP
         >>> result.metrics["accuracy"]  # doctest: +SKIP
     """
+    started = time.perf_counter()
     out = Path(out)
     get_spec(config.model)  # an unknown model fails now, not after scanning the data
     ddp = init_distributed(config.device)  # a no-op unless started by torchrun
     log = _log if ddp.main else (lambda message: None)
     if ddp.main:
-        _prepare_run_dir(out, resume)
+        prepare_run_dir(out, resume)
     ddp.barrier()
     if resume and (out / "metrics.json").exists():
         return _finished(out)
@@ -315,8 +191,13 @@ def train(
         config.channels_last == "auto" and cnn and device.type in ("cuda", "cpu")
     ):
         model.to(memory_format=torch.channels_last)
+    if config.sync_bn and not ddp.active:
+        log("--sync-bn has no effect in a single process")
+    elif config.sync_bn:  # before the optimizer and the checkpoint see the modules
+        n_sync = sync_batchnorm(model, model.frozen_modules, device)
+        log(f"SyncBatchNorm: {n_sync} training BatchNorm layers use the global batch")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(config, params)
+    opt = build_optimizer(config, params)
     class_weights = None
     if config.class_balance == "weighted_loss":
         counts = np.bincount(train_b.subset_labels, minlength=len(data.classes))
@@ -327,12 +208,16 @@ def train(
         )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
-    state = _State(history=[])
+    state = RunState(history=[])
     if resume and (out / CHECKPOINT).exists():
-        state = _load_checkpoint(out / CHECKPOINT, model, opt, config)
+        state = load_checkpoint(out / CHECKPOINT, model, opt, config)
         if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
         log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
+    wall_before = state.wall_seconds  # earlier sessions of an interrupted run
+
+    def wall_seconds() -> float:
+        return wall_before + time.perf_counter() - started
 
     # ---- a frozen, deterministic prefix runs once per image instead of once per epoch
     n_frozen = len(freeze.frozen_units)
@@ -408,7 +293,7 @@ def train(
     steps = len(train_b)
     total_steps = steps * config.epochs
     stop = {"stop": False}
-    with _graceful_stop(stop):
+    with graceful_stop(stop):
         while state.epoch < config.epochs:
             epoch = state.epoch
             model.train()
@@ -423,7 +308,7 @@ def train(
             )
             t0 = time.perf_counter()
             for x, y in train_b.batches(order, start=state.step, part=ddp.shard):
-                lr = _lr_at(config, state, epoch * steps + state.step, total_steps, steps)
+                lr = lr_at(config, state, epoch * steps + state.step, total_steps, steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 gen = step_generator(config.seed, epoch, state.step)
@@ -469,7 +354,8 @@ def train(
                         state.loss_sum, state.correct, state.seen
                     )
                     if ddp.main:
-                        _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
+                        state.wall_seconds = wall_seconds()
+                        save_checkpoint(out / CHECKPOINT, model, opt, state, config)
                     bar.close()
                     raise TrainingInterrupted(
                         f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
@@ -535,7 +421,8 @@ def train(
                 state.epoch = config.epochs
                 log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
             if ddp.main:
-                _save_checkpoint(out / CHECKPOINT, model, opt, state, config)
+                state.wall_seconds = wall_seconds()
+                save_checkpoint(out / CHECKPOINT, model, opt, state, config)
             ddp.barrier()
 
     # ---- test the best model (rank 0, the whole test set, once)
@@ -558,6 +445,7 @@ def train(
             "best_epoch": state.best_epoch,
             "epochs_run": len(state.history or []),
             "train_seconds": sum(h["seconds"] for h in state.history or []),
+            "wall_seconds": wall_seconds(),  # data, features, training, testing; all sessions
         }
     )
     card["training"]["test_accuracy"] = metrics["accuracy"]

@@ -88,6 +88,11 @@ class CxrClassifier(nn.Module):
         self._frozen_modules = list(modules)
         self.train(self.training)
 
+    @property
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules held in eval mode (see :meth:`set_frozen_modules`)."""
+        return list(self._frozen_modules)
+
     def train(self, mode: bool = True) -> CxrClassifier:
         super().train(mode)
         for m in self._frozen_modules:

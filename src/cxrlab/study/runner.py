@@ -25,8 +25,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..engine import train
-from ..engine.trainer import CHECKPOINT
+from ..engine import TrainConfig, train
+from ..engine.checkpoint import CHECKPOINT
 from ..errors import ConfigError
 from ..utils import atomic_write_text, write_json
 from .config import Cell, StudyConfig
@@ -114,7 +114,7 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
     cfg_file = run_dir / "config.json"
     if not cfg_file.exists():
         return
-    saved = json.loads(cfg_file.read_text())["config"]
+    saved = {**TrainConfig().to_dict(), **json.loads(cfg_file.read_text())["config"]}
     ours = cell.config.to_dict()
     ignore = {"progress", "threads", "device", "data", "split_file"}
     diff = [k for k in ours if k not in ignore and _norm(saved.get(k)) != _norm(ours[k])]

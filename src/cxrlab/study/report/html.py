@@ -107,12 +107,12 @@ def render_html(
             f"<h3>{html.escape(r['cell'])}</h3><p class='muted'>"
             f"{html.escape(r['label'])}; test accuracy {r['accuracy']:.4f}; "
             f"{r['trainable_params']:,} of {r['total_params']:,} parameters trained; "
-            f"{r['train_seconds']} s</p>"
+            f"training loop {r['train_seconds']} s, whole run {r['wall_seconds']} s</p>"
         )
         parts.append(_img(run / "loss.png", "loss over epochs (train vs validation)"))
         parts.append(_img(run / "confusion_matrix.png", "confusion matrix (test)"))
     cols = ["cell", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece",
-            "trainable_params", "train_seconds"]  # fmt: skip
+            "trainable_params", "train_seconds", "wall_seconds"]  # fmt: skip
     parts.append("<h2>Results table</h2>")
     parts.append(_table(cols, [[(f"{r[c]:.4f}" if isinstance(r[c], float) else r[c])
                                 for c in cols] for r in results.rows]))  # fmt: skip
