@@ -44,6 +44,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     amp = resolve_precision(args.precision, device)
+    torch.backends.cudnn.benchmark = True  # as cxrlab train does on CUDA
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     print(f"{machine_line(torch.get_num_threads())}; {device} ({gpu}); "
           f"precision {str(amp or 'fp32').removeprefix('torch.')}; batch {args.batch}; "

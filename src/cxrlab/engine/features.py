@@ -67,7 +67,7 @@ class TrainableRest(nn.Module):
         self.pooled = n_frozen == len(units)  # the cache holds pooled vectors
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        h = features
+        h = features.float()  # stored as float16 (--feature-dtype float16) or float32
         if not self.pooled:
             for unit in self._units:
                 h = unit(h)

@@ -136,6 +136,8 @@ def train(
     if ddp.active and device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
     amp = resolve_precision(config.precision, device)
+    if device.type == "cuda":  # one input size for the whole run: let cuDNN time its kernels
+        torch.backends.cudnn.benchmark = True
 
     # ---- data: scanned, split and decoded once; a resumed run reuses its own split
     split_file = out / "split.csv" if resume else config.split_file
