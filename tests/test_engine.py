@@ -248,15 +248,15 @@ def test_frozen_feature_cache_matches_full_forward(phantoms: Path, tmp_path: Pat
 
 
 def test_float16_feature_cache_trains_like_float32(phantoms: Path, tmp_path: Path) -> None:
-    cfg = tiny(phantoms, freeze="0.5", epochs=2)
+    cfg = tiny(phantoms, freeze="head", epochs=2)
     full = train(cfg, tmp_path / "fp32")
     half = train(cfg.replace(feature_dtype="float16"), tmp_path / "fp16")
     from cxrlab.utils import cache_dir
 
     assert list((cache_dir() / "features").glob("*.float16"))  # really stored as float16
     for a, b in zip(full.history, half.history):  # fp16 rounding of the stored features only
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     assert half.metrics["n"] == full.metrics["n"]
 
 
