@@ -166,6 +166,16 @@ def test_checkpoint_from_another_model_or_class_list(phantoms: Path, tmp_path: P
         load_run_model(tmp_path / "nowhere")
 
 
+def test_config_differences_ignore_machine_settings_and_default_new_keys() -> None:
+    cfg = TrainConfig(epochs=3, ratios=(0.8, 0.1, 0.1))
+    saved = json.loads(json.dumps(cfg.to_dict()))  # as read back from config.json
+    del saved["sync_bn"]  # a run made before this setting existed
+    saved.update(device="cuda:1", threads=8, data="/elsewhere", progress=False)
+    assert cfg.differences(saved) == []
+    assert cfg.replace(sync_bn=True).differences(saved) == [("sync_bn", False, True)]
+    assert cfg.replace(lr=0.1, epochs=4).differences(saved) == [("epochs", 3, 4), ("lr", 1e-3, 0.1)]
+
+
 def test_config_rejects_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ConfigError, match="did you mean 'scheduler'"):
         TrainConfig.from_dict({"sheduler": "cosine"})

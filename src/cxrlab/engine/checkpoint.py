@@ -112,18 +112,12 @@ def load_checkpoint(
             f"Cannot read the checkpoint {path} ({type(e).__name__}); "
             "start a new run with another --out"
         ) from e
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-    saved = {**TrainConfig().to_dict(), **saved}  # a setting newer than the run: its default
-    ours = {k: v for k, v in cfg.to_dict().items()}
-    # where the data and split live may differ between machines; split.csv in the run
-    # folder pins the images themselves
-    ignore = {"progress", "threads", "device", "data", "split_file"}
-    diff = sorted(k for k in ours if k not in ignore and saved.get(k) != ours[k])
+    diff = cfg.differences(payload["config"])
     if diff:
-        k = diff[0]
+        k, then, now = diff[0]
         raise CheckpointError(
             f"Cannot resume: the checkpoint in {path.parent} was made with "
-            f"{k}={saved.get(k)!r}, now {k}={ours[k]!r} ({len(diff)} setting(s) "
+            f"{k}={then!r}, now {k}={now!r} ({len(diff)} setting(s) "
             "differ); resume with the same options or use another --out"
         )
     try:

@@ -12,6 +12,14 @@ from ..freeze import BN_MODES, parse_freeze
 
 __all__ = ["TrainConfig"]
 
+#: Settings that may differ between the sessions of one run (resume) or one study cell.
+_MACHINE_LOCAL = frozenset({"progress", "threads", "device", "data", "split_file"})
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a value read back from JSON compares equal to the original."""
+    return list(value) if isinstance(value, tuple) else value
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -120,6 +128,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def differences(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """``(key, saved value, this value)`` for each setting that differs from ``saved``.
+
+        ``saved`` is an earlier run's ``to_dict()`` (read back from JSON or a checkpoint).
+        Where the data lives, the device, threads and progress bars may differ between
+        machines and are not compared (a run folder's split.csv pins the images); a setting
+        newer than the saved run compares as its default.
+        """
+        ours = self.to_dict()
+        saved = {**TrainConfig().to_dict(), **saved}
+        return [(k, saved[k], ours[k]) for k in sorted(ours)
+                if k not in _MACHINE_LOCAL and _plain(saved[k]) != _plain(ours[k])]  # fmt: skip
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..engine import TrainConfig, train
+from ..engine import train
 from ..engine.checkpoint import CHECKPOINT
 from ..errors import ConfigError
 from ..utils import atomic_write_text, write_json
@@ -114,21 +114,14 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
     cfg_file = run_dir / "config.json"
     if not cfg_file.exists():
         return
-    saved = {**TrainConfig().to_dict(), **json.loads(cfg_file.read_text())["config"]}
-    ours = cell.config.to_dict()
-    ignore = {"progress", "threads", "device", "data", "split_file"}
-    diff = [k for k in ours if k not in ignore and _norm(saved.get(k)) != _norm(ours[k])]
+    diff = cell.config.differences(json.loads(cfg_file.read_text())["config"])
     if diff:
-        k = diff[0]
+        k, then, now = diff[0]
         raise ConfigError(
             f"Cell {cell.id} in {run_dir.parent.parent} was run with {k}="
-            f"{saved.get(k)!r}, the study now asks for {k}={ours[k]!r}; use a new "
+            f"{then!r}, the study now asks for {k}={now!r}; use a new "
             "--out for changed settings"
         )
-
-
-def _norm(v: object) -> object:
-    return list(v) if isinstance(v, tuple) else v
 
 
 def run_study(
