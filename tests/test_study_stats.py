@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from cxrlab.study.stats import holm, mcnemar_exact, paired_bootstrap, t_interval, wilson_interval
+from cxrlab.study.report.results import Comparison
+from cxrlab.study.stats import (
+    TwoLevelResult,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap,
+    seeds_needed,
+    t_interval,
+    two_level_bootstrap,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_known_values() -> None:
@@ -53,13 +63,91 @@ def test_paired_bootstrap() -> None:
         paired_bootstrap(np.ones(3, bool), np.ones(4, bool))
 
 
-def test_verdict_orients_the_difference() -> None:
-    from cxrlab.study.report.results import Comparison
+def _runs(rng: np.random.Generator, seeds: int, difficulty: np.ndarray, shift: float = 0.0,
+          seed_sd: float = 0.6) -> np.ndarray:  # fmt: skip
+    """``(seeds, images)`` correctness of one training type: image difficulty shared with the
+    other type, a whole-run offset per seed (training noise) and per-run image noise."""
+    run = rng.normal(0, seed_sd, (seeds, 1))
+    noise = rng.normal(0, 0.8, (seeds, len(difficulty)))
+    p = 1 / (1 + np.exp(-(difficulty + shift + run + noise)))
+    return rng.random(p.shape) < p
 
-    worse_first = Comparison("m", "A", "B", -0.08, (-0.117, -0.047), 0.001, 0.005, (1, 9, 0.02),
-                             2, 0.05)  # fmt: skip
-    assert worse_first.significant
+
+def test_two_level_bootstrap_counts_training_noise() -> None:
+    """Equal types, noisy seeds: the image-only bootstrap calls differences that are not
+    there; the two-level one keeps its false-positive rate near 5 %, and still finds a large
+    consistent difference."""
+    rng = np.random.default_rng(1)
+    draws, false_two, false_image, found = 150, 0, 0, 0
+    for k in range(draws):
+        difficulty = rng.normal(1.5, 1.2, 300)
+        a, b = _runs(rng, 5, difficulty), _runs(rng, 5, difficulty)
+        false_two += two_level_bootstrap(a, b, n_resamples=500, seed=k).p < 0.05
+        false_image += paired_bootstrap(a, b, n_resamples=500, seed=k)[2] < 0.05
+        better = _runs(rng, 5, difficulty, shift=2.0)
+        found += two_level_bootstrap(better, b, n_resamples=500, seed=k).p < 0.05
+    assert false_image / draws > 0.4  # seeds that differ by chance look like a real gap
+    assert false_two / draws <= 0.09, false_two / draws
+    assert found / draws >= 0.9, found / draws
+
+
+def test_two_level_bootstrap_known_cases() -> None:
+    rng = np.random.default_rng(0)
+    same = rng.random((3, 200)) < 0.7
+    r = two_level_bootstrap(same, same, n_resamples=300)
+    assert r.difference == 0.0 and r.p == pytest.approx(1.0)
+    assert r.ci[0] < 0 < r.ci[1]
+    # identical seeds within each arm: no training noise, so it matches the image-only test
+    a = np.repeat((rng.random(400) < 0.8)[None], 3, axis=0)
+    b = np.repeat((rng.random(400) < 0.7)[None], 3, axis=0)
+    two = two_level_bootstrap(a, b, n_resamples=4000)
+    diff, (low, high), _ = paired_bootstrap(a, b, n_resamples=4000)
+    assert two.difference == pytest.approx(diff)
+    assert two.seed_variance == (0.0, 0.0)
+    assert two.ci[0] == pytest.approx(low, abs=0.01) and two.ci[1] == pytest.approx(high, abs=0.01)
+    # per-run accuracies are reported, and arms may have different seed counts
+    r = two_level_bootstrap(a[:2], b, n_resamples=100)
+    assert r.seed_accuracy_a == pytest.approx((a[0].mean(), a[0].mean()))
+    assert len(r.seed_accuracy_b) == 3
+    with pytest.raises(ValueError, match="same test images"):
+        two_level_bootstrap(np.ones((2, 3), bool), np.ones((2, 4), bool))
+
+
+def test_seeds_needed() -> None:
+    def result(diff: float, acc_a: tuple, acc_b: tuple, image_var: float = 0.0) -> TwoLevelResult:
+        return TwoLevelResult(diff, (0, 0), 1, 0, 1, acc_a, acc_b, (0, 0), image_var)
+
+    # pooled seed variance 0.0004 (sd 2 points), difference 2 points: 2 * s^2 * 7.85 / d^2
+    r = result(0.02, (0.80, 0.82, 0.84), (0.78, 0.80, 0.82))
+    assert seeds_needed(r) == int(np.ceil(2 * 0.0004 * (1.959964 + 0.841621) ** 2 / 0.02**2))
+    assert seeds_needed(result(0.2, (0.80, 0.82), (0.60, 0.62))) == 3  # at least 3
+    assert seeds_needed(result(0.0001, (0.7, 0.9), (0.7, 0.9))) == 101  # more than the cap
+    assert seeds_needed(result(0.02, (0.8,), (0.78,))) is None  # spread not estimable
+    assert seeds_needed(result(0.02, (0.8, 0.82), (0.78, 0.8), image_var=0.001)) is None
+
+
+def _comparison(diff: float, ci: tuple, p: float, seeds: int, image_ci=(-0.1, 0.1)) -> Comparison:
+    acc_a = {s: 0.8 + diff + 0.01 * s for s in range(seeds)}
+    acc_b = {s: 0.8 for s in range(seeds)}
+    return Comparison("m", "A", "B", diff, ci, p, p, acc_a, acc_b,
+                      {s: (5, 3, 0.7) for s in range(seeds)}, 0.05, image_ci, p)  # fmt: skip
+
+
+def test_verdict_orients_the_difference() -> None:
+    worse_first = _comparison(-0.08, (-0.117, -0.047), 0.005, 3)
+    assert worse_first.significant and worse_first.status == "significant"
     assert worse_first.verdict().startswith("m: 'B' beats 'A' by 8.0 accuracy points")
-    assert "95% CI [+4.7, +11.7]" in worse_first.verdict()
-    tie = Comparison("m", "A", "B", 0.012, (-0.01, 0.03), 0.3, 0.5, (4, 3, 1.0), 2, 0.05)
+    assert "95% CI [+4.7, +11.7] over seeds and test images, 3 seeds each" in worse_first.verdict()
+    tie = _comparison(0.012, (-0.01, 0.03), 0.5, 4)
     assert not tie.significant and "no significant difference" in tie.verdict()
+
+
+def test_few_seeds_are_not_established() -> None:
+    """Two seeds: a clear image-level difference is still not a verdict."""
+    two = _comparison(0.05, (0.01, 0.09), 0.001, 2, image_ci=(0.02, 0.08))
+    assert two.status == "not established" and not two.significant
+    text = two.verdict()
+    assert "not established" in text and "with 2 seeds per training type" in text
+    assert "seed-level differences +5.0, +6.0" in text and "[+2.0, +8.0]" in text
+    two.seeds_needed = 7
+    assert "about 7 seeds per type" in two.verdict()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
-from .figures import plot_accuracy_intervals, plot_feature_maps
+from .figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .html import render_html
 from .results import (
     Comparison,
@@ -46,6 +46,8 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     figures: dict[str, Path] = {}
     if (p := plot_accuracy_intervals(results, fig_dir / "accuracy.png")) is not None:
         figures["accuracy"] = p
+    if (p := plot_comparisons(comparisons, fig_dir / "comparisons.png")) is not None:
+        figures["comparison_plot"] = p
     for p in plot_feature_maps(study, results, fig_dir, study_dir):
         figures[p.stem] = p
     files = {

@@ -14,9 +14,46 @@ import torch
 from ...data import load_gray8, resize_gray8
 from ...data.split import load_split
 from ..config import StudyConfig
-from .results import StudyResults, summarise, table_groups
+from .results import Comparison, StudyResults, summarise, table_groups
 
-__all__ = ["plot_accuracy_intervals", "plot_feature_maps"]
+__all__ = ["plot_accuracy_intervals", "plot_comparisons", "plot_feature_maps"]
+
+_STATUS_COLOUR = {"significant": "#116329", "not significant": "#57606a",
+                  "not established": "#9a6700"}  # fmt: skip
+
+
+def plot_comparisons(comparisons: list[Comparison], out: Path) -> Path | None:
+    """One row per comparison: the interval over seeds and images, the image-only interval
+    (thin, grey), and each seed's own difference as a dot, so a reader sees the runs behind
+    every verdict."""
+    if not comparisons:
+        return None
+    n = len(comparisons)
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.42 * n), dpi=120)
+    for i, c in enumerate(comparisons):
+        y = n - 1 - i
+        colour = _STATUS_COLOUR[c.status]
+        ax.plot([c.image_ci[0] * 100, c.image_ci[1] * 100], [y - 0.18] * 2, color="#8c959f",
+                lw=1.2, solid_capstyle="butt")  # fmt: skip
+        ax.errorbar([c.difference * 100], [y], xerr=[[(c.difference - c.ci[0]) * 100],
+                    [(c.ci[1] - c.difference) * 100]], fmt="D", color=colour, capsize=4,
+                    ms=5, lw=2)  # fmt: skip
+        seeds = list(c.seed_differences().values())
+        ax.scatter([d * 100 for d in seeds], [y + 0.18] * len(seeds), s=16, color="k",
+                   alpha=0.6, zorder=3)  # fmt: skip
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([f"{c.model}: {c.a}\n  vs {c.b} ({c.status})"
+                        for c in reversed(comparisons)], fontsize=7)  # fmt: skip
+    ax.set_xlabel("accuracy difference, first minus second (points)")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("95 % interval over seeds and test images (diamond), over test images only "
+                 "(grey),\nand each seed's own difference (dots)", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def plot_accuracy_intervals(results: StudyResults, out: Path) -> Path | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StudyConfig
-from .results import Comparison, StudyResults, summary_tables
+from .results import COMPARISON_METHOD, Comparison, StudyResults, seed_advice, summary_tables
 
 __all__ = ["render_html"]
 
@@ -20,20 +20,21 @@ h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;m
 table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.9rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.sig{color:#116329;font-weight:600}.ns{color:#57606a}
+.sig{color:#116329;font-weight:600}.ns{color:#57606a}.ne{color:#9a6700;font-weight:600}
 figure{display:inline-block;margin:.4rem;vertical-align:top;text-align:center}
 figure img{max-width:480px;border:1px solid #d0d7de}figcaption{font-size:.8rem;color:#57606a}
 pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.8rem}
-.muted{color:#57606a;font-size:.85rem}
+.muted{color:#57606a;font-size:.85rem}figure.wide img{max-width:100%}
 """
 
 
-def _img(path: Path, caption: str) -> str:
+def _img(path: Path, caption: str, wide: bool = False) -> str:
     if not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    cls = ' class="wide"' if wide else ""
     return (
-        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f'<figure{cls}><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 
@@ -85,13 +86,19 @@ def render_html(
         parts.append(_table(["Training type", *t["models"]], t["rows"]))
     parts.append("<h2>Which differences are real?</h2><ul>")
     for c in comparisons:
-        cls, word = ("sig", "significant") if c.significant else ("ns", "not significant")
-        parts.append(f'<li><span class="{cls}">{word}</span>: {html.escape(c.verdict())}</li>')
-    parts.append(
-        "</ul><p class='muted'>Paired bootstrap over the shared test images (seeds "
-        "averaged per image), Holm-Bonferroni over all pairs; McNemar's exact test "
-        "in comparisons.csv.</p>"
-    )
+        cls = {"significant": "sig", "not significant": "ns", "not established": "ne"}[c.status]
+        parts.append(f'<li><span class="{cls}">{c.status}</span>: {html.escape(c.verdict())}</li>')
+    parts.append(f"</ul><p class='muted'>{html.escape(COMPARISON_METHOD)}</p>")
+    if advice := seed_advice(comparisons):
+        parts.append(f"<p>{html.escape(advice)}</p>")
+    if "comparison_plot" in figures:
+        parts.append(
+            _img(
+                figures["comparison_plot"],
+                "Each comparison: interval over seeds and "
+                "images, image-only interval, and the seed-level differences",
+            )
+        )
     parts.append("<h2>Figures</h2>")
     for key, caption in (
         ("accuracy", "Test accuracy with 95 % intervals"),

@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 
 from ..config import StudyConfig
-from ..stats import holm, mcnemar_exact, paired_bootstrap, t_interval, wilson_interval
+from ..stats import (
+    holm,
+    mcnemar_exact,
+    paired_bootstrap,
+    seeds_needed,
+    t_interval,
+    two_level_bootstrap,
+    wilson_interval,
+)
 
-__all__ = ["Comparison", "StudyResults", "collect_results", "compare", "summarise"]
+__all__ = ["MIN_SEEDS", "Comparison", "StudyResults", "collect_results", "compare", "summarise"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
 
@@ -31,8 +39,28 @@ class StudyResults:
     missing: list[str] = field(default_factory=list)  # cells without results yet
 
 
+#: Below this many seeds per training type, training noise is not estimated well enough
+#: for a verdict: the comparison is reported as "not established".
+MIN_SEEDS = 3
+
+
+def _points(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3g}"
+
+
 @dataclass
 class Comparison:
+    """Two training types of one model on the shared test images.
+
+    ``difference``, ``ci`` and ``p`` come from the two-level bootstrap (seeds and images,
+    see :func:`~cxrlab.study.stats.two_level_bootstrap`); ``image_ci`` and ``image_p`` from
+    the image-only bootstrap that holds the training runs fixed, kept for contrast.
+    """
+
     model: str
     a: str
     b: str
@@ -40,28 +68,78 @@ class Comparison:
     ci: tuple[float, float]
     p: float
     p_adjusted: float
-    mcnemar: tuple[int, int, float]  # (only a right, only b right, p) for the first seed
-    seeds: int
-    alpha: float
+    seed_accuracy_a: dict[int, float]  # seed -> test accuracy of that run
+    seed_accuracy_b: dict[int, float]
+    mcnemar: dict[int, tuple[int, int, float]]  # shared seed -> (only a right, only b, p)
+    alpha: float = 0.05
+    image_ci: tuple[float, float] = (float("nan"), float("nan"))
+    image_p: float = float("nan")
+    seeds_needed: int | None = None
+    flags: dict[str, str] = field(default_factory=dict)  # arm label -> why it is suspect
+
+    @property
+    def seeds(self) -> int:
+        """Seeds of the smaller arm."""
+        return min(len(self.seed_accuracy_a), len(self.seed_accuracy_b))
+
+    @property
+    def established(self) -> bool:
+        """Whether both arms have enough seeds to estimate training noise."""
+        return self.seeds >= MIN_SEEDS
 
     @property
     def significant(self) -> bool:
-        return self.p_adjusted < self.alpha
+        return self.established and self.p_adjusted < self.alpha
+
+    @property
+    def status(self) -> str:
+        """``significant``, ``not significant`` or ``not established``."""
+        if not self.established:
+            return "not established"
+        return "significant" if self.significant else "not significant"
+
+    def seed_differences(self) -> dict[int, float]:
+        """Accuracy of A minus B for each seed both arms ran (the runs behind a verdict)."""
+        shared = sorted(set(self.seed_accuracy_a) & set(self.seed_accuracy_b))
+        return {s: self.seed_accuracy_a[s] - self.seed_accuracy_b[s] for s in shared}
+
+    def _seeds_text(self) -> str:
+        na, nb = len(self.seed_accuracy_a), len(self.seed_accuracy_b)
+        return f"{na} seed{'s' * (na != 1)} each" if na == nb else f"{na} and {nb} seeds"
+
+    def _needed_text(self) -> str:
+        if self.seeds_needed is None:
+            return ""
+        if self.seeds_needed > 100:
+            return "; at the observed seed spread more than 100 seeds per type would be needed"
+        return (f"; at the observed seed spread about {self.seeds_needed} seeds per type would "
+                "find a difference this large 80% of the time")  # fmt: skip
 
     def verdict(self) -> str:
         """One sentence: which training type is better, by how much, and whether it is real."""
+        if not self.established:
+            spread = ", ".join(_points(d) for d in self.seed_differences().values())
+            n = self.seeds
+            return (f"{self.model}: '{self.a}' vs '{self.b}': not established "
+                    f"({_points(self.difference)} points for the first, but with {n} seed"
+                    f"{'s' * (n != 1)} per training type the training noise cannot be "
+                    f"estimated; seed-level differences {spread or 'none'}; over test images "
+                    f"alone 95% CI [{_points(self.image_ci[0])}, {_points(self.image_ci[1])}])"
+                    f"{self._needed_text()}")  # fmt: skip
         if self.significant:
             # orient the difference and its interval as better minus worse
             flip = self.difference < 0
             better, worse = (self.b, self.a) if flip else (self.a, self.b)
             low, high = (-self.ci[1], -self.ci[0]) if flip else self.ci
             return (f"{self.model}: '{better}' beats '{worse}' by {abs(self.difference) * 100:.1f} "
-                    f"accuracy points (95% CI [{low * 100:+.1f}, {high * 100:+.1f}]); significant "
-                    f"(Holm-adjusted p = {self.p_adjusted:.3g} < {self.alpha:g})")  # fmt: skip
+                    f"accuracy points (95% CI [{_points(low)}, {_points(high)}] over seeds and "
+                    f"test images, {self._seeds_text()}); significant (Holm-adjusted "
+                    f"p {_p(self.p_adjusted)} < {self.alpha:g})")  # fmt: skip
         return (f"{self.model}: '{self.a}' vs '{self.b}': no significant difference "
-                f"({self.difference * 100:+.1f} points for the first, 95% CI "
-                f"[{self.ci[0] * 100:+.1f}, {self.ci[1] * 100:+.1f}]; Holm-adjusted p = "
-                f"{self.p_adjusted:.3g})")  # fmt: skip
+                f"({_points(self.difference)} points for the first, 95% CI "
+                f"[{_points(self.ci[0])}, {_points(self.ci[1])}] over seeds and test images, "
+                f"{self._seeds_text()}; Holm-adjusted p {_p(self.p_adjusted)})"
+                f"{self._needed_text()}")  # fmt: skip
 
 
 def _read_predictions(path: Path) -> dict[str, bool]:
@@ -167,9 +245,11 @@ def compare(
 ) -> list[Comparison]:
     """Every pair of training types within each model, on the shared test images.
 
-    The accuracy difference is tested with a paired bootstrap over test images (seeds of a
-    training type averaged per image); p-values are Holm-adjusted over all pairs of the
-    study. McNemar's exact test on the first shared seed is reported beside it.
+    The accuracy difference is tested with a two-level bootstrap that resamples each
+    training type's seeds and the shared test images; p-values are Holm-adjusted over all
+    pairs of the study. With fewer than :data:`MIN_SEEDS` seeds per type a comparison is
+    "not established". McNemar's exact test for every seed both types ran, and the
+    image-only bootstrap, are reported beside it.
     """
     by_arm: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
     for r in results.rows:
@@ -180,28 +260,45 @@ def compare(
         labels = [lab for (m, lab) in by_arm if m == model]
         for a, b in itertools.combinations(labels, 2):
             runs_a, runs_b = by_arm[(model, a)], by_arm[(model, b)]
-            seeds = sorted(set(runs_a) & set(runs_b))
-            if not seeds:
-                continue
-            ma = np.stack([runs_a[s] for s in seeds])  # (seeds, images)
-            mb = np.stack([runs_b[s] for s in seeds])
-            diff, ci, p = paired_bootstrap(ma, mb, n_resamples=n_resamples)
-            raw.append((model, a, b, diff, ci, p, mcnemar_exact(ma[0], mb[0]), len(seeds)))
-    adjusted = holm([r[5] for r in raw]) if raw else []
-    return [Comparison(m, a, b, d, ci, p, pa, mc, n, alpha)
-            for (m, a, b, d, ci, p, mc, n), pa in zip(raw, adjusted)]  # fmt: skip
+            seeds_a, seeds_b = sorted(runs_a), sorted(runs_b)
+            ma = np.stack([runs_a[s] for s in seeds_a])  # (seeds, images)
+            mb = np.stack([runs_b[s] for s in seeds_b])
+            two = two_level_bootstrap(ma, mb, n_resamples=n_resamples)
+            _, image_ci, image_p = paired_bootstrap(ma, mb, n_resamples=n_resamples)
+            shared = sorted(set(seeds_a) & set(seeds_b))
+            raw.append(Comparison(
+                model, a, b, two.difference, two.ci, two.p, two.p,
+                dict(zip(seeds_a, two.seed_accuracy_a)), dict(zip(seeds_b, two.seed_accuracy_b)),
+                {s: mcnemar_exact(runs_a[s], runs_b[s]) for s in shared}, alpha,
+                image_ci, image_p, seeds_needed(two, alpha),
+            ))  # fmt: skip
+    for c, adjusted in zip(raw, holm([c.p for c in raw]) if raw else []):
+        c.p_adjusted = adjusted
+    return raw
 
 
 def comparisons_csv(comparisons: list[Comparison]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "a", "b", "accuracy_difference", "ci_low", "ci_high", "p_bootstrap",
-                "p_holm", "significant", "mcnemar_only_a", "mcnemar_only_b", "mcnemar_p",
-                "seeds", "verdict"])  # fmt: skip
+    w.writerow(["model", "a", "b", "accuracy_difference", "ci_low", "ci_high", "p_two_level",
+                "p_holm", "status", "significant", "seeds_a", "seeds_b", "seed_accuracy_a",
+                "seed_accuracy_b", "seed_differences", "image_ci_low", "image_ci_high",
+                "p_image_only", "mcnemar_by_seed", "seeds_needed", "flags",
+                "verdict"])  # fmt: skip
+
+    def seeds(values: dict[int, float]) -> str:
+        return " ".join(f"s{s}:{v:.4f}" for s, v in values.items())
+
     for c in comparisons:
+        mcnemar = " ".join(f"s{s}:{x}/{y}/p={p:.3g}" for s, (x, y, p) in c.mcnemar.items())
+        flags = " | ".join(f"{label}: {why}" for label, why in c.flags.items())
         w.writerow([c.model, c.a, c.b, f"{c.difference:.6g}", f"{c.ci[0]:.6g}", f"{c.ci[1]:.6g}",
-                    f"{c.p:.6g}", f"{c.p_adjusted:.6g}", c.significant, c.mcnemar[0],
-                    c.mcnemar[1], f"{c.mcnemar[2]:.6g}", c.seeds, c.verdict()])  # fmt: skip
+                    f"{c.p:.6g}", f"{c.p_adjusted:.6g}", c.status, c.significant,
+                    len(c.seed_accuracy_a), len(c.seed_accuracy_b), seeds(c.seed_accuracy_a),
+                    seeds(c.seed_accuracy_b), seeds(c.seed_differences()),
+                    f"{c.image_ci[0]:.6g}", f"{c.image_ci[1]:.6g}", f"{c.image_p:.6g}", mcnemar,
+                    "" if c.seeds_needed is None else c.seeds_needed, flags,
+                    c.verdict()])  # fmt: skip
     return buf.getvalue()
 
 
@@ -231,6 +328,44 @@ def summary_tables(results: StudyResults) -> list[dict[str, Any]]:
     return tables
 
 
+#: How the comparisons were made, in the words the summary and the report both use.
+COMPARISON_METHOD = (
+    "Each difference is tested with a two-level bootstrap that resamples the seeds of each "
+    "training type and the shared test images (paired on images), so its interval and "
+    "p-value include run-to-run training noise; the interval uses a t reference with "
+    "Welch-Satterthwaite degrees of freedom because a few seeds make percentile intervals too "
+    "narrow. Holm-Bonferroni across all pairs. With fewer than "
+    f"{MIN_SEEDS} seeds per training type a difference is 'not established'. The image-only "
+    "bootstrap (runs held fixed) and McNemar's exact test for each seed pair are in "
+    "comparisons.csv."
+)
+_STATUS_MD = {"significant": "**significant**", "not significant": "not significant",
+              "not established": "*not established*"}  # fmt: skip
+
+
+def seed_advice(comparisons: list[Comparison]) -> str:
+    """One paragraph on how many seeds the observed spread would need, or ``""``."""
+    few = [c for c in comparisons if not c.established]
+    if not few:
+        return ""
+    least = min(c.seeds for c in few)
+    needs = [c.seeds_needed for c in few if c.seeds_needed is not None]
+    text = (f"{len(few)} of {len(comparisons)} comparisons are not established: the study "
+            f"has {least} seed{'s' * (least != 1)} per training type where at least "
+            f"{MIN_SEEDS} are needed to estimate training noise.")  # fmt: skip
+    if least < 2:
+        return text + f" Run at least {MIN_SEEDS} seeds (--seeds {MIN_SEEDS})."
+    reachable = sorted(n for n in needs if n <= 100)
+    if len(set(reachable)) == 1:
+        text += (f" At the seed spread observed so far, about {reachable[0]} seeds per type "
+                 "would settle them (80% power; --seeds N).")  # fmt: skip
+    elif reachable:
+        text += (f" At the seed spread observed so far, {reachable[0]} seeds per type would "
+                 f"settle the clearest of them and {reachable[-1]} the least clear one that "
+                 "seeds can settle (80% power; --seeds N).")  # fmt: skip
+    return text
+
+
 def summary_markdown(study: StudyConfig, results: StudyResults,
                      comparisons: list[Comparison]) -> str:  # fmt: skip
     seeds = sorted({r["seed"] for r in results.rows})
@@ -254,13 +389,11 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
         lines.append("")
     lines += ["## Paired comparisons (same test images)", ""]
     if comparisons:
-        lines += [f"- {'**significant**' if c.significant else 'not significant'}: {c.verdict()}"
-                  for c in comparisons]  # fmt: skip
-        lines += [
-            "",
-            "Paired bootstrap over test images (seeds averaged per image), "
-            "Holm-Bonferroni across all pairs; McNemar's exact test in comparisons.csv.",
-        ]
+        lines += [f"- {_STATUS_MD[c.status]}: {c.verdict()}" for c in comparisons]
+        lines += ["", COMPARISON_METHOD]
+        advice = seed_advice(comparisons)
+        if advice:
+            lines += ["", advice]
     else:
         lines.append("No pairs to compare yet.")
     return "\n".join(lines) + "\n"
