@@ -86,3 +86,22 @@ def sample_root() -> Path:
     if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
         pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but the sample is missing ({path!r}); {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def masks_root() -> Path:
+    """Real chest X-rays with lung masks (COVID-QU-Ex, its own Train/Val/Test folders).
+
+    CI passes ``../shared/cxr-masks`` in ``CXRLAB_MASKS_DATA``; a fresh clone has no copy and
+    the tests that need it are skipped with the reason.
+    """
+    path = os.environ.get("CXRLAB_MASKS_DATA")
+    if path and Path(path).is_dir():
+        return Path(path)
+    reason = (
+        "real-data test: set CXRLAB_MASKS_DATA to a copy of COVID-QU-Ex with lung masks "
+        "(e.g. ../shared/cxr-masks)"
+    )
+    if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
+        pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but the mask data is missing ({path!r}); {reason}")
+    pytest.skip(reason)

@@ -137,9 +137,16 @@ def test_evaluate_external_sets_and_class_mismatch(phantoms: Path, tmp_path: Pat
     ext = tmp_path / "ext"
     for cls in ("Normal", "COVID"):
         shutil.copytree(phantoms / cls, ext / cls)
-    m = evaluate_run(tmp_path / "run", ext, split="all", out=tmp_path / "ext.json", progress=False)
+    m = evaluate_run(tmp_path / "run", ext, split="all", out=tmp_path / "ext.json",
+                     exclude_copies=False, progress=False)  # fmt: skip
     assert m["n"] == 20 and json.loads((tmp_path / "ext.json").read_text())["n"] == 20
     assert m["per_class"]["Lung_Opacity"]["support"] == 0
+    # these "external" images are the run's own: every one is found as an exact copy, and
+    # by default the copies of training and validation images are not scored
+    assert len(m["overlap"]["exact"]) == 20
+    held_out = evaluate_run(tmp_path / "run", ext, split="all", progress=False)
+    test_copies = sum(e["run_split"] == "test" for e in m["overlap"]["exact"])
+    assert held_out["excluded_copies"] == 20 - test_copies and held_out["n"] == test_copies
     # a dataset with a class the model never saw
     other = tmp_path / "other"
     for i, cls in enumerate(("Normal", "Tuberculosis")):

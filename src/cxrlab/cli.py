@@ -120,12 +120,45 @@ def data_synth(
     per_class: Annotated[int, typer.Option(help="Images per class.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     size: Annotated[int, typer.Option(help="Image side length in pixels.")] = 256,
+    masks: Annotated[
+        bool, typer.Option("--masks", help="Also write lung masks (<Class>/masks/).")
+    ] = False,
+    shortcut: Annotated[
+        str | None,
+        typer.Option(help="Plant a shortcut: 'marker' (a class-dependent tag outside the lungs)."),
+    ] = None,
 ) -> None:
     """Write a four-class synthetic chest X-ray phantom dataset (Kaggle layout)."""
     from .data import write_synthetic_dataset
 
-    root = write_synthetic_dataset(out, per_class=per_class, seed=seed, size=size)
-    typer.echo(f"Wrote {4 * per_class} phantom images to {root}")
+    root = write_synthetic_dataset(
+        out, per_class=per_class, seed=seed, size=size, masks=masks, shortcut=shortcut
+    )
+    extras = " with lung masks" * masks + f" and a planted {shortcut}" * bool(shortcut)
+    typer.echo(f"Wrote {4 * per_class} phantom images{extras} to {root}")
+
+
+@data_app.command("masks")
+def data_masks(
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    kind: Annotated[str, typer.Option(help="lung or infection.")] = "lung",
+    size: Annotated[int, typer.Option(help="Size the masks are resized to.")] = 224,
+    max_list: Annotated[int, typer.Option(help="Problems listed at most.")] = 20,
+) -> None:
+    """Find and check the masks beside a dataset's images (missing, empty, wrong size, extra)."""
+    from .data import decoded_masks, scan_dataset
+
+    report = scan_dataset(root)
+    masks = decoded_masks(report.root, report.records, size, kind)
+    typer.echo(masks.summary())
+    bad = [(r.path, s) for r, s in zip(report.records, masks.status) if s != "ok"]
+    for path, reason in bad[:max_list]:
+        typer.echo(f"  {path}: {reason}")
+    for path in masks.extra[:max_list]:
+        typer.echo(f"  {path}: mask without an image")
+    hidden = max(0, len(bad) - max_list) + max(0, len(masks.extra) - max_list)
+    if hidden:
+        typer.echo(f"  ... {hidden} more not shown (--max-list)")
 
 
 @data_app.command("download")
@@ -177,7 +210,22 @@ def train_cmd(
     ratios: Annotated[str, typer.Option(help="train,val,test.", rich_help_panel=_D)] = (
         "0.7,0.15,0.15"
     ),
+    split_source: Annotated[
+        str,
+        typer.Option(
+            help="auto (the dataset's Train/Val/Test folders if any), folders, stratified.",
+            rich_help_panel=_D,
+        ),
+    ] = "auto",
     image_size: Annotated[int, typer.Option(help="Input size (px).", rich_help_panel=_D)] = 224,
+    lungs: Annotated[
+        str,
+        typer.Option(
+            help="keep; remove or only: train on images with the lungs (or all else) filled; "
+            "needs lung masks.",
+            rich_help_panel=_D,
+        ),
+    ] = "keep",
     model: Annotated[str, typer.Option(help="See 'cxrlab models'.", rich_help_panel=_M)] = (
         "resnet18"
     ),
@@ -278,20 +326,71 @@ def evaluate_cmd(
         Path | None,
         typer.Option(help="Write the metrics JSON here."),
     ] = None,
+    class_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-' "
+            "('-': not scored, only where its images went)."
+        ),
+    ] = None,
+    keep_copies: Annotated[
+        bool,
+        typer.Option("--keep-copies", help="Score external images that copy training images too."),
+    ] = False,
     batch_size: Annotated[int, typer.Option()] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """Metrics of a trained model on its test split or on another dataset."""
     from .engine import evaluate_run
+    from .evaluation.external import parse_class_map
+    from .evaluation.report import format_evaluation
 
-    m = evaluate_run(run_dir, data, split=split, out=out, batch_size=batch_size, device=device)
-    typer.echo(
-        f"{split}: n={m['n']}  accuracy {m['accuracy']:.4f}  balanced "
-        f"{m['balanced_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  AUROC "
-        f"{m['auroc'] if m['auroc'] is None else round(m['auroc'], 4)}  ECE {m['ece']:.4f}"
-    )
+    m = evaluate_run(run_dir, data, split=split, out=out, batch_size=batch_size, device=device,
+                     class_map=parse_class_map(class_map), exclude_copies=not keep_copies,
+                     progress=progress)  # fmt: skip
+    typer.echo(format_evaluation(m))
     if out:
         typer.echo(f"Wrote {out}")
+
+
+@app.command("audit")
+def audit_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN_DIR/audit).")] = (
+        None
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="Dataset to audit on (default: the run's own).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
+    ] = "test",
+    check: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this check (copies, lungs, cam, probes); repeatable."),
+    ] = None,
+    class_map: Annotated[
+        str | None,
+        typer.Option(help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-'."),
+    ] = None,
+    cam_images: Annotated[
+        int, typer.Option(help="Grad-CAM maps at most, spread over the classes (0: all).")
+    ] = 200,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of noise fills, CAM subset, probe folds.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Shortcut audit: lungs removed, Grad-CAM in the lungs, acquisition probes, copies."""
+    from .audit import CHECKS, run_audit
+    from .evaluation.external import parse_class_map
+
+    result = run_audit(run_dir, data, split=split, out=out, checks=check or CHECKS,
+                       class_map=parse_class_map(class_map), cam_images=cam_images or None,
+                       device=device, seed=seed, progress=progress)  # fmt: skip
+    for key, finding in result.findings.items():
+        typer.echo(f"{key}: {finding}")
+    typer.echo(f"Wrote {result.files['markdown']} and {result.files['json']}")
 
 
 # ------------------------------------------------------------------------------- study

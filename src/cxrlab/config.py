@@ -87,7 +87,7 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"Unknown key {key!r} in {section or cls.__name__}{hint}")
+            raise ConfigError(f"Unknown key {key!r} in {(section or cls.__name__).strip()}{hint}")
         out[key] = _check(value, hints[key], key, section)
     try:
         return cls(**out)

@@ -14,6 +14,7 @@ from .cache import RESIZE_METHOD, DecodedImages, decoded_images, resize_gray8
 from .download import KAGGLE_URL, download_database
 from .imageio import ImageReadError, load_gray8, to_gray8
 from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
+from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
 from .prepare import PreparedData, prepare_data
 from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
 from .split import SPLITS, Split, load_split, make_split
@@ -22,17 +23,21 @@ from .synth import draw_phantom, write_synthetic_dataset
 __all__ = [
     "COVID_RADIOGRAPHY_CLASSES",
     "KAGGLE_URL",
+    "LUNG_MODES",
     "RESIZE_METHOD",
     "SPLITS",
     "DatasetLayout",
     "DecodedImages",
+    "DecodedMasks",
     "ImageReadError",
     "ImageRecord",
     "InvalidFile",
     "PreparedData",
     "ScanReport",
     "Split",
+    "apply_lung_mask",
     "decoded_images",
+    "decoded_masks",
     "download_database",
     "draw_phantom",
     "find_layout",

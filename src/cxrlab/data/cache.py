@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from ..utils import cache_dir, hash_strings
 from .imageio import ImageReadError, load_gray8
 from .scan import ImageRecord
 
-__all__ = ["RESIZE_METHOD", "DecodedImages", "decoded_images", "resize_gray8"]
+__all__ = ["RESIZE_METHOD", "DecodedImages", "decoded_images", "derived_images", "resize_gray8"]
 
 _CACHE_VERSION = 1
 #: How images are resized: the whole image squashed to a square (no crop), bilinear with
@@ -146,3 +146,44 @@ def decoded_images(
         raise
     arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
     return DecodedImages(arr, path, key, size)
+
+
+def derived_images(
+    images: DecodedImages,
+    recipe: str,
+    transform: Callable[[np.ndarray], np.ndarray],
+    *,
+    batch: int = 256,
+    progress: bool = True,
+) -> DecodedImages:
+    """A cache of ``images`` changed by a deterministic ``transform`` (lungs removed, say).
+
+    Built once beside the decoded-image cache; its key combines the source cache's key and
+    ``recipe`` (which must name everything the transform depends on), so feature caches and
+    runs built on it never mix with the untouched images.
+
+    Args:
+        transform: maps an array of row indices to those rows' new ``(B, H, W)`` uint8 pixels.
+    """
+    key = hash_strings([images.key, recipe])
+    shape = images.array.shape
+    path = images.path.parent / f"{key}-{shape[0]}x{shape[1]}x{shape[2]}.u8"
+    if path.exists() and path.stat().st_size == int(np.prod(shape)):
+        return DecodedImages(np.memmap(path, dtype=np.uint8, mode="r", shape=shape), path, key,
+                             images.size)  # fmt: skip
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        for start in tqdm(range(0, shape[0], batch), desc=f"Preparing images ({recipe[:24]})",
+                          unit="batch", disable=not progress or None, leave=False):  # fmt: skip
+            rows = np.arange(start, min(start + batch, shape[0]))
+            out[rows] = transform(rows)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return DecodedImages(np.memmap(path, dtype=np.uint8, mode="r", shape=shape), path, key,
+                         images.size)  # fmt: skip

@@ -4,6 +4,9 @@ Supported layouts (``ROOT`` may also be the folder *above* the dataset folder)::
 
     COVID-19_Radiography_Dataset/COVID/images/COVID-1.png     Kaggle release (masks/ ignored)
     COVID-19_Radiography_Dataset/COVID/COVID-1.png            older flat copies
+    Infection Segmentation Data/Train/COVID-19/images/x.png   COVID-QU-Ex: the dataset's own
+                                                              Train/Val/Test folders, each
+                                                              holding class folders
     my_dataset/<any class>/<any depth>/<image>                any one-folder-per-class set
 
 Class folder names of the COVID-19 Radiography Database are matched case- and
@@ -40,8 +43,29 @@ _ALIASES = {
     "viralpneumonia": "Viral Pneumonia",
 }
 
-#: Folder names never holding class images.
-_SKIP_DIRS = {"masks", "mask", "__macosx", "$recycle.bin", "system volume information"}
+#: Folder names never holding class images (segmentation masks and OS folders).
+_SKIP_DIRS = {
+    "masks",
+    "mask",
+    "lung masks",
+    "lung_masks",
+    "lungmasks",
+    "infection masks",
+    "infection_masks",
+    "__macosx",
+    "$recycle.bin",
+    "system volume information",
+}
+#: Folder names of a dataset's own split, normalised (see :func:`_norm`).
+_SPLIT_DIRS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 #: File names and suffixes that are documentation, metadata or OS junk, never images.
 _SKIP_NAMES = {"thumbs.db", "desktop.ini", "readme", "license", "licence"}
 _SKIP_SUFFIXES = {
@@ -101,10 +125,13 @@ def _list_dirs(path: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class ClassFolder:
-    """One class of the dataset: its name and the folder its images live under."""
+    """One class folder of the dataset: the class name, the folder its images live under,
+    and the dataset's own split when the class folder sits in a ``Train``/``Val``/``Test``
+    folder (``None`` otherwise)."""
 
     name: str
     path: Path
+    split: str | None = None
 
     def files(self) -> list[Path]:
         """Every candidate image file under the class folder, sorted by path.
@@ -123,7 +150,8 @@ class ClassFolder:
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Where a dataset's classes are: the dataset folder and one :class:`ClassFolder` each."""
+    """Where a dataset's classes are: the dataset folder and its :class:`ClassFolder` s
+    (one per class, or one per class and split folder)."""
 
     root: Path
     classes: tuple[ClassFolder, ...]
@@ -131,7 +159,12 @@ class DatasetLayout:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.classes)
+        return tuple(dict.fromkeys(c.name for c in self.classes))
+
+    @property
+    def has_split_folders(self) -> bool:
+        """Whether the dataset comes with its own train/val/test folders."""
+        return any(c.split is not None for c in self.classes)
 
 
 def _has_image_files(folder: Path) -> bool:
@@ -148,11 +181,64 @@ def _has_image_files(folder: Path) -> bool:
     return False
 
 
+def _class_folders(folder: Path) -> tuple[list[ClassFolder], bool] | None:
+    """The class folders directly under ``folder`` and whether they are the database's
+    canonical classes, or ``None`` when fewer than two subfolders hold images."""
+    dirs = _list_dirs(folder)
+    with_images = [d for d in dirs if _has_image_files(d)]
+    if len(with_images) < 2:
+        return None
+    canon = {d: canonical_class_name(d.name) for d in dirs}
+    if not all(canon[d] for d in with_images):
+        # A generic one-folder-per-class dataset: every subfolder is a class.
+        return [ClassFolder(d.name, d) for d in dirs], False
+    # The COVID-19 Radiography Database: canonical names and order; a known class folder
+    # without images stays in the list so the scan reports it as empty.
+    known = [d for d in dirs if canon[d]]
+    names = [canon[d] for d in known]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        same = ", ".join(repr(d.name) for d in known if canon[d] == dup)
+        raise DataError(f"{folder} has several folders for the class {dup!r} ({same}); keep one")
+    order = {name: i for i, name in enumerate(COVID_RADIOGRAPHY_CLASSES)}
+    known.sort(key=lambda d: order[canon[d]])
+    return [ClassFolder(canon[d], d) for d in known], True  # type: ignore[arg-type]
+
+
+def _split_folders(folder: Path) -> DatasetLayout | None:
+    """A dataset whose own ``Train``/``Val``/``Test`` folders each hold class folders."""
+    splits = [(d, _SPLIT_DIRS[_norm(d.name)]) for d in _list_dirs(folder)
+              if _norm(d.name) in _SPLIT_DIRS]  # fmt: skip
+    found = [(d, split, _class_folders(d)) for d, split in splits]
+    found = [(d, split, c) for d, split, c in found if c is not None]
+    if len(found) < 2:
+        return None
+    names = [s for _, s, _ in found]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        same = ", ".join(repr(d.name) for d, s, _ in found if s == dup)
+        raise DataError(f"{folder} has several folders for the {dup} split ({same}); keep one")
+    kinds = {known for _, _, (_, known) in found}
+    classes: list[ClassFolder] = []
+    for _, split, (folders, _) in sorted(found, key=lambda t: ("train", "val", "test").index(t[1])):
+        classes += [ClassFolder(c.name, c.path, split) for c in folders]
+    if kinds == {True}:
+        order = {name: i for i, name in enumerate(COVID_RADIOGRAPHY_CLASSES)}
+        names_in_order = sorted({c.name for c in classes}, key=order.__getitem__)
+    else:  # generic names: sorted, as a generic dataset's folders are
+        names_in_order = sorted({c.name for c in classes})
+    rank = {n: i for i, n in enumerate(names_in_order)}
+    classes.sort(key=lambda c: rank[c.name])  # class order first, split order within
+    return DatasetLayout(folder, tuple(classes), known_database=kinds == {True})
+
+
 def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
     """Locate the class folders under ``root``.
 
     ``root`` itself is tried first, then its subfolders (for a root holding
-    ``COVID-19_Radiography_Dataset/``), then one level deeper.
+    ``COVID-19_Radiography_Dataset/``), then one level deeper. A folder whose
+    ``Train``/``Val``/``Test`` subfolders each hold class folders (COVID-QU-Ex) is one
+    dataset with its own split, not three.
 
     Raises:
         DataError: ``root`` does not exist, or no folder holds two or more classes.
@@ -172,28 +258,11 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
         level = [d for parent in level for d in _list_dirs(parent)]
         candidates.extend(level)
     for folder in candidates:
-        dirs = _list_dirs(folder)
-        with_images = [d for d in dirs if _has_image_files(d)]
-        if len(with_images) < 2:
-            continue
-        canon = {d: canonical_class_name(d.name) for d in dirs}
-        if all(canon[d] for d in with_images):
-            # The COVID-19 Radiography Database: canonical names and order; a known class
-            # folder without images stays in the list so the scan reports it as empty.
-            known = [d for d in dirs if canon[d]]
-            names = [canon[d] for d in known]
-            if len(set(names)) != len(names):
-                dup = next(n for n in names if names.count(n) > 1)
-                same = ", ".join(repr(d.name) for d in known if canon[d] == dup)
-                raise DataError(
-                    f"{folder} has several folders for the class {dup!r} ({same}); keep one"
-                )
-            order = {name: i for i, name in enumerate(COVID_RADIOGRAPHY_CLASSES)}
-            known.sort(key=lambda d: order[canon[d]])
-            classes = tuple(ClassFolder(canon[d], d) for d in known)
-            return DatasetLayout(folder, classes, known_database=True)
-        # A generic one-folder-per-class dataset: every subfolder is a class.
-        return DatasetLayout(folder, tuple(ClassFolder(d.name, d) for d in dirs), False)
+        if (layout := _split_folders(folder)) is not None:
+            return layout
+        if (found := _class_folders(folder)) is not None:
+            classes, known = found
+            return DatasetLayout(folder, tuple(classes), known)
     raise DataError(
         f"No class folders found under {root}: expected one folder per class holding images "
         "(e.g. COVID-19_Radiography_Dataset/COVID/images/*.png). Download the database with "

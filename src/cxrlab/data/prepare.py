@@ -7,13 +7,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
 from ..utils import cache_dir
-from .cache import DecodedImages, decoded_images
+from .cache import DecodedImages, decoded_images, derived_images
+from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
 from .scan import ScanReport, scan_dataset
 from .split import Split, load_split, make_split
 from .synth import DATASET_DIRNAME, write_synthetic_dataset
 
-__all__ = ["DEMO_DATA", "PreparedData", "demo_dataset", "prepare_data"]
+__all__ = ["DEMO_DATA", "SPLIT_SOURCES", "PreparedData", "demo_dataset", "prepare_data"]
+
+#: Where a split comes from: the dataset's own folders when it has them (``auto``), always
+#: its folders, or always a new stratified draw.
+SPLIT_SOURCES = ("auto", "folders", "stratified")
 
 #: The name that selects the embedded synthetic phantom dataset instead of a folder.
 DEMO_DATA = "phantoms"
@@ -34,11 +40,17 @@ def demo_dataset(
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A scanned dataset, its split and its decoded images (rows follow ``split.records``)."""
+    """A scanned dataset, its split and its decoded images (rows follow ``split.records``).
+
+    ``images`` are what the model sees: with ``lungs="remove"`` or ``"only"`` the lungs (or
+    everything else) are already filled; ``masks`` are then the lung masks, row-aligned.
+    """
 
     report: ScanReport
     split: Split
     images: DecodedImages
+    masks: DecodedMasks | None = None
+    lungs: str = "keep"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -53,6 +65,8 @@ def prepare_data(
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
     holdout_all: bool = False,
     image_size: int = 224,
+    split_source: str = "auto",
+    lungs: str = "keep",
     progress: bool = True,
 ) -> PreparedData:
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
@@ -65,8 +79,22 @@ def prepare_data(
         ratios: train/val/test fractions of a newly made split.
         holdout_all: every image is test (evaluate a whole external dataset).
         image_size: side length of the cached square images.
+        split_source: ``auto`` takes a new split from the dataset's own Train/Val/Test
+            folders when it has them (COVID-QU-Ex) and draws a stratified one otherwise;
+            ``folders`` insists on the folders; ``stratified`` always draws.
+        lungs: ``keep``; ``remove`` fills every image's lung fields with the mean of the rest
+            of the image; ``only`` fills everything outside the lungs with the lungs' mean.
+            Needs a valid lung mask for every image (see :mod:`cxrlab.data.masks`).
         progress: show progress bars.
+
+    Raises:
+        DataError: ``lungs`` asks for masks some image lacks, or ``split_source`` asks for
+            folders the dataset does not have.
     """
+    if split_source not in SPLIT_SOURCES:
+        raise DataError(f"split_source must be one of {', '.join(SPLIT_SOURCES)}")
+    if lungs not in LUNG_MODES:
+        raise DataError(f"lungs must be one of {', '.join(LUNG_MODES)}, got {lungs!r}")
     root = demo_dataset() if data is None or str(data) == DEMO_DATA else Path(data)
     report = scan_dataset(root, progress=progress)
     if report.invalid:
@@ -85,8 +113,20 @@ def prepare_data(
     if split_file is not None and Path(split_file).exists() and not holdout_all:
         split = load_split(split_file, report)
     else:
-        split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all)
+        folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
+        split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all,
+                           use_folders=bool(folders))  # fmt: skip
         if split_file is not None:
             split.save(split_file)
     images = decoded_images(report.root, split.records, image_size, progress=progress)
-    return PreparedData(report, split, images)
+    if lungs == "keep":
+        return PreparedData(report, split, images)
+    masks = decoded_masks(report.root, split.records, image_size, "lung", progress=progress)
+    masks.require(range(len(split.records)), f"--lungs {lungs}")
+    hidden = derived_images(
+        images,
+        f"lungs-{lungs}-mean|{masks.key}",
+        lambda rows: apply_lung_mask(images.array[rows], masks.array[rows], lungs, "mean"),
+        progress=progress,
+    )
+    return PreparedData(report, split, hidden, masks, lungs)

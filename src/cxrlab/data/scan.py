@@ -73,6 +73,8 @@ class ScanReport:
         conflicts: groups of identical images found under different classes; these are
             left out of ``records`` because their label is ambiguous.
         empty_classes: class folders without a single valid image.
+        source_splits: the dataset's own split of each valid image (``train``/``val``/
+            ``test``) when it comes in split folders (COVID-QU-Ex); empty otherwise.
     """
 
     root: Path
@@ -83,6 +85,7 @@ class ScanReport:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     known_database: bool = False
+    source_splits: dict[str, str] = field(default_factory=dict)
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)
@@ -116,6 +119,7 @@ class ScanReport:
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "empty_classes": self.empty_classes,
+            "source_splits": dict(Counter(self.source_splits.values())),
             "data_hash": self.fingerprint(),
         }
 
@@ -173,9 +177,13 @@ def scan_dataset(
     """
     layout: DatasetLayout = find_layout(root)
     files: list[tuple[str, Path, str]] = []  # (relative path, absolute path, label)
+    own_split: dict[str, str] = {}
     for cls in layout.classes:
         for f in cls.files():
-            files.append((f.relative_to(layout.root).as_posix(), f, cls.name))
+            rel = f.relative_to(layout.root).as_posix()
+            files.append((rel, f, cls.name))
+            if cls.split is not None:
+                own_split[rel] = cls.split
     files.sort(key=lambda t: t[0])
 
     cache_path = _scan_cache_path(layout.root)
@@ -253,4 +261,5 @@ def scan_dataset(
         conflicts=conflicts,
         empty_classes=empty,
         known_database=layout.known_database,
+        source_splits={r.path: own_split[r.path] for r in records if r.path in own_split},
     )

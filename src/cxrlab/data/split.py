@@ -39,6 +39,8 @@ class Split:
         assignment: ``"train"``, ``"val"`` or ``"test"`` for each record.
         seed: the split seed.
         ratios: train/val/test fractions (``(0, 0, 1)`` for a hold-out set).
+        source: ``stratified`` (made by :func:`make_split`) or ``folders`` (the dataset's
+            own Train/Val/Test folders; ``ratios`` are then the fractions found).
     """
 
     classes: tuple[str, ...]
@@ -46,6 +48,7 @@ class Split:
     assignment: tuple[str, ...]
     seed: int
     ratios: tuple[float, float, float]
+    source: str = "stratified"
 
     def indices(self, split: str) -> list[int]:
         """Row indices of one split (``"all"`` gives every row)."""
@@ -75,9 +78,10 @@ class Split:
     def to_csv(self) -> str:
         buf = io.StringIO()
         ratios = ",".join(f"{r:g}" for r in self.ratios)
+        source = f"; source={self.source}" if self.source != "stratified" else ""
         buf.write(
             f"# cxrlab manifest v1; seed={self.seed}; ratios={ratios}; "
-            f"classes={'|'.join(self.classes)}\n"
+            f"classes={'|'.join(self.classes)}{source}\n"
         )
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_HEADER)
@@ -114,6 +118,7 @@ def make_split(
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     holdout_all: bool = False,
+    use_folders: bool = False,
 ) -> Split:
     """Assign every valid image of ``report`` to train, val or test, stratified by class.
 
@@ -122,9 +127,13 @@ def make_split(
         ratios: train/val/test fractions; they must be non-negative and sum to 1.
         seed: the split seed (independent of the training seed).
         holdout_all: every image is test (evaluating an external dataset).
+        use_folders: keep the dataset's own Train/Val/Test folders as the split
+            (``report.source_splits``) instead of drawing one; ``ratios`` and ``seed`` are
+            then not used.
 
     Raises:
-        DataError: a class has no valid images, or the ratios are invalid.
+        DataError: a class has no valid images, the ratios are invalid, or ``use_folders``
+            is asked of a dataset without split folders.
     """
     if report.empty_classes:
         folders = ", ".join(repr(c) for c in report.empty_classes)
@@ -132,6 +141,8 @@ def make_split(
             f"Class folder(s) {folders} under {report.root} hold no valid images; add images or "
             "remove the folder ('cxrlab data scan' lists invalid files)"
         )
+    if use_folders and not holdout_all:
+        return _folder_split(report)
     if holdout_all:
         ratios = (0.0, 0.0, 1.0)
     ratios = tuple(float(r) for r in ratios)  # type: ignore[assignment]
@@ -163,6 +174,22 @@ def make_split(
         seed=seed,
         ratios=ratios,  # type: ignore[arg-type]
     )
+
+
+def _folder_split(report: ScanReport) -> Split:
+    """The dataset's own split folders as a :class:`Split`."""
+    records = sorted(report.records, key=lambda r: r.path)
+    missing = [r.path for r in records if r.path not in report.source_splits]
+    if not report.source_splits or missing:
+        raise DataError(
+            f"{report.root} has no Train/Val/Test folders to take the split from"
+            + (f" ({len(missing)} image(s) outside them, first: {missing[0]})" if missing else "")
+            + "; use a stratified split instead (--split-source stratified)"
+        )
+    assignment = tuple(report.source_splits[r.path] for r in records)
+    n = len(records)
+    ratios = tuple(round(assignment.count(s) / n, 4) for s in SPLITS)
+    return Split(tuple(report.classes), tuple(records), assignment, 0, ratios, "folders")  # type: ignore[arg-type]
 
 
 def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -> Split:
@@ -210,4 +237,5 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
                 f"{len(changed)} image(s) missing or changed (first: {changed[0]}). "
                 "Re-create the split or point --data at the dataset it was made from"
             )
-    return Split(classes, records, assignment, seed, ratios)  # type: ignore[arg-type]
+    source = meta.get("source", "stratified")
+    return Split(classes, records, assignment, seed, ratios, source)  # type: ignore[arg-type]

@@ -16,6 +16,13 @@ Nuisances that carry no label information (exposure, gamma, noise, small rotatio
 shifts, an "L"/"R" text marker in a random corner) keep the task from being trivial. The
 images are written in the Kaggle layout of the COVID-19 Radiography Database, so every
 command treats them exactly like the real data. Generation is deterministic by seed.
+
+Audits need data whose truth is known. ``masks=True`` writes each phantom's lung mask
+(``<Class>/masks/<name>.png``, as the Kaggle release does); every finding lies inside it, so
+on clean phantoms nothing outside the lungs tells the classes apart. ``shortcut="marker"``
+plants a class-dependent burned-in label outside the lungs (a bright tag whose position along
+the top edge depends on the class, like one hospital's text label on all its images of one
+class): a model can then score without looking at the lungs at all.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .layout import COVID_RADIOGRAPHY_CLASSES
 
-__all__ = ["draw_phantom", "write_synthetic_dataset"]
+__all__ = ["SHORTCUTS", "draw_phantom", "draw_phantom_with_mask", "write_synthetic_dataset"]
 
 DATASET_DIRNAME = "COVID-19_Radiography_Dataset"
+#: Shortcuts ``write_synthetic_dataset`` can plant.
+SHORTCUTS = ("marker",)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -66,8 +75,40 @@ def draw_phantom(label: str, rng: np.random.Generator, size: int = 256) -> np.nd
         rng: the random generator; the image is a pure function of its state.
         size: side length in pixels.
     """
+    return draw_phantom_with_mask(label, rng, size)[0]
+
+
+#: The weakest finding a phantom gets, on a 0..1 scale (1: every finding at full strength).
+MIN_SEVERITY = 0.25
+
+
+def _plant_marker(img: Image.Image, label: str) -> None:
+    """A bright burned-in tag on the top edge whose position depends on the class."""
+    size = img.width
+    k = COVID_RADIOGRAPHY_CLASSES.index(label)
+    x0, w = size * (0.1 + 0.22 * k), size * 0.12
+    ImageDraw.Draw(img).rectangle((x0, size * 0.025, x0 + w, size * 0.085), fill=240)
+
+
+def draw_phantom_with_mask(
+    label: str,
+    rng: np.random.Generator,
+    size: int = 256,
+    shortcut: str | None = None,
+    min_severity: float = MIN_SEVERITY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom and its lung mask: ``(image, mask)``, both ``(size, size)`` uint8.
+
+    The mask is 255 inside the lung fields (slightly generously drawn, so every finding lies
+    inside it) and 0 elsewhere, rotated with the image. ``shortcut="marker"`` plants a
+    class-dependent tag outside the lungs. ``min_severity`` (0..1) raises the weakest
+    finding (1: every finding at full strength; tests use it for an easy task). The image
+    with the defaults is exactly :func:`draw_phantom`'s for the same generator state.
+    """
     if label not in COVID_RADIOGRAPHY_CLASSES:
         raise DataError(f"Unknown phantom class {label!r}; choose from {COVID_RADIOGRAPHY_CLASSES}")
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise DataError(f"Unknown shortcut {shortcut!r}; choose from {', '.join(SHORTCUTS)}")
     # Findings draw from their own stream, so the same seed gives the same patient (anatomy,
     # exposure, noise) with or without a finding: the class is the only difference.
     frng = np.random.default_rng(rng.integers(0, 2**63))
@@ -111,7 +152,7 @@ def draw_phantom(label: str, rng: np.random.Generator, size: int = 256) -> np.nd
     img += 0.025 * np.abs(vessels) * lungs
 
     # Severity: from obvious to nearly invisible, so the task is learnable but not trivial.
-    sev = frng.uniform(0.25, 1.0) ** 1.5
+    sev = frng.uniform(min_severity, 1.0) ** 1.5
     finding = np.zeros_like(x)
     if label == "COVID":
         for m, cx, ax in lung_masks:
@@ -157,14 +198,20 @@ def draw_phantom(label: str, rng: np.random.Generator, size: int = 256) -> np.nd
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
     img += rng.normal(0, rng.uniform(0.008, 0.03), img.shape)
     out = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8))
-    out = out.rotate(rng.uniform(-5, 5), resample=Image.BILINEAR, fillcolor=int(0.06 * 255))
+    angle = rng.uniform(-5, 5)
+    out = out.rotate(angle, resample=Image.BILINEAR, fillcolor=int(0.06 * 255))
+    # findings are weighted by the soft lung fields: a low threshold keeps all of them inside
+    mask = Image.fromarray(((lungs > 0.05) * 255).astype(np.uint8))
+    mask = mask.rotate(angle, resample=Image.NEAREST, fillcolor=0)
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=max(10, size // 14))
     corner = rng.integers(0, 4)
     px = size * (0.05 if corner % 2 == 0 else 0.88)
     py = size * (0.04 if corner < 2 else 0.88)
     draw.text((px, py), "LR"[rng.integers(0, 2)], fill=235, font=font)
-    return np.asarray(out, dtype=np.uint8)
+    if shortcut == "marker":
+        _plant_marker(out, label)
+    return np.asarray(out, dtype=np.uint8), np.asarray(mask, dtype=np.uint8)
 
 
 def write_synthetic_dataset(
@@ -173,12 +220,20 @@ def write_synthetic_dataset(
     seed: int = 0,
     size: int = 256,
     *,
+    masks: bool = False,
+    shortcut: str | None = None,
+    min_severity: float = MIN_SEVERITY,
     progress: bool = True,
 ) -> Path:
     """Write a phantom dataset in the Kaggle layout and return the dataset folder.
 
     The folder is ``OUT/COVID-19_Radiography_Dataset/<Class>/images/<Class>-<n>.png``. The
-    same ``per_class``, ``seed`` and ``size`` give byte-identical files.
+    same ``per_class``, ``seed``, ``size`` and ``shortcut`` give byte-identical files.
+
+    Args:
+        masks: also write each image's lung mask to ``<Class>/masks/<Class>-<n>.png``.
+        shortcut: ``"marker"`` plants a class-dependent tag outside the lungs.
+        min_severity: the weakest finding, 0..1 (default 0.25: from barely visible to obvious).
 
     Example:
         >>> root = write_synthetic_dataset("data/phantoms", per_class=50)  # doctest: +SKIP
@@ -187,6 +242,10 @@ def write_synthetic_dataset(
         raise DataError(f"--per-class must be at least 1, got {per_class}")
     if size < 32:
         raise DataError(f"Phantom size must be at least 32 pixels, got {size}")
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise DataError(f"Unknown shortcut {shortcut!r}; choose from {', '.join(SHORTCUTS)}")
+    if not 0 <= min_severity <= 1:
+        raise DataError(f"min_severity must be between 0 and 1, got {min_severity}")
     root = Path(out) / DATASET_DIRNAME
     jobs = [
         (ci, c, i)
@@ -197,11 +256,18 @@ def write_synthetic_dataset(
         jobs, desc="Drawing phantoms", unit="img", disable=not progress or None, leave=False
     ):
         rng = np.random.default_rng([seed, ci, i])
-        folder = root / cls / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(draw_phantom(cls, rng, size)).save(folder / f"{cls}-{i}.png")
+        image, mask = draw_phantom_with_mask(cls, rng, size, shortcut, min_severity)
+        for kind, pixels in (("images", image), ("masks", mask)):
+            if kind == "masks" and not masks:
+                continue
+            folder = root / cls / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{cls}-{i}.png")
+    planted = f", shortcut={shortcut}" if shortcut else ""
+    if min_severity != MIN_SEVERITY:
+        planted += f", min_severity={min_severity:g}"
     (root / "README.md").write_text(
         "Synthetic chest X-ray phantoms made by `cxrlab data synth` "
-        f"(per_class={per_class}, seed={seed}, size={size}). Not real patient data.\n"
+        f"(per_class={per_class}, seed={seed}, size={size}{planted}). Not real patient data.\n"
     )
     return root

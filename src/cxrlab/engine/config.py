@@ -31,7 +31,13 @@ class TrainConfig:
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
         split_seed: seed of a newly made split (independent of ``seed``).
         ratios: train/val/test fractions of a newly made split.
+        split_source: ``auto`` (the dataset's own Train/Val/Test folders when it has them,
+            else a stratified split), ``folders`` or ``stratified``.
         image_size: square input size in pixels.
+        lungs: ``keep``; ``remove`` trains and tests on images whose lung fields are filled
+            with the mean of the rest of the image; ``only`` on images where everything
+            outside the lungs is filled. Needs lung masks beside the images (a shortcut
+            check: how much of the data can be learned with no lung tissue at all).
     Model:
         model: a registry name (``cxrlab models``) or ``timm:<arch>``.
         weights: ``imagenet``, ``none`` or a weights file.
@@ -69,7 +75,9 @@ class TrainConfig:
     split_file: str | None = None
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_source: Literal["auto", "folders", "stratified"] = "auto"
     image_size: int = 224
+    lungs: Literal["keep", "remove", "only"] = "keep"
 
     model: str = "resnet18"
     weights: str = "imagenet"

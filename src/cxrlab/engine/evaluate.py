@@ -17,7 +17,7 @@ from ..evaluation import classification_metrics
 from ..utils import write_json
 from .batches import ImageBatches
 from .rundir import load_run_model
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, resolve_device, run_precision
 
 __all__ = ["evaluate_run", "predict_batches", "write_predictions"]
 
@@ -93,6 +93,8 @@ def evaluate_run(
     out: str | os.PathLike[str] | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    class_map: dict[str, str] | None = None,
+    exclude_copies: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of a finished run's model on a dataset.
@@ -103,10 +105,23 @@ def evaluate_run(
         split: ``test``/``val``/``train`` of the run's own saved split (checked against the
             data), or ``all`` for every valid image of ``data`` (an external test set).
         out: where to write the metrics JSON (optional).
+        class_map: dataset class -> model class (``"-"``: not scored, only shown where its
+            images went); classes are otherwise matched by name and known aliases
+            (``COVID-19`` is ``COVID``). A dataset may hold only some of the model's classes.
+        exclude_copies: on another dataset, leave out of the metrics every image that copies
+            one of the run's training or validation images (found by content hash and
+            perceptual signature, and reported in ``overlap``).
+
+    Returns:
+        :func:`~cxrlab.evaluation.classification_metrics` over the scored images, plus
+        ``class_matching``, ``routing`` (where the images of each dataset class went, scored
+        or not), ``external`` and, for another dataset, ``overlap`` and ``excluded_copies``.
 
     Raises:
-        CheckpointError: the dataset has classes the model does not know.
+        CheckpointError: the dataset has a class the model does not know and no mapping.
     """
+    from ..evaluation.external import find_overlap, match_classes, routing
+
     run_dir = Path(run_dir)
     model, card = load_run_model(run_dir)
     root = data if data is not None else card["data"]["root"]
@@ -122,30 +137,53 @@ def evaluate_run(
         # the run's own split, checked image by image against the data
         prepared = prepare_data(root, split_file=manifest, image_size=size, progress=progress)
     classes = list(card["classes"])
-    unknown = [c for c in prepared.classes if c not in classes]
-    if unknown:
-        raise CheckpointError(
-            f"The dataset has classes {unknown} that the model in {run_dir} "
-            f"was not trained on (it knows {classes})"
-        )
-    # dataset label index -> model output index, by class name
-    remap = np.array([classes.index(c) for c in prepared.classes])
-    labels = remap[np.asarray(prepared.split.labels(), dtype=np.int64)]
-    batches = ImageBatches(prepared.images.array, prepared.split.indices(split), labels, batch_size)
+    matching = match_classes(prepared.classes, classes, class_map,
+                             where=f"the model in {run_dir}")  # fmt: skip
+    rows = prepared.split.indices(split)
+    records = [prepared.split.records[i] for i in rows]
+    external = prepared.report.fingerprint() != card["data"]["data_hash"]
+    overlap = None
+    if external:
+        overlap = find_overlap(run_dir, card, records, prepared.images.array[rows],
+                               progress=progress)  # fmt: skip
+    excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
+    # every image is predicted (unscored classes too: where did they go?)
+    labels = np.zeros(len(prepared.split.records), dtype=np.int64)
+    batches = ImageBatches(prepared.images.array, rows, labels, batch_size)
     dev = resolve_device(device)
     model.to(dev)
-    probs, y, _ = predict_batches(
+    probs, _, _ = predict_batches(
         model,
         batches,
         dev,
-        resolve_precision("auto", dev),
+        run_precision(card, dev),
         desc=f"Evaluating {split}",
         progress=progress,
     )
-    metrics = classification_metrics(y, probs, classes)
-    metrics["split"] = split
-    metrics["data_root"] = str(prepared.report.root)
-    metrics["data_hash"] = prepared.report.fingerprint()
+    scored = [k for k, r in enumerate(records)
+              if matching[r.label] is not None and r.path not in excluded]  # fmt: skip
+    if not scored:
+        raise CheckpointError(
+            f"No image of {prepared.report.root} can be scored: every class is unscored or "
+            "every image copies a training image"
+        )
+    y = np.array([classes.index(matching[records[k].label]) for k in scored])  # type: ignore[arg-type]
+    metrics = classification_metrics(y, probs[scored], classes)
+    metrics.update(
+        {
+            "split": split,
+            "data_root": str(prepared.report.root),
+            "data_hash": prepared.report.fingerprint(),
+            "external": external,
+            "class_matching": matching,
+            "classes_present": sorted({classes[i] for i in y}, key=classes.index),
+            "n_unscored": sum(matching[r.label] is None for r in records),
+            "routing": routing([r.label for r in records], probs.argmax(1), classes),
+        }
+    )
+    if overlap is not None:
+        metrics["overlap"] = overlap.to_dict()
+        metrics["excluded_copies"] = len(excluded)
     if out is not None:
         write_json(out, metrics)
     return metrics

@@ -138,7 +138,9 @@ def build_card(
             "split_hash": data.split.fingerprint(),
             "split_seed": data.split.seed,
             "ratios": list(data.split.ratios),
+            "split_source": data.split.source,
             "counts": data.split.counts(),
+            "lungs": data.lungs,
         },
         "training": {
             "seed": cfg.seed,

@@ -10,7 +10,14 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["autocast", "cpu_supports_bf16", "resolve_device", "resolve_precision", "versions"]
+__all__ = [
+    "autocast",
+    "cpu_supports_bf16",
+    "resolve_device",
+    "resolve_precision",
+    "run_precision",
+    "versions",
+]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,6 +65,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def run_precision(card: dict[str, Any], device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a finished run was trained and tested with (from its card), so
+    that re-evaluating it reproduces its own numbers; fp32 where the device has no bf16."""
+    trained = str(card.get("training", {}).get("precision", "fp32"))
+    if trained not in ("bfloat16", "bf16"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16 if device.type in ("cuda", "cpu") else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

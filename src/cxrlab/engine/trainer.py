@@ -149,8 +149,12 @@ def train(
         split_seed=config.split_seed,
         ratios=config.ratios,
         image_size=config.image_size,
+        split_source=config.split_source,
+        lungs=config.lungs,
         progress=config.progress,
     )
+    if data.masks is not None:
+        log(f"Lungs {config.lungs}: {data.masks.summary()}")
     if ddp.main:
         data.split.save(out / "split.csv")
         ddp.barrier()

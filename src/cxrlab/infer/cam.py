@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,17 @@ def target_layer(model: CxrClassifier) -> tuple[nn.Module, Callable | None]:
     raise CxrlabError(f"Grad-CAM does not know which layer of {arch} to explain")
 
 
-def gradcam(model: CxrClassifier, pixels: np.ndarray, class_index: int | None = None) -> np.ndarray:
+def gradcam(
+    model: CxrClassifier, pixels: np.ndarray, class_index: int | Sequence[int] | None = None
+) -> np.ndarray:
     """Grad-CAM maps for a batch of ``(B, H, W)`` uint8 images, each in ``[0, 1]``.
 
     Args:
-        class_index: the class to explain (default: each image's predicted class).
+        class_index: the class to explain, one for the batch or one per image (default: each
+            image's predicted class).
+
+    Raises:
+        CxrlabError: the model's architecture has no known layer to explain.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -55,7 +61,11 @@ def gradcam(model: CxrClassifier, pixels: np.ndarray, class_index: int | None = 
     layer, reshape = target_layer(model)
     model.eval()
     x = torch.from_numpy(np.array(pixels, dtype=np.float32))[:, None]  # (B, 1, H, W) 0..255
-    targets = None if class_index is None else [ClassifierOutputTarget(class_index)] * len(x)
+    if class_index is None:
+        targets = None
+    else:
+        index = [class_index] * len(x) if isinstance(class_index, int) else list(class_index)
+        targets = [ClassifierOutputTarget(int(k)) for k in index]
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         maps = cam(input_tensor=x, targets=targets)  # (B, H, W)
     return np.asarray(maps, dtype=np.float32)

@@ -24,6 +24,14 @@ Example (``configs/original.toml``)::
 
 Every ``[[cells]]`` entry may override any ``[train]`` key. Each expanded cell is one
 (model, weights, freeze, overrides) combination run once per seed, with a stable id.
+
+An optional ``[audit]`` table audits every finished cell for shortcuts (``cxrlab audit``) and
+puts the findings in the report::
+
+    [audit]
+    checks = ["copies", "lungs", "cam", "probes"]   # the default: all of them
+    split = "test"
+    cam_images = 200
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config import from_dict
 from ..engine import TrainConfig
@@ -48,7 +56,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Cell", "StudyConfig", "StudySettings", "arm_label", "load_study_config"]
+__all__ = [
+    "AuditSettings",
+    "Cell",
+    "StudyConfig",
+    "StudySettings",
+    "arm_label",
+    "load_study_config",
+]
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,29 @@ class StudySettings:
     seeds: int | tuple[int, ...] = 1
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_source: Literal["auto", "folders", "stratified"] = "auto"
     alpha: float = 0.05  # significance level of the paired comparisons
     bootstrap: int = 2000  # paired-bootstrap resamples
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The ``[audit]`` table: which shortcut checks to run on every finished cell."""
+
+    checks: tuple[str, ...] = ("copies", "lungs", "cam", "probes")
+    split: str = "test"
+    cam_images: int = 200
+
+    def __post_init__(self) -> None:
+        from ..audit import CHECKS
+
+        bad = [c for c in self.checks if c not in CHECKS]
+        if bad:
+            raise ConfigError(f"[audit] checks: unknown {bad}; choose from {', '.join(CHECKS)}")
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError("[audit] split must be train, val or test")
+        if self.cam_images < 0:
+            raise ConfigError("[audit] cam_images must be >= 0 (0 = every image)")
 
 
 @dataclass(frozen=True)
@@ -91,6 +127,7 @@ class StudyConfig:
     source: str  # the TOML text, kept for the report
     path: Path | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # from the command line
+    audit: AuditSettings | None = None  # the [audit] table, when the study asks for audits
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -98,8 +135,16 @@ class StudyConfig:
         return tuple(range(s)) if isinstance(s, int) else tuple(s)
 
 
-def arm_label(weights: str, freeze: str) -> str:
+def arm_label(weights: str, freeze: str, lungs: str = "keep") -> str:
     """A readable training type, in the original study's terms."""
+    label = _arm_label(weights, freeze)
+    return label if lungs == "keep" else f"{label}, {_LUNGS[lungs]}"
+
+
+_LUNGS = {"remove": "lungs removed", "only": "lungs only"}
+
+
+def _arm_label(weights: str, freeze: str) -> str:
     policy = parse_freeze(freeze)
     if weights == "imagenet":
         prefix = "Pretrained"
@@ -143,12 +188,13 @@ def _expand(entry: dict[str, Any], index: int) -> list[dict[str, Any]]:
 
 def _parse(data: dict[str, Any], source: str, path: Path | None,
            overrides: dict[str, Any]) -> StudyConfig:  # fmt: skip
-    unknown = set(data) - {"study", "train", "cells"}
+    unknown = set(data) - {"study", "train", "cells", "audit"}
     if unknown:
         raise ConfigError(
             f"Unknown table(s) {sorted(unknown)} in the study file; expected "
-            "[study], [train] and [[cells]]"
+            "[study], [train], [[cells]] and optionally [audit]"
         )
+    audit = from_dict(AuditSettings, dict(data["audit"]), "[audit] ") if "audit" in data else None
     settings = from_dict(StudySettings, dict(data.get("study", {})), "[study] ")
     if isinstance(settings.seeds, int) and settings.seeds < 1:
         raise ConfigError("[study] seeds must be at least 1")
@@ -157,7 +203,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     if overrides.get("data") is not None:
         settings = dataclasses.replace(settings, data=str(overrides["data"]))
     train = dict(data.get("train", {}))
-    for forbidden in ("data", "split_file", "split_seed", "ratios", "seed"):
+    for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "seed"):
         if forbidden in train:
             raise ConfigError(
                 f"[train] {forbidden} is set by the study; move it to [study]"
@@ -178,7 +224,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             raise ConfigError(f"[[cells]] #{index + 1} has no model")
         for combo in _expand(dict(entry), index):
             label = combo.pop("label", None)
-            extra = {k: v for k, v in combo.items() if k not in ("model", "weights", "freeze")}
+            named = ("model", "weights", "freeze", "lungs")  # spelled out in the id
+            extra = {k: v for k, v in combo.items() if k not in named}
             options = train | combo
             options.setdefault("weights", "imagenet")
             options.setdefault("freeze", "none")
@@ -186,7 +233,11 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             if extra:
                 blob = json.dumps(extra, sort_keys=True, default=str).encode()
                 digest = "-" + hashlib.blake2b(blob, digest_size=3).hexdigest()
-            base_id = f"{options['model']}-{_tag(options['weights'], options['freeze'])}{digest}"
+            lungs = {"remove": "-nolungs", "only": "-lungsonly"}.get(
+                options.get("lungs", "keep"), ""
+            )
+            base_id = (f"{options['model']}-{_tag(options['weights'], options['freeze'])}"
+                       f"{lungs}{digest}")  # fmt: skip
             if base_id in seen:
                 raise ConfigError(f"Cell {base_id} appears twice in the study file")
             seen.add(base_id)
@@ -197,16 +248,18 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         for base_id, label, options, index in bases:
             cfg = TrainConfig.from_dict(
                 options | {"data": settings.data, "split_seed": settings.split_seed,
-                           "ratios": settings.ratios, "seed": seed},
+                           "ratios": settings.ratios, "split_source": settings.split_source,
+                           "seed": seed},
                 f"[[cells]] #{index + 1} ",
             )  # fmt: skip
             cells.append(Cell(
                 id=f"{base_id}-s{seed}",
-                label=label or arm_label(options["weights"], options["freeze"]),
+                label=label or arm_label(options["weights"], options["freeze"],
+                                         options.get("lungs", "keep")),
                 model=options["model"], seed=seed, config=cfg,
             ))  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
-    return StudyConfig(settings, train, tuple(cells), source, path, given)
+    return StudyConfig(settings, train, tuple(cells), source, path, given, audit)
 
 
 def load_study_config(

@@ -124,6 +124,52 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
         )
 
 
+#: Where a cell's audit goes, inside its run folder; the study's data probes, in the study.
+AUDIT_DIR = "audit"
+
+
+def _needs_audit(study: StudyConfig, run_dir: Path) -> bool:
+    cell_checks = _cell_checks(study)
+    return bool(cell_checks) and not (run_dir / AUDIT_DIR / "audit.json").exists()
+
+
+def _cell_checks(study: StudyConfig) -> tuple[str, ...]:
+    """The audit checks run on each cell (the probes look at the data: once per study)."""
+    if study.audit is None:
+        return ()
+    return tuple(c for c in study.audit.checks if c != "probes")
+
+
+def _audit_cell(study: StudyConfig, run_dir: Path, progress: bool) -> None:
+    from ..audit import run_audit
+
+    assert study.audit is not None
+    tqdm.write(f"== auditing {run_dir.name}")
+    run_audit(run_dir, split=study.audit.split, out=run_dir / AUDIT_DIR,
+              checks=_cell_checks(study), cam_images=study.audit.cam_images or None,
+              progress=progress)  # fmt: skip
+
+
+def _probe_data(study: StudyConfig, out: Path, progress: bool) -> None:
+    """The acquisition probes of the study's split, once (every cell shares the data)."""
+    from ..audit import run_audit
+
+    assert study.audit is not None
+    target = out / AUDIT_DIR
+    if (target / "audit.json").exists():
+        return
+    done = next((out / "runs" / c.id for c in study.cells
+                 if (out / "runs" / c.id / "metrics.json").exists()), None)  # fmt: skip
+    lock = out / "runs" / "data-probes.lock"
+    if done is None or not _claim(lock):
+        return
+    try:
+        run_audit(done, split=study.audit.split, out=target, checks=("probes",),
+                  progress=progress)  # fmt: skip
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_study(
     study: StudyConfig,
     out: str | os.PathLike[str],
@@ -162,6 +208,7 @@ def run_study(
         split_file=out / "split.csv",
         split_seed=first.split_seed,
         ratios=first.ratios,
+        split_source=first.split_source,
         image_size=first.image_size,
         progress=progress,
     )
@@ -174,7 +221,8 @@ def run_study(
         bar.set_postfix_str(cell.id)
         run_dir = out / "runs" / cell.id
         _check_same_settings(cell, run_dir)
-        if (run_dir / "metrics.json").exists():
+        trained = (run_dir / "metrics.json").exists()
+        if trained and not _needs_audit(study, run_dir):
             skipped.append(cell.id)
             continue
         lock = out / "runs" / f"{cell.id}.lock"
@@ -183,14 +231,21 @@ def run_study(
             busy.append(cell.id)
             continue
         try:
-            resume = (run_dir / CHECKPOINT).exists()
-            if run_dir.exists() and not resume:
-                shutil.rmtree(run_dir)  # started but not one epoch done: start again
-            tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
-            cfg = cell.config.replace(split_file=str(out / "split.csv"), progress=progress)
-            train(cfg, run_dir, resume=resume)
-            ran.append(cell.id)
+            if trained:
+                skipped.append(cell.id)
+            else:
+                resume = (run_dir / CHECKPOINT).exists()
+                if run_dir.exists() and not resume:
+                    shutil.rmtree(run_dir)  # started but not one epoch done: start again
+                tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
+                cfg = cell.config.replace(split_file=str(out / "split.csv"), progress=progress)
+                train(cfg, run_dir, resume=resume)
+                ran.append(cell.id)
+            if _needs_audit(study, run_dir):
+                _audit_cell(study, run_dir, progress)
         finally:
             lock.unlink(missing_ok=True)
+    if study.audit is not None and "probes" in study.audit.checks:
+        _probe_data(study, out, progress)
     finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
     return StudyProgress(out, len(study.cells), finished, ran, skipped, busy)

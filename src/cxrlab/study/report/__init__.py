@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
+from .audits import StudyAudits, collect_audits
 from .figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .html import render_html
 from .results import (
@@ -28,6 +29,7 @@ class Report:
     results: StudyResults
     comparisons: list[Comparison]
     files: dict[str, Path]
+    audits: StudyAudits
 
 
 def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = None) -> Report:
@@ -57,10 +59,13 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         "report": study_dir / "report.html",
     }
     atomic_write_text(files["results"], results_csv(results))
-    atomic_write_text(files["summary"], summary_markdown(study, results, comparisons))
+    audits = collect_audits(study_dir, results)
+    atomic_write_text(files["summary"], summary_markdown(study, results, comparisons, audits))
     atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
-    atomic_write_text(files["report"], render_html(study, results, comparisons, study_dir, figures))
-    return Report(results, comparisons, files | figures)
+    atomic_write_text(
+        files["report"], render_html(study, results, comparisons, study_dir, figures, audits)
+    )
+    return Report(results, comparisons, files | figures, audits)
 
 
 def _overrides(study_dir: Path) -> dict:

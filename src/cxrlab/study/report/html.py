@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StudyConfig
+from .audits import AUDIT_HEADER, StudyAudits, audit_rows
 from .results import COMPARISON_METHOD, Comparison, StudyResults, seed_advice, summary_tables
 
 __all__ = ["render_html"]
@@ -61,6 +62,7 @@ def render_html(
     comparisons: list[Comparison],
     study_dir: Path,
     figures: dict[str, Path],
+    audits: StudyAudits | None = None,
 ) -> str:
     """The report page: tables, verdicts, figures, configuration, hashes and versions."""
     s = study.settings
@@ -99,6 +101,8 @@ def render_html(
                 "images, image-only interval, and the seed-level differences",
             )
         )
+    if audits:
+        parts += _audit_section(audits)
     parts.append("<h2>Figures</h2>")
     for key, caption in (
         ("accuracy", "Test accuracy with 95 % intervals"),
@@ -139,6 +143,34 @@ def render_html(
         f"{html.escape(s.name)}</title><style>{_CSS}</style></head><body>{body}"
         "</body></html>\n"
     )
+
+
+def _audit_section(audits: StudyAudits) -> list[str]:
+    parts = ["<h2>Shortcut audit</h2>"]
+    rows = audit_rows(audits)
+    if rows:
+        parts.append(_table(AUDIT_HEADER, rows))
+        parts.append(
+            "<p class='muted'>Accuracy on the same test images as they are, with the lungs "
+            "filled (mean of the rest of the image) and with everything outside the lungs "
+            "filled; 'kept above chance' is the share of the above-chance accuracy left without "
+            "the lungs.</p>"
+        )
+    for cell, a in audits.cells.items():
+        folder = audits.folder[cell]
+        findings = [(k, v.get("finding") or f"skipped: {v.get('skipped', '')}")
+                    for k, v in a.get("checks", {}).items()]  # fmt: skip
+        parts.append(f"<h3>{html.escape(cell)}</h3><ul>")
+        parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(f)}</li>" for k, f in findings]
+        parts.append("</ul>")
+        parts.append(_img(folder / "lungs.png", "accuracy with and without the lungs"))
+        parts.append(_img(folder / "cam_shares.png", "Grad-CAM mass inside the lungs"))
+    probes = (audits.data or {}).get("checks", {}).get("probes", {})
+    if probes:
+        text = probes.get("finding") or f"Acquisition probes skipped: {probes.get('skipped')}"
+        parts.append(f"<h3>The data</h3><p>{html.escape(text)}</p>")
+        parts.append(_img(audits.folder["data"] / "probes.png", "acquisition probes"))
+    return parts
 
 
 def _first_card(study_dir: Path, results: StudyResults) -> dict | None:

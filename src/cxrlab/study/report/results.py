@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from ..stats import (
     two_level_bootstrap,
     wilson_interval,
 )
+
+if TYPE_CHECKING:
+    from .audits import StudyAudits
 
 __all__ = ["MIN_SEEDS", "Comparison", "StudyResults", "collect_results", "compare", "summarise"]
 
@@ -366,8 +369,30 @@ def seed_advice(comparisons: list[Comparison]) -> str:
     return text
 
 
+def audit_markdown(audits: StudyAudits) -> list[str]:
+    """The summary's shortcut-audit section (see :mod:`.audits`)."""
+    from .audits import AUDIT_HEADER, audit_rows
+
+    lines = ["## Shortcut audit", ""]
+    rows = audit_rows(audits)
+    if rows:
+        lines += ["| " + " | ".join(AUDIT_HEADER) + " |", "|---" * len(AUDIT_HEADER) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["", "Accuracy on the same test images as they are, with the lungs filled "
+                  "(mean of the rest of the image) and with everything outside the lungs "
+                  "filled; 'kept above chance' is the share of the above-chance accuracy left "
+                  "without the lungs. Each cell's audit/audit.md has the intervals and "
+                  "figures.", ""]  # fmt: skip
+    probes = (audits.data or {}).get("checks", {}).get("probes", {})
+    if probes:
+        text = probes.get("finding") or f"skipped: {probes.get('skipped', '')}"
+        lines.append(f"- Acquisition probes: {text}")
+    return lines
+
+
 def summary_markdown(study: StudyConfig, results: StudyResults,
-                     comparisons: list[Comparison]) -> str:  # fmt: skip
+                     comparisons: list[Comparison],
+                     audits: StudyAudits | None = None) -> str:  # fmt: skip
     seeds = sorted({r["seed"] for r in results.rows})
     lines = [f"# Results summary: {study.settings.name}", ""]
     if study.settings.description:
@@ -396,4 +421,6 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
             lines += ["", advice]
     else:
         lines.append("No pairs to compare yet.")
+    if audits:
+        lines += ["", *audit_markdown(audits)]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,251 @@
+"""The audit's model checks: copies of training images, lungs removed, where Grad-CAM looks.
+
+Each function takes the model and the images it is audited on and returns a JSON-ready dict
+with the numbers and a one-line ``finding`` that states them against chance and against the
+model's normal score, with a 95 % interval. None of them changes the model or its run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import apply_lung_mask
+from ..engine.batches import ImageBatches
+from ..engine.evaluate import predict_batches
+from ..errors import CxrlabError
+from ..evaluation.intervals import bootstrap_interval, wilson_interval
+from ..models import CxrClassifier
+
+__all__ = [
+    "LUNG_VARIANTS",
+    "cam_in_lungs",
+    "chance_accuracy",
+    "lungs_removed",
+    "mass_inside",
+    "predict",
+]
+
+#: The images the lungs check shows the model: (mode, fill) of :func:`apply_lung_mask`.
+LUNG_VARIANTS: dict[str, tuple[str, str]] = {
+    "lungs removed (mean fill)": ("remove", "mean"),
+    "lungs removed (noise fill)": ("remove", "noise"),
+    "lungs only (mean fill outside)": ("only", "mean"),
+}
+
+
+def predict(
+    model: CxrClassifier,
+    images: np.ndarray,
+    device: torch.device,
+    amp: torch.dtype | None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``(N, K)`` probabilities for ``(N, H, W)`` uint8 images."""
+    batches = ImageBatches(
+        images, list(range(len(images))), np.zeros(len(images), np.int64), batch_size
+    )
+    probs, _, _ = predict_batches(model, batches, device, amp)
+    return probs
+
+
+def chance_accuracy(y: np.ndarray) -> float:
+    """The accuracy of always answering the most common class."""
+    return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
+
+
+def _scores(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    right = pred == y
+    present = [c for c in np.unique(y)]
+
+    def balanced(idx: np.ndarray) -> float:
+        yy, pp = y[idx], pred[idx]
+        return float(np.mean([(pp[yy == c] == c).mean() for c in present if (yy == c).any()]))
+
+    return {
+        "accuracy": float(right.mean()),
+        "accuracy_ci": wilson_interval(int(right.sum()), len(y)),
+        "balanced_accuracy": balanced(np.arange(len(y))),
+        "balanced_accuracy_ci": bootstrap_interval(balanced, len(y)),
+    }
+
+
+def lungs_removed(
+    model: CxrClassifier,
+    images: np.ndarray,
+    masks: np.ndarray,
+    y: np.ndarray,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """The model's scores on the same images with the lungs hidden, or all but the lungs.
+
+    Args:
+        images: ``(N, H, W)`` uint8 as the model normally sees them.
+        masks: ``(N, H, W)`` 0/1 lung masks.
+        y: ``(N,)`` true model-class indices.
+        seeds: per-image seeds of the noise fill (default: the row index).
+
+    Returns:
+        ``{"n", "chance", "original": scores, "variants": {name: scores + retained}}`` where
+        ``retained`` is the share of the original above-chance accuracy a variant keeps
+        (1 = nothing lost, 0 = chance), with a bootstrap interval paired on images.
+    """
+    chance = chance_accuracy(y)
+    base_pred = predict(model, images, device, amp, batch_size).argmax(1)
+    out: dict[str, Any] = {
+        "n": len(y),
+        "chance": chance,
+        "original": _scores(y, base_pred),
+        "variants": {},
+    }
+    for name, (mode, fill) in LUNG_VARIANTS.items():
+        hidden = apply_lung_mask(images, masks, mode, fill, seeds)
+        pred = predict(model, hidden, device, amp, batch_size).argmax(1)
+        scores = _scores(y, pred)
+
+        def retained(idx: np.ndarray, pred: np.ndarray = pred) -> float:
+            base = (base_pred[idx] == y[idx]).mean() - chance
+            return float(((pred[idx] == y[idx]).mean() - chance) / base) if base > 0 else np.nan
+
+        scores["retained"] = retained(np.arange(len(y)))
+        scores["retained_ci"] = bootstrap_interval(retained, len(y))
+        scores["agreement_with_original"] = float((pred == base_pred).mean())
+        out["variants"][name] = scores
+    removed = out["variants"]["lungs removed (mean fill)"]
+    lo, hi = removed["accuracy_ci"]
+    orig = out["original"]["accuracy"]
+    kept = removed["retained"]
+    ci = f"[{_pct(removed['retained_ci'][0])}, {_pct(removed['retained_ci'][1])}]"
+    if not np.isfinite(kept):
+        verdict = "the model is not above chance with the lungs either"
+    elif kept <= 0:
+        verdict = f"nothing of its above-chance accuracy survives ({_pct(kept)} kept, {ci})"
+    else:
+        verdict = f"it keeps {_pct(kept)} {ci} of its above-chance accuracy with no lung tissue"
+    out["finding"] = (
+        f"With the lungs removed (mean fill) the model scores accuracy {removed['accuracy']:.3f} "
+        f"[{lo:.3f}, {hi:.3f}] on {len(y)} images, against {orig:.3f} with the lungs and "
+        f"{chance:.3f} by chance: {verdict}."
+    )
+    return out
+
+
+def mass_inside(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``(N,)`` share of each heat map's mass inside its mask (NaN for an all-zero map)."""
+    cams = np.asarray(cams, dtype=np.float64)
+    total = cams.sum(axis=(1, 2))
+    inside = (cams * np.asarray(masks, dtype=bool)).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, np.nan)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x * 100:.0f} %"
+
+
+def _pick(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Up to ``limit`` rows, spread evenly over the classes, in a seeded order."""
+    rows = np.arange(len(y))
+    if limit is None or limit >= len(y):
+        return rows
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(rows[y == c]) for c in np.unique(y)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < limit:
+        picked += [int(p[depth]) for p in per_class if depth < len(p)][: limit - len(picked)]
+        depth += 1
+    return np.sort(np.array(picked))
+
+
+def cam_in_lungs(
+    model: CxrClassifier,
+    images: np.ndarray,
+    masks: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    *,
+    limit: int | None = 200,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """The share of each image's Grad-CAM mass (predicted class) that lies inside the lungs.
+
+    A map spread evenly over the image would put ``lung area`` of its mass in the lungs; a
+    model that looks at the lungs puts far more. Runs on the CPU, on up to ``limit`` images
+    spread over the classes.
+
+    Returns:
+        ``{"n", "share", "share_ci", "lung_area", "per_class": {class: {...}}, "rows",
+        "shares", "maps"}`` (``rows``/``shares``/``maps`` for the figures), or
+        ``{"skipped": reason}`` when Grad-CAM has no layer to explain for this model.
+    """
+    from ..infer.cam import gradcam, target_layer
+
+    try:
+        target_layer(model)
+    except CxrlabError as e:
+        return {"skipped": str(e)}
+    rows = _pick(y, limit, seed)
+    model = model.cpu().eval()
+    shares, areas, maps, preds = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        with torch.no_grad():
+            pred = model(torch.from_numpy(np.ascontiguousarray(images[batch]))[:, None]).argmax(1)
+        cams = gradcam(model, images[batch], pred.tolist())  # (B, H, W) in [0, 1]
+        shares += mass_inside(cams, masks[batch]).tolist()
+        areas += [float(m.mean()) for m in masks[batch]]
+        maps += [cam.astype(np.float16) for cam in cams]
+        preds += pred.tolist()
+    share, area = np.array(shares), np.array(areas)
+    ok = np.isfinite(share)
+
+    def mean_share(idx: np.ndarray) -> float:
+        v = share[idx]
+        return float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+
+    yy = y[rows]
+    per_class = {}
+    for c in np.unique(yy):
+        idx = np.flatnonzero((yy == c) & ok)
+        if not len(idx):
+            continue
+        per_class[classes[int(c)]] = {
+            "n": len(idx),
+            "share": float(share[idx].mean()),
+            "share_ci": bootstrap_interval(
+                lambda i, idx=idx: float(share[idx][i].mean()), len(idx)
+            ),
+            "lung_area": float(area[idx].mean()),
+        }
+    overall = mean_share(np.arange(len(share)))
+    ci = bootstrap_interval(mean_share, len(share))
+    lowest = min(per_class.items(), key=lambda kv: kv[1]["share"]) if per_class else None
+    finding = (
+        f"On {int(ok.sum())} images, {_pct(overall)} [{_pct(ci[0])}, {_pct(ci[1])}] of the "
+        f"Grad-CAM mass for the predicted class falls inside the lungs, which cover "
+        f"{_pct(float(area.mean()))} of the image (what an evenly spread map would give)"
+    )
+    if lowest is not None:
+        finding += f"; least inside for {lowest[0]} ({_pct(lowest[1]['share'])})"
+    return {
+        "n": int(ok.sum()),
+        "no_map": int((~ok).sum()),
+        "share": overall,
+        "share_ci": ci,
+        "lung_area": float(area.mean()),
+        "per_class": per_class,
+        "finding": finding + ".",
+        "rows": rows.tolist(),
+        "shares": share.tolist(),
+        "predicted": preds,
+        "maps": maps,
+    }

@@ -1,0 +1,159 @@
+"""Acquisition probes: can the class be told from what should carry no diagnosis?
+
+Each probe turns an image into a few features that describe how it was acquired or stored,
+not the lungs, and a cross-validated logistic regression predicts the class from them:
+
+* ``thumbnail``: the image at 16x16 pixels (framing, exposure, patient size and position).
+* ``histogram``: the 32-bin intensity histogram (exposure, processing, windowing).
+* ``border``: the outer 8 % of the image on each side, averaged across its width into 16
+  values per side (collimation edges, burned-in text, rulers, markers).
+* ``file``: the original file's size in bytes (and per pixel), width, height, format and
+  pixel mode/bit depth.
+
+High probe accuracy means the classes differ in acquisition (one hospital per class, one
+age group per class, one export pipeline per class), which a deep model can learn instead of
+the disease. It is not proof that a model did; a low score is no proof that it did not (a
+thumbnail still shows large opacities, and the compressed file size depends on the content).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..evaluation.intervals import bootstrap_interval
+
+__all__ = ["PROBES", "acquisition_probes", "probe_features"]
+
+PROBES = ("thumbnail", "histogram", "border", "file")
+_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+_MODES = ("L", "RGB", "RGBA", "I;16", "I", "P", "LA")
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(img)).resize((w, h), Image.BILINEAR),
+        dtype=np.float32,
+    )
+
+
+def _border(img: np.ndarray, frac: float = 0.08, n: int = 16) -> np.ndarray:
+    h, w = img.shape
+    k = max(2, round(frac * min(h, w)))
+    strips = [img[:k, :], img[-k:, :], img[:, :k].T, img[:, -k:].T]  # each (k, length)
+    return np.concatenate([_resize(s, n, 1)[0] for s in strips]) / 255.0
+
+
+def _file_features(path: Path) -> np.ndarray:
+    try:
+        size = os.stat(path).st_size
+        with Image.open(path) as im:
+            fmt, mode, (w, h) = im.format or "", im.mode, im.size
+    except (OSError, ValueError):
+        size, fmt, mode, w, h = 0, "", "", 1, 1
+    return np.array(
+        [
+            math.log1p(size),
+            math.log1p(size / max(1, w * h)),
+            w,
+            h,
+            w / max(1, h),
+            *(fmt == f for f in _FORMATS),
+            fmt not in _FORMATS,
+            *(mode == m for m in _MODES),
+            mode not in _MODES,
+        ],
+        dtype=np.float64,
+    )
+
+
+def probe_features(
+    probe: str, images: np.ndarray, root: Path | None = None, paths: Sequence[str] = ()
+) -> np.ndarray:
+    """``(N, F)`` features of one probe for ``(N, H, W)`` uint8 images (or their files)."""
+    if probe == "thumbnail":
+        return np.stack([_resize(im, 16, 16).ravel() / 255.0 for im in images])
+    if probe == "histogram":
+        return np.stack(
+            [np.bincount(np.asarray(im).ravel() // 8, minlength=32) / im.size for im in images]
+        )
+    if probe == "border":
+        return np.stack([_border(np.asarray(im)) for im in images])
+    if probe == "file":
+        if root is None:
+            raise ValueError("the file probe needs the dataset root and the image paths")
+        return np.stack([_file_features(Path(root) / p) for p in paths])
+    raise ValueError(f"Unknown probe {probe!r}; choose from {', '.join(PROBES)}")
+
+
+def acquisition_probes(
+    images: np.ndarray,
+    labels: Sequence[str],
+    root: Path | None = None,
+    paths: Sequence[str] = (),
+    *,
+    probes: Sequence[str] = PROBES,
+    folds: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Cross-validated probe scores (balanced accuracy, chance ``1/K``) with 95 % intervals.
+
+    Args:
+        images: ``(N, H, W)`` uint8, the images as the model saw them.
+        labels: each image's class.
+        root, paths: the dataset folder and each image's file (for the ``file`` probe).
+
+    Returns:
+        ``{"n", "classes", "chance", "folds", "probes": {name: {balanced_accuracy, ci,
+        accuracy, per_class_recall}}}``, or ``{"skipped": reason}`` when a class has too few
+        images to cross-validate.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes = sorted(set(labels))
+    y = np.array([classes.index(c) for c in labels])
+    counts = np.bincount(y, minlength=len(classes))
+    if len(classes) < 2:
+        return {"skipped": "the probes need images of at least two classes"}
+    k = int(min(folds, counts.min()))
+    if k < 2:
+        rare = classes[int(counts.argmin())]
+        return {"skipped": f"class {rare!r} has {counts.min()} image(s); cross-validation needs 2"}
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    out: dict[str, Any] = {
+        "n": len(y),
+        "classes": classes,
+        "chance": 1 / len(classes),
+        "folds": k,
+        "probes": {},
+    }
+    for probe in probes:
+        x = probe_features(probe, images, root, paths)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
+        pred = cross_val_predict(clf, x, y, cv=cv)
+
+        def balanced(idx: np.ndarray, pred: np.ndarray = pred) -> float:
+            yy, pp = y[idx], pred[idx]
+            recalls = [(pp[yy == c] == c).mean() for c in range(len(classes)) if (yy == c).any()]
+            return float(np.mean(recalls))
+
+        everything = np.arange(len(y))
+        out["probes"][probe] = {
+            "balanced_accuracy": balanced(everything),
+            "ci": bootstrap_interval(balanced, len(y), seed=seed),
+            "accuracy": float((pred == y).mean()),
+            "per_class_recall": {
+                c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes)
+            },
+            "features": int(x.shape[1]),
+        }
+    return out

@@ -1,0 +1,196 @@
+"""Scoring a model on data from elsewhere: class matching, where images went, overlap.
+
+An external dataset rarely has the model's classes exactly: COVID-QU-Ex calls COVID
+``COVID-19`` and lumps other lung disease into ``Non-COVID``; a hospital's set may hold only
+Normal and Viral Pneumonia. :func:`match_classes` pairs each dataset class with a model
+class by name (exactly, then by the COVID-19 Radiography Database's aliases), or as the user
+maps it; a class mapped to ``-`` is not scored, but where its images went is still shown.
+
+A second dataset built from the same public sources may hold copies of the training images.
+:func:`find_overlap` finds them by content hash (exact copies) and by perceptual signature
+(re-sized or re-cropped copies, see :mod:`cxrlab.data.dedup`) before any number is computed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.dedup import near_duplicates, signatures
+from ..data.layout import canonical_class_name
+from ..errors import CheckpointError, ConfigError
+
+__all__ = ["UNSCORED", "Overlap", "find_overlap", "match_classes", "parse_class_map", "routing"]
+
+#: The value of a class map entry that leaves a dataset class unscored.
+UNSCORED = "-"
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """``"COVID-19=COVID,Non-COVID=-"`` -> ``{"COVID-19": "COVID", "Non-COVID": "-"}``."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, target = part.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ConfigError(
+                f"--class-map entries look like DATASET_CLASS=MODEL_CLASS (or =- to leave a "
+                f"class unscored), comma-separated; got {part!r}"
+            )
+        out[name.strip()] = target.strip()
+    return out
+
+
+def match_classes(
+    dataset_classes: Sequence[str],
+    model_classes: Sequence[str],
+    class_map: dict[str, str] | None = None,
+    *,
+    where: str = "the model",
+) -> dict[str, str | None]:
+    """Each dataset class's model class, or ``None`` for a class left unscored.
+
+    Raises:
+        CheckpointError: a dataset class matches no model class and is not mapped, or the
+            map names a class that is in neither list.
+    """
+    class_map = dict(class_map or {})
+    model = list(model_classes)
+    for name, target in class_map.items():
+        if name not in dataset_classes:
+            raise CheckpointError(
+                f"--class-map names {name!r}, which is not a class of the dataset "
+                f"({', '.join(dataset_classes)})"
+            )
+        if target != UNSCORED and target not in model:
+            raise CheckpointError(
+                f"--class-map maps {name!r} to {target!r}, which {where} does not know "
+                f"(it knows {', '.join(model)})"
+            )
+    out: dict[str, str | None] = {}
+    unknown = []
+    for c in dataset_classes:
+        if c in class_map:
+            out[c] = None if class_map[c] == UNSCORED else class_map[c]
+        elif c in model:
+            out[c] = c
+        elif (alias := canonical_class_name(c)) is not None and alias in model:
+            out[c] = alias
+        else:
+            unknown.append(c)
+    if unknown:
+        first = unknown[0]
+        raise CheckpointError(
+            f"The dataset has class(es) {', '.join(map(repr, unknown))} that {where} was not "
+            f"trained on (it knows {', '.join(model)}); map each with --class-map "
+            f"'{first}=<model class>', or leave it unscored with --class-map '{first}=-'"
+        )
+    return out
+
+
+def routing(
+    dataset_labels: Sequence[str], predictions: np.ndarray, model_classes: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """``{dataset class: {model class: images predicted as it}}``: where each class went."""
+    out: dict[str, dict[str, int]] = {}
+    for label, pred in zip(dataset_labels, predictions):
+        row = out.setdefault(label, dict.fromkeys(model_classes, 0))
+        row[model_classes[int(pred)]] += 1
+    return out
+
+
+@dataclass
+class Overlap:
+    """Copies of a run's own images (train/val/test) inside another dataset.
+
+    Attributes:
+        exact: ``(external path, run path, run split)`` with identical pixels.
+        near: ``(external path, run path, run split, correlation)`` re-sized or re-cropped
+            copies (not in ``exact``).
+        checked_near: whether near copies were looked for (the run's data must be readable).
+        note: why near copies were not looked for.
+    """
+
+    exact: list[tuple[str, str, str]] = field(default_factory=list)
+    near: list[tuple[str, str, str, float]] = field(default_factory=list)
+    checked_near: bool = False
+    note: str = ""
+
+    def paths(self, splits: Sequence[str] = ("train", "val")) -> set[str]:
+        """External images that copy a run image of ``splits``."""
+        return {e for e, _, s, *_ in [*self.exact, *self.near] if s in splits}
+
+    def summary(self) -> str:
+        def count(rows: list, split: str) -> int:
+            return len({r[0] for r in rows if r[2] == split})
+
+        parts = [
+            f"{count(self.exact, s)} exact / {count(self.near, s)} near copies of {s} images"
+            for s in ("train", "val", "test")
+        ]
+        text = "Overlap with the run's data: " + "; ".join(parts)
+        if not self.checked_near:
+            text += f" (near copies not checked: {self.note})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exact": [{"path": e, "run_path": r, "run_split": s} for e, r, s in self.exact],
+            "near": [
+                {"path": e, "run_path": r, "run_split": s, "correlation": round(c, 4)}
+                for e, r, s, c in self.near
+            ],
+            "checked_near": self.checked_near,
+            "note": self.note,
+            "summary": self.summary(),
+        }
+
+
+def find_overlap(
+    run_dir: str | os.PathLike[str],
+    card: dict[str, Any],
+    records: Sequence[Any],
+    pixels: np.ndarray,
+    *,
+    progress: bool = False,
+) -> Overlap:
+    """Images of another dataset that copy one of the run's images.
+
+    Args:
+        run_dir: the run folder (its ``split.csv`` lists the run's images and hashes).
+        card: the run's model card (where its data lives, the image size).
+        records: the other dataset's images (``path``, ``hash``).
+        pixels: their decoded ``(N, H, W)`` uint8 images, row-aligned with ``records``.
+    """
+    from ..data import decoded_images, load_split
+
+    manifest = Path(run_dir) / "split.csv"
+    if not manifest.is_file():
+        return Overlap(note=f"{run_dir} has no split.csv")
+    split = load_split(manifest)
+    by_hash: dict[str, tuple[str, str]] = {}
+    for r, s in zip(split.records, split.assignment):
+        by_hash.setdefault(r.hash, (r.path, s))
+    exact = [(rec.path, *by_hash[rec.hash]) for rec in records if rec.hash in by_hash]
+    overlap = Overlap(exact=exact)
+    root = Path(card["data"]["root"])
+    try:
+        own = decoded_images(
+            root, split.records, int(card["preprocessing"]["image_size"]), progress=progress
+        )
+    except Exception as e:  # the run's data may live on another machine
+        overlap.note = f"the run's images at {root} cannot be read ({e})"
+        return overlap
+    exact_paths = {e for e, *_ in exact}
+    for i, j, _, r in near_duplicates(signatures(pixels), signatures(own.array)):
+        path = records[i].path
+        if path not in exact_paths:
+            overlap.near.append((path, split.records[j].path, split.assignment[j], r))
+    overlap.checked_near = True
+    return overlap
