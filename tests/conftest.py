@@ -68,6 +68,17 @@ def png_with_declared_size(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def _real_data(variable: str, what: str, example: str) -> Path:
+    """The folder named by ``variable``, or a skip (a failure where CI requires real data)."""
+    path = os.environ.get(variable)
+    if path and Path(path).is_dir():
+        return Path(path)
+    reason = f"real-data test: set {variable} to a copy of {what} (e.g. {example})"
+    if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
+        pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but {variable} is missing ({path!r}); {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     """The real COVID-19 Radiography sample (500 images per class), when available.
@@ -76,32 +87,17 @@ def sample_root() -> Path:
     tests can never be skipped there. A fresh clone has no sample: the tests are skipped with
     the reason.
     """
-    path = os.environ.get("CXRLAB_SAMPLE_DATA")
-    if path and Path(path).is_dir():
-        return Path(path)
-    reason = (
-        "real-data test: set CXRLAB_SAMPLE_DATA to a copy of the COVID-19 Radiography "
-        "Database (e.g. ../shared/cxr-sample/COVID-19_Radiography_Dataset)"
+    return _real_data(
+        "CXRLAB_SAMPLE_DATA",
+        "the COVID-19 Radiography Database",
+        "../shared/cxr-sample/COVID-19_Radiography_Dataset",
     )
-    if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
-        pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but the sample is missing ({path!r}); {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def masks_root() -> Path:
     """Real chest X-rays with lung masks (COVID-QU-Ex, its own Train/Val/Test folders).
 
-    CI passes ``../shared/cxr-masks`` in ``CXRLAB_MASKS_DATA``; a fresh clone has no copy and
-    the tests that need it are skipped with the reason.
+    CI passes ``../shared/cxr-masks`` in ``CXRLAB_MASKS_DATA``; elsewhere as for the sample.
     """
-    path = os.environ.get("CXRLAB_MASKS_DATA")
-    if path and Path(path).is_dir():
-        return Path(path)
-    reason = (
-        "real-data test: set CXRLAB_MASKS_DATA to a copy of COVID-QU-Ex with lung masks "
-        "(e.g. ../shared/cxr-masks)"
-    )
-    if os.environ.get("CXRLAB_REQUIRE_SAMPLE") == "1":
-        pytest.fail(f"CXRLAB_REQUIRE_SAMPLE=1 but the mask data is missing ({path!r}); {reason}")
-    pytest.skip(reason)
+    return _real_data("CXRLAB_MASKS_DATA", "COVID-QU-Ex with lung masks", "../shared/cxr-masks")

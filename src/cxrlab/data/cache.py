@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,15 @@ from ..utils import cache_dir, hash_strings
 from .imageio import ImageReadError, load_gray8
 from .scan import ImageRecord
 
-__all__ = ["RESIZE_METHOD", "DecodedImages", "decoded_images", "derived_images", "resize_gray8"]
+__all__ = [
+    "RESIZE_METHOD",
+    "DecodedImages",
+    "decoded_images",
+    "derived_images",
+    "read_memmap",
+    "resize_gray8",
+    "write_memmap",
+]
 
 _CACHE_VERSION = 1
 #: How images are resized: the whole image squashed to a square (no crop), bilinear with
@@ -52,6 +60,50 @@ class DecodedImages:
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+def read_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap | None:
+    """A finished uint8 cache file of ``shape`` (with its JSON beside it), or ``None``."""
+    meta_path = path.with_suffix(".json")
+    if not (path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("shape") == list(shape) and path.stat().st_size == int(np.prod(shape)):
+            return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+    except (OSError, ValueError):
+        pass  # unreadable metadata: rebuild
+    return None
+
+
+def write_memmap(
+    path: Path,
+    shape: tuple[int, ...],
+    rows: Iterable[np.ndarray],
+    meta: Callable[[], dict] | dict | None = None,
+) -> np.memmap:
+    """Fill a new uint8 cache file of ``shape`` row by row, then publish it atomically.
+
+    The rows go to a temporary file; the JSON beside it (``shape`` plus ``meta``, which may be
+    a function called once every row is written) and the final name appear only when the file
+    is complete, so an interrupted build leaves nothing that looks finished.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        for i, row in enumerate(rows):
+            out[i] = row
+        out.flush()
+        del out
+        extra = meta() if callable(meta) else dict(meta or {})
+        path.with_suffix(".json").write_text(json.dumps({"shape": list(shape), **extra}))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
 
 
 def _cache_key(records: Sequence[ImageRecord], size: int) -> str:
@@ -89,62 +141,35 @@ def decoded_images(
     directory = Path(directory) if directory else cache_dir() / "images"
     key = _cache_key(records, size)
     path = directory / f"{key}-{len(records)}x{size}x{size}.u8"
-    meta_path = path.with_suffix(".json")
     shape = (len(records), size, size)
-    if path.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("shape") == list(shape) and path.stat().st_size == int(np.prod(shape)):
-                arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
-                return DecodedImages(arr, path, key, size)
-        except (OSError, ValueError):
-            pass  # unreadable metadata: rebuild
-
-    directory.mkdir(parents=True, exist_ok=True)
+    if (arr := read_memmap(path, shape)) is not None:
+        return DecodedImages(arr, path, key, size)
     root = Path(root)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    os.close(fd)
-    try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
 
-        def work(i: int) -> np.ndarray:
-            rec = records[i]
-            try:
-                gray = load_gray8(root / rec.path)
-            except ImageReadError as e:
-                raise DataError(
-                    f"{rec.path} became unreadable since the scan ({e.reason}); "
-                    "re-run 'cxrlab data scan'"
-                ) from e
-            if gray.shape != (rec.height, rec.width):
-                raise DataError(
-                    f"{rec.path} changed since the scan (size "
-                    f"{gray.shape[1]}x{gray.shape[0]}, manifest "
-                    f"{rec.width}x{rec.height}); re-create the split"
-                )
-            return resize_gray8(gray, size)
+    def work(i: int) -> np.ndarray:
+        rec = records[i]
+        try:
+            gray = load_gray8(root / rec.path)
+        except ImageReadError as e:
+            raise DataError(
+                f"{rec.path} became unreadable since the scan ({e.reason}); "
+                "re-run 'cxrlab data scan'"
+            ) from e
+        if gray.shape != (rec.height, rec.width):
+            raise DataError(
+                f"{rec.path} changed since the scan (size "
+                f"{gray.shape[1]}x{gray.shape[0]}, manifest "
+                f"{rec.width}x{rec.height}); re-create the split"
+            )
+        return resize_gray8(gray, size)
 
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            jobs = pool.map(work, range(len(records)))
-            bar = tqdm(jobs, total=len(records), desc=f"Caching images at {size}px", unit="img",
-                       disable=not progress or None, leave=False)  # fmt: skip
-            for i, img in enumerate(bar):
-                out[i] = img
-        out.flush()
-        del out
-        meta = {
-            "version": _CACHE_VERSION,
-            "shape": list(shape),
-            "resize": RESIZE_METHOD,
-            "root": str(root),
-            "count": len(records),
-        }
-        meta_path.write_text(json.dumps(meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+    meta = {"version": _CACHE_VERSION, "resize": RESIZE_METHOD, "root": str(root),
+            "count": len(records)}  # fmt: skip
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        jobs = pool.map(work, range(len(records)))
+        bar = tqdm(jobs, total=len(records), desc=f"Caching images at {size}px", unit="img",
+                   disable=not progress or None, leave=False)  # fmt: skip
+        arr = write_memmap(path, shape, bar, meta)
     return DecodedImages(arr, path, key, size)
 
 
@@ -168,22 +193,10 @@ def derived_images(
     key = hash_strings([images.key, recipe])
     shape = images.array.shape
     path = images.path.parent / f"{key}-{shape[0]}x{shape[1]}x{shape[2]}.u8"
-    if path.exists() and path.stat().st_size == int(np.prod(shape)):
-        return DecodedImages(np.memmap(path, dtype=np.uint8, mode="r", shape=shape), path, key,
-                             images.size)  # fmt: skip
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-        for start in tqdm(range(0, shape[0], batch), desc=f"Preparing images ({recipe[:24]})",
-                          unit="batch", disable=not progress or None, leave=False):  # fmt: skip
-            rows = np.arange(start, min(start + batch, shape[0]))
-            out[rows] = transform(rows)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return DecodedImages(np.memmap(path, dtype=np.uint8, mode="r", shape=shape), path, key,
-                         images.size)  # fmt: skip
+    if (arr := read_memmap(path, shape)) is None:
+        batches = [np.arange(i, min(i + batch, shape[0])) for i in range(0, shape[0], batch)]
+        rows = (row for b in tqdm(batches, desc=f"Preparing images ({recipe[:24]})", unit="batch",
+                                  disable=not progress or None, leave=False)
+                for row in transform(b))  # fmt: skip
+        arr = write_memmap(path, shape, rows, {"recipe": recipe, "source": images.key})
+    return DecodedImages(arr, path, key, images.size)

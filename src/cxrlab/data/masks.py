@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..utils import cache_dir, hash_strings
+from .cache import read_memmap, write_memmap
 from .imageio import ImageReadError, load_gray8
 from .scan import ImageRecord
 
@@ -238,26 +238,16 @@ def decoded_masks(
         [f"masks-v{_CACHE_VERSION}", kind, str(size)]
         + [f"{r.hash}|{_stat_key(root, m)}" for r, m in zip(records, files)]
     )
-    directory = cache_dir() / "images"
-    path = directory / f"{key}-{len(records)}x{size}x{size}.{kind}-mask.u8"
-    meta_path = path.with_suffix(".json")
+    path = cache_dir() / "images" / f"{key}-{len(records)}x{size}x{size}.{kind}-mask.u8"
     shape = (len(records), size, size)
-    if path.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("shape") == list(shape) and len(meta["status"]) == len(records):
-                arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
-                return DecodedMasks(
-                    arr, tuple(meta["status"]), tuple(files), tuple(extra), kind, key, size
-                )
-        except (OSError, ValueError, KeyError):
-            pass  # rebuild
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    os.close(fd)
     status: list[str] = []
-    try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+    if (arr := read_memmap(path, shape)) is not None:
+        try:
+            status = list(json.loads(path.with_suffix(".json").read_text())["status"])
+        except (OSError, ValueError, KeyError):
+            arr = None
+    if arr is None or len(status) != len(records):
+        status = []
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             jobs = pool.map(
                 lambda i: _check_mask(root, records[i], files[i], size), range(len(records))
@@ -270,17 +260,13 @@ def decoded_masks(
                 disable=not progress or None,
                 leave=False,
             )
-            for i, (state, mask) in enumerate(bar):
-                status.append(state)
-                out[i] = mask
-        out.flush()
-        del out
-        meta_path.write_text(json.dumps({"shape": list(shape), "kind": kind, "status": status}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    arr = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+
+            def rows() -> Iterator[np.ndarray]:
+                for state, mask in bar:
+                    status.append(state)
+                    yield mask
+
+            arr = write_memmap(path, shape, rows(), lambda: {"kind": kind, "status": status})
     return DecodedMasks(arr, tuple(status), tuple(files), tuple(extra), kind, key, size)
 
 
