@@ -239,3 +239,43 @@ def test_report_renders_in_headless_chromium(phantoms: Path, tmp_path: Path) -> 
     drawn, missing = coloured_fraction(report), coloured_fraction(broken)
     # matplotlib's coloured lines and markers appear only if the embedded PNGs were drawn
     assert drawn > 0.002 and drawn > 5 * missing, (drawn, missing)
+
+
+def test_search_chooses_on_validation_only(phantoms: Path, tmp_path: Path) -> None:
+    """Each candidate is a trial cell; the best validation loss per cell and seed is chosen,
+    the test split is never read to choose, and all trials are kept and shown."""
+    text = TINY.format(data=phantoms).replace('freeze = ["none", "0.5"]', 'freeze = "none"')
+    study = parse_study_config(
+        text.replace("epochs = 1", "epochs = 1\nlr = {search = [0.1, 1e-4]}")
+    )
+    ids = [c.id for c in study.cells]
+    assert ids == [f"resnet18-scratch-full-lr{lr}-s{s}" for s in (0, 1) for lr in ("0.1", "0.0001")]
+    assert {c.selects for c in study.cells} == {"resnet18-scratch-full-s0",
+                                                "resnet18-scratch-full-s1"}  # fmt: skip
+    out = tmp_path / "s"
+    run_study(study, out, progress=False)
+
+    def val_loss(cell_id: str) -> float:
+        card = json.loads((out / "runs" / cell_id / "model_card.json").read_text())
+        return card["training"]["best_val_loss"]
+
+    expected = {seed: min((c.id for c in study.cells if c.seed == seed), key=val_loss)
+                for seed in (0, 1)}  # fmt: skip
+    # spoil every losing trial's test results: choosing must not read them
+    for c in study.cells:
+        if c.id not in expected.values():
+            (out / "runs" / c.id / "metrics.json").write_text("not the test results")
+            (out / "runs" / c.id / "predictions.csv").unlink()
+    report = build_report(out, study)
+    assert sorted(r["cell"] for r in report.results.rows) == sorted(expected.values())
+    trials = (out / "trials.csv").read_text().splitlines()
+    assert len(trials) == 5 and trials[0].startswith("selects_for,cell,label,model,seed")
+    assert sum(line.endswith(",True") for line in trials) == 2
+    summary = report.files["summary"].read_text()
+    assert "## Hyperparameter search (chosen on validation data)" in summary
+    assert "| resnet18-scratch-full-s0 | 0 | lr=" in summary
+    assert report.files["trials_plot"].is_file()
+    with pytest.raises(ConfigError, match="cannot be searched"):
+        parse_study_config(text.replace('freeze = "none"', 'freeze = {search = ["none"]}'))
+    with pytest.raises(ConfigError, match="search = "):
+        parse_study_config(text.replace("epochs = 1", "epochs = 1\nlr = {pick = [1]}"))

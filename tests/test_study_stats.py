@@ -151,3 +151,32 @@ def test_few_seeds_are_not_established() -> None:
     assert "seed-level differences +5.0, +6.0" in text and "[+2.0, +8.0]" in text
     two.seeds_needed = 7
     assert "about 7 seeds per type" in two.verdict()
+
+
+def test_failed_runs_are_flagged_and_verdicts_warn(tmp_path) -> None:
+    from cxrlab.study.report.flags import run_flags
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s\n"
+        "1,1.3,0.40,1.20,0.30,0.001,1,10\n2,1.0,0.55,1.40,0.28,0.001,1,10\n"
+        "3,0.8,0.68,1.90,0.27,0.001,1,10\n"
+    )
+    at_chance = {"n": 100, "accuracy": 0.27, "confusion_matrix": [[10, 15], [58, 17]]}
+    flags = run_flags(run, at_chance)
+    assert list(flags) == ["not above chance", "validation loss rose from epoch 1"]
+    detail = list(flags.values())
+    assert detail[0].startswith("test accuracy 0.270") and "not above chance (0.750" in detail[0]
+    assert "lowest after epoch 1 (1.200) and rose to 1.900" in detail[1]
+    good = {"n": 100, "accuracy": 0.9, "confusion_matrix": [[45, 5], [5, 45]]}
+    (run / "history.csv").write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s\n"
+        "1,1.3,0.40,1.20,0.30,0.001,1,10\n2,1.0,0.55,0.9,0.5,0.001,1,10\n"
+        "3,0.8,0.68,0.8,0.6,0.001,1,10\n"
+    )
+    assert run_flags(run, good) == {}
+    c = _comparison(0.4, (0.3, 0.5), 0.001, 3)
+    c.flags = {"B": "not above chance in 2 of 3 seeds"}
+    assert c.verdict().endswith("CAUTION: 'B' is a questionable baseline (not above chance in "
+                                "2 of 3 seeds; see the flagged runs).")  # fmt: skip

@@ -2,7 +2,7 @@
 
 The public API in a few names; everything else lives in the subpackages, in data-flow order:
 ``cxrlab.data`` -> ``cxrlab.models`` -> ``cxrlab.freeze`` -> ``cxrlab.engine`` ->
-``cxrlab.evaluation`` -> ``cxrlab.study`` -> ``cxrlab.infer``.
+``cxrlab.evaluation`` -> ``cxrlab.infer`` -> ``cxrlab.audit`` -> ``cxrlab.study``.
 
 Names are imported on first use, so ``import cxrlab`` (and the CLI) start fast.
 
@@ -37,6 +37,7 @@ _EXPORTS = {
     "build_report": "cxrlab.study",
     "Predictor": "cxrlab.infer",
     "load": "cxrlab.infer",
+    "run_audit": "cxrlab.audit",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

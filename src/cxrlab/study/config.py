@@ -25,6 +25,15 @@ Example (``configs/original.toml``)::
 Every ``[[cells]]`` entry may override any ``[train]`` key. Each expanded cell is one
 (model, weights, freeze, overrides) combination run once per seed, with a stable id.
 
+A training option given as ``{search = [...]}`` (in ``[train]`` or a cell) is tuned: every
+candidate is trained as a trial cell of its own (``resnet18-in1k-full-lr0.0003-s0``), and per
+cell and seed the trial with the best validation loss (``[study] select = "val_acc"`` for
+validation accuracy) stands for the cell in the results and comparisons; the test split
+never steers the choice::
+
+    [train]
+    lr = {search = [1e-4, 3e-4, 1e-3]}
+
 An optional ``[audit]`` table audits every finished cell for shortcuts (``cxrlab audit``) and
 puts the findings in the report::
 
@@ -79,6 +88,7 @@ class StudySettings:
     split_source: Literal["auto", "folders", "stratified"] = "auto"
     alpha: float = 0.05  # significance level of the paired comparisons
     bootstrap: int = 2000  # paired-bootstrap resamples
+    select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
 
 
 @dataclass(frozen=True)
@@ -103,18 +113,25 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of the study."""
+    """One training run of the study.
+
+    A cell with a search space (``lr = {search = [...]}``) expands into one *trial* cell per
+    candidate; ``selects`` is then the id the chosen trial stands for in the results (the
+    cell's id without the candidate), and ``trial`` the candidate's values.
+    """
 
     id: str
     label: str  # the training type: a row of the summary tables
     model: str
     seed: int
     config: TrainConfig
+    selects: str | None = None
+    trial: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def group(self) -> str:
         """The cell without its seed: runs that differ only by seed share a group."""
-        return self.id.rsplit("-s", 1)[0]
+        return (self.selects or self.id).rsplit("-s", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -186,6 +203,32 @@ def _expand(entry: dict[str, Any], index: int) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
 
 
+def _search_axes(table: dict[str, Any], where: str) -> dict[str, list[Any]]:
+    """Pop ``key = {search = [...]}`` entries from ``table``: the values to try per key."""
+    axes = {}
+    for key, value in list(table.items()):
+        if not isinstance(value, dict):
+            continue
+        if set(value) != {"search"} or not isinstance(value["search"], list) or not value["search"]:
+            raise ConfigError(
+                f"{where}{key}: a table here must be {{search = [candidate, ...]}} with at "
+                f"least one candidate; got {value!r}"
+            )
+        axes[key] = list(value["search"])
+        del table[key]
+    return axes
+
+
+def _trial_tag(trial: dict[str, Any]) -> str:
+    """A readable, file-name-safe id part for one candidate: ``lr0.0003-wd0.05``."""
+    short = {"lr": "lr", "weight_decay": "wd", "warmup_epochs": "wu", "label_smoothing": "ls"}
+    parts = []
+    for key, value in trial.items():
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(short.get(key, key.replace("_", "")) + text.replace("/", "_"))
+    return "-".join(parts)
+
+
 def _parse(data: dict[str, Any], source: str, path: Path | None,
            overrides: dict[str, Any]) -> StudyConfig:  # fmt: skip
     unknown = set(data) - {"study", "train", "cells", "audit"}
@@ -203,6 +246,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     if overrides.get("data") is not None:
         settings = dataclasses.replace(settings, data=str(overrides["data"]))
     train = dict(data.get("train", {}))
+    train_search = _search_axes(train, "[train] ")
     for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "seed"):
         if forbidden in train:
             raise ConfigError(
@@ -217,12 +261,19 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     if not isinstance(entries, list) or not entries:
         raise ConfigError("The study file needs at least one [[cells]] entry")
     seeds = tuple(range(settings.seeds)) if isinstance(settings.seeds, int) else settings.seeds
-    bases: list[tuple[str, str | None, dict[str, Any], int]] = []
+    bases: list[tuple[str, str | None, dict[str, Any], int, dict[str, list[Any]]]] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         if "model" not in entry:
             raise ConfigError(f"[[cells]] #{index + 1} has no model")
-        for combo in _expand(dict(entry), index):
+        entry = dict(entry)
+        search = train_search | _search_axes(entry, f"[[cells]] #{index + 1} ")
+        for key in search:
+            if key in ("model", "weights", "freeze", "lungs", "seed", "data", "split_file",
+                       "split_seed", "ratios", "split_source", "label"):  # fmt: skip
+                raise ConfigError(f"[[cells]] #{index + 1} {key}: cannot be searched (it "
+                                  "defines the cell, not its training)")  # fmt: skip
+        for combo in _expand(entry, index):
             label = combo.pop("label", None)
             named = ("model", "weights", "freeze", "lungs")  # spelled out in the id
             extra = {k: v for k, v in combo.items() if k not in named}
@@ -241,23 +292,27 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             if base_id in seen:
                 raise ConfigError(f"Cell {base_id} appears twice in the study file")
             seen.add(base_id)
-            bases.append((base_id, label, options, index))
+            bases.append((base_id, label, options, index, search))
     # seed-major order: every cell's first seed finishes before any second seed starts
     cells: list[Cell] = []
     for seed in seeds:
-        for base_id, label, options, index in bases:
-            cfg = TrainConfig.from_dict(
-                options | {"data": settings.data, "split_seed": settings.split_seed,
-                           "ratios": settings.ratios, "split_source": settings.split_source,
-                           "seed": seed},
-                f"[[cells]] #{index + 1} ",
-            )  # fmt: skip
-            cells.append(Cell(
-                id=f"{base_id}-s{seed}",
-                label=label or arm_label(options["weights"], options["freeze"],
-                                         options.get("lungs", "keep")),
-                model=options["model"], seed=seed, config=cfg,
-            ))  # fmt: skip
+        for base_id, label, options, index, search in bases:
+            trials = [dict(zip(search, combo)) for combo in itertools.product(*search.values())]
+            for trial in trials or [{}]:
+                cfg = TrainConfig.from_dict(
+                    options | trial | {"data": settings.data, "split_seed": settings.split_seed,
+                                       "ratios": settings.ratios,
+                                       "split_source": settings.split_source, "seed": seed},
+                    f"[[cells]] #{index + 1} ",
+                )  # fmt: skip
+                tag = f"-{_trial_tag(trial)}" if trial else ""
+                cells.append(Cell(
+                    id=f"{base_id}{tag}-s{seed}",
+                    label=label or arm_label(options["weights"], options["freeze"],
+                                             options.get("lungs", "keep")),
+                    model=options["model"], seed=seed, config=cfg,
+                    selects=f"{base_id}-s{seed}" if trial else None, trial=trial,
+                ))  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
     return StudyConfig(settings, train, tuple(cells), source, path, given, audit)
 

@@ -20,6 +20,7 @@ from .results import (
     results_csv,
     summary_markdown,
 )
+from .trials import plot_trials, trials_csv
 
 __all__ = ["Report", "build_report"]
 
@@ -52,6 +53,8 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         figures["comparison_plot"] = p
     for p in plot_feature_maps(study, results, fig_dir, study_dir):
         figures[p.stem] = p
+    if p := plot_trials(results.trials, study.settings.select, fig_dir / "trials.png"):
+        figures["trials_plot"] = p
     files = {
         "results": study_dir / "results.csv",
         "summary": study_dir / "summary.md",
@@ -62,6 +65,9 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     audits = collect_audits(study_dir, results)
     atomic_write_text(files["summary"], summary_markdown(study, results, comparisons, audits))
     atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
+    if results.trials:
+        files["trials"] = study_dir / "trials.csv"
+        atomic_write_text(files["trials"], trials_csv(results.trials))
     atomic_write_text(
         files["report"], render_html(study, results, comparisons, study_dir, figures, audits)
     )

@@ -10,7 +10,15 @@ from typing import Any
 
 from ..config import StudyConfig
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
-from .results import COMPARISON_METHOD, Comparison, StudyResults, seed_advice, summary_tables
+from .results import (
+    COMPARISON_METHOD,
+    Comparison,
+    StudyResults,
+    failed_runs,
+    search_markdown,
+    seed_advice,
+    summary_tables,
+)
 
 __all__ = ["render_html"]
 
@@ -86,6 +94,16 @@ def render_html(
     for t in summary_tables(results):
         parts.append(f"<h3>{html.escape(t['title'])}</h3>")
         parts.append(_table(["Training type", *t["models"]], t["rows"]))
+    if results.trials:
+        parts.append("<h2>Hyperparameter search</h2>")
+        parts.append(_markdown_table(search_markdown(results.trials, study.settings.select)))
+        if "trials_plot" in figures:
+            parts.append(_img(figures["trials_plot"], "validation score per candidate", wide=True))
+    if failed := failed_runs(results):
+        parts.append("<h2>Flagged runs: failed or unstable baselines</h2><ul>")
+        parts += [f"<li><b>{html.escape(c)}</b>: {html.escape(w)}</li>" for c, w in failed]
+        parts.append("</ul><p class='muted'>Every comparison that uses one of these training "
+                     "types carries a caution.</p>")  # fmt: skip
     parts.append("<h2>Which differences are real?</h2><ul>")
     for c in comparisons:
         cls = {"significant": "sig", "not significant": "ns", "not established": "ne"}[c.status]
@@ -171,6 +189,15 @@ def _audit_section(audits: StudyAudits) -> list[str]:
         parts.append(f"<h3>The data</h3><p>{html.escape(text)}</p>")
         parts.append(_img(audits.folder["data"] / "probes.png", "acquisition probes"))
     return parts
+
+
+def _markdown_table(lines: list[str]) -> str:
+    """The first Markdown table in ``lines`` as HTML, the text after it as a note."""
+    rows = [ln for ln in lines if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows if "---" not in ln]
+    notes = [ln for ln in lines if ln and not ln.startswith(("|", "#"))]
+    note = "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in notes)
+    return (_table(cells[0], cells[1:]) if cells else "") + note
 
 
 def _first_card(study_dir: Path, results: StudyResults) -> dict | None:

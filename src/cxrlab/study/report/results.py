@@ -23,6 +23,8 @@ from ..stats import (
     two_level_bootstrap,
     wilson_interval,
 )
+from .flags import run_flags
+from .trials import select_trial, validation_scores
 
 if TYPE_CHECKING:
     from .audits import StudyAudits
@@ -40,6 +42,7 @@ class StudyResults:
     correct: dict[str, np.ndarray]  # cell id -> per-test-image correctness, path order
     paths: list[str]  # test images, in the order of ``correct``
     missing: list[str] = field(default_factory=list)  # cells without results yet
+    trials: list[dict[str, Any]] = field(default_factory=list)  # every search candidate
 
 
 #: Below this many seeds per training type, training noise is not estimated well enough
@@ -115,11 +118,19 @@ class Comparison:
             return ""
         if self.seeds_needed > 100:
             return "; at the observed seed spread more than 100 seeds per type would be needed"
-        return (f"; at the observed seed spread about {self.seeds_needed} seeds per type would "
-                "find a difference this large 80% of the time")  # fmt: skip
+        return (
+            f"; at the observed seed spread about {self.seeds_needed} seeds per type would "
+            "find a difference this large 80% of the time (before the Holm adjustment)"
+        )
 
     def verdict(self) -> str:
-        """One sentence: which training type is better, by how much, and whether it is real."""
+        """One sentence: which training type is better, by how much, and whether it is real;
+        with a caution when either training type has a run that failed to train."""
+        caution = "".join(f" CAUTION: '{arm}' is a questionable baseline ({why}; see the "
+                          "flagged runs)." for arm, why in self.flags.items())  # fmt: skip
+        return self._verdict() + caution
+
+    def _verdict(self) -> str:
         if not self.established:
             spread = ", ".join(_points(d) for d in self.seed_differences().values())
             n = self.seeds
@@ -150,11 +161,41 @@ def _read_predictions(path: Path) -> dict[str, bool]:
         return {r["path"]: r["label"] == r["pred"] for r in csv.DictReader(f)}
 
 
+def _choose_trials(study: StudyConfig, out: Path) -> tuple[set[str], list[dict], list[str]]:
+    """The trial cells chosen on validation data, every trial's row, unfinished searches."""
+    groups: dict[str, list] = defaultdict(list)
+    for cell in study.cells:
+        if cell.selects:
+            groups[cell.selects].append(cell)
+    chosen, trials, unfinished = set(), [], []
+    metric = study.settings.select
+    for selects, members in groups.items():
+        scores = [validation_scores(out / "runs" / c.id) for c in members]
+        if any(s is None for s in scores):
+            unfinished.append(selects)
+            continue
+        best = select_trial(scores, metric)  # type: ignore[arg-type]
+        chosen.add(members[best].id)
+        for k, (c, sc) in enumerate(zip(members, scores)):
+            trials.append({"selects_for": selects, "cell": c.id, "label": c.label,
+                           "model": c.model, "seed": c.seed,
+                           "candidate": ", ".join(f"{k2}={v}" for k2, v in c.trial.items()),
+                           **c.trial, **sc, "chosen": k == best})  # type: ignore[dict-item]  # fmt: skip
+    return chosen, trials, unfinished
+
+
 def collect_results(study: StudyConfig, out: Path) -> StudyResults:
-    """Read every finished cell's metrics, card and predictions."""
-    rows, correct, missing = [], {}, []
+    """Read every finished cell's metrics, card and predictions.
+
+    Of a cell with a search space, only the trial chosen on validation data is read (see
+    :mod:`.trials`); every trial's validation scores are in ``trials``.
+    """
+    rows, correct = [], {}
+    chosen, trials, missing = _choose_trials(study, out)
     paths: list[str] | None = None
     for cell in study.cells:
+        if cell.selects and cell.id not in chosen:
+            continue
         run = out / "runs" / cell.id
         if not (run / "metrics.json").exists():
             missing.append(cell.id)
@@ -169,6 +210,7 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
         row = {
             "cell": cell.id, "group": cell.group, "label": cell.label, "model": cell.model,
             "weights": cell.config.weights, "freeze": cell.config.freeze, "seed": cell.seed,
+            "chosen": ", ".join(f"{k}={v}" for k, v in cell.trial.items()),
             "trainable_params": card["freeze"]["trainable_params"],
             "total_params": card["freeze"]["total_params"],
             "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"),
@@ -177,9 +219,14 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             **{k: m.get(k) for k in (*METRICS, "nll", "loss")},
             "accuracy_ci_low": low, "accuracy_ci_high": high,
             **{f"f1_{c}": v["f1"] for c, v in m["per_class"].items()},
+            **_flag_columns(run_flags(run, m)),
         }  # fmt: skip
         rows.append(row)
-    return StudyResults(rows, correct, paths or [], missing)
+    return StudyResults(rows, correct, paths or [], missing, trials)
+
+
+def _flag_columns(flags: dict[str, str]) -> dict[str, str]:
+    return {"flags": " | ".join(flags), "flag_details": " | ".join(flags.values())}
 
 
 def results_csv(results: StudyResults) -> str:
@@ -243,6 +290,11 @@ def table_groups(results: StudyResults) -> list[tuple[list[str], list[str]]]:
     return tables
 
 
+def _flag_text(kinds: dict[str, list[int]], n_seeds: int) -> str:
+    return "; ".join(f"{kind} in {len(seeds)} of {n_seeds} seed{'s' * (n_seeds != 1)}"
+                     for kind, seeds in kinds.items())  # fmt: skip
+
+
 def compare(
     results: StudyResults, alpha: float = 0.05, n_resamples: int = 2000
 ) -> list[Comparison]:
@@ -255,8 +307,11 @@ def compare(
     image-only bootstrap, are reported beside it.
     """
     by_arm: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
+    flagged: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for r in results.rows:
         by_arm[(r["model"], r["label"])][r["seed"]] = results.correct[r["cell"]]
+        for kind in filter(None, r.get("flags", "").split(" | ")):
+            flagged[(r["model"], r["label"])][kind].append(r["seed"])
     raw = []
     models = list(dict.fromkeys(r["model"] for r in results.rows))
     for model in models:
@@ -274,6 +329,8 @@ def compare(
                 dict(zip(seeds_a, two.seed_accuracy_a)), dict(zip(seeds_b, two.seed_accuracy_b)),
                 {s: mcnemar_exact(runs_a[s], runs_b[s]) for s in shared}, alpha,
                 image_ci, image_p, seeds_needed(two, alpha),
+                {arm: _flag_text(flagged[(model, arm)], len(by_arm[(model, arm)]))
+                 for arm in (a, b) if flagged.get((model, arm))},
             ))  # fmt: skip
     for c, adjusted in zip(raw, holm([c.p for c in raw]) if raw else []):
         c.p_adjusted = adjusted
@@ -337,13 +394,38 @@ COMPARISON_METHOD = (
     "training type and the shared test images (paired on images), so its interval and "
     "p-value include run-to-run training noise; the interval uses a t reference with "
     "Welch-Satterthwaite degrees of freedom because a few seeds make percentile intervals too "
-    "narrow. Holm-Bonferroni across all pairs. With fewer than "
+    "narrow. p-values are Holm-Bonferroni adjusted across all pairs; the intervals are not, so "
+    "an interval that excludes zero can sit beside a non-significant adjusted p. With fewer than "
     f"{MIN_SEEDS} seeds per training type a difference is 'not established'. The image-only "
     "bootstrap (runs held fixed) and McNemar's exact test for each seed pair are in "
     "comparisons.csv."
 )
 _STATUS_MD = {"significant": "**significant**", "not significant": "not significant",
               "not established": "*not established*"}  # fmt: skip
+
+
+def search_markdown(trials: list[dict[str, Any]], metric: str) -> list[str]:
+    """The summary's section on hyperparameter search: what each cell chose, per seed."""
+    lines = [
+        "## Hyperparameter search (chosen on validation data)",
+        "",
+        f"| cell | seed | chosen | {metric} of each candidate |",
+        "|---|---|---|---|",
+    ]
+    key = lambda t: (t["selects_for"], t["seed"])
+    for (cell, seed), members in itertools.groupby(trials, key=key):
+        group = list(members)
+        best = next(t for t in group if t["chosen"])
+        scores = ", ".join(f"{t['candidate']}: {t[metric]:.4f}" for t in group)
+        lines.append(f"| {cell} | {seed} | {best['candidate']} | {scores} |")
+    lines += ["", "Only the chosen candidate's test metrics enter the tables and comparisons; "
+              "every trial is in trials.csv."]  # fmt: skip
+    return lines
+
+
+def failed_runs(results: StudyResults) -> list[tuple[str, str]]:
+    """``(cell, reasons)`` of every run flagged as failing to train (see :mod:`.flags`)."""
+    return [(r["cell"], r["flag_details"]) for r in results.rows if r.get("flags")]
 
 
 def seed_advice(comparisons: list[Comparison]) -> str:
@@ -412,6 +494,14 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
                   "|---|" + "---|" * len(t["models"])]  # fmt: skip
         lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
         lines.append("")
+    if results.trials:
+        lines += [*search_markdown(results.trials, study.settings.select), ""]
+    failed = failed_runs(results)
+    if failed:
+        lines += ["## Flagged runs: failed or unstable baselines", ""]
+        lines += [f"- **{cell}**: {why}" for cell, why in failed]
+        lines += ["", "Every comparison that uses one of these training types carries a caution.",
+                  ""]  # fmt: skip
     lines += ["## Paired comparisons (same test images)", ""]
     if comparisons:
         lines += [f"- {_STATUS_MD[c.status]}: {c.verdict()}" for c in comparisons]
