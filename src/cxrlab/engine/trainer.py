@@ -1,10 +1,12 @@
-"""The training loop: one readable function from a config to a finished run folder.
+"""The training loop: a config to a finished run folder, in three phases.
 
-``train(config, out)`` prepares the data (scan, split, decoded cache), builds and freezes the
-model, and trains it. After every epoch it validates, keeps the best weights by validation
-loss, and writes a resumable checkpoint; Ctrl-C or SIGTERM finishes the current step, saves a
-checkpoint and stops. Every random choice (sample order, augmentation, dropout) is derived
-from ``(seed, epoch, step)``, so a run resumed in the middle of an epoch ends with exactly the
+``train(config, out)`` runs :func:`_prepare` (data: scan, split, decoded cache; the model,
+frozen and on its device; optimizer, loss, checkpoint; frozen features), :func:`_fit` (the
+epochs) and :func:`_finish` (test the best model and write the run folder). After every
+epoch it validates, keeps the best weights by validation loss, and writes a resumable
+checkpoint; Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and stops.
+Every random choice (sample order, augmentation, dropout) is derived from
+``(seed, epoch, step)``, so a run resumed in the middle of an epoch ends with exactly the
 same weights as an uninterrupted one (on the CPU).
 """
 
@@ -23,11 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
+from ..data import PreparedData, prepare_data
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import classification_metrics, plot_confusion_matrix, plot_loss
-from ..freeze import apply_freeze
-from ..models import create_model, get_spec
+from ..freeze import FreezeReport, apply_freeze
+from ..models import CxrClassifier, create_model, get_spec
 from ..utils import atomic_write_text, write_json
 from .batches import ImageBatches, light_augment, step_generator
 from .checkpoint import (
@@ -39,7 +41,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .distributed import init_distributed, sync_batchnorm
+from .distributed import Distributed, init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .optim import build_optimizer, lr_at
@@ -93,6 +95,36 @@ def _should_preload(mode: str, device: torch.device, *subsets: ImageBatches) -> 
     return need < free / 4
 
 
+@dataclass
+class _Run:
+    """One training run between its phases: what :func:`_prepare` builds, :func:`_fit`
+    updates and :func:`_finish` writes out."""
+
+    config: TrainConfig
+    out: Path
+    ddp: Distributed
+    log: Callable[[str], None]
+    device: torch.device
+    amp: torch.dtype | None
+    data: PreparedData
+    train_b: ImageBatches  # training images (or their frozen features)
+    val_b: ImageBatches
+    test_b: ImageBatches  # always whole images: the test runs the full saved model
+    model: CxrClassifier
+    freeze: FreezeReport
+    net: nn.Module  # the model, or only its trainable rest on cached frozen features
+    forward: nn.Module  # ``net`` as called in training (DDP- and compile-wrapped)
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    criterion: nn.Module
+    state: RunState
+    started: float  # perf_counter() at the start of this session
+    wall_before: float  # wall seconds of earlier sessions of an interrupted run
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -101,6 +133,11 @@ def train(
     on_step: Callable[[int, int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train one classifier and write its run folder.
+
+    Three phases, each a function of its own: :func:`_prepare` (data, model, freezing,
+    optimizer, checkpoint, frozen features), :func:`_fit` (the epochs: train, validate, keep
+    the best weights, checkpoint) and :func:`_finish` (test the best model, write metrics,
+    predictions and figures).
 
     Args:
         config: every setting of the run.
@@ -120,8 +157,20 @@ def train(
         >>> result = train(cfg, "runs/lite0-head")  # doctest: +SKIP
         >>> result.metrics["accuracy"]  # doctest: +SKIP
     """
+    run = _prepare(config, Path(out), resume)
+    if isinstance(run, TrainResult):  # --resume of a finished run
+        return run
+    _fit(run, on_step)
+    return _finish(run)
+
+
+def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult:
+    """Phase 1: scan/split/decode the data, build and freeze the model, the optimizer and the
+    loss, restore a checkpoint, and compute the frozen prefix once when it can be cached.
+
+    Returns the finished run's result instead when ``resume`` finds one.
+    """
     started = time.perf_counter()
-    out = Path(out)
     get_spec(config.model)  # an unknown model fails now, not after scanning the data
     ddp = init_distributed(config.device)  # a no-op unless started by torchrun
     log = _log if ddp.main else (lambda message: None)
@@ -220,10 +269,6 @@ def train(
         if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
         log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
-    wall_before = state.wall_seconds  # earlier sessions of an interrupted run
-
-    def wall_seconds() -> float:
-        return wall_before + time.perf_counter() - started
 
     # ---- a frozen, deterministic prefix runs once per image instead of once per epoch
     n_frozen = len(freeze.frozen_units)
@@ -295,170 +340,190 @@ def train(
                 },
             },
         )
+    return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
+                net, forward, params, opt, criterion, state, started,
+                state.wall_seconds)  # fmt: skip
 
-    steps = len(train_b)
-    total_steps = steps * config.epochs
+
+def _fit(run: _Run, on_step: Callable[[int, int, nn.Module], None] | None) -> None:
+    """Phase 2: the epochs. Each trains on every batch (resumable mid-epoch), validates on
+    the full validation set, keeps the best weights by validation loss, and checkpoints."""
+    config, state, ddp = run.config, run.state, run.ddp
+    steps = len(run.train_b)
     stop = {"stop": False}
     with graceful_stop(stop):
         while state.epoch < config.epochs:
-            epoch = state.epoch
-            model.train()
-            order = train_b.order(config.seed, epoch, config.class_balance == "sampler")
-            bar = tqdm(
-                total=steps,
-                initial=state.step,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="batch",
-                leave=False,
-                disable=not config.progress or None,
-            )
-            t0 = time.perf_counter()
-            for x, y in train_b.batches(order, start=state.step, part=ddp.shard):
-                lr = lr_at(config, state, epoch * steps + state.step, total_steps, steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                gen = step_generator(config.seed, epoch, state.step)
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
-                x = x.to(device, non_blocking=True).float()  # (B, 1, H, W) in 0..255
-                y = y.to(device, non_blocking=True)
-                if config.augment == "light":
-                    x = light_augment(x, gen)
-                with autocast(device, amp):
-                    logits = forward(x)  # (B, K)
-                loss = criterion(logits.float(), y)
-                if ddp.active:  # DDP averages over ranks: weight by this rank's share
-                    n_global = min(config.batch_size, len(order) - state.step * config.batch_size)
-                    loss_for_grad = loss * (ddp.world * len(y) / n_global)
-                else:
-                    loss_for_grad = loss
-                (nonfinite,) = ddp.any(not bool(torch.isfinite(loss)))
-                if nonfinite:
-                    raise TrainingError(
-                        f"The loss became {loss.item()} at epoch {epoch + 1}, step "
-                        f"{state.step + 1}; stopped. The last good checkpoint is kept in "
-                        f"{out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss_for_grad.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(params, config.grad_clip)
-                opt.step()
-                state.step += 1
-                state.loss_sum += loss.item() * len(y)
-                state.correct += int((logits.argmax(1) == y).sum())
-                state.seen += len(y)
-                bar.update(1)
-                elapsed = state.seconds + time.perf_counter() - t0
-                bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{state.seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
-                if on_step is not None:
-                    on_step(epoch, state.step, model)
-                (stopping_now,) = ddp.any(stop["stop"])
-                if stopping_now:
-                    state.seconds += time.perf_counter() - t0
-                    state.loss_sum, state.correct, state.seen = ddp.sum(
-                        state.loss_sum, state.correct, state.seen
-                    )
-                    if ddp.main:
-                        state.wall_seconds = wall_seconds()
-                        save_checkpoint(out / CHECKPOINT, model, opt, state, config)
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
-                        f"{out}. Continue with the same command plus --resume"
-                    )
-            bar.close()
-            state.seconds += time.perf_counter() - t0
+            lr = _train_epoch(run, steps, stop, on_step)
+            _end_epoch(run, lr)
+            ddp.barrier()
 
+
+def _train_epoch(
+    run: _Run,
+    steps: int,
+    stop: dict[str, bool],
+    on_step: Callable[[int, int, nn.Module], None] | None,
+) -> float:
+    """One epoch of optimisation steps from ``state.step`` on; returns the last lr."""
+    config, state, ddp = run.config, run.state, run.ddp
+    epoch, device = state.epoch, run.device
+    total_steps = steps * config.epochs
+    run.model.train()
+    order = run.train_b.order(config.seed, epoch, config.class_balance == "sampler")
+    bar = tqdm(
+        total=steps,
+        initial=state.step,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not config.progress or None,
+    )
+    t0 = time.perf_counter()
+    # the last step's rate, for a session resumed after the epoch's final step
+    lr = lr_at(config, state, epoch * steps + max(state.step - 1, 0), total_steps, steps)
+    for x, y in run.train_b.batches(order, start=state.step, part=ddp.shard):
+        lr = lr_at(config, state, epoch * steps + state.step, total_steps, steps)
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+        gen = step_generator(config.seed, epoch, state.step)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
+        x = x.to(device, non_blocking=True).float()  # (B, 1, H, W) in 0..255
+        y = y.to(device, non_blocking=True)
+        if config.augment == "light":
+            x = light_augment(x, gen)
+        with autocast(device, run.amp):
+            logits = run.forward(x)  # (B, K)
+        loss = run.criterion(logits.float(), y)
+        if ddp.active:  # DDP averages over ranks: weight by this rank's share
+            n_global = min(config.batch_size, len(order) - state.step * config.batch_size)
+            loss_for_grad = loss * (ddp.world * len(y) / n_global)
+        else:
+            loss_for_grad = loss
+        (nonfinite,) = ddp.any(not bool(torch.isfinite(loss)))
+        if nonfinite:
+            raise TrainingError(
+                f"The loss became {loss.item()} at epoch {epoch + 1}, step "
+                f"{state.step + 1}; stopped. The last good checkpoint is kept in "
+                f"{run.out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
+            )
+        run.opt.zero_grad(set_to_none=True)
+        loss_for_grad.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+        run.opt.step()
+        state.step += 1
+        state.loss_sum += loss.item() * len(y)
+        state.correct += int((logits.argmax(1) == y).sum())
+        state.seen += len(y)
+        bar.update(1)
+        elapsed = state.seconds + time.perf_counter() - t0
+        bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", lr=f"{lr:.2e}",
+                        img_s=f"{state.seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
+        if on_step is not None:
+            on_step(epoch, state.step, run.model)
+        (stopping_now,) = ddp.any(stop["stop"])
+        if stopping_now:
+            state.seconds += time.perf_counter() - t0
             state.loss_sum, state.correct, state.seen = ddp.sum(
                 state.loss_sum, state.correct, state.seen
             )
-            val_loss, val_acc = 0.0, 0.0
-            if ddp.main:  # the full validation set, once
-                probs, yv, val_loss = predict_batches(net, val_b, device, amp)
-                val_acc = float((probs.argmax(1) == yv).mean())
-            val_loss, val_acc = ddp.broadcast((val_loss, val_acc))
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": state.loss_sum / state.seen,
-                "train_acc": state.correct / state.seen,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": lr,
-                "seconds": state.seconds,
-                "images_per_s": state.seen / max(state.seconds, 1e-9),
-            }
-            assert state.history is not None
-            state.history.append(row)
             if ddp.main:
-                _write_history(out / "history.csv", state.history)
-            improved = val_loss < state.best_val_loss - 1e-6
-            if improved:
-                state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
-            if improved and ddp.main:
-                save_model(
-                    out,
-                    model,
-                    build_card(
-                        config,
-                        data,
-                        model,
-                        freeze,
-                        state.best_epoch,
-                        state.best_val_loss,
-                        device,
-                        amp,
-                    ),
-                )
-            elif not improved:
-                state.bad_epochs += 1
-                if config.scheduler == "plateau" and state.bad_epochs % 2 == 0:
-                    state.lr_scale *= 0.1
-            log(
-                f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.3f}  val loss {val_loss:.4f} acc {val_acc:.3f}  "
-                f"lr {lr:.1e}  {state.seconds:.1f}s  {row['images_per_s']:.0f} img/s"
-                f"{'  *best' if improved else ''}"
+                state.wall_seconds = run.wall_seconds()
+                save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, config)
+            bar.close()
+            raise TrainingInterrupted(
+                f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
+                f"{run.out}. Continue with the same command plus --resume"
             )
-            state.epoch, state.step = epoch + 1, 0
-            state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
-            stopping = config.early_stopping and state.bad_epochs >= config.early_stopping
-            if stopping:
-                state.epoch = config.epochs
-                log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
-            if ddp.main:
-                state.wall_seconds = wall_seconds()
-                save_checkpoint(out / CHECKPOINT, model, opt, state, config)
-            ddp.barrier()
+    bar.close()
+    state.seconds += time.perf_counter() - t0
+    return lr
 
-    # ---- test the best model (rank 0, the whole test set, once)
+
+def _end_epoch(run: _Run, lr: float) -> None:
+    """Validate, record the epoch, keep the best model, adjust the schedule, checkpoint."""
+    config, state, ddp, out = run.config, run.state, run.ddp, run.out
+    epoch = state.epoch
+    state.loss_sum, state.correct, state.seen = ddp.sum(state.loss_sum, state.correct, state.seen)
+    val_loss, val_acc = 0.0, 0.0
+    if ddp.main:  # the full validation set, once
+        probs, yv, val_loss = predict_batches(run.net, run.val_b, run.device, run.amp)
+        val_acc = float((probs.argmax(1) == yv).mean())
+    val_loss, val_acc = ddp.broadcast((val_loss, val_acc))
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": state.loss_sum / state.seen,
+        "train_acc": state.correct / state.seen,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": lr,
+        "seconds": state.seconds,
+        "images_per_s": state.seen / max(state.seconds, 1e-9),
+    }
+    assert state.history is not None
+    state.history.append(row)
+    if ddp.main:
+        _write_history(out / "history.csv", state.history)
+    improved = val_loss < state.best_val_loss - 1e-6
+    if improved:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+    if improved and ddp.main:
+        card = build_card(config, run.data, run.model, run.freeze, state.best_epoch,
+                          state.best_val_loss, run.device, run.amp)  # fmt: skip
+        save_model(out, run.model, card)
+    elif not improved:
+        state.bad_epochs += 1
+        if config.scheduler == "plateau" and state.bad_epochs % 2 == 0:
+            state.lr_scale *= 0.1
+    run.log(
+        f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.3f}  val loss {val_loss:.4f} acc {val_acc:.3f}  "
+        f"lr {lr:.1e}  {state.seconds:.1f}s  {row['images_per_s']:.0f} img/s"
+        f"{'  *best' if improved else ''}"
+    )
+    state.epoch, state.step = epoch + 1, 0
+    state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
+    if config.early_stopping and state.bad_epochs >= config.early_stopping:
+        state.epoch = config.epochs
+        run.log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
+    if ddp.main:
+        state.wall_seconds = run.wall_seconds()
+        save_checkpoint(out / CHECKPOINT, run.model, run.opt, state, config)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Phase 3: test the best saved model (rank 0, the whole test set, once), write the
+    metrics, predictions, card and figures, and remove the checkpoint."""
+    config, state, ddp, out, data = run.config, run.state, run.ddp, run.out, run.data
     if not ddp.main:
         ddp.barrier()
         ddp.close()
         return _finished(out, quiet=True)
     best, card = load_run_model(out)
-    best.to(device)
+    best.to(run.device)
     probs, yt, test_loss = predict_batches(
-        best, test_b, device, amp, desc="Testing", progress=config.progress
+        best, run.test_b, run.device, run.amp, desc="Testing", progress=config.progress
     )
     metrics = classification_metrics(yt, probs, data.classes)
-    test_paths = [data.split.records[i].path for i in test_b.indices]
+    test_paths = [data.split.records[i].path for i in run.test_b.indices]
     write_predictions(out / "predictions.csv", test_paths, yt, probs, data.classes)
+    history = state.history or []
     metrics.update(
         {
             "split": "test",
             "loss": test_loss,
             "best_epoch": state.best_epoch,
-            "epochs_run": len(state.history or []),
-            "train_seconds": sum(h["seconds"] for h in state.history or []),
-            "wall_seconds": wall_seconds(),  # data, features, training, testing; all sessions
+            "epochs_run": len(history),
+            "train_seconds": sum(h["seconds"] for h in history),
+            "wall_seconds": run.wall_seconds(),  # data, features, training, testing; all sessions
         }
     )
     card["training"]["test_accuracy"] = metrics["accuracy"]
     save_model(out, best, card)
     write_json(out / "metrics.json", metrics)
-    title = f"{config.model}, {weights_source.split(' ')[0]}, freeze={config.freeze}"
-    plot_loss(state.history or [], out / "loss.png", title=f"Loss: {title}")
+    weights = run.model.weights_source.split(" ")[0]  # type: ignore[attr-defined]
+    title = f"{config.model}, {weights}, freeze={config.freeze}"
+    plot_loss(history, out / "loss.png", title=f"Loss: {title}")
     plot_confusion_matrix(
         metrics["confusion_matrix"],
         data.classes,
@@ -466,14 +531,14 @@ def train(
         title=f"{title}\ntest accuracy {metrics['accuracy']:.3f}",
     )
     (out / CHECKPOINT).unlink(missing_ok=True)
-    log(
+    run.log(
         f"test: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}"
         f"  macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['auroc'] or float('nan'):.4f}"
         f"  ECE {metrics['ece']:.4f}  -> {out}"
     )
     ddp.barrier()
     ddp.close()
-    return TrainResult(out, metrics, state.history or [], card)
+    return TrainResult(out, metrics, history, card)
 
 
 def _finished(out: Path, quiet: bool = False) -> TrainResult:
