@@ -138,6 +138,8 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
                              "shape": ["N", 1, 32, 32]}  # fmt: skip
     assert meta["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["parity"]["max_abs_diff"] <= 1e-4
+    card = json.loads((run / "model_card.json").read_text())
+    assert meta["calibration"]["temperature"] == card["calibration"]["temperature"]
     if fmt == "onnx":
         capsys.readouterr()
         assert (
@@ -151,3 +153,25 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
             assert onnx_probs[path] == pytest.approx(torch_probs[path], abs=1e-4)
     with pytest.raises(CxrlabError, match="--format"):
         export_model(run, "tflite", tmp_path / "x")
+
+
+def test_runs_are_calibrated_on_validation(run: Path, inputs: Path) -> None:
+    """Temperature scaling: fitted on the validation split, never worse there, stored in the
+    card and applied by the predictor without changing a predicted class."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0
+    assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    assert cal["test_ece_before"] == pytest.approx(metrics["ece"])
+    assert (run / "reliability.png").is_file()
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["calibration"]["temperature"] == cal["temperature"]
+    predictor = load(run, device="cpu")
+    pixels = np.stack([predictor.to_pixels(p) for p in sorted((inputs).glob("a*.png"))])
+    calibrated = predictor.predict_pixels(pixels)
+    predictor.temperature = 1.0
+    raw = predictor.predict_pixels(pixels)
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    logits = np.log(raw)
+    expected = np.exp(logits / cal["temperature"])
+    assert calibrated == pytest.approx(expected / expected.sum(1, keepdims=True), abs=1e-5)

@@ -43,3 +43,21 @@ def test_absent_class_gives_none_auroc_not_a_crash() -> None:
     assert m["auroc"] == 1.0
     with pytest.raises(ValueError, match="shape"):
         classification_metrics(y, probs[:, :2], CLASSES)
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_every_class() -> None:
+    from scipy.special import softmax
+
+    from cxrlab.evaluation.calibration import apply_temperature, fit_temperature, nll
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (2000, 4))
+    y = np.array([rng.choice(4, p=p) for p in softmax(logits, axis=1)])  # calibrated at T=1
+    overconfident = softmax(3 * logits, axis=1)  # the same model, three times too sure
+    t = fit_temperature(overconfident[:1000], y[:1000])  # fitted on a "validation" half
+    assert t == pytest.approx(3.0, rel=0.15)
+    after = apply_temperature(overconfident, t)
+    assert nll(after[:1000], y[:1000]) < nll(overconfident[:1000], y[:1000])
+    assert nll(after[1000:], y[1000:]) < nll(overconfident[1000:], y[1000:])  # and held out
+    assert (after.argmax(1) == overconfident.argmax(1)).all()  # no prediction changes
+    assert fit_temperature(softmax(logits, axis=1), y) == pytest.approx(1.0, rel=0.15)

@@ -49,6 +49,10 @@ class TrainConfig:
         label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
         augment (``none``/``light``: small affine, brightness/contrast; no flips),
         early_stopping (patience in epochs on validation loss, 0 = off).
+    Evaluation:
+        calibrate: fit a temperature on the validation split after training (temperature
+            scaling); stored in the model card, used by ``predict`` and ``export``, reported
+            beside the uncalibrated test metrics. It never changes a predicted class.
     Speed:
         feature_cache: ``auto`` computes a frozen, deterministic prefix of the network once
             per image and trains the rest on the stored output; ``off`` always runs the
@@ -97,6 +101,7 @@ class TrainConfig:
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
     augment: Literal["none", "light"] = "none"
     early_stopping: int = 0
+    calibrate: bool = True
     feature_cache: Literal["auto", "off"] = "auto"
     feature_dtype: Literal["float32", "float16"] = "float32"
     preload: Literal["auto", "on", "off"] = "auto"

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from ..data import PreparedData, prepare_data
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..evaluation import classification_metrics, plot_confusion_matrix, plot_loss
+from ..evaluation import (
+    classification_metrics,
+    expected_calibration_error,
+    plot_confusion_matrix,
+    plot_loss,
+)
+from ..evaluation.calibration import apply_temperature, fit_temperature, nll, plot_reliability
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec
 from ..utils import atomic_write_text, write_json
@@ -505,6 +511,8 @@ def _finish(run: _Run) -> TrainResult:
         best, run.test_b, run.device, run.amp, desc="Testing", progress=config.progress
     )
     metrics = classification_metrics(yt, probs, data.classes)
+    if config.calibrate:
+        card["calibration"] = metrics["calibration"] = _calibrate(run, best, probs, yt)
     test_paths = [data.split.records[i].path for i in run.test_b.indices]
     write_predictions(out / "predictions.csv", test_paths, yt, probs, data.classes)
     history = state.history or []
@@ -539,6 +547,28 @@ def _finish(run: _Run) -> TrainResult:
     ddp.barrier()
     ddp.close()
     return TrainResult(out, metrics, history, card)
+
+
+def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarray) -> dict:
+    """Temperature scaling fitted on the validation images through the full saved model;
+    writes the reliability diagram of the test split before and after."""
+    config, data = run.config, run.data
+    labels = np.asarray(data.split.labels(), dtype=np.int64)
+    val = ImageBatches(data.images.array, data.split.indices("val"), labels, config.batch_size)
+    pv, yv, _ = predict_batches(best, val, run.device, run.amp)
+    t = fit_temperature(pv, yv)
+    calibrated = apply_temperature(test_probs, t)
+    plot_reliability(test_probs, calibrated, yt, run.out / "reliability.png", t)
+    return {
+        "temperature": t,
+        "fitted_on": "val",
+        "val_nll_before": nll(pv, yv),
+        "val_nll_after": nll(apply_temperature(pv, t), yv),
+        "test_nll_before": nll(test_probs, yt),
+        "test_nll_after": nll(calibrated, yt),
+        "test_ece_before": expected_calibration_error(test_probs, yt),
+        "test_ece_after": expected_calibration_error(calibrated, yt),
+    }
 
 
 def _finished(out: Path, quiet: bool = False) -> TrainResult:

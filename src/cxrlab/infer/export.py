@@ -22,12 +22,16 @@ TOLERANCE = 1e-4
 
 
 class _WithSoftmax(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    """The model's probabilities, with the run's calibration temperature applied."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image).float().softmax(dim=1)  # (B, K) probabilities
+        logits = self.model(image).float() / self.temperature
+        return logits.softmax(dim=1)  # (B, K) probabilities
 
 
 def _check_images(size: int, n: int = 8) -> np.ndarray:
@@ -53,7 +57,8 @@ def export_model(
     if fmt not in FORMATS:
         raise CxrlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model, card = load_run_model(run_dir)
-    model = _WithSoftmax(model.cpu()).eval()
+    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    model = _WithSoftmax(model.cpu(), temperature).eval()
     size = int(card["preprocessing"]["image_size"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,8 @@ def export_model(
                    "dtype": "float32"},
         "normalisation": {"channel_mode": pre["channel_mode"], "mean": pre["mean"],
                           "std": pre["std"], "formula": "(x / 255 - mean) / std per channel"},
+        "calibration": {"temperature": temperature,
+                        "note": "applied inside the exported model (logits / T)"},
         "parity": {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE},
         "source_run": str(Path(run_dir).resolve()),
     }  # fmt: skip

@@ -1,9 +1,10 @@
 """Using a trained model: a predictor for a run folder or an exported ONNX file.
 
-Images are preprocessed exactly as in training, from the model card: decoded safely to 8-bit
-grayscale with the full intensity range (:func:`cxrlab.data.load_gray8`), resized with the
-data layer's resize, and fed to the model as ``(B, 1, H, W)`` uint8. Normalisation lives
-inside the model.
+Probabilities include the run's calibration temperature (fitted on its validation split;
+an exported model carries it inside). Images are preprocessed exactly as in training, from
+the model card: decoded safely to 8-bit grayscale with the full intensity range
+(:func:`cxrlab.data.load_gray8`), resized with the data layer's resize, and fed to the model
+as ``(B, 1, H, W)`` uint8. Normalisation lives inside the model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Predictor:
             self.model.to(self.device).eval()
             self.classes: list[str] = list(self.card["classes"])
             self.image_size = int(self.card["preprocessing"]["image_size"])
+            # temperature scaling fitted on the run's validation split (1: none)
+            self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
 
     def _init_onnx(self) -> None:
         meta_path = self.source.with_suffix(".json")
@@ -104,7 +107,7 @@ class Predictor:
         assert self.model is not None
         with torch.no_grad():
             logits = self.model(torch.from_numpy(x).to(self.device))
-        return logits.float().softmax(dim=1).cpu().numpy()
+        return (logits.float() / self.temperature).softmax(dim=1).cpu().numpy()
 
     def predict(self, image: ImageLike) -> dict[str, float]:
         """Probability of every class for one image (path, PIL image or array)."""
