@@ -311,3 +311,32 @@ def test_preloaded_batches_equal_memory_mapped_ones(phantoms: Path, tmp_path: Pa
     a = train(tiny(phantoms, epochs=1, preload="on"), tmp_path / "on")
     b = train(tiny(phantoms, epochs=1, preload="off"), tmp_path / "off")
     assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("freeze", ["none", "0.5"])
+def test_weight_average_resumes_exactly_and_is_what_is_kept(phantoms: Path, tmp_path: Path,
+                                                            freeze: str) -> None:  # fmt: skip
+    """--ema: validation and the kept weights use the moving average, and a resumed run
+    (the average restored from the checkpoint) ends exactly like an uninterrupted one."""
+    cfg = tiny(phantoms, freeze=freeze, epochs=2, ema=0.9)
+    full = train(cfg, tmp_path / "full")
+    plain = train(cfg.replace(ema=0.0), tmp_path / "plain")
+    assert full.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"])
+    assert full.history[0]["val_loss"] != pytest.approx(plain.history[0]["val_loss"])
+
+    def kill(epoch: int, step: int, model) -> None:
+        if (epoch, step) == (1, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path / "cut", on_step=kill)
+    resumed = train(cfg, tmp_path / "cut", resume=True)
+    assert resumed.metrics["accuracy"] == full.metrics["accuracy"]
+    for a, b in zip(full.history, resumed.history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    m1, _ = load_run_model(tmp_path / "full")
+    m2, _ = load_run_model(tmp_path / "cut")
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    with pytest.raises(ConfigError, match="ema"):
+        TrainConfig(ema=1.0)

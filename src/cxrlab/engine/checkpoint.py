@@ -83,24 +83,35 @@ def graceful_stop(flag: dict[str, bool]) -> Iterator[None]:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: RunState, cfg: TrainConfig
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    state: RunState,
+    cfg: TrainConfig,
+    ema: nn.Module | None = None,
 ) -> None:
-    """Write the model, optimizer, run state and config to ``path`` atomically."""
+    """Write the model, optimizer, run state, config (and weight average) atomically."""
     payload = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "state": dict(state.__dict__),
         "config": cfg.to_dict(),
     }
+    if ema is not None:
+        payload["ema"] = ema.state_dict()
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    ema: nn.Module | None = None,
 ) -> RunState:
-    """Restore ``model`` and ``opt`` from ``path`` and return the run state.
+    """Restore ``model``, ``opt`` (and ``ema``) from ``path`` and return the run state.
 
     Raises:
         CheckpointError: unreadable file, other settings than ``cfg``, or another model.
@@ -127,6 +138,8 @@ def load_checkpoint(
             f"The checkpoint in {path.parent} does not fit this model: {str(e).splitlines()[0]}"
         ) from e
     opt.load_state_dict(payload["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(payload["ema"])
     return RunState(**payload["state"])
 
 

@@ -48,7 +48,9 @@ class TrainConfig:
         scheduler (``none``/``cosine``/``plateau``), warmup_epochs, grad_clip (0 = off),
         label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
         augment (``none``/``light``: small affine, brightness/contrast; no flips),
-        early_stopping (patience in epochs on validation loss, 0 = off).
+        early_stopping (patience in epochs on validation loss, 0 = off),
+        ema (decay of an exponential moving average of the weights per step, e.g. 0.998;
+        validation, the kept checkpoint and the test use the averaged weights; 0 = off).
     Evaluation:
         calibrate: fit a temperature on the validation split after training (temperature
             scaling); stored in the model card, used by ``predict`` and ``export``, reported
@@ -101,6 +103,7 @@ class TrainConfig:
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
     augment: Literal["none", "light"] = "none"
     early_stopping: int = 0
+    ema: float = 0.0
     calibrate: bool = True
     feature_cache: Literal["auto", "off"] = "auto"
     feature_dtype: Literal["float32", "float16"] = "float32"
@@ -126,6 +129,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.early_stopping >= 0, "early_stopping must be >= 0 (0 = off)"),
+            (0 <= self.ema < 1, "ema must be in [0, 1) (a decay such as 0.998; 0 = off)"),
             (self.image_size >= 32, "image_size must be at least 32"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.freeze_bn in BN_MODES, f"freeze_bn must be one of {BN_MODES}"),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data import PreparedData, prepare_data
@@ -120,6 +121,8 @@ class _Run:
     freeze: FreezeReport
     net: nn.Module  # the model, or only its trainable rest on cached frozen features
     forward: nn.Module  # ``net`` as called in training (DDP- and compile-wrapped)
+    ema: AveragedModel | None  # the moving average of the weights (--ema), or None
+    eval_net: nn.Module  # what validation runs: ``net``, or the same over the averaged weights
     params: list[nn.Parameter]
     opt: torch.optim.Optimizer
     criterion: nn.Module
@@ -129,6 +132,11 @@ class _Run:
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
+
+    @property
+    def kept_model(self) -> CxrClassifier:
+        """The weights a checkpoint of the best epoch keeps: the average, when there is one."""
+        return self.model if self.ema is None else self.ema.module  # type: ignore[return-value]
 
 
 def train(
@@ -269,9 +277,12 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
+    ema = None
+    if config.ema:  # BatchNorm statistics are averaged too
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     state = RunState(history=[])
     if resume and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, model, opt, config)
+        state = load_checkpoint(out / CHECKPOINT, model, opt, config, ema)
         if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
         log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
@@ -315,6 +326,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         )
     elif n_frozen:
         log(f"Frozen-feature cache not used: {why}")
+    eval_net = net  # validation runs the averaged weights when there are some
+    if ema is not None:
+        eval_net = TrainableRest(ema.module, n_frozen) if cached else ema.module  # type: ignore[arg-type]
     if _should_preload(config.preload, device, train_b, val_b):
         for b in (train_b, val_b):
             b.preload(device)
@@ -347,7 +361,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
             },
         )
     return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
-                net, forward, params, opt, criterion, state, started,
+                net, forward, ema, eval_net, params, opt, criterion, state, started,
                 state.wall_seconds)  # fmt: skip
 
 
@@ -417,6 +431,8 @@ def _train_epoch(
         if config.grad_clip:
             nn.utils.clip_grad_norm_(run.params, config.grad_clip)
         run.opt.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         state.step += 1
         state.loss_sum += loss.item() * len(y)
         state.correct += int((logits.argmax(1) == y).sum())
@@ -435,7 +451,7 @@ def _train_epoch(
             )
             if ddp.main:
                 state.wall_seconds = run.wall_seconds()
-                save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, config)
+                save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, config, run.ema)
             bar.close()
             raise TrainingInterrupted(
                 f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
@@ -453,7 +469,7 @@ def _end_epoch(run: _Run, lr: float) -> None:
     state.loss_sum, state.correct, state.seen = ddp.sum(state.loss_sum, state.correct, state.seen)
     val_loss, val_acc = 0.0, 0.0
     if ddp.main:  # the full validation set, once
-        probs, yv, val_loss = predict_batches(run.net, run.val_b, run.device, run.amp)
+        probs, yv, val_loss = predict_batches(run.eval_net, run.val_b, run.device, run.amp)
         val_acc = float((probs.argmax(1) == yv).mean())
     val_loss, val_acc = ddp.broadcast((val_loss, val_acc))
     row = {
@@ -474,9 +490,9 @@ def _end_epoch(run: _Run, lr: float) -> None:
     if improved:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
     if improved and ddp.main:
-        card = build_card(config, run.data, run.model, run.freeze, state.best_epoch,
+        card = build_card(config, run.data, run.kept_model, run.freeze, state.best_epoch,
                           state.best_val_loss, run.device, run.amp)  # fmt: skip
-        save_model(out, run.model, card)
+        save_model(out, run.kept_model, card)
     elif not improved:
         state.bad_epochs += 1
         if config.scheduler == "plateau" and state.bad_epochs % 2 == 0:
@@ -494,7 +510,7 @@ def _end_epoch(run: _Run, lr: float) -> None:
         run.log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
     if ddp.main:
         state.wall_seconds = run.wall_seconds()
-        save_checkpoint(out / CHECKPOINT, run.model, run.opt, state, config)
+        save_checkpoint(out / CHECKPOINT, run.model, run.opt, state, config, run.ema)
 
 
 def _finish(run: _Run) -> TrainResult:
