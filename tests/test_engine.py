@@ -340,3 +340,20 @@ def test_weight_average_resumes_exactly_and_is_what_is_kept(phantoms: Path, tmp_
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     with pytest.raises(ConfigError, match="ema"):
         TrainConfig(ema=1.0)
+
+
+def test_xray_augmentation_and_test_time_views(phantoms: Path, tmp_path: Path) -> None:
+    from cxrlab.engine.batches import augment_batch, tta_views
+
+    x = torch.zeros(6, 1, 32, 32)
+    x[..., :16] = 200.0  # bright left half
+    out = augment_batch(x, torch.Generator().manual_seed(0), "xray")
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+    assert (out[..., :12].mean((1, 2, 3)) > out[..., 20:].mean((1, 2, 3))).all()  # no flips
+    views = tta_views(x)
+    assert len(views) == 5 and torch.equal(views[0], x)
+    # a run tested with TTA: evaluate reproduces its test numbers, as it does without
+    run = train(tiny(phantoms, epochs=1, tta=True, augment="xray"), tmp_path / "run")
+    again = evaluate_run(tmp_path / "run", progress=False)
+    assert again["accuracy"] == run.metrics["accuracy"]
+    assert again["nll"] == pytest.approx(run.metrics["nll"], abs=1e-5)

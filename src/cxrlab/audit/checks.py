@@ -43,12 +43,13 @@ def predict(
     device: torch.device,
     amp: torch.dtype | None,
     batch_size: int = 64,
+    tta: bool = False,
 ) -> np.ndarray:
-    """``(N, K)`` probabilities for ``(N, H, W)`` uint8 images."""
+    """``(N, K)`` probabilities for ``(N, H, W)`` uint8 images (``tta``: as the run tests)."""
     batches = ImageBatches(
         images, list(range(len(images))), np.zeros(len(images), np.int64), batch_size
     )
-    probs, _, _ = predict_batches(model, batches, device, amp)
+    probs, _, _ = predict_batches(model, batches, device, amp, tta=tta)
     return probs
 
 
@@ -83,6 +84,7 @@ def lungs_removed(
     *,
     seeds: Sequence[int] | None = None,
     batch_size: int = 64,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """The model's scores on the same images with the lungs hidden, or all but the lungs.
 
@@ -98,7 +100,7 @@ def lungs_removed(
         (1 = nothing lost, 0 = chance), with a bootstrap interval paired on images.
     """
     chance = chance_accuracy(y)
-    base_pred = predict(model, images, device, amp, batch_size).argmax(1)
+    base_pred = predict(model, images, device, amp, batch_size, tta).argmax(1)
     out: dict[str, Any] = {
         "n": len(y),
         "chance": chance,
@@ -107,7 +109,7 @@ def lungs_removed(
     }
     for name, (mode, fill) in LUNG_VARIANTS.items():
         hidden = apply_lung_mask(images, masks, mode, fill, seeds)
-        pred = predict(model, hidden, device, amp, batch_size).argmax(1)
+        pred = predict(model, hidden, device, amp, batch_size, tta).argmax(1)
         scores = _scores(y, pred)
 
         def retained(idx: np.ndarray, pred: np.ndarray = pred) -> float:

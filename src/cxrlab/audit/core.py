@@ -30,6 +30,7 @@ import numpy as np
 from ..data import decoded_masks, prepare_data
 from ..data.dedup import near_duplicates, signatures
 from ..engine import load_run_model
+from ..engine.evaluate import run_tta
 from ..engine.runtime import resolve_device, run_precision
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
@@ -187,7 +188,8 @@ def run_audit(
     y_all = np.array(
         [classes.index(matching[r.label]) if matching[r.label] else -1 for r in records]
     )
-    probs = predict(model, images[rows], dev, amp, batch_size)
+    tta = run_tta(card)
+    probs = predict(model, images[rows], dev, amp, batch_size, tta)
     y = y_all[scored]
     normal = classification_metrics(y, probs[scored], classes)
     report["normal"] = {

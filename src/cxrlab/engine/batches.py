@@ -14,7 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageBatches", "light_augment", "step_generator"]
+__all__ = [
+    "AUGMENTS",
+    "ImageBatches",
+    "augment_batch",
+    "light_augment",
+    "step_generator",
+    "tta_views",
+]
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -116,29 +123,68 @@ class ImageBatches:
             yield (x.unsqueeze(1) if self.add_channel else x), y
 
 
-def light_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Small, X-ray-safe perturbations of a batch, on whatever device ``x`` is on.
+#: Augmentation strengths: rotation (degrees), scale, shift (fraction of the side), brightness
+#: and contrast (fractions), gamma (the exponent's range, as a log factor; 0 = none).
+AUGMENTS = {
+    "light": {"rotate": 7, "scale": 0.05, "shift": 0.04, "brightness": 0.1, "contrast": 0.1,
+              "gamma": 0.0},
+    "xray": {"rotate": 10, "scale": 0.1, "shift": 0.06, "brightness": 0.1, "contrast": 0.15,
+             "gamma": 0.25},
+}  # fmt: skip
 
-    Per image: rotation within ±7°, scale 0.95-1.05, shift within ±4 %, brightness and
-    contrast within ±10 %. No flips: left and right are anatomically meaningful (the heart,
-    the "L"/"R" markers).
 
-    Args:
-        x: ``(B, 1, H, W)`` float in 0..255.
-        generator: a CPU generator (so results do not depend on the device).
-    """
-    b = x.shape[0]
-    r = torch.rand(b, 6, generator=generator).to(x.device, x.dtype)  # (B, 6) in [0, 1)
-    angle = (r[:, 0] * 2 - 1) * math.radians(7)
-    scale = 1 + (r[:, 1] * 2 - 1) * 0.05
-    tx, ty = (r[:, 2] * 2 - 1) * 0.04, (r[:, 3] * 2 - 1) * 0.04
+def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor,
+            ty: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Rotate, scale and shift each image of ``x`` (border pixels fill the edges)."""
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
     )  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    brightness = ((r[:, 4] * 2 - 1) * 0.1 * 255).view(b, 1, 1, 1)
-    contrast = (1 + (r[:, 5] * 2 - 1) * 0.1).view(b, 1, 1, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str = "light") -> torch.Tensor:
+    """Small, X-ray-safe perturbations of a batch, on whatever device ``x`` is on.
+
+    ``light``: per image, rotation within ±7°, scale 0.95-1.05, shift within ±4 %,
+    brightness and contrast within ±10 %. ``xray``: rotation ±10°, scale 0.9-1.1, shift
+    ±6 %, contrast ±15 % and a gamma between 0.78 and 1.28 (exposure and processing curves
+    differ between hospitals and detectors). Never flips: left and right are anatomically
+    meaningful (the heart, situs, the "L"/"R" markers), so a flipped X-ray is not a
+    plausible X-ray of the same class.
+
+    Args:
+        x: ``(B, 1, H, W)`` float in 0..255.
+        generator: a CPU generator (so results do not depend on the device).
+    """
+    p = AUGMENTS[kind]
+    b = x.shape[0]
+    r = torch.rand(b, 6, generator=generator).to(x.device, x.dtype)  # (B, 6) in [0, 1)
+    sym = r * 2 - 1  # in [-1, 1)
+    x = _affine(x, sym[:, 0] * math.radians(p["rotate"]), 1 + sym[:, 1] * p["scale"],
+                sym[:, 2] * p["shift"], sym[:, 3] * p["shift"])  # fmt: skip
+    brightness = (sym[:, 4] * p["brightness"] * 255).view(b, 1, 1, 1)
+    contrast = (1 + sym[:, 5] * p["contrast"]).view(b, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean + brightness).clamp(0, 255)
+    x = ((x - mean) * contrast + mean + brightness).clamp(0, 255)
+    if p["gamma"]:
+        g = torch.rand(b, generator=generator).to(x.device, x.dtype) * 2 - 1
+        x = 255 * (x / 255) ** torch.exp(g * p["gamma"]).view(b, 1, 1, 1)
+    return x
+
+
+def light_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """:func:`augment_batch` with the ``light`` strengths (kept for existing callers)."""
+    return augment_batch(x, generator, "light")
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time views of a ``(B, 1, H, W)`` float batch: the image, zoomed in and out by
+    5 %, and shifted 3 % left and right. No flips (see :func:`augment_batch`)."""
+    b = x.shape[0]
+    zero, one = x.new_zeros(b), x.new_ones(b)
+    views = [x]
+    for scale, tx in ((1.05, 0.0), (0.95, 0.0), (1.0, 0.03), (1.0, -0.03)):
+        views.append(_affine(x, zero, one * scale, one * tx, zero))
+    return views

@@ -47,7 +47,8 @@ class TrainConfig:
         epochs, batch_size, lr, optimizer, weight_decay, momentum (SGD only),
         scheduler (``none``/``cosine``/``plateau``), warmup_epochs, grad_clip (0 = off),
         label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
-        augment (``none``/``light``: small affine, brightness/contrast; no flips),
+        augment (``none``; ``light``: small affine, brightness/contrast; ``xray``: larger
+        affine, contrast and gamma; never flips),
         early_stopping (patience in epochs on validation loss, 0 = off),
         ema (decay of an exponential moving average of the weights per step, e.g. 0.998;
         validation, the kept checkpoint and the test use the averaged weights; 0 = off).
@@ -55,6 +56,10 @@ class TrainConfig:
         calibrate: fit a temperature on the validation split after training (temperature
             scaling); stored in the model card, used by ``predict`` and ``export``, reported
             beside the uncalibrated test metrics. It never changes a predicted class.
+        tta: test-time augmentation: the test, the calibration fit, ``evaluate`` and
+            ``predict`` average the probabilities of five views (the image, zoomed 5 % in
+            and out, shifted 3 % left and right; no flips). Validation during training does
+            not use it.
     Speed:
         feature_cache: ``auto`` computes a frozen, deterministic prefix of the network once
             per image and trains the rest on the stored output; ``off`` always runs the
@@ -101,10 +106,11 @@ class TrainConfig:
     grad_clip: float = 0.0
     label_smoothing: float = 0.0
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
-    augment: Literal["none", "light"] = "none"
+    augment: Literal["none", "light", "xray"] = "none"
     early_stopping: int = 0
     ema: float = 0.0
     calibrate: bool = True
+    tta: bool = False
     feature_cache: Literal["auto", "off"] = "auto"
     feature_dtype: Literal["float32", "float16"] = "float32"
     preload: Literal["auto", "on", "off"] = "auto"

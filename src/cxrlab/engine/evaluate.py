@@ -15,11 +15,11 @@ from ..data import prepare_data
 from ..errors import CheckpointError
 from ..evaluation import classification_metrics
 from ..utils import write_json
-from .batches import ImageBatches
+from .batches import ImageBatches, tta_views
 from .rundir import load_run_model
 from .runtime import autocast, resolve_device, run_precision
 
-__all__ = ["evaluate_run", "predict_batches", "write_predictions"]
+__all__ = ["evaluate_run", "predict_batches", "run_tta", "write_predictions"]
 
 
 @torch.no_grad()
@@ -31,8 +31,12 @@ def predict_batches(
     *,
     desc: str = "",
     progress: bool = False,
+    tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities for every image of ``batches`` (in subset order).
+
+    With ``tta`` the probabilities of :func:`~cxrlab.engine.batches.tta_views` are averaged
+    (images only, not cached features).
 
     Returns:
         ``(probs, y_true, mean_loss)``: ``probs`` is ``(N, K)`` float32, ``y_true`` ``(N,)``,
@@ -50,15 +54,27 @@ def predict_batches(
         unit="batch",
     ):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        probs.append(logits.softmax(dim=1).cpu())
+        if tta:  # the average probability of the views
+            with autocast(device, amp_dtype):
+                views = [model(v).float() for v in tta_views(x.float())]
+            p = torch.stack([v.softmax(dim=1) for v in views]).mean(0)  # (B, K)
+            loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
+        else:
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            p = logits.softmax(dim=1)
+        probs.append(p.cpu())
         ys.append(y.cpu())
     model.train(was_training)
     n = max(1, len(batches.indices))
     return torch.cat(probs).numpy(), torch.cat(ys).numpy(), loss_sum / n
+
+
+def run_tta(card: dict[str, Any]) -> bool:
+    """Whether a run's model is evaluated with test-time augmentation (its ``--tta``)."""
+    return bool(card.get("training", {}).get("config", {}).get("tta", False))
 
 
 def write_predictions(
@@ -159,6 +175,7 @@ def evaluate_run(
         run_precision(card, dev),
         desc=f"Evaluating {split}",
         progress=progress,
+        tta=run_tta(card),
     )
     scored = [k for k, r in enumerate(records)
               if matching[r.label] is not None and r.path not in excluded]  # fmt: skip

@@ -38,7 +38,7 @@ from ..evaluation.calibration import apply_temperature, fit_temperature, nll, pl
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec
 from ..utils import atomic_write_text, write_json
-from .batches import ImageBatches, light_augment, step_generator
+from .batches import ImageBatches, augment_batch, step_generator
 from .checkpoint import (
     CHECKPOINT,
     RunState,
@@ -409,8 +409,8 @@ def _train_epoch(
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
         x = x.to(device, non_blocking=True).float()  # (B, 1, H, W) in 0..255
         y = y.to(device, non_blocking=True)
-        if config.augment == "light":
-            x = light_augment(x, gen)
+        if config.augment != "none":
+            x = augment_batch(x, gen, config.augment)
         with autocast(device, run.amp):
             logits = run.forward(x)  # (B, K)
         loss = run.criterion(logits.float(), y)
@@ -523,9 +523,9 @@ def _finish(run: _Run) -> TrainResult:
         return _finished(out, quiet=True)
     best, card = load_run_model(out)
     best.to(run.device)
-    probs, yt, test_loss = predict_batches(
-        best, run.test_b, run.device, run.amp, desc="Testing", progress=config.progress
-    )
+    probs, yt, test_loss = predict_batches(best, run.test_b, run.device, run.amp,
+                                           desc="Testing", progress=config.progress,
+                                           tta=config.tta)  # fmt: skip
     metrics = classification_metrics(yt, probs, data.classes)
     if config.calibrate:
         card["calibration"] = metrics["calibration"] = _calibrate(run, best, probs, yt)
@@ -571,7 +571,7 @@ def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarra
     config, data = run.config, run.data
     labels = np.asarray(data.split.labels(), dtype=np.int64)
     val = ImageBatches(data.images.array, data.split.indices("val"), labels, config.batch_size)
-    pv, yv, _ = predict_batches(best, val, run.device, run.amp)
+    pv, yv, _ = predict_batches(best, val, run.device, run.amp, tta=config.tta)
     t = fit_temperature(pv, yv)
     calibrated = apply_temperature(test_probs, t)
     plot_reliability(test_probs, calibrated, yt, run.out / "reliability.png", t)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
 from ..engine import load_run_model
+from ..engine.evaluate import run_tta
 from ..errors import CxrlabError
 from ..utils import write_json
 
@@ -99,6 +100,8 @@ def export_model(
                           "std": pre["std"], "formula": "(x / 255 - mean) / std per channel"},
         "calibration": {"temperature": temperature,
                         "note": "applied inside the exported model (logits / T)"},
+        "test_time_augmentation": {"run_uses_it": run_tta(card),
+                                   "note": "the exported model scores one view per image"},
         "parity": {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE},
         "source_run": str(Path(run_dir).resolve()),
     }  # fmt: skip

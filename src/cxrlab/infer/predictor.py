@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 from ..data import load_gray8, resize_gray8, to_gray8
+from ..engine.batches import tta_views
+from ..engine.evaluate import run_tta
 from ..engine.runtime import resolve_device
 from ..errors import CheckpointError
 
@@ -58,6 +60,7 @@ class Predictor:
             self.image_size = int(self.card["preprocessing"]["image_size"])
             # temperature scaling fitted on the run's validation split (1: none)
             self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
+            self.tta = run_tta(self.card)  # test-time augmentation, if the run tests with it
 
     def _init_onnx(self) -> None:
         meta_path = self.source.with_suffix(".json")
@@ -105,9 +108,11 @@ class Predictor:
             name = self.session.get_inputs()[0].name
             return np.asarray(self.session.run(None, {name: x})[0], dtype=np.float32)
         assert self.model is not None
+        xt = torch.from_numpy(x).to(self.device)
+        views = tta_views(xt.float()) if self.tta else [xt]
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(x).to(self.device))
-        return (logits.float() / self.temperature).softmax(dim=1).cpu().numpy()
+            probs = [(self.model(v).float() / self.temperature).softmax(dim=1) for v in views]
+        return torch.stack(probs).mean(0).cpu().numpy()
 
     def predict(self, image: ImageLike) -> dict[str, float]:
         """Probability of every class for one image (path, PIL image or array)."""
