@@ -175,3 +175,41 @@ def test_runs_are_calibrated_on_validation(run: Path, inputs: Path) -> None:
     logits = np.log(raw)
     expected = np.exp(logits / cal["temperature"])
     assert calibrated == pytest.approx(expected / expected.sum(1, keepdims=True), abs=1e-5)
+
+
+def test_ensembles_average_their_members(run: Path, inputs: Path, tmp_path: Path,
+                                         capsys) -> None:  # fmt: skip
+    """Two copies of one run average to that run; ensembles work wherever a run does."""
+    import shutil
+
+    from cxrlab.engine import evaluate_run
+    from cxrlab.engine.ensemble import is_ensemble, write_ensemble
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    ens = write_ensemble([run, twin], tmp_path / "ens")
+    assert is_ensemble(ens) and not is_ensemble(run)
+    card = json.loads((ens / "model_card.json").read_text())
+    assert [m["seed"] for m in card["members"]] == [0, 0] and card["classes"]
+    images = sorted(inputs.glob("a*.png"))
+    single, both = load(run, device="cpu"), load(ens, device="cpu")
+    assert both.predict_many(images) == pytest.approx(single.predict_many(images), abs=1e-6)
+    assert load([run, twin], device="cpu").predict(images[0]) == pytest.approx(
+        single.predict(images[0]), abs=1e-6)  # fmt: skip
+    one, avg = evaluate_run(run, progress=False), evaluate_run(ens, progress=False)
+    assert avg["accuracy"] == one["accuracy"] and len(avg["members"]) == 2
+    meta = export_model(ens, "onnx", tmp_path / "ens.onnx")
+    assert meta["parity"]["max_abs_diff"] <= 1e-4 and len(meta["members"]) == 2
+    assert main(["predict", str(run), str(images[0]), "--with", str(twin)]) == 0
+    assert main(["evaluate", str(run), str(twin), "--no-progress"]) == 0
+    assert "Ensemble of 2 runs" in capsys.readouterr().out
+    assert main(["predict", str(ens), str(images[0]), "--cam", str(tmp_path / "c")]) == 2
+    assert "not an ONNX file or an ensemble" in capsys.readouterr().err
+    # members must agree on classes, input size and split
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    card = json.loads((other / "model_card.json").read_text())
+    card["preprocessing"]["image_size"] = 64
+    (other / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="input size"):
+        write_ensemble([run, other], tmp_path / "bad")

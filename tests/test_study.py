@@ -279,3 +279,25 @@ def test_search_chooses_on_validation_only(phantoms: Path, tmp_path: Path) -> No
         parse_study_config(text.replace('freeze = "none"', 'freeze = {search = ["none"]}'))
     with pytest.raises(ConfigError, match="search = "):
         parse_study_config(text.replace("epochs = 1", "epochs = 1\nlr = {pick = [1]}"))
+
+
+def test_study_final_model_is_chosen_on_validation(phantoms: Path, tmp_path: Path) -> None:
+    text = TINY.format(data=phantoms).replace("seeds = 2", 'seeds = 2\nfinal = "ensemble"')
+    study = parse_study_config(text)
+    out = tmp_path / "s"
+    run_study(study, out, progress=False)
+    report = build_report(out, study)
+    final = report.files["final"]
+    card = json.loads((final / "model_card.json").read_text())
+
+    def mean_val(label: str) -> float:
+        cells = [c for c in study.cells if c.label == label]
+        return np.mean([json.loads((out / "runs" / c.id / "model_card.json").read_text())
+                        ["training"]["best_val_loss"] for c in cells])  # fmt: skip
+
+    best = min({c.label for c in study.cells}, key=mean_val)
+    assert len(card["members"]) == 2 and best in card["description"]
+    from cxrlab.infer import load
+
+    assert len(load(final, device="cpu").members) == 2
+    assert "## Final model" in report.files["summary"].read_text()

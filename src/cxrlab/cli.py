@@ -314,7 +314,10 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    run_dir: Annotated[
+        list[Path],
+        typer.Argument(help="A run folder, an ensemble folder, or several runs (averaged)."),
+    ],
     data: Annotated[
         str | None,
         typer.Option(help="Dataset folder (default: the run's own)."),
@@ -341,12 +344,13 @@ def evaluate_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """Metrics of a trained model on its test split or on another dataset."""
+    """Metrics of a trained model (or ensemble) on its test split or on another dataset."""
     from .engine import evaluate_run
     from .evaluation.external import parse_class_map
     from .evaluation.report import format_evaluation
 
-    m = evaluate_run(run_dir, data, split=split, out=out, batch_size=batch_size, device=device,
+    source = run_dir if len(run_dir) > 1 else run_dir[0]
+    m = evaluate_run(source, data, split=split, out=out, batch_size=batch_size, device=device,
                      class_map=parse_class_map(class_map), exclude_copies=not keep_copies,
                      progress=progress)  # fmt: skip
     typer.echo(format_evaluation(m))
@@ -472,8 +476,14 @@ def study_cells(
 # ------------------------------------------------------------------------------- use
 @app.command("predict")
 def predict_cmd(
-    model: Annotated[str, typer.Argument(help="Run folder of 'cxrlab train', or an .onnx export.")],
+    model: Annotated[
+        str, typer.Argument(help="A run folder, an ensemble folder, or an .onnx export.")
+    ],
     paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive) or globs.")],
+    also: Annotated[
+        list[str] | None,
+        typer.Option("--with", help="Another run folder to average with MODEL; repeatable."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Write predictions as CSV here."),
@@ -493,7 +503,7 @@ def predict_cmd(
     """Predict classes of X-rays; exit status 3 if any file was skipped."""
     from .infer import load, predict_paths
 
-    predictor = load(model, device=device)
+    predictor = load([model, *also] if also else model, device=device)
     result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out)
     if out is None:
         typer.echo(result.to_csv(), nl=False)
@@ -514,7 +524,9 @@ def _write_cams(predictor, result, folder: Path, cam_class: str | None) -> None:
     from .infer import gradcam, save_cam_overlay
 
     if predictor.model is None:
-        raise CxrlabError("--cam needs the run folder (PyTorch model), not an ONNX file")
+        raise CxrlabError(
+            "--cam needs one run folder (a PyTorch model), not an ONNX file or an ensemble"
+        )
     index = None
     if cam_class is not None:
         if cam_class not in predictor.classes:
@@ -532,14 +544,17 @@ def _write_cams(predictor, result, folder: Path, cam_class: str | None) -> None:
 
 @app.command("export")
 def export_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    run_dir: Annotated[
+        list[Path],
+        typer.Argument(help="A run folder, an ensemble folder, or several runs (averaged)."),
+    ],
     out: Annotated[Path, typer.Option(help="File to write (.onnx or .pt).")],
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
 ) -> None:
     """Export a trained model; checked against PyTorch (max |dp| <= 1e-4) before it is kept."""
     from .infer import export_model
 
-    meta = export_model(run_dir, format, out)
+    meta = export_model(run_dir if len(run_dir) > 1 else run_dir[0], format, out)
     typer.echo(
         f"Wrote {out} and {out.with_suffix('.json')} (max |dp| vs PyTorch "
         f"{meta['parity']['max_abs_diff']:.1e} on {meta['parity']['images']} images)"

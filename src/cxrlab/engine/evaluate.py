@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data import prepare_data
 from ..errors import CheckpointError
 from ..evaluation import classification_metrics
+from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
 from .rundir import load_run_model
@@ -102,7 +104,7 @@ def write_predictions(
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     data: str | os.PathLike[str] | None = None,
     *,
     split: str = "test",
@@ -116,7 +118,9 @@ def evaluate_run(
     """Metrics of a finished run's model on a dataset.
 
     Args:
-        run_dir: a folder written by ``cxrlab train``.
+        run_dir: a folder written by ``cxrlab train``, an ensemble folder, or several run
+            folders (an ensemble: the members' calibrated probabilities are averaged; a single
+            run is scored on its own, uncalibrated probabilities, like its metrics.json).
         data: dataset folder (default: the one the run trained on).
         split: ``test``/``val``/``train`` of the run's own saved split (checked against the
             data), or ``all`` for every valid image of ``data`` (an external test set).
@@ -137,9 +141,13 @@ def evaluate_run(
         CheckpointError: the dataset has a class the model does not know and no mapping.
     """
     from ..evaluation.external import find_overlap, match_classes, routing
+    from .ensemble import ensemble_card, expand_members, is_ensemble
 
-    run_dir = Path(run_dir)
-    model, card = load_run_model(run_dir)
+    sources = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    run_dir = Path(sources[0])  # a run folder, or an ensemble folder holding the split
+    members = expand_members(sources)
+    card = ensemble_card(sources)
+    ensemble = len(members) > 1 or is_ensemble(run_dir)
     root = data if data is not None else card["data"]["root"]
     size = int(card["preprocessing"]["image_size"])
     if split == "all":
@@ -167,16 +175,17 @@ def evaluate_run(
     labels = np.zeros(len(prepared.split.records), dtype=np.int64)
     batches = ImageBatches(prepared.images.array, rows, labels, batch_size)
     dev = resolve_device(device)
-    model.to(dev)
-    probs, _, _ = predict_batches(
-        model,
-        batches,
-        dev,
-        run_precision(card, dev),
-        desc=f"Evaluating {split}",
-        progress=progress,
-        tta=run_tta(card),
-    )
+    member_probs = []
+    for member in members:
+        model, mcard = load_run_model(member)
+        model.to(dev)
+        p, _, _ = predict_batches(model, batches, dev, run_precision(mcard, dev),
+                                  desc=f"Evaluating {split}", progress=progress,
+                                  tta=run_tta(mcard))  # fmt: skip
+        if ensemble:
+            p = apply_temperature(p, float(mcard.get("calibration", {}).get("temperature", 1)))
+        member_probs.append(p)
+    probs = np.mean(member_probs, axis=0)
     scored = [k for k, r in enumerate(records)
               if matching[r.label] is not None and r.path not in excluded]  # fmt: skip
     if not scored:
@@ -198,6 +207,8 @@ def evaluate_run(
             "routing": routing([r.label for r in records], probs.argmax(1), classes),
         }
     )
+    if ensemble:
+        metrics["members"] = [str(m) for m in members]
     if overlap is not None:
         metrics["overlap"] = overlap.to_dict()
         metrics["excluded_copies"] = len(excluded)

@@ -29,6 +29,8 @@ def format_routing(routing: dict[str, dict[str, int]], matching: dict[str, str |
 def format_evaluation(m: dict[str, Any]) -> str:
     """Overlap with the training data first, then the metrics, then where images went."""
     lines = []
+    if m.get("members"):
+        lines.append(f"Ensemble of {len(m['members'])} runs (their probabilities averaged)")
     if "overlap" in m:
         lines.append(m["overlap"]["summary"])
         if m.get("excluded_copies"):

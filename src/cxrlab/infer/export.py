@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ class _WithSoftmax(nn.Module):
         return logits.softmax(dim=1)  # (B, K) probabilities
 
 
+class _Average(nn.Module):
+    """An ensemble: the mean of its members' (calibrated) probabilities."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(image) for m in self.members]).mean(0)  # (B, K)
+
+
 def _check_images(size: int, n: int = 8) -> np.ndarray:
     """A batch of phantom X-rays at the model's size (no data needed to check an export)."""
     from ..data import resize_gray8
@@ -46,7 +58,9 @@ def _check_images(size: int, n: int = 8) -> np.ndarray:
 
 
 def export_model(
-    run_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str]
+    run_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    fmt: str,
+    out: str | os.PathLike[str],
 ) -> dict[str, Any]:
     """Export a run's model and write ``<out>.json`` describing its input and output.
 
@@ -54,12 +68,24 @@ def export_model(
     ``probabilities``: ``(N, K)`` float32; resizing to ``H x W`` happens before, normalisation
     inside. After exporting, the file is run on a batch of images and compared with PyTorch;
     a maximum absolute difference of the probabilities above 1e-4 deletes it and fails.
+
+    ``run_dir`` may be an ensemble folder or several run folders: the exported model then
+    averages the members' calibrated probabilities.
     """
+    from ..engine.ensemble import ensemble_card, expand_members
+
     if fmt not in FORMATS:
         raise CxrlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model, card = load_run_model(run_dir)
-    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-    model = _WithSoftmax(model.cpu(), temperature).eval()
+    sources = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
+    members = expand_members(sources)
+    card = ensemble_card(sources)
+    wrapped = []
+    for member in members:
+        m, mcard = load_run_model(member)
+        t = float(mcard.get("calibration", {}).get("temperature", 1.0))
+        wrapped.append(_WithSoftmax(m.cpu(), t))
+    model = (wrapped[0] if len(wrapped) == 1 else _Average(wrapped)).eval()
+    temperature = wrapped[0].temperature if len(wrapped) == 1 else None
     size = int(card["preprocessing"]["image_size"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,11 +125,12 @@ def export_model(
         "normalisation": {"channel_mode": pre["channel_mode"], "mean": pre["mean"],
                           "std": pre["std"], "formula": "(x / 255 - mean) / std per channel"},
         "calibration": {"temperature": temperature,
-                        "note": "applied inside the exported model (logits / T)"},
+                        "note": "applied inside the exported model (logits / T, per member)"},
+        "members": [str(m.resolve()) for m in members],
         "test_time_augmentation": {"run_uses_it": run_tta(card),
                                    "note": "the exported model scores one view per image"},
         "parity": {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE},
-        "source_run": str(Path(run_dir).resolve()),
+        "source_run": str(Path(sources[0]).resolve()),
     }  # fmt: skip
     write_json(out.with_suffix(".json"), meta)
     return meta

@@ -31,12 +31,14 @@ ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
 
 
 class Predictor:
-    """Class probabilities for chest X-rays from a run folder or an ONNX export.
+    """Class probabilities for chest X-rays from a run folder, an ensemble or an ONNX export.
 
     Attributes:
         classes: output class names, in probability order.
         image_size: the square input size.
-        source: the run folder or ONNX file.
+        source: the run folder, ensemble folder or ONNX file.
+        members: for an ensemble, one predictor per member run (their probabilities are
+            averaged); empty otherwise.
 
     Example:
         >>> p = cxrlab.load("runs/lite0-head")  # doctest: +SKIP
@@ -44,11 +46,24 @@ class Predictor:
         {'COVID': 0.02, 'Lung_Opacity': 0.05, 'Normal': 0.9, 'Viral Pneumonia': 0.03}
     """
 
-    def __init__(self, source: str | os.PathLike[str], device: str = "auto") -> None:
-        self.source = Path(source)
+    def __init__(
+        self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        device: str = "auto",
+    ) -> None:  # fmt: skip
+        from ..engine.ensemble import ensemble_card, expand_members, is_ensemble
+
+        sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+        self.source = Path(sources[0])
         self.session = None
         self.model: torch.nn.Module | None = None
-        if self.source.suffix == ".onnx":
+        self.members: list[Predictor] = []
+        if len(sources) > 1 or is_ensemble(self.source):
+            self.members = [Predictor(m, device) for m in expand_members(sources)]
+            self.card = ensemble_card(sources)
+            self.classes = list(self.members[0].classes)
+            self.image_size = self.members[0].image_size
+            self.device = self.members[0].device
+        elif self.source.suffix == ".onnx":
             self._init_onnx()
         else:
             from ..engine import load_run_model
@@ -103,6 +118,8 @@ class Predictor:
     # ---------------------------------------------------------------- prediction
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """``(B, H, W)`` uint8 -> ``(B, K)`` probabilities."""
+        if self.members:  # an ensemble: the members' calibrated probabilities, averaged
+            return np.mean([m.predict_pixels(pixels) for m in self.members], axis=0)
         x = np.array(pixels, dtype=np.uint8, copy=True)[:, None]  # (B, 1, H, W), writable
         if self.session is not None:
             name = self.session.get_inputs()[0].name
@@ -124,9 +141,15 @@ class Predictor:
         return self.predict_pixels(np.stack([self.to_pixels(i) for i in images]))
 
     def describe(self) -> dict[str, Any]:
-        return {"source": str(self.source), "classes": self.classes, "image_size": self.image_size}
+        out = {"source": str(self.source), "classes": self.classes, "image_size": self.image_size}
+        if self.members:
+            out["members"] = [str(m.source) for m in self.members]
+        return out
 
 
-def load(source: str | os.PathLike[str], device: str = "auto") -> Predictor:
-    """A :class:`Predictor` for a run folder (``cxrlab train --out``) or an ``.onnx`` export."""
+def load(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], device: str = "auto"
+) -> Predictor:
+    """A :class:`Predictor` for a run folder (``cxrlab train --out``), an ensemble folder, an
+    ``.onnx`` export, or several run folders (an ensemble made on the fly)."""
     return Predictor(source, device)

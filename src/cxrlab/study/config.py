@@ -89,6 +89,7 @@ class StudySettings:
     alpha: float = 0.05  # significance level of the paired comparisons
     bootstrap: int = 2000  # paired-bootstrap resamples
     select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
+    final: Literal["none", "best", "ensemble"] = "none"  # write <study>/final/ (see .final)
 
 
 @dataclass(frozen=True)

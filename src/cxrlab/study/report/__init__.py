@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
+from ..final import write_final
 from .audits import StudyAudits, collect_audits
 from .figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .html import render_html
@@ -63,7 +65,14 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     }
     atomic_write_text(files["results"], results_csv(results))
     audits = collect_audits(study_dir, results)
-    atomic_write_text(files["summary"], summary_markdown(study, results, comparisons, audits))
+    if not results.missing and (final := write_final(study, results.rows, study_dir)):
+        files["final"] = final
+    summary = summary_markdown(study, results, comparisons, audits)
+    if "final" in files:
+        card = json.loads((files["final"] / "model_card.json").read_text())
+        summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"
+                    f" {card['description']}.\n")  # fmt: skip
+    atomic_write_text(files["summary"], summary)
     atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
     if results.trials:
         files["trials"] = study_dir / "trials.csv"
@@ -76,7 +85,5 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
 
 def _overrides(study_dir: Path) -> dict:
     """The command-line overrides the study was run with (kept in study.json)."""
-    import json
-
     path = study_dir / "study.json"
     return json.loads(path.read_text()).get("overrides", {}) if path.exists() else {}
