@@ -260,11 +260,33 @@ def train_cmd(
     ] = "none",
     augment: Annotated[
         str,
-        typer.Option(help="none, light (small affine, brightness/contrast).", rich_help_panel=_T),
+        typer.Option(
+            help="none; light (small affine, brightness/contrast); xray (larger, plus gamma). "
+            "Never flips.",
+            rich_help_panel=_T,
+        ),
     ] = "none",
     early_stopping: Annotated[
         int, typer.Option(help="Patience in epochs, 0=off.", rich_help_panel=_T)
     ] = 0,
+    ema: Annotated[
+        float,
+        typer.Option(
+            help="Weight moving average decay per step (e.g. 0.998), 0=off.", rich_help_panel=_T
+        ),
+    ] = 0.0,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Fit a temperature on the validation split after training.", rich_help_panel=_T
+        ),
+    ] = True,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="Test-time augmentation: average 5 views (no flips).", rich_help_panel=_T
+        ),
+    ] = False,
     feature_cache: Annotated[
         str,
         typer.Option(help="auto: run a frozen prefix once per image; off.", rich_help_panel=_R),
