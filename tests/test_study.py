@@ -86,6 +86,9 @@ def test_cell_ids_are_stable_and_seed_major() -> None:
     over = parse_study_config('[[cells]]\nmodel="resnet18"\nlr=[0.1, 0.01]\n')
     a, b = (c.id for c in over.cells)
     assert a != b and a.startswith("resnet18-in1k-full-") and a.endswith("-s0")
+    # ... and their own rows in the tables, not one row with two "seeds"
+    assert [c.label for c in over.cells] == ["Pretrained, fully fine-tuned (lr=0.1)",
+                                             "Pretrained, fully fine-tuned (lr=0.01)"]  # fmt: skip
 
 
 def test_select_cells_by_id_and_shard() -> None:

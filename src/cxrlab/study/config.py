@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -293,7 +294,20 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             if base_id in seen:
                 raise ConfigError(f"Cell {base_id} appears twice in the study file")
             seen.add(base_id)
+            if label is None:
+                label = arm_label(options["weights"], options["freeze"],
+                                  options.get("lungs", "keep"))  # fmt: skip
+                if extra:  # told apart below if another cell gets the same label
+                    label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
             bases.append((base_id, label, options, index, search))
+    # cells of one model that differ only in other options must not share a table row
+    plain = Counter((o["model"], lab[0] if isinstance(lab, tuple) else lab)
+                    for _, lab, o, _, _ in bases)  # fmt: skip
+    for k, (base_id, label, options, index, search) in enumerate(bases):
+        if isinstance(label, tuple):
+            name, extras = label
+            label = f"{name} ({extras})" if plain[(options["model"], name)] > 1 else name
+            bases[k] = (base_id, label, options, index, search)
     # seed-major order: every cell's first seed finishes before any second seed starts
     cells: list[Cell] = []
     for seed in seeds:
@@ -309,8 +323,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                 tag = f"-{_trial_tag(trial)}" if trial else ""
                 cells.append(Cell(
                     id=f"{base_id}{tag}-s{seed}",
-                    label=label or arm_label(options["weights"], options["freeze"],
-                                             options.get("lungs", "keep")),
+                    label=label,
                     model=options["model"], seed=seed, config=cfg,
                     selects=f"{base_id}-s{seed}" if trial else None, trial=trial,
                 ))  # fmt: skip
