@@ -36,8 +36,8 @@ def plot_lungs(result: dict[str, Any], out: Path) -> Path:
     colours = ["#1f6feb", "#cf222e", "#bc4c00", "#8250df"]
     ax.bar(range(len(acc)), acc, yerr=[low, high], capsize=4, color=colours[: len(acc)])
     ax.axhline(result["chance"], color="k", ls="--", lw=1, label="chance (most common class)")
-    for i, a in enumerate(acc):
-        ax.text(i, a + 0.02, f"{a:.2f}", ha="center", fontsize=8)
+    for i, (a, h) in enumerate(zip(acc, high)):
+        ax.text(i, a + h + 0.015, f"{a:.2f}", ha="center", fontsize=8)
     ax.set_xticks(range(len(acc)))
     ax.set_xticklabels([n.replace(" (", "\n(") for n in names], fontsize=7)
     ax.set_ylim(0, 1.08)
@@ -151,8 +151,8 @@ def plot_probes(probes: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(names)), dpi=120)
     ax.barh(range(len(names)), vals, xerr=[low, high], capsize=3, color="#8250df")
     ax.axvline(probes["chance"], color="k", ls="--", lw=1, label="chance")
-    for i, v in enumerate(vals):
-        ax.text(v + 0.02, i, f"{v:.2f}", va="center", fontsize=8)
+    for i, (v, h) in enumerate(zip(vals, high)):
+        ax.text(v + h + 0.015, i, f"{v:.2f}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlim(0, 1.05)

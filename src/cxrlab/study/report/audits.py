@@ -51,6 +51,13 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.0f} %"
 
 
+def _why_not(audit: dict[str, Any]) -> str:
+    trained = audit.get("trained_with_lungs", "keep")
+    if trained != "keep":
+        return f"- (trained with lungs {trained})"
+    return "- (no masks)" if "skipped" in audit.get("checks", {}).get("lungs", {}) else "-"
+
+
 def audit_rows(audits: StudyAudits) -> list[list[str]]:
     """One row per audited cell, in the order of :data:`AUDIT_HEADER`."""
     rows = []
@@ -65,7 +72,7 @@ def audit_rows(audits: StudyAudits) -> list[list[str]]:
         rows.append([
             cell,
             f"{a['normal']['accuracy']:.3f}",
-            f"{removed['accuracy']:.3f}" if removed else lungs.get("skipped", "-")[:40],
+            f"{removed['accuracy']:.3f}" if removed else _why_not(a),
             f"{only['accuracy']:.3f}" if only else "-",
             _pct(removed.get("retained")) if removed else "-",
             f"{_pct(cam['share'])} ({_pct(cam['lung_area'])})" if "share" in cam else "-",

@@ -145,10 +145,11 @@ class Comparison:
             flip = self.difference < 0
             better, worse = (self.b, self.a) if flip else (self.a, self.b)
             low, high = (-self.ci[1], -self.ci[0]) if flip else self.ci
+            below = "" if self.p_adjusted < 0.001 else f" < {self.alpha:g}"
             return (f"{self.model}: '{better}' beats '{worse}' by {abs(self.difference) * 100:.1f} "
                     f"accuracy points (95% CI [{_points(low)}, {_points(high)}] over seeds and "
                     f"test images, {self._seeds_text()}); significant (Holm-adjusted "
-                    f"p {_p(self.p_adjusted)} < {self.alpha:g})")  # fmt: skip
+                    f"p {_p(self.p_adjusted)}{below})")  # fmt: skip
         return (f"{self.model}: '{self.a}' vs '{self.b}': no significant difference "
                 f"({_points(self.difference)} points for the first, 95% CI "
                 f"[{_points(self.ci[0])}, {_points(self.ci[1])}] over seeds and test images, "
