@@ -128,7 +128,7 @@ class Cell:
     seed: int
     config: TrainConfig
     selects: str | None = None
-    trial: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trial: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def group(self) -> str:
