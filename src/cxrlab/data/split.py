@@ -58,6 +58,43 @@ class Split:
             raise DataError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
         return [i for i, s in enumerate(self.assignment) if s == split]
 
+    def train_subset(self, size: float) -> list[int]:
+        """Row indices of a stratified, nested subset of the training split.
+
+        ``size`` in (0, 1] is a fraction of each class's training images (at least one per
+        class); a whole number above 1 is a count per class. Within a class the images are
+        ordered by a hash of their content alone, so a subset is the same for every seed and
+        every cell, and a smaller subset lies inside every larger one (10 % inside 30 %).
+
+        Raises:
+            DataError: ``size`` is not a fraction or a whole count, or a class has fewer
+                training images than the count asks for.
+        """
+        train = self.indices("train")
+        if size == 1:
+            return train
+        if not (0 < size < 1 or (size > 1 and float(size).is_integer())):
+            raise DataError(
+                f"train_size {size:g}: give a fraction in (0, 1] or a whole count per class"
+            )
+        by_class: dict[str, list[int]] = defaultdict(list)
+        for i in train:
+            by_class[self.records[i].label].append(i)
+        keep: list[int] = []
+        for label, rows in by_class.items():
+            if size < 1:
+                n = max(1, round(size * len(rows)))
+            else:
+                n = int(size)
+                if n > len(rows):
+                    raise DataError(
+                        f"train_size {n} per class: class {label!r} has only {len(rows)} "
+                        "training images"
+                    )
+            rows = sorted(rows, key=lambda i: _rank(0, self.records[i].hash + self.records[i].path))
+            keep.extend(rows[:n])
+        return sorted(keep)
+
     def labels(self) -> list[int]:
         index = {c: i for i, c in enumerate(self.classes)}
         return [index[r.label] for r in self.records]

@@ -34,13 +34,19 @@ class TrainConfig:
         split_source: ``auto`` (the dataset's own Train/Val/Test folders when it has them,
             else a stratified split), ``folders`` or ``stratified``.
         image_size: square input size in pixels.
+        train_size: train on part of the training split: a fraction in (0, 1] of each class,
+            or a whole count per class (``50``). Stratified and nested (the 10 % lies inside
+            the 30 %), the same images for every seed; validation and test are unchanged.
         lungs: ``keep``; ``remove`` trains and tests on images whose lung fields are filled
             with the mean of the rest of the image; ``only`` on images where everything
             outside the lungs is filled. Needs lung masks beside the images (a shortcut
             check: how much of the data can be learned with no lung tissue at all).
     Model:
         model: a registry name (``cxrlab models``) or ``timm:<arch>``.
-        weights: ``imagenet``, ``none`` or a weights file.
+        weights: ``imagenet``; ``none`` (random init); ``stats`` (statistics transfer: every
+            backbone tensor drawn from the mean and std of its pretrained tensor, norms
+            reset); ``imagenet:K`` (transfusion: the first K units pretrained, statistics
+            transfer above); or a weights file.
         freeze: ``none``, ``head``, a fraction such as ``0.5``, or ``last:K``.
         freeze_bn: ``frozen`` (frozen BatchNorm keeps its statistics) or ``update``.
     Optimisation:
@@ -79,6 +85,8 @@ class TrainConfig:
             statistics over the whole global batch (``nn.SyncBatchNorm``) instead of each
             process's share. PyTorch supports it on GPUs only.
         threads: CPU threads for torch (0 = torch's default).
+        keep_init: also write the weights the run started from (``init.safetensors``), for
+            ``cxrlab analyze reuse`` (weight change, CKA to the initialisation, re-init).
         progress: show progress bars.
     """
 
@@ -88,6 +96,7 @@ class TrainConfig:
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_source: Literal["auto", "folders", "stratified"] = "auto"
     image_size: int = 224
+    train_size: float = 1.0
     lungs: Literal["keep", "remove", "only"] = "keep"
 
     model: str = "resnet18"
@@ -122,6 +131,7 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     threads: int = 0
+    keep_init: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -138,6 +148,11 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema must be in [0, 1) (a decay such as 0.998; 0 = off)"),
             (self.image_size >= 32, "image_size must be at least 32"),
             (self.threads >= 0, "threads must be >= 0"),
+            (
+                self.train_size > 0
+                and (self.train_size <= 1 or float(self.train_size).is_integer()),
+                "train_size must be a fraction in (0, 1] or a whole count per class",
+            ),
             (self.freeze_bn in BN_MODES, f"freeze_bn must be one of {BN_MODES}"),
         ]
         for ok, message in checks:

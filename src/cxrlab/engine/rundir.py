@@ -24,24 +24,39 @@ from ..utils import write_json
 from .config import TrainConfig
 from .runtime import versions
 
-__all__ = ["CARD_FORMAT", "build_card", "load_card", "load_run_model", "save_model"]
+__all__ = [
+    "CARD_FORMAT",
+    "INIT_FILE",
+    "MODEL_FILE",
+    "build_card",
+    "load_card",
+    "load_run_model",
+    "save_model",
+]
 
 CARD_FORMAT = "cxrlab-model-card/1"
 MODEL_FILE = "model.safetensors"
+INIT_FILE = "init.safetensors"  # the weights a run started from (--keep-init)
 CARD_FILE = "model_card.json"
 
 
-def save_model(run_dir: str | os.PathLike[str], model: CxrClassifier, card: dict) -> Path:
-    """Write ``model.safetensors`` (atomically) and ``model_card.json``."""
+def save_model(
+    run_dir: str | os.PathLike[str], model: CxrClassifier, card: dict, *, file: str = MODEL_FILE
+) -> Path:
+    """Write ``model.safetensors`` (atomically) and ``model_card.json``.
+
+    With ``file`` another weights file (``init.safetensors``) is written, and no card.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": CARD_FORMAT, "model": card["model"], "classes": json.dumps(card["classes"])}
-    tmp = run_dir / f".{MODEL_FILE}.tmp"
+    tmp = run_dir / f".{file}.tmp"
     save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, run_dir / MODEL_FILE)
-    write_json(run_dir / CARD_FILE, card)
-    return run_dir / MODEL_FILE
+    os.replace(tmp, run_dir / file)
+    if file == MODEL_FILE:
+        write_json(run_dir / CARD_FILE, card)
+    return run_dir / file
 
 
 def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -64,8 +79,13 @@ def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[CxrClassifier, dict[str, Any]]:
+def load_run_model(
+    run_dir: str | os.PathLike[str], *, file: str = MODEL_FILE
+) -> tuple[CxrClassifier, dict[str, Any]]:
     """Rebuild a run's model from its card and load its weights (no unpickling).
+
+    ``file="init.safetensors"`` loads the weights the run started from instead (written by
+    ``--keep-init``).
 
     Raises:
         CheckpointError: the card or weights are missing, or the weights belong to another
@@ -73,9 +93,14 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[CxrClassifier, dict
     """
     run_dir = Path(run_dir)
     card = load_card(run_dir)
-    weights = run_dir / MODEL_FILE
+    weights = run_dir / file
+    if not weights.is_file() and file == INIT_FILE:
+        raise CheckpointError(
+            f"{run_dir} has no {INIT_FILE}: the weights it started from were not kept. "
+            "Train it again with --keep-init (in a study: [analysis] reuse = true)"
+        )
     if not weights.is_file():
-        raise CheckpointError(f"{run_dir} has a model card but no {MODEL_FILE}")
+        raise CheckpointError(f"{run_dir} has a model card but no {file}")
     try:
         from safetensors import safe_open
 
@@ -131,6 +156,7 @@ def build_card(
         "classes": list(data.classes),
         "preprocessing": pre,
         "weights": model.weights_source,  # type: ignore[attr-defined]
+        "initialisation": getattr(model, "init_report", None),
         "freeze": freeze.to_dict(),
         "data": {
             "root": str(data.report.root),

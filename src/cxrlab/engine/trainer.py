@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ..evaluation import (
 )
 from ..evaluation.calibration import apply_temperature, fit_temperature, nll, plot_reliability
 from ..freeze import FreezeReport, apply_freeze
-from ..models import CxrClassifier, create_model, get_spec
+from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..utils import atomic_write_text, write_json
 from .batches import ImageBatches, augment_batch, step_generator
 from .checkpoint import (
@@ -52,7 +53,7 @@ from .distributed import Distributed, init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .optim import build_optimizer, lr_at
-from .rundir import MODEL_FILE, build_card, load_run_model, save_model
+from .rundir import INIT_FILE, MODEL_FILE, build_card, load_run_model, save_model
 from .runtime import autocast, resolve_device, resolve_precision
 
 __all__ = ["TrainResult", "train"]
@@ -129,6 +130,8 @@ class _Run:
     state: RunState
     started: float  # perf_counter() at the start of this session
     wall_before: float  # wall seconds of earlier sessions of an interrupted run
+    features: np.ndarray | None = None  # the frozen prefix's output for every image, if cached
+    n_frozen: int = 0
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -222,30 +225,43 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         data.split.save(out / "split.csv")
         ddp.barrier()
     labels = np.asarray(data.split.labels(), dtype=np.int64)
+    rows = {
+        "train": data.split.train_subset(config.train_size),
+        "val": data.split.indices("val"),
+        "test": data.split.indices("test"),
+    }
     train_b, val_b, test_b = (
-        ImageBatches(
-            data.images.array,
-            data.split.indices(s),
-            labels,
-            config.batch_size,
-            drop_single=s == "train",
-        )
+        ImageBatches(data.images.array, rows[s], labels, config.batch_size,
+                     drop_single=s == "train")
         for s in ("train", "val", "test")
-    )
+    )  # fmt: skip
     for name, b in (("train", train_b), ("val", val_b), ("test", test_b)):
         if not len(b.indices):
             raise ConfigError(f"The {name} split is empty; use more images or other --ratios")
 
     # ---- model: weights, head for our classes, freezing
     torch.manual_seed(config.seed)
+    restoring = resume and (out / CHECKPOINT).exists()  # the checkpoint holds the weights
     model = create_model(
         config.model,
         len(data.classes),
-        "none" if resume and config.weights == "imagenet" else config.weights,
+        "none" if restoring and parse_weights(config.weights).pretrained else config.weights,
         image_size=config.image_size,
+        seed=config.seed,
     )
+    if restoring:  # describe the weights the run started from, not the placeholder
+        first = json.loads((out / "config.json").read_text())["resolved"]
+        model.weights_source = first["weights_source"]  # type: ignore[attr-defined]
+        model.init_report = first.get("initialisation")  # type: ignore[attr-defined]
     weights_source = model.weights_source  # type: ignore[attr-defined]
+    init_report = model.init_report  # type: ignore[attr-defined]
+    if init_report is not None and not isinstance(init_report, dict):
+        log(f"Initialisation: {init_report.summary()}")
+        init_report = model.init_report = init_report.to_dict()  # type: ignore[attr-defined]
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
+    if config.keep_init and ddp.main and not restoring:
+        save_model(out, model, {"model": config.model, "classes": list(data.classes)},
+                   file=INIT_FILE)  # fmt: skip
     log(
         f"{config.model} ({weights_source}) on {device}"
         f"{' with ' + str(amp).removeprefix('torch.') + ' autocast' if amp else ''}; "
@@ -351,6 +367,8 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
                     "device": str(device),
                     "precision": str(amp or "fp32").removeprefix("torch."),
                     "weights_source": weights_source,
+                    "initialisation": init_report,
+                    "train_images": len(train_b.indices),
                     "classes": list(data.classes),
                     "freeze": freeze.to_dict(),
                     "frozen_feature_cache": why if cached else f"not used: {why}",
@@ -362,7 +380,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         )
     return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
                 net, forward, ema, eval_net, params, opt, criterion, state, started,
-                state.wall_seconds)  # fmt: skip
+                state.wall_seconds, feats.array if cached else None, n_frozen)  # fmt: skip
 
 
 def _fit(run: _Run, on_step: Callable[[int, int, nn.Module], None] | None) -> None:
@@ -523,7 +541,8 @@ def _finish(run: _Run) -> TrainResult:
         return _finished(out, quiet=True)
     best, card = load_run_model(out)
     best.to(run.device)
-    probs, yt, test_loss = predict_batches(best, run.test_b, run.device, run.amp,
+    test_net, test_b = _best_on(run, best, run.test_b.indices)
+    probs, yt, test_loss = predict_batches(test_net, test_b, run.device, run.amp,
                                            desc="Testing", progress=config.progress,
                                            tta=config.tta)  # fmt: skip
     metrics = classification_metrics(yt, probs, data.classes)
@@ -537,6 +556,7 @@ def _finish(run: _Run) -> TrainResult:
             "split": "test",
             "loss": test_loss,
             "best_epoch": state.best_epoch,
+            "train_images": len(run.train_b.indices),
             "epochs_run": len(history),
             "train_seconds": sum(h["seconds"] for h in history),
             "wall_seconds": run.wall_seconds(),  # data, features, training, testing; all sessions
@@ -565,13 +585,24 @@ def _finish(run: _Run) -> TrainResult:
     return TrainResult(out, metrics, history, card)
 
 
+def _best_on(run: _Run, best: CxrClassifier, rows: list[int]) -> tuple[nn.Module, ImageBatches]:
+    """The saved model and batches of ``rows`` to run it on: the cached frozen features and
+    the trainable rest when there are some (the frozen prefix is not run a second time),
+    else whole images. Test-time augmentation needs whole images."""
+    labels = np.asarray(run.data.split.labels(), dtype=np.int64)
+    bs = run.config.batch_size
+    if run.features is None or run.config.tta:
+        return best, ImageBatches(run.data.images.array, rows, labels, bs)
+    rest = TrainableRest(best, run.n_frozen)
+    return rest, ImageBatches(run.features, rows, labels, bs, add_channel=False)
+
+
 def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarray) -> dict:
     """Temperature scaling fitted on the validation images through the full saved model;
     writes the reliability diagram of the test split before and after."""
     config, data = run.config, run.data
-    labels = np.asarray(data.split.labels(), dtype=np.int64)
-    val = ImageBatches(data.images.array, data.split.indices("val"), labels, config.batch_size)
-    pv, yv, _ = predict_batches(best, val, run.device, run.amp, tta=config.tta)
+    net, val = _best_on(run, best, data.split.indices("val"))
+    pv, yv, _ = predict_batches(net, val, run.device, run.amp, tta=config.tta)
     t = fit_temperature(pv, yv)
     calibrated = apply_temperature(test_probs, t)
     plot_reliability(test_probs, calibrated, yt, run.out / "reliability.png", t)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .classifier import CxrClassifier, PreprocessConfig
+from .init import parse_weights, statistics_transfer
 from .weights import (
     efficientnet_lite0_package_state_dict,
     load_into,
@@ -204,18 +205,24 @@ def create_model(
     weights: str | os.PathLike[str] = "imagenet",
     *,
     image_size: int = 224,
+    seed: int = 0,
 ) -> CxrClassifier:
     """Build a chest X-ray classifier.
 
     Args:
         name: a registry name (see :func:`list_models`) or ``timm:<arch>``.
         num_classes: outputs of the new classifier head.
-        weights: ``"imagenet"``, ``"none"``, or a path to a ``.safetensors``/``.pt`` file
-            (a backbone state dict, or a cxrlab ``model.safetensors``).
+        weights: ``"imagenet"``, ``"none"`` (random init), ``"stats"`` (statistics transfer:
+            every backbone tensor redrawn from the pretrained tensor's mean and std),
+            ``"imagenet:K"`` (transfusion: the first K units pretrained, statistics transfer
+            above; see :mod:`cxrlab.models.init`), or a path to a ``.safetensors``/``.pt``
+            file (a backbone state dict, or a cxrlab ``model.safetensors``).
         image_size: the square input size.
+        seed: seeds the statistics-transfer draw (``stats``, ``imagenet:K``).
 
     Returns:
-        A :class:`CxrClassifier` with ``weights_source`` set to a description of the weights.
+        A :class:`CxrClassifier` with ``weights_source`` set to a description of the weights
+        and ``init_report`` to what an initialisation redrew (``None`` if nothing).
 
     Example:
         >>> model = create_model("efficientnet_lite0", num_classes=4)  # offline ImageNet
@@ -226,30 +233,37 @@ def create_model(
     if num_classes < 2:
         raise ConfigError(f"A classifier needs at least 2 classes, got {num_classes}")
     wname = str(weights)
-    imagenet = wname == "imagenet"
-    if not imagenet and wname != "none" and not Path(wname).expanduser().is_file():
+    ws = parse_weights(wname)
+    if ws.kind == "file" and not Path(wname).expanduser().is_file():
         raise ConfigError(
-            f"--weights must be 'imagenet', 'none' or an existing file; {wname!r} is none of these"
+            "--weights must be 'imagenet', 'none', 'stats', 'imagenet:K' or an existing file; "
+            f"{wname!r} is none of these"
         )
-    if spec.fixed_size and image_size != spec.fixed_size and imagenet:
+    if spec.fixed_size and image_size != spec.fixed_size and ws.pretrained:
         raise ConfigError(
             f"{name} ImageNet weights need {spec.fixed_size}px input; "
             f"use --image-size {spec.fixed_size}"
         )
     build = _build_torchvision if spec.source == "torchvision" else _build_timm
     net, (unit_names, units, head), mean, std, in_chans = build(
-        spec, num_classes, imagenet, image_size
+        spec, num_classes, ws.pretrained, image_size
     )
     origin = "offline package checkpoint" if spec.offline_imagenet else f"{spec.source} weights"
-    source = {"imagenet": f"imagenet ({origin})", "none": "none (random init)"}.get(wname)
-    if source is None:
+    init_report = None
+    if ws.kind == "file":
         path = Path(wname).expanduser()
         state = load_state_dict_file(path)
         head_loaded = load_into(net, state, head, source=str(path), model_name=name)
         source = f"file {path}" + ("" if head_loaded else " (classifier head re-initialised)")
+    elif ws.kind in ("stats", "transfusion"):
+        init_report = statistics_transfer(net, unit_names, units, keep=ws.keep, seed=seed)
+        source = f"{wname} ({init_report.method} of imagenet, {origin}, seed {seed})"
+    else:
+        source = {"imagenet": f"imagenet ({origin})", "none": "none (random init)"}[wname]
     preprocess = PreprocessConfig(image_size=image_size, in_chans=in_chans, mean=mean, std=std)
     model = CxrClassifier(net, preprocess, units, head, unit_names)
     model.weights_source = source  # type: ignore[attr-defined]
+    model.init_report = init_report  # type: ignore[attr-defined]
     model.model_name = name  # type: ignore[attr-defined]
     return model
 

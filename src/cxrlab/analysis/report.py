@@ -1,0 +1,210 @@
+"""Writing a feature-reuse analysis: ``reuse.json``, ``reuse_units.csv``, ``reuse.md``,
+figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..utils import atomic_write_text, write_json
+from .figures import plot_by_size, plot_cka_pairs, plot_units
+
+if TYPE_CHECKING:
+    from .reuse import ReuseResult
+
+__all__ = ["reuse_markdown", "write_reuse"]
+
+FIGURES = {
+    "units": "reuse_units.png",
+    "pairs": "cka_pairs.png",
+    "by_size": "accuracy_by_size.png",
+}
+
+
+def write_reuse(result: ReuseResult, **context: Any) -> None:
+    """Write every output of :func:`~cxrlab.analysis.analyze_reuse` into ``result.out``."""
+    out = result.out
+    figures = {}
+    if plot_units(result.table, out / FIGURES["units"]):
+        figures["units"] = FIGURES["units"]
+    if plot_cka_pairs(result.pairs, out / FIGURES["pairs"]):
+        figures["pairs"] = FIGURES["pairs"]
+    if plot_by_size(result.runs, out / FIGURES["by_size"]):
+        figures["by_size"] = FIGURES["by_size"]
+    write_json(
+        out / "reuse.json",
+        {
+            "context": context,
+            "runs": result.runs,
+            "summary": result.summary,
+            "units": result.table,
+            "pairs": result.pairs,
+            "notes": result.notes,
+            "figures": figures,
+        },
+    )
+    buf = io.StringIO()
+    if result.table:
+        w = csv.DictWriter(buf, fieldnames=list(result.table[0]), lineterminator="\n")
+        w.writeheader()
+        for row in result.table:
+            w.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    atomic_write_text(out / "reuse_units.csv", buf.getvalue())
+    atomic_write_text(out / "reuse.md", reuse_markdown(result, figures, **context))
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _size(size: float) -> str:
+    return f"{size:.0%}" if size <= 1 else f"{size:g}/class"
+
+
+def unit_digest(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, initialisation, freezing and size: the per-unit measurements in a few
+    numbers (means over seeds)."""
+    groups: dict[tuple, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in table:
+        groups[(r["model"], r["init"], r["freeze"], r["train_size"])][r["unit_index"]].append(r)
+    out = []
+    for (model, kind, freeze, size), by_unit in sorted(groups.items()):
+        units = sorted(by_unit)
+        names = [by_unit[u][0]["unit"] for u in units]
+
+        def mean(key: str, rows: list[dict[str, Any]]) -> float:
+            vals = [r[key] for r in rows if np.isfinite(r[key])]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        cka = [mean("cka_to_init", by_unit[u]) for u in units]
+        change = [mean("weight_change", by_unit[u]) for u in units]
+        reset = [mean("reset_to_init_accuracy", by_unit[u]) for u in units]
+        knn = [mean("knn_accuracy", by_unit[u]) for u in units]
+        acc = mean("accuracy", by_unit[units[0]])
+        moved = [c if np.isfinite(c) else -1.0 for c in change]
+        drops = [acc - r if np.isfinite(r) else -1.0 for r in reset]
+        row = {
+            "model": model,
+            "init": kind,
+            "freeze": freeze,
+            "train_size": size,
+            "units": len(units),
+            "accuracy": acc,
+            "cka_stem": cka[0],
+            "cka_last": cka[-1],
+            "units_cka_above_0.9": int(sum(c >= 0.9 for c in cka if np.isfinite(c))),
+            # None where no unit moved / no reset costs anything (a frozen backbone)
+            "largest_change_unit": names[int(np.argmax(moved))] if max(moved) > 0 else None,
+            "largest_change": max(moved) if max(moved) > 0 else None,
+            "critical_unit": names[int(np.argmax(drops))] if max(drops) > 0 else None,
+            "critical_drop": max(drops) if max(drops) > 0 else None,
+            "best_knn_unit": names[int(np.nanargmax(knn))],
+            "best_knn": float(np.nanmax(knn)),
+            "knn_last": knn[-1],
+        }
+        out.append(row)
+    return out
+
+
+def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any) -> str:
+    """The analysis in words and tables."""
+    lines = [
+        "# Feature reuse: why pretraining helps",
+        "",
+        f"{len(result.runs)} run(s), measured on {context.get('n_images', '?')} "
+        f"{context.get('split', 'test')} images (the same for every model); k-NN bank: "
+        f"{context.get('bank', '?')} training images, k = {context.get('k', '?')}. "
+        "WT = ImageNet weights, ST = statistics transfer (each tensor redrawn from the "
+        "pretrained tensor's mean and std), RI = random init, TF<K> = first K units "
+        "pretrained.",
+        "",
+    ]
+    if result.summary:
+        lines += [
+            "## What pretraining adds, and how much of it the weight statistics alone give",
+            "",
+            "Test accuracy (%) per initialisation, mean over seeds (n seeds); the gain of WT "
+            "over RI with a 95 % bootstrap interval over seeds, and the share of that gain "
+            "that ST recovers, (ST - RI) / (WT - RI).",
+            "",
+            "| model | freeze | training data | WT | ST | RI | gain WT - RI (points) "
+            "| ST share of the gain |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s in result.summary:
+            cells = []
+            for kind in ("WT", "ST", "RI"):
+                acc = s.get(f"{kind}_accuracy")
+                cells.append("-" if acc is None else f"{_pct(acc)} ({s[f'{kind}_seeds']})")
+            gain = "-" if "gain" not in s else f"{100 * s['gain']:+.1f}{_ci(s['gain_ci'])}"
+            share = s.get("st_share")
+            share_ci = s.get("st_share_ci")
+            share_txt = (
+                "-"
+                if share is None
+                else f"{share:.2f}"
+                + (f" [{share_ci[0]:.2f}, {share_ci[1]:.2f}]" if share_ci else "")
+            )
+            lines.append(
+                f"| {s['model']} | {s['freeze']} | {_size(s['train_size'])} | "
+                + " | ".join(cells)
+                + f" | {gain} | {share_txt} |"
+            )
+        lines += [
+            "",
+            "A share is only meaningful where the gain's interval lies clearly above zero; "
+            "with few seeds the intervals are wide (the seeds are the runs' only "
+            "replication).",
+            "",
+        ]
+    digest = unit_digest(result.table)
+    if digest:
+        lines += [
+            "## Per unit, in a few numbers",
+            "",
+            "CKA of each unit's output to the same unit of the weights it started from (1 = "
+            "unchanged representation); the unit whose weights moved most (relative L2); the "
+            "unit whose reset to its initial weights costs the most accuracy; the unit whose "
+            "pooled output a k-NN classifies best.",
+            "",
+            "| model | init | freeze | data | accuracy | CKA stem / last | units CKA >= 0.9 "
+            "| most changed | most critical (drop) | best k-NN unit (acc) | k-NN last |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for d in digest:
+            crit = (
+                f"{d['critical_unit']} ({100 * d['critical_drop']:.1f} pts)"
+                if d["critical_unit"]
+                else "none"
+            )
+            changed = (
+                f"{d['largest_change_unit']} ({d['largest_change']:.2f})"
+                if d["largest_change_unit"]
+                else "none"
+            )
+            lines.append(
+                f"| {d['model']} | {d['init']} | {d['freeze']} | {_size(d['train_size'])} | "
+                f"{_pct(d['accuracy'])} | {d['cka_stem']:.2f} / {d['cka_last']:.2f} | "
+                f"{d['units_cka_above_0.9']} of {d['units']} | {changed} | {crit} | "
+                f"{d['best_knn_unit']} ({_pct(d['best_knn'])}) | {_pct(d['knn_last'])} |"
+            )
+        lines.append("")
+    if result.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    captions = {
+        "units": "Per-unit measurements (mean over seeds; band: min to max)",
+        "pairs": "CKA between models that differ only in their initialisation",
+        "by_size": "Test accuracy against the number of training images",
+    }
+    for key, name in figures.items():
+        lines += [f"![{captions[key]}]({name})", ""]
+    lines += ["Every number per run and unit: `reuse_units.csv`; all of it: `reuse.json`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,521 @@
+"""Why pretraining helps: feature-reuse measurements over finished runs.
+
+``analyze_reuse(runs, out=DIR)`` measures, per unit (the stem and each residual or
+transformer block, the units the freezing policies count), over the same test images:
+
+1. **CKA** (:mod:`cxrlab.analysis.cka`): each fine-tuned model against the weights it
+   started from, and fine-tuned models against each other (weight transfer vs statistics
+   transfer vs random init, same seed and training size).
+2. **Weight change**: ``||w - w0|| / ||w0||`` of each unit's parameters.
+3. **Re-initialisation robustness**: each unit reset on its own to its initial weights, and
+   to a fresh random draw, and the test accuracy without retraining.
+4. **k-NN probe**: each unit's output, average-pooled and L2-normalised, classified by a
+   weighted k-NN (``k`` nearest by cosine similarity, votes ``exp(sim / T)``; Wu et al.
+   2018) with the training split as the bank.
+5. **Summary**: per model, freezing and training size, the gain of pretraining over random
+   init and the share of it that statistics transfer recovers, with bootstrap intervals
+   over seeds.
+
+Each model reads its layer outputs in one pass per image. Units the model shares with its
+initialisation (a frozen prefix, bit for bit) are not run again for the initialisation:
+their outputs, Grams and CKA (1) are taken from the fine-tuned pass, and resetting such a
+unit changes nothing, so it is not recomputed. Measurements 1-3 need the weights a run
+started from (``init.safetensors``, written by ``--keep-init``); runs without them get the
+rest and say so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import prepare_data
+from ..engine.rundir import INIT_FILE, load_run_model
+from ..engine.runtime import resolve_device
+from ..errors import ConfigError
+from ..models import CxrClassifier, create_model, get_spec, parse_weights
+from ..models.stages import stages
+from .cka import batch_bounds, cka_from_hsic, gram, hsic_matrix
+
+__all__ = [
+    "ReuseResult",
+    "analyze_reuse",
+    "init_kind",
+    "knn_accuracy",
+    "transfer_summary",
+    "unit_tensor_names",
+    "weight_change",
+]
+
+#: How a run's initialisation is named in tables and figures (Matsoukas et al.'s terms).
+KIND_NAMES = {"WT": "weight transfer", "ST": "statistics transfer", "RI": "random init"}
+
+
+def init_kind(card: dict[str, Any]) -> str:
+    """``WT`` (ImageNet weights), ``ST`` (statistics transfer), ``RI`` (random init),
+    ``TF<K>`` (transfusion, first K units pretrained) or ``file``, from a model card."""
+    text = str(card.get("training", {}).get("config", {}).get("weights", ""))
+    if not text:
+        text = str(card.get("weights", "")).split(" ")[0]
+    ws = parse_weights(text)
+    return {"imagenet": "WT", "stats": "ST", "none": "RI", "file": "file"}.get(
+        ws.kind, f"TF{ws.keep}"
+    )
+
+
+def unit_tensor_names(model: CxrClassifier) -> list[list[str]]:
+    """Per unit, the names (in ``model.net``) of its parameters and of its modules' buffers
+    (BatchNorm running statistics belong to the unit of the BatchNorm's weights)."""
+    buffers = [n for n, _ in model.net.named_buffers()]
+    out = []
+    for params in model.units:
+        owners = {p.rsplit(".", 1)[0] for p in params if "." in p}
+        out.append(list(params) + [b for b in buffers if b.rsplit(".", 1)[0] in owners])
+    return out
+
+
+def weight_change(model: CxrClassifier, init: CxrClassifier) -> list[float]:
+    """``||w - w0||_2 / ||w0||_2`` over each unit's parameters (NaN where ``w0`` is zero)."""
+    now = {n: p.detach() for n, p in model.net.named_parameters()}
+    start = {n: p.detach() for n, p in init.net.named_parameters()}
+    out = []
+    for params in model.units:
+        diff = sum(float((now[p].double() - start[p].double()).pow(2).sum()) for p in params)
+        base = sum(float(start[p].double().pow(2).sum()) for p in params)
+        out.append(float(np.sqrt(diff / base)) if base > 0 else float("nan"))
+    return out
+
+
+def knn_accuracy(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> float:
+    """Weighted k-NN accuracy on L2-normalised features (cosine similarity).
+
+    Each query takes its ``k`` most similar bank rows; each votes for its class with weight
+    ``exp(similarity / temperature)``.
+    """
+    num_classes = num_classes or int(max(bank_labels.max(), query_labels.max())) + 1
+    bank = nn.functional.normalize(bank.float(), dim=1)
+    query = nn.functional.normalize(query.float(), dim=1)
+    k = min(k, len(bank))
+    sims, idx = (query @ bank.T).topk(k, dim=1)  # (Q, k)
+    votes = torch.zeros(len(query), num_classes, dtype=torch.float64)
+    votes.scatter_add_(1, bank_labels[idx], (sims.double() / temperature).exp())
+    return float((votes.argmax(1) == query_labels).double().mean())
+
+
+def _pool(h: torch.Tensor) -> torch.Tensor:
+    """Average over the spatial positions (B, C, H, W) or the tokens (B, N, D)."""
+    if h.ndim == 4:
+        return h.mean(dim=(2, 3))
+    if h.ndim == 3:
+        return h.mean(dim=1)
+    return h.reshape(h.shape[0], -1)
+
+
+@dataclass
+class _Loaded:
+    path: Path
+    name: str  # short id for tables: the folder name
+    card: dict[str, Any]
+    model: CxrClassifier
+    init: CxrClassifier | None
+    kind: str
+    chain: Any  # (units, pool, classifier) of ``model``
+    names: list[list[str]]  # tensor names per unit
+
+
+@dataclass
+class ReuseResult:
+    """What :func:`analyze_reuse` measured; ``table`` has one row per run and unit."""
+
+    out: Path
+    runs: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _load(path: Path) -> _Loaded:
+    model, card = load_run_model(path)
+    chain = stages(model.net, get_spec(card["model"]).arch)
+    if chain is None:
+        raise ConfigError(
+            f"{path}: cxrlab cannot split {card['model']} into units for a layer analysis"
+        )
+    init = None
+    if (path / INIT_FILE).is_file():
+        init, _ = load_run_model(path, file=INIT_FILE)
+    return _Loaded(
+        path, path.name, card, model, init, init_kind(card), chain, unit_tensor_names(model)
+    )
+
+
+def _same_prefix(run: _Loaded) -> int:
+    """How many leading units of the run are bit for bit its initialisation."""
+    if run.init is None:
+        return 0
+    now, start = run.model.net.state_dict(), run.init.net.state_dict()
+    for u, names in enumerate(run.names):
+        if not all(torch.equal(now[n], start[n]) for n in names):
+            return u
+    return len(run.names)
+
+
+def _run_units(chain: Any, h: torch.Tensor, first: int = 0) -> list[torch.Tensor]:
+    outs = []
+    for unit in chain[0][first:]:
+        h = unit(h)
+        outs.append(h)
+    return outs
+
+
+def _logits(chain: Any, h: torch.Tensor, first: int) -> torch.Tensor:
+    """Run the units from ``first`` on, then pool and classify."""
+    units, pool, classifier = chain
+    for unit in units[first:]:
+        h = unit(h)
+    return classifier(pool(h))
+
+
+class _Swap:
+    """Temporarily copy another model's tensors of one unit into ``model.net``."""
+
+    def __init__(self, model: CxrClassifier, names: list[str], source: dict[str, torch.Tensor]):
+        refs = dict(model.net.named_parameters()) | dict(model.net.named_buffers())
+        self.items = [(refs[n], source[n]) for n in names]
+        self.saved: list[torch.Tensor] = []
+
+    def __enter__(self) -> None:
+        self.saved = [t.detach().clone() for t, _ in self.items]
+        with torch.no_grad():
+            for t, s in self.items:
+                t.copy_(s)
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for (t, _), s in zip(self.items, self.saved):
+                t.copy_(s)
+
+
+def _fresh_state(card: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """A fresh random initialisation of the run's architecture (for the random re-init)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = create_model(
+            card["model"],
+            len(card["classes"]),
+            "none",
+            image_size=int(card["preprocessing"]["image_size"]),
+        ).net
+    return net.state_dict()
+
+
+def _stratified_rows(rows: np.ndarray, labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``rows``, the same share of every class, in the original order."""
+    if limit is None or limit >= len(rows):
+        return rows
+    keep = []
+    for c in np.unique(labels[rows]):
+        mine = rows[labels[rows] == c]
+        n = max(1, round(limit * len(mine) / len(rows)))
+        keep.extend(mine[np.linspace(0, len(mine) - 1, n).round().astype(int)])
+    return np.array(sorted(set(keep)), dtype=np.int64)
+
+
+def _check_runs(runs: list[_Loaded]) -> None:
+    first = runs[0].card
+    for r in runs[1:]:
+        for what, key in (
+            ("test split", ("data", "split_hash")),
+            ("input size", ("preprocessing", "image_size")),
+            ("class list", ("classes",)),
+        ):
+            a, b = first, r.card
+            for k in key:
+                a, b = a[k], b[k]
+            if a != b:
+                raise ConfigError(
+                    f"{runs[0].path} and {r.path} differ in their {what} ({a} vs {b}): a "
+                    "layer analysis compares models on the same images"
+                )
+
+
+@torch.no_grad()
+def analyze_reuse(
+    runs: Sequence[str | os.PathLike[str]],
+    *,
+    out: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    max_images: int | None = 300,
+    bank_images: int | None = 2000,
+    batch_size: int = 50,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    reinit: bool = True,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> ReuseResult:
+    """Feature-reuse measurements over finished runs (see the module docstring).
+
+    Args:
+        runs: run folders that share one split, input size and class list.
+        out: where ``reuse.json``, ``reuse.md``, ``reuse_units.csv`` and figures go.
+        data: the dataset (default: the first run's own).
+        split: the images measured (``test``; ``val`` to keep the test set untouched).
+        max_images: at most this many of them, the same share of every class.
+        bank_images: at most this many training images as the k-NN bank.
+        batch_size: CKA minibatch size (at least 4; the same batches for every model).
+        knn_k, knn_temperature: the k-NN probe's neighbours and vote temperature.
+        reinit: run the re-initialisation robustness check (the slowest measurement).
+        seed: seeds the fresh random draw of the re-initialisation check.
+
+    Raises:
+        ConfigError: no runs, runs on different splits, sizes or classes, or an architecture
+            cxrlab cannot split into units.
+        CheckpointError: a folder is not a finished run.
+    """
+    if not runs:
+        raise ConfigError("analyze reuse needs at least one run folder")
+    loaded = [_load(Path(p)) for p in runs]
+    _check_runs(loaded)
+    first = loaded[0]
+    card = first.card
+    prepared = prepare_data(
+        data if data is not None else card["data"]["root"],
+        split_file=first.path / "split.csv",
+        image_size=int(card["preprocessing"]["image_size"]),
+        lungs=card["data"].get("lungs", "keep"),
+        progress=progress,
+    )
+    labels = np.asarray(prepared.split.labels(), dtype=np.int64)
+    rows = _stratified_rows(np.array(prepared.split.indices(split)), labels, max_images)
+    bank_rows = _stratified_rows(np.array(prepared.split.indices("train")), labels, bank_images)
+    images = prepared.images.array
+    bounds = batch_bounds(len(rows), batch_size)
+    dev = resolve_device(device)
+    y = torch.from_numpy(labels[rows])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    def batch(rs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(images[rs]))[:, None].to(dev)  # (B,1,H,W)
+
+    grams: dict[str, list[torch.Tensor]] = {}  # model key -> per batch (U, n, n)
+    table: list[dict[str, Any]] = []
+    run_rows: list[dict[str, Any]] = []
+    for run in tqdm(loaded, desc="Runs", disable=not progress or None, unit="run"):
+        model, chain = run.model.to(dev).eval(), run.chain
+        n_units = len(run.names)
+        shared = _same_prefix(run)
+        if run.init is not None:
+            run.init.to(dev).eval()
+        init_chain = stages(run.init.net, get_spec(run.card["model"]).arch) if run.init else None
+        fresh = _fresh_state(run.card, seed) if reinit and run.init is not None else None
+        init_state = run.init.net.state_dict() if run.init is not None else None
+        own, start = [], []
+        pooled: list[list[torch.Tensor]] = [[] for _ in range(n_units)]
+        correct = 0
+        reset_ok = {"init": np.zeros(n_units), "random": np.zeros(n_units)}
+        for a, b in bounds:
+            x = model.preprocess(batch(rows[a:b]))
+            outs = _run_units(chain, x)
+            own.append(torch.stack([gram(h) for h in outs]))
+            for u, h in enumerate(outs):
+                pooled[u].append(_pool(h).float().cpu())
+            pred = chain[2](chain[1](outs[-1])).argmax(1).cpu()
+            ok = int((pred == y[a:b]).sum())
+            correct += ok
+            if init_chain is not None:
+                h0 = x if shared == 0 else outs[shared - 1]
+                later = _run_units(init_chain, h0, shared) if shared < n_units else []
+                start.append(
+                    torch.stack([gram(h) for h in outs[:shared]] + [gram(h) for h in later])
+                )
+            if fresh is not None and init_state is not None:
+                for u in range(n_units):
+                    h_in = x if u == 0 else outs[u - 1]
+                    for variant, source in (("init", init_state), ("random", fresh)):
+                        if variant == "init" and u < shared:
+                            reset_ok[variant][u] += ok  # an unchanged unit: the same predictions
+                            continue
+                        with _Swap(model, run.names[u], source):
+                            p = _logits(chain, h_in, u).argmax(1).cpu()
+                        reset_ok[variant][u] += int((p == y[a:b]).sum())
+        grams[run.name] = own
+        if start:
+            grams[run.name + "#init"] = start
+        accuracy = correct / len(rows)
+        # k-NN bank: the training images through the same model
+        bank: list[list[torch.Tensor]] = [[] for _ in range(n_units)]
+        for a, b in batch_bounds(len(bank_rows), max(batch_size, 4)):
+            for u, h in enumerate(_run_units(chain, model.preprocess(batch(bank_rows[a:b])))):
+                bank[u].append(_pool(h).float().cpu())
+        yb = torch.from_numpy(labels[bank_rows])
+        knn = [
+            knn_accuracy(
+                torch.cat(bank[u]),
+                yb,
+                torch.cat(pooled[u]),
+                y,
+                k=knn_k,
+                temperature=knn_temperature,
+                num_classes=len(run.card["classes"]),
+            )
+            for u in range(n_units)
+        ]
+        change = weight_change(model, run.init) if run.init is not None else [np.nan] * n_units
+        cka_init = [np.nan] * n_units
+        if start:
+            cka_init = list(np.diag(_cka(own, start)))
+        if run.init is None:
+            notes.append(
+                f"{run.name}: no {INIT_FILE}; CKA to its initialisation, weight "
+                "change and re-initialisation left out (train with --keep-init)"
+            )
+        cfg = run.card["training"]["config"]
+        info = {
+            "run": run.name,
+            "path": str(run.path),
+            "model": run.card["model"],
+            "init": run.kind,
+            "freeze": cfg.get("freeze", "none"),
+            "train_size": float(cfg.get("train_size", 1.0)),
+            "seed": int(run.card["training"]["seed"]),
+            "accuracy": accuracy,
+            "units_shared_with_init": shared,
+        }
+        run_rows.append(info)
+        for u in range(n_units):
+            table.append(
+                {
+                    **{
+                        k: info[k] for k in ("run", "model", "init", "freeze", "train_size", "seed")
+                    },
+                    "unit_index": u,
+                    "unit": run.model.unit_names[u],
+                    "cka_to_init": float(cka_init[u]),
+                    "weight_change": float(change[u]),
+                    "knn_accuracy": knn[u],
+                    "accuracy": accuracy,
+                    "reset_to_init_accuracy": (
+                        reset_ok["init"][u] / len(rows) if fresh is not None else np.nan
+                    ),
+                    "reset_to_random_accuracy": (
+                        reset_ok["random"][u] / len(rows) if fresh is not None else np.nan
+                    ),
+                }
+            )
+        model.cpu()
+        if run.init is not None:
+            run.init.cpu()
+    pairs = _pairs(loaded, run_rows, grams)
+    summary = transfer_summary(run_rows, seed=seed)
+    result = ReuseResult(out, run_rows, table, pairs, summary, notes)
+    from .report import write_reuse
+
+    write_reuse(result, n_images=len(rows), split=split, bank=len(bank_rows), k=knn_k)
+    return result
+
+
+def _cka(a: list[torch.Tensor], b: list[torch.Tensor]) -> np.ndarray:
+    """``(U_a, U_b)`` CKA between every unit of two models, from per-batch Grams."""
+    xy = sum(hsic_matrix(ga, gb) for ga, gb in zip(a, b))
+    xx = sum(torch.diagonal(hsic_matrix(g, g)) for g in a)
+    yy = sum(torch.diagonal(hsic_matrix(g, g)) for g in b)
+    return cka_from_hsic(xy.numpy(), xx.numpy(), yy.numpy())  # type: ignore[union-attr]
+
+
+def _pairs(
+    loaded: list[_Loaded], info: list[dict[str, Any]], grams: dict[str, list[torch.Tensor]]
+) -> list[dict[str, Any]]:
+    """CKA matrices between runs that differ only in their initialisation."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(info):
+        groups[(r["model"], r["freeze"], r["train_size"], r["seed"])].append(i)
+    out = []
+    for members in groups.values():
+        for i, j in ((i, j) for i in members for j in members if i < j):
+            a, b = info[i], info[j]
+            if a["init"] == b["init"]:
+                continue
+            m = _cka(grams[a["run"]], grams[b["run"]])
+            out.append(
+                {
+                    "a": a["run"],
+                    "b": b["run"],
+                    "a_init": a["init"],
+                    "b_init": b["init"],
+                    "model": a["model"],
+                    "freeze": a["freeze"],
+                    "train_size": a["train_size"],
+                    "seed": a["seed"],
+                    "units": loaded[i].model.unit_names,
+                    "cka": m.tolist(),
+                }
+            )
+    return out
+
+
+def transfer_summary(
+    runs: list[dict[str, Any]], *, resamples: int = 5000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per model, freezing and training size: the gain of weight transfer over random init,
+    and the share of it recovered by statistics transfer, with 95 % bootstrap intervals
+    over seeds (each arm's seeds resampled on their own).
+
+    ``share = (ST - RI) / (WT - RI)``; it is only meaningful when the gain is clearly above
+    zero, which the interval of the gain shows.
+    """
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        groups[(r["model"], r["freeze"], r["train_size"])][r["init"]].append(r["accuracy"])
+    rng = np.random.default_rng(seed)
+    out = []
+    for (model, freeze, size), arms in sorted(groups.items()):
+        row: dict[str, Any] = {"model": model, "freeze": freeze, "train_size": size}
+        for kind, accs in sorted(arms.items()):
+            row[f"{kind}_accuracy"] = float(np.mean(accs))
+            row[f"{kind}_seeds"] = len(accs)
+        if "WT" in arms and "RI" in arms:
+            boot = {
+                k: np.array(v)[rng.integers(0, len(v), (resamples, len(v)))].mean(1)
+                for k, v in arms.items()
+                if k in ("WT", "ST", "RI")
+            }
+            gain = boot["WT"] - boot["RI"]
+            row["gain"] = row["WT_accuracy"] - row["RI_accuracy"]
+            row["gain_ci"] = [float(v) for v in np.percentile(gain, [2.5, 97.5])]
+            if "ST" in arms:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    share = (boot["ST"] - boot["RI"]) / gain
+                share = share[np.isfinite(share)]
+                point = row["gain"]
+                row["st_share"] = (
+                    (row["ST_accuracy"] - row["RI_accuracy"]) / point if point else None
+                )
+                row["st_share_ci"] = (
+                    [float(v) for v in np.percentile(share, [2.5, 97.5])] if len(share) else None
+                )
+        out.append(row)
+    return out
