@@ -2,7 +2,8 @@
 
 The public API in a few names; everything else lives in the subpackages, in data-flow order:
 ``cxrlab.data`` -> ``cxrlab.models`` -> ``cxrlab.freeze`` -> ``cxrlab.engine`` ->
-``cxrlab.evaluation`` -> ``cxrlab.infer`` -> ``cxrlab.audit`` -> ``cxrlab.study``.
+``cxrlab.evaluation`` -> ``cxrlab.infer`` -> ``cxrlab.audit`` -> ``cxrlab.analysis`` ->
+``cxrlab.study``.
 
 Names are imported on first use, so ``import cxrlab`` (and the CLI) start fast.
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "Predictor": "cxrlab.infer",
     "load": "cxrlab.infer",
     "run_audit": "cxrlab.audit",
+    "analyze_reuse": "cxrlab.analysis",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -32,6 +32,10 @@ study_app = typer.Typer(
     help="Run a grid of trainings from a TOML file and report on it.", no_args_is_help=True
 )
 app.add_typer(study_app, name="study")
+analyze_app = typer.Typer(
+    help="Analyses of finished runs: why pretraining helps.", no_args_is_help=True
+)
+app.add_typer(analyze_app, name="analyze")
 
 
 def _version(value: bool) -> None:
@@ -218,6 +222,14 @@ def train_cmd(
         ),
     ] = "auto",
     image_size: Annotated[int, typer.Option(help="Input size (px).", rich_help_panel=_D)] = 224,
+    train_size: Annotated[
+        float,
+        typer.Option(
+            help="Part of the training split: a fraction (0.1) or a count per class (50); "
+            "stratified, nested, the same for every seed.",
+            rich_help_panel=_D,
+        ),
+    ] = 1.0,
     lungs: Annotated[
         str,
         typer.Option(
@@ -230,7 +242,12 @@ def train_cmd(
         "resnet18"
     ),
     weights: Annotated[
-        str, typer.Option(help="imagenet, none, or a weights file.", rich_help_panel=_M)
+        str,
+        typer.Option(
+            help="imagenet; none; stats (statistics transfer); imagenet:K (first K units "
+            "pretrained, stats above); or a weights file.",
+            rich_help_panel=_M,
+        ),
     ] = "imagenet",
     freeze: Annotated[
         str, typer.Option(help="none, head, 0.5, 0.75, last:K.", rich_help_panel=_M)
@@ -318,6 +335,13 @@ def train_cmd(
         typer.Option(help="torchrun on GPUs: SyncBatchNorm for training BN.", rich_help_panel=_R),
     ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads, 0=default.", rich_help_panel=_R)] = 0,
+    keep_init: Annotated[
+        bool,
+        typer.Option(
+            help="Also keep the starting weights (init.safetensors) for 'analyze reuse'.",
+            rich_help_panel=_R,
+        ),
+    ] = False,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel=_R)
     ] = False,
@@ -417,6 +441,44 @@ def audit_cmd(
     for key, finding in result.findings.items():
         typer.echo(f"{key}: {finding}")
     typer.echo(f"Wrote {result.files['markdown']} and {result.files['json']}")
+
+
+@analyze_app.command("reuse")
+def analyze_reuse_cmd(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run folders (one split, input size and class list).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("runs/reuse"),
+    data: Annotated[
+        str | None, typer.Option(help="Dataset (default: the first run's own).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Images measured: test or val.")] = "test",
+    max_images: Annotated[
+        int, typer.Option(help="At most this many images, every class in proportion (0: all).")
+    ] = 300,
+    bank_images: Annotated[
+        int, typer.Option(help="At most this many training images as the k-NN bank (0: all).")
+    ] = 2000,
+    batch_size: Annotated[int, typer.Option(help="CKA minibatch (>= 4).")] = 50,
+    knn_k: Annotated[int, typer.Option(help="Neighbours of the k-NN probe.")] = 20,
+    reinit: Annotated[
+        bool, typer.Option(help="Re-initialisation robustness (the slowest measurement).")
+    ] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Feature reuse: CKA to the initialisation and between models, weight change, re-init
+    robustness and a k-NN probe per unit; the gain of pretraining and what statistics alone
+    recover."""
+    from .analysis import analyze_reuse
+
+    result = analyze_reuse(run_dirs, out=out, data=data, split=split,
+                           max_images=max_images or None, bank_images=bank_images or None,
+                           batch_size=batch_size, knn_k=knn_k, reinit=reinit, device=device,
+                           progress=progress)  # fmt: skip
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"Wrote {out / 'reuse.md'} ({len(result.runs)} runs)")
 
 
 # ------------------------------------------------------------------------------- study

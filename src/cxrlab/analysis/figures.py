@@ -71,7 +71,8 @@ def plot_units(table: Sequence[dict[str, Any]], out: str | os.PathLike[str]) -> 
             + (f" {model}" if multi_model else "")
             + (f" (freeze {freeze})" if freeze != "none" else "")
         )
-        ax.plot(units, mean, "o-", ms=3, color=_colour(kind), label=label)
+        style = "o-" if freeze == "none" else "s--"  # a frozen prefix: dashed
+        ax.plot(units, mean, style, ms=3, color=_colour(kind), label=label)
         if any(len(v) > 1 for v in vals):
             lo = [np.nanmin(v) if np.isfinite(v).any() else np.nan for v in vals]
             hi = [np.nanmax(v) if np.isfinite(v).any() else np.nan for v in vals]

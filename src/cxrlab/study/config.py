@@ -41,6 +41,16 @@ puts the findings in the report::
     checks = ["copies", "lungs", "cam", "probes"]   # the default: all of them
     split = "test"
     cam_images = 200
+
+Cells may differ in the initialisation (``weights = ["imagenet", "stats", "none"]``:
+weight transfer, statistics transfer, random init) and in the amount of training data
+(``train_size = [0.1, 0.3, 1.0]`` fractions, or counts per class such as ``[50, 200]``;
+nested, the same images for every cell and seed). An optional ``[analysis]`` table runs the
+feature-reuse analysis (``cxrlab analyze reuse``) over the finished cells::
+
+    [analysis]
+    reuse = true
+    max_images = 300      # test images measured (every class in proportion)
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from ..config import from_dict
 from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..freeze import parse_freeze
+from ..models import parse_weights
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +78,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "AnalysisSettings",
     "AuditSettings",
     "Cell",
     "StudyConfig",
@@ -114,6 +126,28 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AnalysisSettings:
+    """The ``[analysis]`` table: measurements over the finished cells, in the report.
+
+    ``reuse`` runs ``cxrlab analyze reuse`` over every cell (per cell and seed, the chosen
+    trial) and keeps each run's starting weights for it (``keep_init``).
+    """
+
+    reuse: bool = True
+    split: Literal["test", "val"] = "test"
+    max_images: int = 300
+    bank_images: int = 2000
+    batch_size: int = 50
+    reinit: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 4:
+            raise ConfigError("[analysis] batch_size must be at least 4 (CKA's estimator)")
+        if self.max_images < 0 or self.bank_images < 0:
+            raise ConfigError("[analysis] max_images and bank_images must be >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
 class Cell:
     """One training run of the study.
 
@@ -147,6 +181,7 @@ class StudyConfig:
     path: Path | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # from the command line
     audit: AuditSettings | None = None  # the [audit] table, when the study asks for audits
+    analysis: AnalysisSettings | None = None  # the [analysis] table
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -154,21 +189,43 @@ class StudyConfig:
         return tuple(range(s)) if isinstance(s, int) else tuple(s)
 
 
-def arm_label(weights: str, freeze: str, lungs: str = "keep") -> str:
+def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float = 1.0) -> str:
     """A readable training type, in the original study's terms."""
     label = _arm_label(weights, freeze)
-    return label if lungs == "keep" else f"{label}, {_LUNGS[lungs]}"
+    if lungs != "keep":
+        label = f"{label}, {_LUNGS[lungs]}"
+    return label if train_size == 1 else f"{label}, {size_label(train_size)}"
 
 
 _LUNGS = {"remove": "lungs removed", "only": "lungs only"}
 
 
+def size_label(train_size: float) -> str:
+    """``10% of training data`` or ``50 per class``."""
+    if train_size <= 1:
+        return f"{train_size:.0%} of training data"
+    return f"{train_size:g} per class"
+
+
+def _size_tag(train_size: float) -> str:
+    return (
+        ""
+        if train_size == 1
+        else (f"-n{train_size * 100:g}pc" if train_size < 1 else f"-n{train_size:g}")
+    )
+
+
 def _arm_label(weights: str, freeze: str) -> str:
     policy = parse_freeze(freeze)
+    ws = parse_weights(weights)
     if weights == "imagenet":
         prefix = "Pretrained"
     elif weights == "none":
         prefix = "From scratch"
+    elif ws.kind == "stats":
+        prefix = "Statistics transfer"
+    elif ws.kind == "transfusion":
+        prefix = f"Pretrained first {ws.keep} units, statistics above"
     else:
         prefix = f"Weights {Path(weights).name}"
     if policy.kind == "none":
@@ -182,7 +239,10 @@ def _arm_label(weights: str, freeze: str) -> str:
 
 def _tag(weights: str, freeze: str) -> str:
     policy = parse_freeze(freeze)
-    w = {"imagenet": "in1k", "none": "scratch"}.get(weights, f"file-{Path(weights).stem}")
+    ws = parse_weights(weights)
+    w = {"imagenet": "in1k", "none": "scratch", "stats": "st"}.get(weights)
+    if w is None:
+        w = f"tf{ws.keep}" if ws.kind == "transfusion" else f"file-{Path(weights).stem}"
     f = {"none": "full", "head": "head"}.get(policy.kind)
     if f is None:
         f = f"f{round(policy.value * 100):03d}" if policy.kind == "fraction" else str(policy)
@@ -233,13 +293,16 @@ def _trial_tag(trial: dict[str, Any]) -> str:
 
 def _parse(data: dict[str, Any], source: str, path: Path | None,
            overrides: dict[str, Any]) -> StudyConfig:  # fmt: skip
-    unknown = set(data) - {"study", "train", "cells", "audit"}
+    unknown = set(data) - {"study", "train", "cells", "audit", "analysis"}
     if unknown:
         raise ConfigError(
             f"Unknown table(s) {sorted(unknown)} in the study file; expected "
-            "[study], [train], [[cells]] and optionally [audit]"
+            "[study], [train], [[cells]] and optionally [audit] and [analysis]"
         )
     audit = from_dict(AuditSettings, dict(data["audit"]), "[audit] ") if "audit" in data else None
+    analysis = None
+    if "analysis" in data:
+        analysis = from_dict(AnalysisSettings, dict(data["analysis"]), "[analysis] ")
     settings = from_dict(StudySettings, dict(data.get("study", {})), "[study] ")
     if isinstance(settings.seeds, int) and settings.seeds < 1:
         raise ConfigError("[study] seeds must be at least 1")
@@ -272,14 +335,16 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         search = train_search | _search_axes(entry, f"[[cells]] #{index + 1} ")
         for key in search:
             if key in ("model", "weights", "freeze", "lungs", "seed", "data", "split_file",
-                       "split_seed", "ratios", "split_source", "label"):  # fmt: skip
+                       "split_seed", "ratios", "split_source", "label", "train_size"):  # fmt: skip
                 raise ConfigError(f"[[cells]] #{index + 1} {key}: cannot be searched (it "
                                   "defines the cell, not its training)")  # fmt: skip
         for combo in _expand(entry, index):
             label = combo.pop("label", None)
-            named = ("model", "weights", "freeze", "lungs")  # spelled out in the id
+            named = ("model", "weights", "freeze", "lungs", "train_size")  # spelled out in the id
             extra = {k: v for k, v in combo.items() if k not in named}
             options = train | combo
+            if analysis is not None and analysis.reuse:
+                options["keep_init"] = True  # the reuse analysis reads the starting weights
             options.setdefault("weights", "imagenet")
             options.setdefault("freeze", "none")
             digest = ""
@@ -289,14 +354,15 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             lungs = {"remove": "-nolungs", "only": "-lungsonly"}.get(
                 options.get("lungs", "keep"), ""
             )
+            size = float(options.get("train_size", 1.0))
             base_id = (f"{options['model']}-{_tag(options['weights'], options['freeze'])}"
-                       f"{lungs}{digest}")  # fmt: skip
+                       f"{lungs}{_size_tag(size)}{digest}")  # fmt: skip
             if base_id in seen:
                 raise ConfigError(f"Cell {base_id} appears twice in the study file")
             seen.add(base_id)
             if label is None:
                 label = arm_label(options["weights"], options["freeze"],
-                                  options.get("lungs", "keep"))  # fmt: skip
+                                  options.get("lungs", "keep"), size)  # fmt: skip
                 if extra:  # told apart below if another cell gets the same label
                     label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
             bases.append((base_id, label, options, index, search))
@@ -328,7 +394,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                     selects=f"{base_id}-s{seed}" if trial else None, trial=trial,
                 ))  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
-    return StudyConfig(settings, train, tuple(cells), source, path, given, audit)
+    return StudyConfig(settings, train, tuple(cells), source, path, given, audit, analysis)
 
 
 def load_study_config(

@@ -170,6 +170,31 @@ def _probe_data(study: StudyConfig, out: Path, progress: bool) -> None:
         lock.unlink(missing_ok=True)
 
 
+def _analyze(study: StudyConfig, out: Path, progress: bool) -> None:
+    """The feature-reuse analysis over the study's runs (per cell and seed, the chosen
+    trial), once; again only when the set of runs changed."""
+    from ..analysis import analyze_reuse
+    from .report.results import collect_results
+    from .report.reuse import ANALYSIS_DIR, read_reuse
+
+    assert study.analysis is not None
+    runs = [out / "runs" / r["cell"] for r in collect_results(study, out).rows]
+    done = read_reuse(out)
+    if done is not None and sorted(r["path"] for r in done["runs"]) == sorted(map(str, runs)):
+        return
+    lock = out / "runs" / "analysis.lock"
+    if not _claim(lock):
+        return
+    try:
+        a = study.analysis
+        tqdm.write(f"== feature-reuse analysis of {len(runs)} runs")
+        analyze_reuse(runs, out=out / ANALYSIS_DIR, split=a.split,
+                      max_images=a.max_images or None, bank_images=a.bank_images or None,
+                      batch_size=a.batch_size, reinit=a.reinit, progress=progress)  # fmt: skip
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_study(
     study: StudyConfig,
     out: str | os.PathLike[str],
@@ -248,4 +273,6 @@ def run_study(
     if study.audit is not None and "probes" in study.audit.checks:
         _probe_data(study, out, progress)
     finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
+    if study.analysis is not None and study.analysis.reuse and finished == len(study.cells):
+        _analyze(study, out, progress)
     return StudyProgress(out, len(study.cells), finished, ran, skipped, busy)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...analysis.figures import plot_by_size
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
@@ -22,6 +23,7 @@ from .results import (
     results_csv,
     summary_markdown,
 )
+from .reuse import reuse_sections
 from .trials import plot_trials, trials_csv
 
 __all__ = ["Report", "build_report"]
@@ -57,6 +59,15 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         figures[p.stem] = p
     if p := plot_trials(results.trials, study.settings.select, fig_dir / "trials.png"):
         figures["trials_plot"] = p
+    if len({r["train_size"] for r in results.rows}) > 1:  # the data-size axis
+        multi = len({r["model"] for r in results.rows}) > 1
+        lines = [r | {"line": f"{r['model']}: {r['arm']}" if multi else r["arm"]}
+                 for r in results.rows]  # fmt: skip
+        for metric in ("accuracy", "macro_f1"):
+            path = fig_dir / f"by_size_{metric}.png"
+            label = {"accuracy": "test accuracy", "macro_f1": "test macro-F1"}[metric]
+            if plot_by_size(lines, path, metric=metric, line="line", ylabel=label):
+                figures[f"by_size_{metric}"] = path
     files = {
         "results": study_dir / "results.csv",
         "summary": study_dir / "summary.md",
@@ -72,6 +83,12 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         card = json.loads((files["final"] / "model_card.json").read_text())
         summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"
                     f" {card['description']}.\n")  # fmt: skip
+    for title, lines in reuse_sections(study_dir)[:1]:  # the transfer summary
+        summary += (
+            f"\n## Feature reuse: {title}\n"
+            + "\n".join(lines)
+            + ("\nPer-unit measurements and figures: `analysis/reuse.md`.\n")
+        )
     atomic_write_text(files["summary"], summary)
     atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
     if results.trials:

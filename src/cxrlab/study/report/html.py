@@ -19,6 +19,7 @@ from .results import (
     seed_advice,
     summary_tables,
 )
+from .reuse import ANALYSIS_DIR, read_reuse, reuse_sections
 
 __all__ = ["render_html"]
 
@@ -121,9 +122,12 @@ def render_html(
         )
     if audits:
         parts += _audit_section(audits)
+    parts += _reuse_section(study_dir)
     parts.append("<h2>Figures</h2>")
     for key, caption in (
         ("accuracy", "Test accuracy with 95 % intervals"),
+        ("by_size_accuracy", "Test accuracy against the number of training images"),
+        ("by_size_macro_f1", "Test macro-F1 against the number of training images"),
         ("features_pretrained", "First-stage feature maps: pretrained"),
         ("features_non_pretrained", "First-stage feature maps: not pretrained"),
     ):
@@ -188,6 +192,28 @@ def _audit_section(audits: StudyAudits) -> list[str]:
         text = probes.get("finding") or f"Acquisition probes skipped: {probes.get('skipped')}"
         parts.append(f"<h3>The data</h3><p>{html.escape(text)}</p>")
         parts.append(_img(audits.folder["data"] / "probes.png", "acquisition probes"))
+    return parts
+
+
+def _reuse_section(study_dir: Path) -> list[str]:
+    """The ``[analysis]`` feature-reuse tables and figures, when the analysis has run."""
+    info = read_reuse(study_dir)
+    if info is None:
+        return []
+    parts = ["<h2>Feature reuse: why pretraining helps</h2>"]
+    for title, lines in reuse_sections(study_dir):
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        if any(ln.startswith("|") for ln in lines):
+            parts.append(_markdown_table(lines))
+        else:
+            parts += [f"<p>{html.escape(ln.removeprefix('- '))}</p>" for ln in lines if ln]
+    captions = {"units": "Per unit: CKA to the initialisation, weight change, re-initialisation, "
+                "k-NN probe (mean over seeds; band: min to max)",
+                "pairs": "CKA between models that differ only in their initialisation",
+                "by_size": "Test accuracy against the number of training images"}  # fmt: skip
+    for key, name in info.get("figures", {}).items():
+        if key != "by_size":  # the report shows its own data-size figure
+            parts.append(_img(study_dir / ANALYSIS_DIR / name, captions[key], wide=True))
     return parts
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import StudyConfig
+from ..config import StudyConfig, size_label
 from ..stats import (
     holm,
     mcnemar_exact,
@@ -211,6 +211,8 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
         row = {
             "cell": cell.id, "group": cell.group, "label": cell.label, "model": cell.model,
             "weights": cell.config.weights, "freeze": cell.config.freeze, "seed": cell.seed,
+            "train_size": cell.config.train_size, "train_images": m.get("train_images"),
+            "arm": cell.label.removesuffix(f", {size_label(cell.config.train_size)}"),
             "chosen": ", ".join(f"{k}={v}" for k, v in cell.trial.items()),
             "trainable_params": card["freeze"]["trainable_params"],
             "total_params": card["freeze"]["total_params"],
@@ -299,7 +301,8 @@ def _flag_text(kinds: dict[str, list[int]], n_seeds: int) -> str:
 def compare(
     results: StudyResults, alpha: float = 0.05, n_resamples: int = 2000
 ) -> list[Comparison]:
-    """Every pair of training types within each model, on the shared test images.
+    """Every pair of training types within each model and training-set size, on the shared
+    test images.
 
     The accuracy difference is tested with a two-level bootstrap that resamples each
     training type's seeds and the shared test images; p-values are Holm-adjusted over all
@@ -309,8 +312,10 @@ def compare(
     """
     by_arm: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
     flagged: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    size: dict[tuple[str, str], float] = {}
     for r in results.rows:
         by_arm[(r["model"], r["label"])][r["seed"]] = results.correct[r["cell"]]
+        size[(r["model"], r["label"])] = r.get("train_size", 1.0)
         for kind in filter(None, r.get("flags", "").split(" | ")):
             flagged[(r["model"], r["label"])][kind].append(r["seed"])
     raw = []
@@ -318,6 +323,8 @@ def compare(
     for model in models:
         labels = [lab for (m, lab) in by_arm if m == model]
         for a, b in itertools.combinations(labels, 2):
+            if size[(model, a)] != size[(model, b)]:
+                continue  # training types are compared on the same amount of data
             runs_a, runs_b = by_arm[(model, a)], by_arm[(model, b)]
             seeds_a, seeds_b = sorted(runs_a), sorted(runs_b)
             ma = np.stack([runs_a[s] for s in seeds_a])  # (seeds, images)
