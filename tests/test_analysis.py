@@ -292,3 +292,34 @@ def test_transfer_summary_gain_and_share() -> None:
     assert lo < 0.2 < hi and lo > 0.15
     assert row["st_share_ci"][0] < 0.45 < row["st_share_ci"][1]
     assert json.dumps(row)  # plain numbers only
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vit_b_16", "efficientnet_lite0",
+                                  "vit_tiny", "vit_small"])  # fmt: skip
+def test_statistics_transfer_covers_every_tensor_of_every_registered_model(name: str) -> None:
+    from torch import nn
+
+    from cxrlab.models import list_models
+
+    assert set(list_models()) <= {"resnet18", "resnet34", "resnet50", "vit_b_16",
+                                  "efficientnet_lite0", "vit_tiny", "vit_small"}  # fmt: skip
+    model = create_model(name, 3, "none", image_size=224)
+    torch.manual_seed(0)
+    with torch.no_grad():  # no constant tensors, none that looks like a fresh norm layer
+        for p in model.net.parameters():
+            p.add_(0.5 + 0.1 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    statistics_transfer(model.net, model.unit_names, model.units, seed=0)
+    after = model.net.state_dict()
+    modules = dict(model.net.named_modules())
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    for unit in model.units:
+        for p in unit:
+            owner = modules.get(p.rsplit(".", 1)[0] if "." in p else "")
+            if isinstance(owner, norms):
+                fresh = 1.0 if p.endswith("weight") else 0.0
+                assert torch.all(after[p] == fresh), p
+            else:
+                assert not torch.equal(after[p], before[p]), f"{p} was not redrawn"
+    for p in model.head:  # the classifier is left as it is
+        assert torch.equal(after[p], before[p])

@@ -485,7 +485,8 @@ def transfer_summary(
     over seeds (each arm's seeds resampled on their own).
 
     ``share = (ST - RI) / (WT - RI)``; it is only meaningful when the gain is clearly above
-    zero, which the interval of the gain shows.
+    zero, which the interval of the gain shows. With one seed in an arm there is no
+    interval (``None``).
     """
     groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
@@ -505,7 +506,10 @@ def transfer_summary(
             }
             gain = boot["WT"] - boot["RI"]
             row["gain"] = row["WT_accuracy"] - row["RI_accuracy"]
-            row["gain_ci"] = [float(v) for v in np.percentile(gain, [2.5, 97.5])]
+            replicated = all(len(arms[k]) >= 2 for k in boot)  # one seed: no interval
+            row["gain_ci"] = (
+                [float(v) for v in np.percentile(gain, [2.5, 97.5])] if replicated else None
+            )
             if "ST" in arms:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     share = (boot["ST"] - boot["RI"]) / gain
@@ -515,7 +519,9 @@ def transfer_summary(
                     (row["ST_accuracy"] - row["RI_accuracy"]) / point if point else None
                 )
                 row["st_share_ci"] = (
-                    [float(v) for v in np.percentile(share, [2.5, 97.5])] if len(share) else None
+                    [float(v) for v in np.percentile(share, [2.5, 97.5])]
+                    if len(share) and replicated
+                    else None
                 )
         out.append(row)
     return out
