@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..engine.rundir import INIT_FILE, load_run_model
+from ..engine.rundir import INIT_FILE, load_card, load_run_model
 from ..engine.runtime import resolve_device
 from ..errors import ConfigError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
@@ -153,7 +153,7 @@ class ReuseResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _load(path: Path) -> _Loaded:
+def _load(path: Path, name: str) -> _Loaded:
     model, card = load_run_model(path)
     chain = stages(model.net, get_spec(card["model"]).arch)
     if chain is None:
@@ -240,22 +240,27 @@ def _stratified_rows(rows: np.ndarray, labels: np.ndarray, limit: int | None) ->
     return np.array(sorted(set(keep)), dtype=np.int64)
 
 
-def _check_runs(runs: list[_Loaded]) -> None:
-    first = runs[0].card
-    for r in runs[1:]:
+def _check_runs(paths: list[Path], cards: list[dict[str, Any]]) -> None:
+    for path, card in zip(paths[1:], cards[1:]):
         for what, key in (
             ("test split", ("data", "split_hash")),
             ("input size", ("preprocessing", "image_size")),
             ("class list", ("classes",)),
         ):
-            a, b = first, r.card
+            a, b = cards[0], card
             for k in key:
                 a, b = a[k], b[k]
             if a != b:
                 raise ConfigError(
-                    f"{runs[0].path} and {r.path} differ in their {what} ({a} vs {b}): a "
+                    f"{paths[0]} and {path} differ in their {what} ({a} vs {b}): a "
                     "layer analysis compares models on the same images"
                 )
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Short, unique names for the runs: folder names, with their parent where they clash."""
+    short = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if short.count(p.name) > 1 else p.name for p in paths]
 
 
 @torch.no_grad()
@@ -296,13 +301,13 @@ def analyze_reuse(
     """
     if not runs:
         raise ConfigError("analyze reuse needs at least one run folder")
-    loaded = [_load(Path(p)) for p in runs]
-    _check_runs(loaded)
-    first = loaded[0]
-    card = first.card
+    paths = [Path(p) for p in runs]
+    cards = [load_card(p) for p in paths]  # checked before any model is loaded
+    _check_runs(paths, cards)
+    card = cards[0]
     prepared = prepare_data(
         data if data is not None else card["data"]["root"],
-        split_file=first.path / "split.csv",
+        split_file=paths[0] / "split.csv",
         image_size=int(card["preprocessing"]["image_size"]),
         lungs=card["data"].get("lungs", "keep"),
         progress=progress,
@@ -324,8 +329,12 @@ def analyze_reuse(
     grams: dict[str, list[torch.Tensor]] = {}  # model key -> per batch (U, n, n)
     table: list[dict[str, Any]] = []
     run_rows: list[dict[str, Any]] = []
-    for run in tqdm(loaded, desc="Runs", disable=not progress or None, unit="run"):
+    unit_names: dict[str, list[str]] = {}
+    for path, name in tqdm(list(zip(paths, _names(paths))), desc="Runs",
+                           disable=not progress or None, unit="run"):  # fmt: skip
+        run = _load(path, name)  # one run's models in memory at a time
         model, chain = run.model.to(dev).eval(), run.chain
+        unit_names[run.name] = list(model.unit_names)
         n_units = len(run.names)
         shared = _same_prefix(run)
         if run.init is not None:
@@ -426,10 +435,8 @@ def analyze_reuse(
                     ),
                 }
             )
-        model.cpu()
-        if run.init is not None:
-            run.init.cpu()
-    pairs = _pairs(loaded, run_rows, grams)
+        del run, model
+    pairs = _pairs(unit_names, run_rows, grams)
     summary = transfer_summary(run_rows, seed=seed)
     result = ReuseResult(out, run_rows, table, pairs, summary, notes)
     from .report import write_reuse
@@ -447,7 +454,9 @@ def _cka(a: list[torch.Tensor], b: list[torch.Tensor]) -> np.ndarray:
 
 
 def _pairs(
-    loaded: list[_Loaded], info: list[dict[str, Any]], grams: dict[str, list[torch.Tensor]]
+    unit_names: dict[str, list[str]],
+    info: list[dict[str, Any]],
+    grams: dict[str, list[torch.Tensor]],
 ) -> list[dict[str, Any]]:
     """CKA matrices between runs that differ only in their initialisation."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -470,7 +479,7 @@ def _pairs(
                     "freeze": a["freeze"],
                     "train_size": a["train_size"],
                     "seed": a["seed"],
-                    "units": loaded[i].model.unit_names,
+                    "units": unit_names[a["run"]],
                     "cka": m.tolist(),
                 }
             )
