@@ -323,3 +323,24 @@ def test_statistics_transfer_covers_every_tensor_of_every_registered_model(name:
                 assert not torch.equal(after[p], before[p]), f"{p} was not redrawn"
     for p in model.head:  # the classifier is left as it is
         assert torch.equal(after[p], before[p])
+
+
+def test_resumed_run_names_the_weights_it_started_from(phantoms: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from cxrlab.errors import TrainingInterrupted
+
+    cfg = tiny(phantoms, model="efficientnet_lite0", weights="stats", epochs=2)
+
+    def stop(epoch: int, step: int, model) -> None:
+        if (epoch, step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path / "cut", on_step=stop)
+    resumed = train(cfg, tmp_path / "cut", resume=True)  # rebuilt without re-drawing
+    assert resumed.card["weights"].startswith("stats (statistics transfer")
+    assert resumed.card["initialisation"]["method"] == "statistics transfer"
+    resolved = json.loads((tmp_path / "cut" / "config.json").read_text())["resolved"]
+    assert resolved["weights_source"] == resumed.card["weights"]
