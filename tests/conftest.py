@@ -20,6 +20,24 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cxrlab-cache"))
 
 
+def tiny_config(data: Path, **kw):
+    """A training config small enough for a test: ResNet-18 from scratch, 32 px, 2 epochs."""
+    from cxrlab.engine import TrainConfig
+
+    base = dict(
+        data=str(data),
+        model="resnet18",
+        weights="none",
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        progress=False,
+        precision="fp32",
+        threads=2,
+    )
+    return TrainConfig(**(base | kw))
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

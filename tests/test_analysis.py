@@ -26,6 +26,8 @@ from cxrlab.engine import TrainConfig, load_run_model, train
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.models import create_model, statistics_transfer
 
+from conftest import tiny_config
+
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -34,19 +36,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny(data: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        model="resnet18",
-        weights="none",
-        image_size=32,
-        epochs=1,
-        batch_size=8,
-        progress=False,
-        precision="fp32",
-        threads=2,
-        keep_init=True,
-    )
-    return TrainConfig(**(base | kw))
+    return tiny_config(data, **({"epochs": 1, "keep_init": True} | kw))
 
 
 # ------------------------------------------------------------------------------------- CKA

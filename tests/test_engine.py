@@ -13,7 +13,7 @@ from cxrlab.data import write_synthetic_dataset
 from cxrlab.engine import TrainConfig, evaluate_run, load_run_model, train
 from cxrlab.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 
-from conftest import random_gray, write_png
+from conftest import random_gray, tiny_config, write_png
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +23,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny(data: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        model="resnet18",
-        weights="none",
-        image_size=32,
-        epochs=2,
-        batch_size=8,
-        progress=False,
-        precision="fp32",
-        threads=2,
-    )
-    return TrainConfig(**(base | kw))
+    return tiny_config(data, **kw)
 
 
 def test_run_folder_contents(phantoms: Path, tmp_path: Path) -> None:

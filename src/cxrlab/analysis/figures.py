@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..data.split import train_size_label
+
 __all__ = ["plot_by_size", "plot_cka_pairs", "plot_units"]
 
 _COLOURS = {"WT": "tab:blue", "ST": "tab:orange", "RI": "tab:green"}
@@ -25,10 +27,6 @@ UNIT_METRICS = (
     ("reset_to_random_accuracy", "accuracy, unit re-drawn at random"),
     ("knn_accuracy", "k-NN probe accuracy"),
 )
-
-
-def _size_label(size: float) -> str:
-    return f"{size:.0%} of training data" if size <= 1 else f"{size:g} per class"
 
 
 def _colour(kind: str) -> str:
@@ -82,7 +80,7 @@ def plot_units(table: Sequence[dict[str, Any]], out: str | os.PathLike[str]) -> 
             ax = axes[i, j]
             ax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(_size_label(size), fontsize=10)
+                ax.set_title(train_size_label(size), fontsize=10)
             if j == 0:
                 ax.set_ylabel(title, fontsize=8)
             if i == len(metrics) - 1:
@@ -113,7 +111,8 @@ def plot_cka_pairs(pairs: Sequence[dict[str, Any]], out: str | os.PathLike[str])
         ax.set_xlabel(f"{p['b_init']} unit")
         ax.set_ylabel(f"{p['a_init']} unit")
         ax.set_title(
-            f"{p['a_init']} vs {p['b_init']}\n{_size_label(p['train_size'])}, seed {p['seed']}",
+            f"{p['a_init']} vs {p['b_init']}\n"
+            f"{train_size_label(p['train_size'])}, seed {p['seed']}",
             fontsize=9,
         )
         axes[0, -1].plot(np.diag(m), "o-", ms=3, label=f"{p['a_init']} vs {p['b_init']}")

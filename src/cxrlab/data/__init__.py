@@ -17,7 +17,7 @@ from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
 from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
 from .prepare import PreparedData, prepare_data
 from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
-from .split import SPLITS, Split, load_split, make_split
+from .split import SPLITS, Split, load_split, make_split, train_size_label
 from .synth import draw_phantom, write_synthetic_dataset
 
 __all__ = [
@@ -48,5 +48,6 @@ __all__ = [
     "resize_gray8",
     "scan_dataset",
     "to_gray8",
+    "train_size_label",
     "write_synthetic_dataset",
 ]

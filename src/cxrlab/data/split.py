@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..utils import atomic_write_text, hash_strings
 from .scan import ImageRecord, ScanReport
 
-__all__ = ["SPLITS", "Split", "load_split", "make_split"]
+__all__ = ["SPLITS", "Split", "load_split", "make_split", "train_size_label"]
 
 SPLITS = ("train", "val", "test")
 _HEADER = ("path", "label", "width", "height", "hash", "split")
@@ -130,6 +130,13 @@ class Split:
         """Write the manifest CSV atomically; returns the path."""
         atomic_write_text(path, self.to_csv())
         return Path(path)
+
+
+def train_size_label(train_size: float) -> str:
+    """How a ``train_size`` reads: ``10% of training data`` or ``50 per class``."""
+    if train_size <= 1:
+        return f"{train_size:.0%} of training data"
+    return f"{train_size:g} per class"
 
 
 def _rank(seed: int, key: str) -> str:

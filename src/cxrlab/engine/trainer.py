@@ -252,12 +252,14 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     if restoring:  # describe the weights the run started from, not the placeholder
         first = json.loads((out / "config.json").read_text())["resolved"]
         model.weights_source = first["weights_source"]  # type: ignore[attr-defined]
-        model.init_report = first.get("initialisation")  # type: ignore[attr-defined]
+        init_report = first.get("initialisation")
+    elif (drawn := model.init_report) is not None:  # type: ignore[attr-defined]
+        log(f"Initialisation: {drawn.summary()}")
+        init_report = drawn.to_dict()
+    else:
+        init_report = None
+    model.init_report = init_report  # type: ignore[attr-defined]  # the card's form: a dict
     weights_source = model.weights_source  # type: ignore[attr-defined]
-    init_report = model.init_report  # type: ignore[attr-defined]
-    if init_report is not None and not isinstance(init_report, dict):
-        log(f"Initialisation: {init_report.summary()}")
-        init_report = model.init_report = init_report.to_dict()  # type: ignore[attr-defined]
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
     if config.keep_init and ddp.main and not restoring:
         save_model(out, model, {"model": config.model, "classes": list(data.classes)},
@@ -598,8 +600,9 @@ def _best_on(run: _Run, best: CxrClassifier, rows: list[int]) -> tuple[nn.Module
 
 
 def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarray) -> dict:
-    """Temperature scaling fitted on the validation images through the full saved model;
-    writes the reliability diagram of the test split before and after."""
+    """Temperature scaling fitted on the validation images through the saved model (on the
+    cached frozen features where the run has them, see :func:`_best_on`); writes the
+    reliability diagram of the test split before and after."""
     config, data = run.config, run.data
     net, val = _best_on(run, best, data.split.indices("val"))
     pv, yv, _ = predict_batches(net, val, run.device, run.amp, tta=config.tta)

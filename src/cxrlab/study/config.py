@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import from_dict
+from ..data.split import train_size_label
 from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..freeze import parse_freeze
@@ -194,17 +195,10 @@ def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float 
     label = _arm_label(weights, freeze)
     if lungs != "keep":
         label = f"{label}, {_LUNGS[lungs]}"
-    return label if train_size == 1 else f"{label}, {size_label(train_size)}"
+    return label if train_size == 1 else f"{label}, {train_size_label(train_size)}"
 
 
 _LUNGS = {"remove": "lungs removed", "only": "lungs only"}
-
-
-def size_label(train_size: float) -> str:
-    """``10% of training data`` or ``50 per class``."""
-    if train_size <= 1:
-        return f"{train_size:.0%} of training data"
-    return f"{train_size:g} per class"
 
 
 def _size_tag(train_size: float) -> str:

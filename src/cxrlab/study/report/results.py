@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import StudyConfig, size_label
+from ...data.split import train_size_label
+from ..config import StudyConfig
 from ..stats import (
     holm,
     mcnemar_exact,
@@ -212,7 +213,7 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             "cell": cell.id, "group": cell.group, "label": cell.label, "model": cell.model,
             "weights": cell.config.weights, "freeze": cell.config.freeze, "seed": cell.seed,
             "train_size": cell.config.train_size, "train_images": m.get("train_images"),
-            "arm": cell.label.removesuffix(f", {size_label(cell.config.train_size)}"),
+            "arm": cell.label.removesuffix(f", {train_size_label(cell.config.train_size)}"),
             "chosen": ", ".join(f"{k}={v}" for k, v in cell.trial.items()),
             "trainable_params": card["freeze"]["trainable_params"],
             "total_params": card["freeze"]["total_params"],
