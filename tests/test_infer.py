@@ -80,6 +80,23 @@ def test_predict_files_folders_globs_and_bad_file(run: Path, inputs: Path, tmp_p
     assert main(["predict", str(run), str(inputs / "deep"), "--no-progress"]) == 0
 
 
+def test_predict_reports_progress_per_image(run: Path, inputs: Path, monkeypatch) -> None:
+    """The bar counts every image read and predicted or skipped, batch after batch."""
+    import io
+
+    import cxrlab.infer.predict as predict_module
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    monkeypatch.setattr(predict_module, "tqdm",
+                        lambda **kw: tqdm(**kw | {"disable": False, "file": stream, "mininterval": 0,
+                                                  "miniters": 1}))  # fmt: skip
+    result = predict_module.predict_paths(load(run), [inputs], batch_size=2, progress=True)
+    assert len(result.paths) == 4 and len(result.skipped) == 1
+    text = stream.getvalue()
+    assert "Predicting" in text and "5/5" in text and "2/5" in text
+
+
 def test_predict_refuses_bad_run_folders(run: Path, tmp_path: Path, capsys) -> None:
     assert main(["predict", str(tmp_path / "nope"), "x.png"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -151,6 +168,27 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
         onnx_probs, torch_probs = _read(tmp_path / "o.csv"), _read(tmp_path / "t.csv")
         for path in torch_probs:
             assert onnx_probs[path] == pytest.approx(torch_probs[path], abs=1e-4)
+        # one self-contained file: no external weights beside it, and it loads alone
+        assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.json", "model.onnx"]
+        alone = tmp_path / "copied" / "m.onnx"
+        alone.parent.mkdir()
+        alone.write_bytes(out.read_bytes())
+        p = load(alone)
+        assert p.classes == card["classes"] and p.image_size == 32
+        assert p.card["calibration"]["temperature"] == card["calibration"]["temperature"]
+        probe = next(iter(torch_probs))
+        assert list(p.predict(probe).values()) == pytest.approx(torch_probs[probe], abs=1e-4)
+        foreign = tmp_path / "foreign.onnx"
+        import onnx
+
+        bare = onnx.load(str(out))
+        del bare.metadata_props[:]
+        onnx.save_model(bare, str(foreign))
+        with pytest.raises(CheckpointError, match="not exported by 'cxrlab export'"):
+            load(foreign)
+        (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+        with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+            load(tmp_path / "junk.onnx")
     with pytest.raises(CxrlabError, match="--format"):
         export_model(run, "tflite", tmp_path / "x")
 

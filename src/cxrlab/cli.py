@@ -616,8 +616,11 @@ def _write_cams(predictor, result, folder: Path, cam_class: str | None) -> None:
         if cam_class not in predictor.classes:
             raise CxrlabError(f"--cam-class {cam_class!r} is not one of {predictor.classes}")
         index = predictor.classes.index(cam_class)
+    from tqdm.auto import tqdm
+
     predictor.model.cpu()
-    for i, (path, probs) in enumerate(zip(result.paths, result.probs)):
+    items = list(enumerate(zip(result.paths, result.probs)))
+    for i, (path, probs) in tqdm(items, desc="Grad-CAM", unit="img", disable=None):
         pixels = predictor.to_pixels(path)
         k = int(np.argmax(probs)) if index is None else index
         heat = gradcam(predictor.model, pixels[None], k)[0]

@@ -179,9 +179,9 @@ def evaluate_run(
     for member in members:
         model, mcard = load_run_model(member)
         model.to(dev)
-        p, _, _ = predict_batches(model, batches, dev, run_precision(mcard, dev),
-                                  desc=f"Evaluating {split}", progress=progress,
-                                  tta=run_tta(mcard))  # fmt: skip
+        desc = f"Evaluating {split}" + (f" ({member.name})" if ensemble else "")
+        p, _, _ = predict_batches(model, batches, dev, run_precision(mcard, dev), desc=desc,
+                                  progress=progress, tta=run_tta(mcard))  # fmt: skip
         if ensemble:
             p = apply_temperature(p, float(mcard.get("calibration", {}).get("temperature", 1)))
         member_probs.append(p)

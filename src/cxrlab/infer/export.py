@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..engine.evaluate import run_tta
 from ..errors import CxrlabError
 from ..utils import write_json
 
-__all__ = ["FORMATS", "export_model"]
+__all__ = ["FORMATS", "export_model", "read_onnx_metadata"]
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -95,6 +96,7 @@ def export_model(
         reference = model(x).numpy()
     if fmt == "onnx":
         _export_onnx(model, x, out)
+        _embed_metadata(out, _onnx_metadata(card, size, temperature))
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -136,6 +138,63 @@ def export_model(
     return meta
 
 
+#: ONNX metadata keys that make an exported file self-describing (no sidecar needed)
+ONNX_META_KEYS = ("cxrlab.classes", "cxrlab.image_size", "cxrlab.card")
+
+
+def _onnx_metadata(card: dict[str, Any], size: int, temperature: float | None) -> dict[str, str]:
+    """What :class:`~cxrlab.infer.Predictor` needs to use the file alone, as ONNX strings."""
+    summary = {k: card.get(k) for k in ("format", "model", "architecture", "classes",
+                                        "preprocessing", "weights", "members", "description")
+               if card.get(k) is not None}  # fmt: skip
+    summary["calibration"] = {"temperature": temperature}
+    return {
+        "cxrlab.classes": json.dumps(list(card["classes"])),
+        "cxrlab.image_size": str(size),
+        "cxrlab.card": json.dumps(summary),
+    }
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``cxrlab.*`` metadata of an exported ONNX file (empty for other ONNX files)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith("cxrlab.")}
+
+
+def _embed_metadata(out: Path, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the ONNX file and make it one self-contained file.
+
+    The torch.export-based exporter may keep the weights in ``<out>.data`` beside the model;
+    a model far below ONNX's 2 GB protobuf limit is folded back into one file a user can copy
+    alone.
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.load(str(out), load_external_data=False)
+    external = {
+        out.parent / entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    load_external_data_for_model(model, str(out.parent))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    single = model.ByteSize() < 1_900_000_000
+    if single:
+        onnx.save_model(model, str(out))
+    else:  # over the protobuf limit: weights stay beside the model, as ONNX requires
+        onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
+    if single:
+        for path in external:  # the exporter's external-data file(s), now inside the model
+            path.unlink(missing_ok=True)
+
+
 def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:
     try:
         import onnx  # noqa: F401
@@ -147,7 +206,7 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:
     try:  # the torch.export-based exporter (the default since torch 2.9)
         batch = {"image": {0: torch.export.Dim("batch")}}
         torch.onnx.export(model, (x,), str(out), dynamo=True, verbose=False,
-                          dynamic_shapes=batch, **kwargs)  # fmt: skip
+                          dynamic_shapes=batch, external_data=False, **kwargs)  # fmt: skip
     except Exception:  # older torch, or a model torch.export cannot trace: TorchScript exporter
         torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=17,
                           dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},

@@ -85,23 +85,27 @@ def predict_paths(
     paths, missing = collect_inputs(items)
     result = Predictions(predictor.classes, skipped=list(missing))
     batch: list[tuple[str, np.ndarray]] = []
+    # one step per image read and predicted (or skipped); shown on a terminal, like training
+    bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress or None)
 
     def flush() -> None:
         if batch:
             probs = predictor.predict_pixels(np.stack([px for _, px in batch]))
             result.paths.extend(p for p, _ in batch)
             result.probs.extend(probs)
+            bar.update(len(batch))
             batch.clear()
 
-    for path in tqdm(paths, desc="Predicting", unit="img", leave=False,
-                     disable=not progress or len(paths) < 64 or None):  # fmt: skip
-        try:
-            batch.append((str(path), predictor.to_pixels(path)))
-        except ImageReadError as e:
-            result.skipped.append((str(path), e.reason))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    with bar:
+        for path in paths:
+            try:
+                batch.append((str(path), predictor.to_pixels(path)))
+            except ImageReadError as e:
+                result.skipped.append((str(path), e.reason))
+                bar.update(1)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
     if out is not None:
         atomic_write_text(out, result.to_csv())
     return result

@@ -78,23 +78,36 @@ class Predictor:
             self.tta = run_tta(self.card)  # test-time augmentation, if the run tests with it
 
     def _init_onnx(self) -> None:
-        meta_path = self.source.with_suffix(".json")
+        """An exported model: classes and input size from the metadata inside the file
+        (``cxrlab export`` writes them there), else from the JSON sidecar beside it."""
         if not self.source.is_file():
             raise CheckpointError(f"ONNX file {self.source} does not exist")
-        if not meta_path.is_file():
-            raise CheckpointError(
-                f"{self.source} has no {meta_path.name} beside it (written by "
-                "'cxrlab export'); it holds the classes and input size"
-            )
         try:
             import onnxruntime as ort
+
+            from .export import read_onnx_metadata
         except ImportError as e:
             raise CheckpointError(
-                "Running ONNX models needs onnxruntime: pip install 'cxrlab[export]'"
+                "Running ONNX models needs onnx and onnxruntime: pip install 'cxrlab[export]'"
             ) from e
-        self.card = json.loads(meta_path.read_text())
-        self.classes = list(self.card["classes"])
-        self.image_size = int(self.card["input"]["shape"][-1])
+        try:
+            meta = read_onnx_metadata(self.source)
+        except Exception as e:  # not a readable ONNX protobuf
+            raise CheckpointError(f"{self.source} is not a readable ONNX model ({e})") from e
+        sidecar = self.source.with_suffix(".json")
+        if "cxrlab.card" in meta:
+            self.card = json.loads(meta["cxrlab.card"])
+            self.classes = json.loads(meta["cxrlab.classes"])
+            self.image_size = int(meta["cxrlab.image_size"])
+        elif sidecar.is_file():  # exported by an older cxrlab
+            self.card = json.loads(sidecar.read_text())
+            self.classes = list(self.card["classes"])
+            self.image_size = int(self.card["input"]["shape"][-1])
+        else:
+            raise CheckpointError(
+                f"{self.source} was not exported by 'cxrlab export': it names no classes or "
+                f"input size (no cxrlab metadata inside, no {sidecar.name} beside it)"
+            )
         self.session = ort.InferenceSession(str(self.source), providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
 
