@@ -84,13 +84,13 @@ def test_predict_reports_progress_per_image(run: Path, inputs: Path, monkeypatch
     """The bar counts every image read and predicted or skipped, batch after batch."""
     import io
 
-    import cxrlab.infer.predict as predict_module
     from tqdm import tqdm
 
+    import cxrlab.infer.predict as predict_module
+
     stream = io.StringIO()
-    monkeypatch.setattr(predict_module, "tqdm",
-                        lambda **kw: tqdm(**kw | {"disable": False, "file": stream, "mininterval": 0,
-                                                  "miniters": 1}))  # fmt: skip
+    shown = {"disable": False, "file": stream, "mininterval": 0, "miniters": 1}
+    monkeypatch.setattr(predict_module, "tqdm", lambda **kw: tqdm(**kw | shown))
     result = predict_module.predict_paths(load(run), [inputs], batch_size=2, progress=True)
     assert len(result.paths) == 4 and len(result.skipped) == 1
     text = stream.getvalue()

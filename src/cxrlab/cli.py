@@ -648,6 +648,25 @@ def export_cmd(
     )
 
 
+@app.command("serve")
+def serve_cmd(
+    run_dir: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders, ensemble folders or .onnx files; shown side by side."),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 shares it (no authentication).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 7860,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps, auto.")] = "cpu",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload per request.")] = 50.0,
+) -> None:
+    """A local web app (Gradio) and JSON API: probabilities, Grad-CAM, model cards."""
+    from .app import serve
+
+    serve(run_dir, host, port, device=device, max_upload_mb=max_upload_mb, echo=typer.echo)
+
+
 # ------------------------------------------------------------------------------ entry points
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (for tests: ``main(["data", "scan", ...])``)."""

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import CxrlabError
 from ..models import CxrClassifier, get_spec
 
-__all__ = ["gradcam", "save_cam_overlay", "target_layer"]
+__all__ = ["cam_overlay", "gradcam", "save_cam_overlay", "target_layer"]
 
 
 def _vit_tokens_to_grid(prefix_tokens: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -60,7 +60,8 @@ def gradcam(
 
     layer, reshape = target_layer(model)
     model.eval()
-    x = torch.from_numpy(np.array(pixels, dtype=np.float32))[:, None]  # (B, 1, H, W) 0..255
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.array(pixels, dtype=np.float32))[:, None].to(device)  # 0..255
     if class_index is None:
         targets = None
     else:
@@ -71,9 +72,8 @@ def gradcam(
     return np.asarray(maps, dtype=np.float32)
 
 
-def save_cam_overlay(pixels: np.ndarray, cam: np.ndarray, out: str | os.PathLike[str],
-                     caption: str = "") -> Path:  # fmt: skip
-    """The X-ray with the heat map over it (jet colours, 40 % opacity) as a PNG."""
+def cam_overlay(pixels: np.ndarray, cam: np.ndarray, caption: str = "") -> Image.Image:
+    """The X-ray with the heat map over it (jet colours, 40 % opacity), as an RGB image."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     rgb = np.repeat(pixels[..., None].astype(np.float32) / 255.0, 3, axis=-1)
@@ -82,7 +82,13 @@ def save_cam_overlay(pixels: np.ndarray, cam: np.ndarray, out: str | os.PathLike
         draw = ImageDraw.Draw(overlay)
         draw.rectangle((0, 0, overlay.width, 14), fill=(0, 0, 0))
         draw.text((3, 1), caption, fill=(255, 255, 255))
+    return overlay
+
+
+def save_cam_overlay(pixels: np.ndarray, cam: np.ndarray, out: str | os.PathLike[str],
+                     caption: str = "") -> Path:  # fmt: skip
+    """:func:`cam_overlay` written as a PNG."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay.save(out)
+    cam_overlay(pixels, cam, caption).save(out)
     return out
