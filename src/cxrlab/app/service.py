@@ -125,7 +125,7 @@ class ServedModel:
             heat = np.mean([gradcam(net, pixels[None], k)[0] for net in nets], axis=0)
         caption = f"Grad-CAM: {target} (p={out.probs[target]:.2f})"
         if len(nets) > 1:
-            caption += f", mean of {len(nets)} members"
+            out.note = f"Grad-CAM: the mean of the {len(nets)} members' maps"
         buf = io.BytesIO()
         cam_overlay(pixels, heat, caption).save(buf, format="PNG")
         out.cam_class, out.cam_png = target, buf.getvalue()
