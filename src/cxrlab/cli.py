@@ -194,6 +194,7 @@ _T = "Training"
 _D = "Data"
 _M = "Model"
 _R = "Runtime"
+_L = "Tracking"
 
 
 @app.command("train", no_args_is_help=False)
@@ -346,6 +347,23 @@ def train_cmd(
         bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel=_R)
     ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.", rich_help_panel=_R)] = True,
+    log: Annotated[
+        str,
+        typer.Option(help="none, tensorboard, mlflow, or tensorboard,mlflow.", rich_help_panel=_L),
+    ] = "none",
+    log_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Tracker folder (default: OUT/tensorboard; MLflow: mlflow.db beside OUT).",
+            rich_help_panel=_L,
+        ),
+    ] = None,
+    log_name: Annotated[
+        str | None, typer.Option(help="Run name there (default: OUT's name).", rich_help_panel=_L)
+    ] = None,
+    log_experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default cxrlab).", rich_help_panel=_L)
+    ] = None,
 ) -> None:
     """Train one classifier; writes metrics, figures, weights and a model card to --out."""
     options = dict(locals())  # first line: exactly the command's options
@@ -510,13 +528,20 @@ def study_run(
         typer.Option(help="Run only shard i/n of the cells (1-based), e.g. 2/4."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="none, tensorboard, mlflow, or both: every cell logs to OUT/tracking "
+            "(overrides [train] log)."
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of a study (skipping finished ones), then write the report."""
     from .study import build_report, load_study_config, run_study
 
     study = load_study_config(config, data=data, epochs=epochs, seeds=seeds)
     out = out or Path("runs") / study.settings.name
-    done = run_study(study, out, cells=cell or (), shard=shard, progress=progress)
+    done = run_study(study, out, cells=cell or (), shard=shard, progress=progress, log=log)
     typer.echo(
         f"{done.finished}/{done.total} cells finished in {out} (ran {len(done.ran)}, "
         f"already done {len(done.skipped)}, busy elsewhere {len(done.busy)})"

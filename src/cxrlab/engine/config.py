@@ -13,7 +13,19 @@ from ..freeze import BN_MODES, parse_freeze
 __all__ = ["TrainConfig"]
 
 #: Settings that may differ between the sessions of one run (resume) or one study cell.
-_MACHINE_LOCAL = frozenset({"progress", "threads", "device", "data", "split_file"})
+_MACHINE_LOCAL = frozenset(
+    {
+        "progress",
+        "threads",
+        "device",
+        "data",
+        "split_file",
+        "log",
+        "log_dir",
+        "log_name",
+        "log_experiment",
+    }
+)
 
 
 def _plain(value: Any) -> Any:
@@ -88,6 +100,13 @@ class TrainConfig:
         keep_init: also write the weights the run started from (``init.safetensors``), for
             ``cxrlab analyze reuse`` (weight change, CKA to the initialisation, re-init).
         progress: show progress bars.
+    Tracking (see :mod:`cxrlab.engine.tracking`):
+        log: ``none``, ``tensorboard``, ``mlflow`` or both (``tensorboard,mlflow``).
+        log_dir: where trackers write (TensorBoard: ``<log_dir>/<log_name>``, default
+            ``<run folder>/tensorboard``; MLflow: ``<log_dir>/mlflow.db``, default beside the
+            run folder).
+        log_name: the run's name there (default: the run folder's name).
+        log_experiment: the MLflow experiment (default ``cxrlab``; a study uses its name).
     """
 
     data: str = "phantoms"
@@ -133,9 +152,16 @@ class TrainConfig:
     threads: int = 0
     keep_init: bool = False
     progress: bool = True
+    log: str = "none"
+    log_dir: str | None = None
+    log_name: str | None = None
+    log_experiment: str | None = None
 
     def __post_init__(self) -> None:
+        from .tracking import parse_log
+
         parse_freeze(self.freeze)
+        parse_log(self.log)
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),

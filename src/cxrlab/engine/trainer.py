@@ -17,7 +17,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .optim import build_optimizer, lr_at
 from .rundir import INIT_FILE, MODEL_FILE, build_card, load_run_model, save_model
 from .runtime import autocast, resolve_device, resolve_precision
+from .tracking import Tracker, open_trackers, require_trackers
 
 __all__ = ["TrainResult", "train"]
 
@@ -132,6 +133,7 @@ class _Run:
     wall_before: float  # wall seconds of earlier sessions of an interrupted run
     features: np.ndarray | None = None  # the frozen prefix's output for every image, if cached
     n_frozen: int = 0
+    tracker: Tracker = field(default_factory=Tracker)  # --log: TensorBoard and/or MLflow
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -177,8 +179,35 @@ def train(
     run = _prepare(config, Path(out), resume)
     if isinstance(run, TrainResult):  # --resume of a finished run
         return run
-    _fit(run, on_step)
-    return _finish(run)
+    if run.ddp.main:
+        run.tracker = _open_tracker(run)
+    status = "FAILED"
+    try:
+        _fit(run, on_step)
+        result = _finish(run)
+        if run.ddp.main:
+            run.tracker.finish(result.metrics, result.run_dir)
+        status = "FINISHED"
+        return result
+    except TrainingInterrupted:
+        status = "KILLED"
+        raise
+    finally:
+        run.tracker.close(status)
+
+
+def _open_tracker(run: _Run) -> Tracker:
+    """The trackers of ``--log``, told the run's settings (and what they resolved to)."""
+    config = run.config
+    tracker = open_trackers(config.log, run.out, log_dir=config.log_dir,
+                            run_name=config.log_name, experiment=config.log_experiment)  # fmt: skip
+    params = {k: v for k, v in config.to_dict().items()
+              if k not in ("progress", "log", "log_dir", "log_name", "log_experiment")}  # fmt: skip
+    params["weights_source"] = run.model.weights_source  # type: ignore[attr-defined]
+    params["train_images"] = len(run.train_b.indices)
+    params["frozen_units"] = len(run.freeze.frozen_units)
+    tracker.start(params)
+    return tracker
 
 
 def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult:
@@ -189,6 +218,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     """
     started = time.perf_counter()
     get_spec(config.model)  # an unknown model fails now, not after scanning the data
+    require_trackers(config.log)  # and a tracker that is not installed
     ddp = init_distributed(config.device)  # a no-op unless started by torchrun
     log = _log if ddp.main else (lambda message: None)
     if ddp.main:
@@ -506,6 +536,7 @@ def _end_epoch(run: _Run, lr: float) -> None:
     state.history.append(row)
     if ddp.main:
         _write_history(out / "history.csv", state.history)
+        run.tracker.epoch(row)
     improved = val_loss < state.best_val_loss - 1e-6
     if improved:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0

@@ -202,6 +202,7 @@ def run_study(
     cells: Sequence[str] = (),
     shard: str | None = None,
     progress: bool = True,
+    log: str | None = None,
 ) -> StudyProgress:
     """Run (or continue) the study's cells in ``out``.
 
@@ -211,7 +212,15 @@ def run_study(
         cells: only these cell ids (or id prefixes such as ``resnet18-in1k-head``).
         shard: ``"i/n"``: only every n-th of the selected cells, starting at the i-th.
         progress: show progress bars.
+        log: trackers for every cell (overrides ``[train] log``); they write to
+            ``<out>/tracking`` (TensorBoard: one folder per cell id; MLflow: ``mlflow.db``,
+            the study's name as experiment).
     """
+    if log is not None:
+        from ..engine.tracking import parse_log, require_trackers
+
+        parse_log(log)
+        require_trackers(log)
     if not study.settings.data:
         raise ConfigError(
             "This study names no dataset ([study] data is empty): pass "
@@ -264,6 +273,14 @@ def run_study(
                     shutil.rmtree(run_dir)  # started but not one epoch done: start again
                 tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
                 cfg = cell.config.replace(split_file=str(out / "split.csv"), progress=progress)
+                if log is not None:
+                    cfg = cfg.replace(log=log)
+                if cfg.log not in ("", "none"):  # one place per study: HParams compares cells
+                    cfg = cfg.replace(
+                        log_dir=cfg.log_dir or str(out / "tracking"),
+                        log_name=cell.id,
+                        log_experiment=cfg.log_experiment or study.settings.name,
+                    )
                 train(cfg, run_dir, resume=resume)
                 ran.append(cell.id)
             if _needs_audit(study, run_dir):
