@@ -119,3 +119,42 @@ def masks_root() -> Path:
     CI passes ``../shared/cxr-masks`` in ``CXRLAB_MASKS_DATA``; elsewhere as for the sample.
     """
     return _real_data("CXRLAB_MASKS_DATA", "COVID-QU-Ex with lung masks", "../shared/cxr-masks")
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    with_pixels: bool = True,
+    rows_cols: tuple[int, int] | None = None,
+) -> Path:
+    """An uncompressed single-frame DICOM radiograph (``pixels``: uint16 ``(H, W)``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray, presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = rows_cols or pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if with_pixels:
+        ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -21,7 +21,7 @@ from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CxrlabError
 from cxrlab.infer import export_model, load
 
-from conftest import png_with_declared_size, write_png
+from conftest import png_with_declared_size, write_dicom, write_png
 
 pytest.importorskip("gradio", reason="the app needs gradio: pip install 'cxrlab[app]'")
 requests = pytest.importorskip("requests")
@@ -55,6 +55,7 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["rgba"] = write_png(d / "rgba.png", rgba)
     Image.fromarray(gray).save(d / "jpeg-named.png", format="JPEG")
     files["jpeg"] = d / "jpeg-named.png"
+    files["dicom"] = write_dicom(d / "xray.dcm", deep, photometric="MONOCHROME1")
     (d / "notes.txt").write_text("not an image")
     files["text"] = d / "notes.txt"
     good = (d / "gray8.png").read_bytes()
@@ -66,7 +67,7 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-GOOD = ("gray8", "deep16", "rgba", "jpeg")
+GOOD = ("gray8", "deep16", "rgba", "jpeg", "dicom")
 BAD = {"text": "not an image", "truncated": "truncated", "bomb": "decompression bomb",
        "empty": "empty file"}  # fmt: skip
 
@@ -256,7 +257,7 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
     want = load(models[0]).predict(xray)
     want_class = max(want, key=want.get)
     requests_seen: list[str] = []
-    with start_in_background([models[0]]) as srv, sync_playwright() as p:
+    with start_in_background([models[0]], max_upload_mb=1) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -277,6 +278,11 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
             )
             assert page.eval_on_selector("img.cxr-cam", "i => i.naturalWidth") == 32
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+            # the download button gives the same predictions as CSV
+            with page.expect_download(timeout=30_000) as download:
+                page.click("#cxr-download")
+            rows = Path(download.value.path()).read_text().splitlines()
+            assert rows[1].startswith(f"{xray.name},run,{want_class},")
             # a file the server cannot read: a message in the page, and it keeps serving
             bad = tmp_path / "report.pdf"
             bad.write_bytes(b"%PDF-1.4 not an x-ray")
@@ -285,6 +291,12 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
             page.click("#cxr-classify")
             err = page.wait_for_selector(".cxr-error", timeout=60_000)
             assert "Could not use this file" in err.inner_text()
+            # an upload over the limit (1 MB here): Gradio says so in the page
+            huge = tmp_path / "huge.png"
+            huge.write_bytes(os.urandom(2 * 1024 * 1024))
+            page.set_input_files("#cxr-files input[type=file]", [str(huge)])
+            page.wait_for_selector("text=/exceed|too large|maximum/i", timeout=60_000)
+            assert requests.get(f"{srv.url}/api/health", timeout=30).status_code == 200
         finally:
             browser.close()
     outside = [u for u in requests_seen if not u.startswith((srv.url, "data:", "blob:"))]

@@ -1,4 +1,5 @@
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,45 @@ def test_max_pixels_refuses_before_decoding(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="unreadable"):
         load_gray8(tmp_path / "missing.png")
+
+
+def test_dicom_radiographs_are_read_as_a_viewer_shows_them(tmp_path: Path, monkeypatch) -> None:
+    """DICOM: modality LUT, window, MONOCHROME1 inversion, then the file's own range."""
+    pytest.importorskip("pydicom", reason="pip install 'cxrlab[dicom]'")
+    from cxrlab.data.imageio import is_dicom, load_gray8
+
+    from conftest import write_dicom
+
+    values = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (16, 1))  # 12-bit ramp
+    expected = np.rint(values / 4095 * 255).astype(np.uint8)
+    plain = write_dicom(tmp_path / "plain.dcm", values)
+    assert is_dicom(plain) and not is_dicom(tmp_path / "missing.dcm")
+    np.testing.assert_array_equal(load_gray8(plain), expected)
+    # a linear modality LUT changes nothing after the rescale; MONOCHROME1 is inverted
+    scaled = write_dicom(tmp_path / "scaled.dcm", values, slope=2.0, intercept=-1024)
+    np.testing.assert_array_equal(load_gray8(scaled), expected)
+    inverted = write_dicom(tmp_path / "mono1.dcm", values, photometric="MONOCHROME1")
+    np.testing.assert_array_equal(load_gray8(inverted), 255 - expected)
+    # a window: values below/above it saturate, the window spans 0..255
+    windowed = load_gray8(write_dicom(tmp_path / "w.dcm", values, window=(2048, 1024)))
+    assert windowed[0, 0] == 0 and windowed[0, -1] == 255
+    inside = (values[0] > 1536 + 10) & (values[0] < 2560 - 10)
+    assert 0 < windowed[0, inside].min() < windowed[0, inside].max() < 255
+    # under another extension (hospital exports often have none): found by its magic bytes
+    renamed = tmp_path / "IM0001"
+    renamed.write_bytes(plain.read_bytes())
+    np.testing.assert_array_equal(load_gray8(renamed), expected)
+    # bad DICOM: no pixels, a header that claims a huge image, a truncated file
+    with pytest.raises(ImageReadError, match="without pixel data"):
+        load_gray8(write_dicom(tmp_path / "nopix.dcm", values, with_pixels=False))
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        load_gray8(write_dicom(tmp_path / "bomb.dcm", values, rows_cols=(60000, 60000),
+                               with_pixels=False))  # fmt: skip
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(plain.read_bytes()[:-500])
+    with pytest.raises(ImageReadError, match="unreadable DICOM"):
+        load_gray8(cut)
+    # without pydicom: a reason that names the extra, not a traceback
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(ImageReadError, match=r"cxrlab\[dicom\]"):
+        load_gray8(plain)

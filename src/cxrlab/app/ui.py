@@ -131,7 +131,7 @@ def build_blocks(service: ModelService) -> Any:
         with gr.Tab("Classify"):
             with gr.Row():
                 files = gr.File(
-                    label="X-ray images (PNG, JPEG, 16-bit PNG, TIFF)",
+                    label="X-ray images (PNG, JPEG, 16-bit PNG, TIFF, DICOM)",
                     file_count="multiple",
                     type="filepath",
                     elem_id="cxr-files",

@@ -1,9 +1,10 @@
 """Reading one image safely and turning it into 8-bit grayscale.
 
 Chest X-rays come as 8-bit PNGs (the COVID-19 Radiography Database), 16-bit PNGs or TIFFs
-(many hospital exports), RGB or RGBA screenshots, and now and then a JPEG saved under a
-``.png`` name. :func:`load_gray8` accepts all of them and returns a ``uint8`` array that uses
-the full intensity range; anything else raises :class:`ImageReadError` with a short reason.
+(many hospital exports), RGB or RGBA screenshots, DICOM straight from the modality (with
+``pydicom``), and now and then a JPEG saved under a ``.png`` name. :func:`load_gray8`
+accepts all of them and returns a ``uint8`` array that uses the full intensity range;
+anything else raises :class:`ImageReadError` with a short reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "load_gray8", "to_gray8"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageReadError",
+    "is_dicom",
+    "load_dicom_gray8",
+    "load_gray8",
+    "rescale_to_uint8",
+    "to_gray8",
+]
 
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 #: 64 Mpx is far above any radiograph (a 43x43 cm detector at 0.1 mm is ~18 Mpx).
@@ -52,6 +61,12 @@ def to_gray8(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img).astype(np.float64)
     if arr.ndim == 3:  # rare multi-channel deep images
         arr = arr.mean(axis=-1)
+    return rescale_to_uint8(arr)
+
+
+def rescale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Linearly map an array's own minimum..maximum to 0..255 (a constant image is black)."""
+    arr = np.asarray(arr, dtype=np.float64)
     lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ValueError("pixel values are not finite")
@@ -59,6 +74,63 @@ def to_gray8(img: Image.Image) -> np.ndarray:
         return np.zeros(arr.shape, dtype=np.uint8)
     out = (arr - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """Whether the file is DICOM Part 10 (the ``DICM`` magic after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def load_dicom_gray8(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A single-frame DICOM radiograph as ``(H, W)`` uint8, as a viewer would show it.
+
+    The stored values go through the modality LUT (rescale slope and intercept) and the VOI
+    LUT or window the file names (the display the modality chose), MONOCHROME1 images (high
+    values dark) are inverted, and the result is rescaled from its own range to 0..255, as
+    for 16-bit PNGs. Needs ``pydicom`` (``pip install 'cxrlab[dicom]'``); compressed transfer
+    syntaxes also need the decoder plugin pydicom names.
+
+    Raises:
+        ImageReadError: pydicom missing, no pixel data, multi-frame, too large, or corrupt.
+    """
+    path = Path(path)
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as e:
+        raise ImageReadError(
+            path, "DICOM file: reading it needs pydicom (pip install 'cxrlab[dicom]')"
+        ) from e
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        if rows * cols > max_pixels:
+            raise ImageReadError(
+                path, f"decompression bomb: {cols}x{rows} pixels exceeds the {max_pixels} limit"
+            )
+        if frames > 1:
+            raise ImageReadError(path, f"multi-frame DICOM ({frames} frames), not one radiograph")
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            raise ImageReadError(path, "DICOM file without pixel data")
+        arr = ds.pixel_array
+    except ImageReadError:
+        raise
+    except Exception as e:  # corrupt, truncated, or a compression without a decoder
+        raise ImageReadError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
+    if arr.ndim == 3:  # colour (SamplesPerPixel 3, converted to RGB by pydicom)
+        return to_gray8(Image.fromarray(rescale_to_uint8(arr)))
+    values = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        values = np.max(values) + np.min(values) - values.astype(np.float64)
+    return rescale_to_uint8(values)
 
 
 def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -77,6 +149,8 @@ def load_gray8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             raise ImageReadError(path, "empty file (0 bytes)")
     except OSError as e:
         raise ImageReadError(path, f"unreadable ({e.strerror or e})") from e
+    if is_dicom(path):
+        return load_dicom_gray8(path, max_pixels)
     try:
         with warnings.catch_warnings():
             # Pillow warns (and at 2x its limit raises) for huge images; we check ourselves.

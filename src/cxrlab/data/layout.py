@@ -90,7 +90,19 @@ _SKIP_SUFFIXES = {
     ".py",
     ".ipynb",
 }
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
+_IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".webp",
+    ".pgm",
+    ".dcm",
+    ".dicom",
+}
 
 
 def _norm(name: str) -> str:
