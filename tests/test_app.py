@@ -306,3 +306,22 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
     if shot:
         shutil.copy(tmp_path / "app.png", shot)
     json.dumps(requests_seen)  # the log is plain data (for debugging a failure)
+
+
+def test_serve_command_says_where_it_listens(models, monkeypatch, capsys) -> None:
+    """127.0.0.1 by default, and it says so; another host gets a warning (no auth)."""
+    import uvicorn
+
+    from cxrlab.cli import main
+
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((host, port)))
+    assert main(["serve", str(models[0]), "--port", "7999"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [("127.0.0.1", 7999)]
+    assert "http://127.0.0.1:7999/" in out and "this machine only" in out
+    assert "not a diagnostic device" in out
+    assert main(["serve", str(models[0]), "--host", "0.0.0.0"]) == 0
+    assert calls[-1] == ("0.0.0.0", 7860) and "WARNING" in capsys.readouterr().out
+    assert main(["serve", str(models[0].parent / "nothing-here")]) == 2
+    assert "cxrlab: error:" in capsys.readouterr().err
