@@ -23,6 +23,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 __all__ = ["PREDICTED", "build_blocks", "results_html", "theme"]
 
+#: How long uploads and result files are kept on the server, in seconds.
+KEEP_SECONDS = 600
+
 #: The Grad-CAM choice that explains each image's predicted class.
 PREDICTED = "predicted class"
 
@@ -104,9 +107,23 @@ def results_html(outcomes: Sequence[ImageOutcome]) -> str:
     return f'<div class="cxr-results">{"".join(parts)}</div>'
 
 
+def _remove_older_than(folder: Path, seconds: float) -> None:
+    import shutil
+    import time
+
+    for sub in folder.iterdir():
+        try:
+            if time.time() - sub.stat().st_mtime > seconds:
+                shutil.rmtree(sub, ignore_errors=True)
+        except OSError:
+            pass  # removed by a concurrent request
+
+
 def build_blocks(service: ModelService) -> Any:
     """The Gradio page: upload, class to explain, results, CSV download, model cards."""
     import gradio as gr
+
+    downloads = Path(tempfile.mkdtemp(prefix="cxrlab-serve-"))
 
     def classify(files: list[str] | None, cam_choice: str) -> tuple[str, Any]:
         if not files:
@@ -119,13 +136,17 @@ def build_blocks(service: ModelService) -> Any:
                 f"{len(bad)} of {len(outcomes)} file(s) could not be used: "
                 + "; ".join(f"{o.file}: {o.error}" for o in bad[:3])
             )
-        # a fresh folder per request: concurrent users never share a download
-        out = Path(tempfile.mkdtemp(prefix="cxrlab-serve-")) / "predictions.csv"
+        # a fresh folder per request: concurrent users never share a download; folders of
+        # earlier requests go after KEEP_SECONDS (Gradio has copied them into its cache)
+        _remove_older_than(downloads, KEEP_SECONDS)
+        out = Path(tempfile.mkdtemp(dir=downloads)) / "predictions.csv"
         out.write_text(service.to_csv(outcomes))
         return results_html(outcomes), gr.DownloadButton(value=str(out), visible=True)
 
     names = ", ".join(m.name for m in service.models)
-    with gr.Blocks(title="cxrlab", analytics_enabled=False) as blocks:
+    # uploads (X-rays are personal data) and results leave Gradio's cache after KEEP_SECONDS
+    with gr.Blocks(title="cxrlab", analytics_enabled=False,
+                   delete_cache=(KEEP_SECONDS, KEEP_SECONDS)) as blocks:  # fmt: skip
         gr.HTML(f'<div class="cxr-banner" id="cxr-banner">{html.escape(DISCLAIMER)}</div>')
         gr.Markdown(f"## cxrlab: chest X-ray classifier\nModels: {html.escape(names)}")
         with gr.Tab("Classify"):
