@@ -340,3 +340,16 @@ def test_reuse_study_with_initialisations_and_training_sizes(phantoms: Path,
     assert "Feature reuse: why pretraining helps" in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="cannot be searched"):
         parse_study_config(text.replace("train_size = 0.5", "train_size = {search = [1]}"))
+
+
+def test_trials_figure_has_one_panel_per_cell_with_a_line_per_seed(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cxrlab.study.report.trials import plot_trials
+
+    trials = [{"selects_for": f"{cell}-s{seed}", "seed": seed, "candidate": f"lr={lr}",
+               "val_loss": 1 / (1 + lr + seed), "chosen": lr == 3}
+              for cell in ("a-head", "a-full") for seed in (0, 1) for lr in (1, 3)]  # fmt: skip
+    out = plot_trials(trials, "val_loss", tmp_path / "trials.png")
+    width = Image.open(out).size[0]
+    assert width == round(3.4 * 2 * 110)  # two cells, not four cell-seed panels
