@@ -16,25 +16,7 @@ from cxrlab.errors import ConfigError, TrainingInterrupted
 from cxrlab.study import build_report, parse_study_config, run_study, select_cells
 from cxrlab.study.report.results import StudyResults, compare, summary_markdown
 
-TINY = """
-[study]
-name = "tiny"
-data = "{data}"
-seeds = 2
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-precision = "fp32"
-threads = 2
-progress = false
-
-[[cells]]
-model = "resnet18"
-weights = "none"
-freeze = ["none", "0.5"]
-"""
+from conftest import TINY_STUDY
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +90,7 @@ def test_select_cells_by_id_and_shard() -> None:
 
 
 def test_study_runs_skips_resumes_and_reports(phantoms: Path, tmp_path: Path) -> None:
-    study = parse_study_config(TINY.format(data=phantoms))
+    study = parse_study_config(TINY_STUDY.format(data=phantoms))
     out = tmp_path / "study"
     # interrupt one cell half-way, as a killed job would leave it
     cut = study.cells[1]
@@ -159,7 +141,7 @@ def test_study_runs_skips_resumes_and_reports(phantoms: Path, tmp_path: Path) ->
 
 def test_sharded_study_and_changed_settings(phantoms: Path, tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
+    cfg.write_text(TINY_STUDY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
     out = tmp_path / "s"
     assert main(["study", "run", str(cfg), "--out", str(out), "--shard", "1/2",
                  "--no-progress"]) == 0  # fmt: skip
@@ -217,7 +199,7 @@ def test_report_renders_in_headless_chromium(phantoms: Path, tmp_path: Path) -> 
         pytest.skip("needs Chromium (apt-get install chromium) to render the report")
     from PIL import Image
 
-    study = parse_study_config(TINY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
+    study = parse_study_config(TINY_STUDY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
     out = tmp_path / "study"
     run_study(study, out, progress=False)
     report = build_report(out, study).files["report"]
@@ -247,7 +229,7 @@ def test_report_renders_in_headless_chromium(phantoms: Path, tmp_path: Path) -> 
 def test_search_chooses_on_validation_only(phantoms: Path, tmp_path: Path) -> None:
     """Each candidate is a trial cell; the best validation loss per cell and seed is chosen,
     the test split is never read to choose, and all trials are kept and shown."""
-    text = TINY.format(data=phantoms).replace('freeze = ["none", "0.5"]', 'freeze = "none"')
+    text = TINY_STUDY.format(data=phantoms).replace('freeze = ["none", "0.5"]', 'freeze = "none"')
     study = parse_study_config(
         text.replace("epochs = 1", "epochs = 1\nlr = {search = [0.1, 1e-4]}")
     )
@@ -285,7 +267,7 @@ def test_search_chooses_on_validation_only(phantoms: Path, tmp_path: Path) -> No
 
 
 def test_study_final_model_is_chosen_on_validation(phantoms: Path, tmp_path: Path) -> None:
-    text = TINY.format(data=phantoms).replace("seeds = 2", 'seeds = 2\nfinal = "ensemble"')
+    text = TINY_STUDY.format(data=phantoms).replace("seeds = 2", 'seeds = 2\nfinal = "ensemble"')
     study = parse_study_config(text)
     out = tmp_path / "s"
     run_study(study, out, progress=False)
@@ -313,7 +295,7 @@ def test_reuse_study_with_initialisations_and_training_sizes(phantoms: Path,
         '[[cells]]\nmodel = "efficientnet_lite0"\nweights = "none"\ntrain_size = 0.5\n'
     )
     text = (
-        TINY.format(data=phantoms).replace("seeds = 2", "seeds = 1").split("[[cells]]")[0]
+        TINY_STUDY.format(data=phantoms).replace("seeds = 2", "seeds = 1").split("[[cells]]")[0]
         + cells
         + "[analysis]\nreuse = true\nbatch_size = 4\nreinit = false\n"
     )

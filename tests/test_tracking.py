@@ -17,7 +17,7 @@ from cxrlab.engine import train
 from cxrlab.errors import ConfigError, CxrlabError, TrainingInterrupted
 from cxrlab.study import parse_study_config, run_study
 
-from conftest import tiny_config
+from conftest import TINY_STUDY, tiny_config
 
 pytest.importorskip("tensorboard", reason="pip install 'cxrlab[tensorboard]'")
 pytest.importorskip("mlflow", reason="pip install 'cxrlab[mlflow]'")
@@ -136,25 +136,7 @@ def test_missing_tracker_library_is_one_line(phantoms: Path, tmp_path: Path, mon
 
 def test_study_cells_share_one_tracking_folder(phantoms: Path, tmp_path: Path) -> None:
     """Each cell is a run in <study>/tracking: one HParams table compares the cells."""
-    study = parse_study_config(f"""
-[study]
-name = "tracked"
-data = "{phantoms}"
-seeds = 1
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-precision = "fp32"
-threads = 2
-progress = false
-
-[[cells]]
-model = "resnet18"
-weights = "none"
-freeze = ["none", "0.5"]
-""")
+    study = parse_study_config(TINY_STUDY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
     run_study(study, tmp_path / "study", progress=False, log="tensorboard")
     tracking = tmp_path / "study" / "tracking"
     cells = sorted(p.name for p in tracking.iterdir())

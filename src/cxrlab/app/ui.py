@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,6 @@ def results_html(outcomes: Sequence[ImageOutcome]) -> str:
 
 
 def _remove_older_than(folder: Path, seconds: float) -> None:
-    import shutil
-    import time
-
     for sub in folder.iterdir():
         try:
             if time.time() - sub.stat().st_mtime > seconds:

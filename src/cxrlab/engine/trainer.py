@@ -185,8 +185,7 @@ def train(
     try:
         _fit(run, on_step)
         result = _finish(run)
-        if run.ddp.main:
-            run.tracker.finish(result.metrics, result.run_dir)
+        run.tracker.finish(result.metrics, result.run_dir)  # a no-op Tracker off rank 0
         status = "FINISHED"
         return result
     except TrainingInterrupted:

@@ -18,7 +18,7 @@ from ..engine.evaluate import run_tta
 from ..errors import CxrlabError
 from ..utils import write_json
 
-__all__ = ["FORMATS", "export_model", "read_onnx_metadata"]
+__all__ = ["FORMATS", "export_model"]
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -138,10 +138,6 @@ def export_model(
     return meta
 
 
-#: ONNX metadata keys that make an exported file self-describing (no sidecar needed)
-ONNX_META_KEYS = ("cxrlab.classes", "cxrlab.image_size", "cxrlab.card")
-
-
 def _onnx_metadata(card: dict[str, Any], size: int, temperature: float | None) -> dict[str, str]:
     """What :class:`~cxrlab.infer.Predictor` needs to use the file alone, as ONNX strings."""
     summary = {k: card.get(k) for k in ("format", "model", "architecture", "classes",
@@ -153,14 +149,6 @@ def _onnx_metadata(card: dict[str, Any], size: int, temperature: float | None) -
         "cxrlab.image_size": str(size),
         "cxrlab.card": json.dumps(summary),
     }
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``cxrlab.*`` metadata of an exported ONNX file (empty for other ONNX files)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props if p.key.startswith("cxrlab.")}
 
 
 def _embed_metadata(out: Path, meta: dict[str, str]) -> None:
@@ -185,14 +173,12 @@ def _embed_metadata(out: Path, meta: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
-    single = model.ByteSize() < 1_900_000_000
-    if single:
-        onnx.save_model(model, str(out))
-    else:  # over the protobuf limit: weights stay beside the model, as ONNX requires
+    if model.ByteSize() >= 1_900_000_000:  # over the protobuf limit: weights stay beside it
         onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
-    if single:
-        for path in external:  # the exporter's external-data file(s), now inside the model
-            path.unlink(missing_ok=True)
+        return
+    onnx.save_model(model, str(out))
+    for path in external:  # the exporter's external-data file(s), now inside the model
+        path.unlink(missing_ok=True)
 
 
 def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:

@@ -84,16 +84,16 @@ class Predictor:
             raise CheckpointError(f"ONNX file {self.source} does not exist")
         try:
             import onnxruntime as ort
-
-            from .export import read_onnx_metadata
         except ImportError as e:
             raise CheckpointError(
-                "Running ONNX models needs onnx and onnxruntime: pip install 'cxrlab[export]'"
+                "Running ONNX models needs onnxruntime: pip install 'cxrlab[export]'"
             ) from e
         try:
-            meta = read_onnx_metadata(self.source)
+            self.session = ort.InferenceSession(str(self.source),
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
         except Exception as e:  # not a readable ONNX protobuf
             raise CheckpointError(f"{self.source} is not a readable ONNX model ({e})") from e
+        meta = self.session.get_modelmeta().custom_metadata_map  # cxrlab export writes cxrlab.*
         sidecar = self.source.with_suffix(".json")
         if "cxrlab.card" in meta:
             self.card = json.loads(meta["cxrlab.card"])
@@ -108,7 +108,6 @@ class Predictor:
                 f"{self.source} was not exported by 'cxrlab export': it names no classes or "
                 f"input size (no cxrlab metadata inside, no {sidecar.name} beside it)"
             )
-        self.session = ort.InferenceSession(str(self.source), providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
 
     # ---------------------------------------------------------------- preprocessing

@@ -216,10 +216,9 @@ def run_study(
             ``<out>/tracking`` (TensorBoard: one folder per cell id; MLflow: ``mlflow.db``,
             the study's name as experiment).
     """
-    if log is not None:
-        from ..engine.tracking import parse_log, require_trackers
+    if log is not None:  # a bad or missing tracker fails before any data is prepared
+        from ..engine.tracking import require_trackers
 
-        parse_log(log)
         require_trackers(log)
     if not study.settings.data:
         raise ConfigError(
