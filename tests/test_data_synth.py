@@ -101,3 +101,24 @@ def test_phantoms_are_learnable_but_not_trivial() -> None:
     with torch.no_grad():
         accuracy = (net(xte).argmax(1) == yte).float().mean().item()
     assert 0.4 < accuracy < 0.95, accuracy
+
+
+def test_phantoms_count_is_chosen_by_name(tmp_path: Path, monkeypatch) -> None:
+    from cxrlab.data.prepare import resolve_data
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    root = resolve_data("phantoms:10")
+    assert root.name == "COVID-19_Radiography_Dataset"
+    assert scan_dataset(root, progress=False).class_counts() == dict.fromkeys(
+        ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"), 10
+    )
+    assert resolve_data("phantoms:10") == root  # generated once, then reused
+    assert resolve_data(tmp_path / "x") == tmp_path / "x"  # a folder stays a folder
+    for bad in ("phantoms:", "phantoms:ten", "phantoms:-5", "phantoms:9"):
+        with pytest.raises(DataError, match="phantoms:N"):
+            resolve_data(bad)
+    # a real folder of that name wins over the phantoms
+    folder = tmp_path / "phantoms:12"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data("phantoms:12") == Path("phantoms:12")

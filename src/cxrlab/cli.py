@@ -203,7 +203,11 @@ def train_cmd(
         "runs/train"
     ),
     data: Annotated[
-        str, typer.Option(help="Dataset folder, or 'phantoms' (synthetic).", rich_help_panel=_D)
+        str,
+        typer.Option(
+            help="Dataset folder, or 'phantoms' / 'phantoms:N' (synthetic, N per class).",
+            rich_help_panel=_D,
+        ),
     ] = "phantoms",
     split_file: Annotated[
         Path | None,

@@ -15,15 +15,26 @@ from .scan import ScanReport, scan_dataset
 from .split import Split, load_split, make_split
 from .synth import DATASET_DIRNAME, write_synthetic_dataset
 
-__all__ = ["DEMO_DATA", "SPLIT_SOURCES", "PreparedData", "demo_dataset", "prepare_data"]
+__all__ = [
+    "DEMO_DATA",
+    "SPLIT_SOURCES",
+    "PreparedData",
+    "demo_dataset",
+    "prepare_data",
+    "resolve_data",
+]
 
 #: Where a split comes from: the dataset's own folders when it has them (``auto``), always
 #: its folders, or always a new stratified draw.
 SPLIT_SOURCES = ("auto", "folders", "stratified")
 
-#: The name that selects the embedded synthetic phantom dataset instead of a folder.
+#: The name that selects the embedded synthetic phantom dataset instead of a folder
+#: (``phantoms:N`` for N phantoms per class).
 DEMO_DATA = "phantoms"
 _DEMO_PER_CLASS, _DEMO_SEED, _DEMO_SIZE = 150, 0, 256
+#: Fewest phantoms per class a ``phantoms:N`` may ask for: a split needs some of each class
+#: in validation and test.
+_DEMO_MIN_PER_CLASS = 10
 
 
 def demo_dataset(
@@ -36,6 +47,31 @@ def demo_dataset(
         write_synthetic_dataset(out, per_class=per_class, seed=seed, size=size)
         done.write_text("ok\n")
     return out / DATASET_DIRNAME
+
+
+def resolve_data(data: str | os.PathLike[str] | None) -> Path:
+    """The dataset folder ``data`` names: a path as it is; ``None`` or ``"phantoms"`` the
+    embedded phantoms (150 per class); ``"phantoms:N"`` N phantoms per class (both generated
+    into the cache folder on first use).
+
+    Raises:
+        DataError: ``phantoms:N`` with N not a whole number of at least 10.
+    """
+    if data is None:
+        return demo_dataset()
+    text = str(data)
+    if text == DEMO_DATA:
+        return demo_dataset()
+    prefix = f"{DEMO_DATA}:"
+    if not text.startswith(prefix) or Path(text).exists():
+        return Path(data)
+    count = text[len(prefix) :]
+    if not count.isdigit() or int(count) < _DEMO_MIN_PER_CLASS:
+        raise DataError(
+            f"{text!r}: write phantoms:N with N a whole number of phantoms per class, "
+            f"at least {_DEMO_MIN_PER_CLASS} (e.g. phantoms:400)"
+        )
+    return demo_dataset(per_class=int(count))
 
 
 @dataclass(frozen=True)
@@ -72,7 +108,8 @@ def prepare_data(
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
 
     Args:
-        data: a dataset folder, or ``None``/``"phantoms"`` for the synthetic phantoms.
+        data: a dataset folder, or ``None``/``"phantoms"``/``"phantoms:N"`` for the synthetic
+            phantoms (see :func:`resolve_data`).
         split_file: a manifest from ``cxrlab data split``; when it exists it is used (and
             checked against the data), otherwise a split is made with ``split_seed``.
         split_seed: seed of a newly made split.
@@ -95,7 +132,7 @@ def prepare_data(
         raise DataError(f"split_source must be one of {', '.join(SPLIT_SOURCES)}")
     if lungs not in LUNG_MODES:
         raise DataError(f"lungs must be one of {', '.join(LUNG_MODES)}, got {lungs!r}")
-    root = demo_dataset() if data is None or str(data) == DEMO_DATA else Path(data)
+    root = resolve_data(data)
     report = scan_dataset(root, progress=progress)
     if report.invalid:
         first = report.invalid[0]

@@ -39,7 +39,8 @@ class TrainConfig:
     cross-entropy, 10 epochs, 224 px.
 
     Data:
-        data: dataset folder, or ``"phantoms"`` for the embedded synthetic phantoms.
+        data: dataset folder, or ``"phantoms"`` (``"phantoms:N"``: N per class) for the
+            embedded synthetic phantoms.
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
         split_seed: seed of a newly made split (independent of ``seed``).
         ratios: train/val/test fractions of a newly made split.
