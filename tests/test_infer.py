@@ -145,7 +145,9 @@ def test_cam_works_for_vits() -> None:
         assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
 
 
-@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("onnx", ".onnx"), ("exported", ".pt2"), ("torchscript", ".pt")]
+)
 def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path, fmt: str,
                                         suffix: str, capsys) -> None:  # fmt: skip
     out = tmp_path / f"model{suffix}"
@@ -157,6 +159,15 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
     assert meta["parity"]["max_abs_diff"] <= 1e-4
     card = json.loads((run / "model_card.json").read_text())
     assert meta["calibration"]["temperature"] == card["calibration"]["temperature"]
+    if fmt == "exported":  # PyTorch alone runs it, at any batch size
+        import torch
+
+        program = torch.export.load(str(out)).module()
+        for n in (1, 3):
+            with torch.no_grad():
+                probs = program(torch.full((n, 1, 32, 32), 128, dtype=torch.uint8))
+            assert probs.shape == (n, len(card["classes"]))
+            assert probs.sum(1).numpy() == pytest.approx(np.ones(n), abs=1e-5)
     if fmt == "onnx":
         capsys.readouterr()
         assert (

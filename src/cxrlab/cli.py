@@ -664,8 +664,14 @@ def export_cmd(
         list[Path],
         typer.Argument(help="A run folder, an ensemble folder, or several runs (averaged)."),
     ],
-    out: Annotated[Path, typer.Option(help="File to write (.onnx or .pt).")],
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Path, typer.Option(help="File to write (.onnx, .pt2 or .pt).")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx; exported (torch.export, .pt2); torchscript (.pt, deprecated by PyTorch).",
+        ),
+    ] = "onnx",
 ) -> None:
     """Export a trained model; checked against PyTorch (max |dp| <= 1e-4) before it is kept."""
     from .infer import export_model

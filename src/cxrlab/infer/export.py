@@ -1,4 +1,10 @@
-"""``cxrlab export``: ONNX or TorchScript, checked against PyTorch before it is kept."""
+"""``cxrlab export``: ONNX, a ``torch.export`` program or TorchScript, each checked against
+PyTorch before it is kept.
+
+``exported`` (``.pt2``) is PyTorch's own deployable format: ``torch.export.load(path).module()``
+runs it without cxrlab. ``torchscript`` (``.pt``) stays for runtimes that only read
+TorchScript; PyTorch has deprecated ``torch.jit.trace``, so it warns when exporting.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from ..utils import write_json
 
 __all__ = ["FORMATS", "export_model"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "exported", "torchscript")
 TOLERANCE = 1e-4
 
 
@@ -101,6 +107,13 @@ def export_model(
 
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": pixels[:, None]})[0]
+    elif fmt == "exported":
+        batch = {"image": {0: torch.export.Dim("batch")}}
+        with torch.no_grad():
+            program = torch.export.export(model, (x,), dynamic_shapes=batch)
+        torch.export.save(program, str(out))
+        with torch.no_grad():
+            got = torch.export.load(str(out)).module()(x).numpy()
     else:
         with torch.no_grad():
             scripted = torch.jit.trace(model, x[:1])
