@@ -91,7 +91,9 @@ class TrainConfig:
         seed: training seed (initialisation, order, augmentation).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with bf16 support), ``fp32``,
-            ``bf16``.
+            ``bf16``. On a CPU with native bf16 it speeds up dense convolutions (ResNet-18:
+            1.8x) but can slow depthwise ones at small inputs (EfficientNet-Lite0 at 64 px:
+            0.6x; BENCHMARKS.md): time both with ``benchmarks/train_throughput.py``.
         channels_last: ``auto`` (on for CNNs, on CUDA and on the CPU), ``on``, ``off``.
         compile: wrap the model in ``torch.compile``.
         sync_bn: under ``torchrun`` on CUDA, BatchNorm layers that train compute their
