@@ -117,8 +117,9 @@ def test_phantoms_count_is_chosen_by_name(tmp_path: Path, monkeypatch) -> None:
     for bad in ("phantoms:", "phantoms:ten", "phantoms:-5", "phantoms:9"):
         with pytest.raises(DataError, match="phantoms:N"):
             resolve_data(bad)
-    # a real folder of that name wins over the phantoms
-    folder = tmp_path / "phantoms:12"
-    folder.mkdir()
+    # a real folder of that name wins over the phantoms, and says so
     monkeypatch.chdir(tmp_path)
-    assert resolve_data("phantoms:12") == Path("phantoms:12")
+    for name in ("phantoms:12", "phantoms"):
+        (tmp_path / name).mkdir()
+        with pytest.warns(UserWarning, match=f"Using the folder ./{name}"):
+            assert resolve_data(name) == Path(name)

@@ -52,7 +52,8 @@ def demo_dataset(
 def resolve_data(data: str | os.PathLike[str] | None) -> Path:
     """The dataset folder ``data`` names: a path as it is; ``None`` or ``"phantoms"`` the
     embedded phantoms (150 per class); ``"phantoms:N"`` N phantoms per class (both generated
-    into the cache folder on first use).
+    into the cache folder on first use). An existing folder of either name wins, with a
+    warning: ``cxrlab data synth --out phantoms`` then ``--data phantoms`` trains on it.
 
     Raises:
         DataError: ``phantoms:N`` with N not a whole number of at least 10.
@@ -60,10 +61,18 @@ def resolve_data(data: str | os.PathLike[str] | None) -> Path:
     if data is None:
         return demo_dataset()
     text = str(data)
+    if Path(text).exists():  # a folder of that name (cxrlab data synth --out phantoms) wins
+        if text == DEMO_DATA or text.startswith(f"{DEMO_DATA}:"):
+            warnings.warn(
+                f"Using the folder ./{text}; for the embedded phantoms run from another folder "
+                f"or write {DEMO_DATA}:{_DEMO_PER_CLASS}",
+                stacklevel=3,
+            )
+        return Path(data)
     if text == DEMO_DATA:
         return demo_dataset()
     prefix = f"{DEMO_DATA}:"
-    if not text.startswith(prefix) or Path(text).exists():
+    if not text.startswith(prefix):
         return Path(data)
     count = text[len(prefix) :]
     if not count.isdigit() or int(count) < _DEMO_MIN_PER_CLASS:
