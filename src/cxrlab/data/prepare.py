@@ -60,20 +60,18 @@ def resolve_data(data: str | os.PathLike[str] | None) -> Path:
     """
     if data is None:
         return demo_dataset()
-    text = str(data)
+    text, prefix = str(data), f"{DEMO_DATA}:"
+    if text != DEMO_DATA and not text.startswith(prefix):
+        return Path(data)
     if Path(text).exists():  # a folder of that name (cxrlab data synth --out phantoms) wins
-        if text == DEMO_DATA or text.startswith(f"{DEMO_DATA}:"):
-            warnings.warn(
-                f"Using the folder ./{text}; for the embedded phantoms run from another folder "
-                f"or write {DEMO_DATA}:{_DEMO_PER_CLASS}",
-                stacklevel=3,
-            )
+        warnings.warn(
+            f"Using the folder ./{text}; for the embedded phantoms run from another folder "
+            f"or write {DEMO_DATA}:{_DEMO_PER_CLASS}",
+            stacklevel=3,
+        )
         return Path(data)
     if text == DEMO_DATA:
         return demo_dataset()
-    prefix = f"{DEMO_DATA}:"
-    if not text.startswith(prefix):
-        return Path(data)
     count = text[len(prefix) :]
     if not count.isdigit() or int(count) < _DEMO_MIN_PER_CLASS:
         raise DataError(

@@ -73,6 +73,11 @@ def require_trackers(log: str | None) -> None:
             ) from e
 
 
+def _final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The :data:`FINAL_METRICS` a run has, as floats (a metric it lacks is left out)."""
+    return {k: float(metrics[k]) for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+
+
 def _flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Hyperparameters as scalars/strings (lists and None become text)."""
     out: dict[str, Any] = {}
@@ -134,11 +139,7 @@ class TensorBoardTracker(Tracker):
         from PIL import Image
 
         step = int(metrics.get("epochs_run", 0))
-        final = {
-            f"test/{k}": float(metrics[k])
-            for k in FINAL_METRICS
-            if isinstance(metrics.get(k), (int, float))
-        }
+        final = {f"test/{k}": v for k, v in _final_metrics(metrics).items()}
         for tag, value in final.items():
             self.writer.add_scalar(tag, value, step)
         for name in FIGURES:
@@ -214,11 +215,7 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        final = [
-            Metric(f"test_{k}", float(metrics[k]), now, 0)
-            for k in FINAL_METRICS
-            if isinstance(metrics.get(k), (int, float))
-        ]
+        final = [Metric(f"test_{k}", v, now, 0) for k, v in _final_metrics(metrics).items()]
         self.client.log_batch(self.run_id, metrics=final)
         self.client.log_artifacts(self.run_id, str(run_dir))
 

@@ -54,6 +54,11 @@ class _Average(nn.Module):
         return torch.stack([m(image) for m in self.members]).mean(0)  # (B, K)
 
 
+def _dynamic_batch() -> dict[str, dict[int, Any]]:
+    """torch.export's shape spec: the ``image`` input takes any batch size."""
+    return {"image": {0: torch.export.Dim("batch")}}
+
+
 def _check_images(size: int, n: int = 8) -> np.ndarray:
     """A batch of phantom X-rays at the model's size (no data needed to check an export)."""
     from ..data import resize_gray8
@@ -108,9 +113,8 @@ def export_model(
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": pixels[:, None]})[0]
     elif fmt == "exported":
-        batch = {"image": {0: torch.export.Dim("batch")}}
         with torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=batch)
+            program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
         torch.export.save(program, str(out))
         with torch.no_grad():
             got = torch.export.load(str(out)).module()(x).numpy()
@@ -203,9 +207,8 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:
         ) from e
     kwargs = {"input_names": ["image"], "output_names": ["probabilities"]}
     try:  # the torch.export-based exporter (the default since torch 2.9)
-        batch = {"image": {0: torch.export.Dim("batch")}}
-        torch.onnx.export(model, (x,), str(out), dynamo=True, verbose=False,
-                          dynamic_shapes=batch, external_data=False, **kwargs)  # fmt: skip
+        torch.onnx.export(model, (x,), str(out), dynamo=True, verbose=False, external_data=False,
+                          dynamic_shapes=_dynamic_batch(), **kwargs)  # fmt: skip
     except Exception:  # older torch, or a model torch.export cannot trace: TorchScript exporter
         torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=17,
                           dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},

@@ -168,7 +168,7 @@ class Cell:
     @property
     def group(self) -> str:
         """The cell without its seed: runs that differ only by seed share a group."""
-        return (self.selects or self.id).rsplit("-s", 1)[0]
+        return without_seed(self.selects or self.id)
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,11 @@ class StudyConfig:
     def seeds(self) -> tuple[int, ...]:
         s = self.settings.seeds
         return tuple(range(s)) if isinstance(s, int) else tuple(s)
+
+
+def without_seed(cell_id: str) -> str:
+    """A cell id without its ``-s<seed>`` suffix (``resnet18-in1k-head-s1`` -> ``...-head``)."""
+    return cell_id.rsplit("-s", 1)[0]
 
 
 def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float = 1.0) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from ..config import without_seed
 
 __all__ = ["plot_trials", "select_trial", "trials_csv", "validation_scores"]
 
@@ -73,15 +74,11 @@ def plot_trials(trials: list[dict[str, Any]], metric: str, out: Path) -> Path | 
     """Validation score of every candidate, one panel per cell, one line per seed."""
     if not trials:
         return None
-
-    def cell_of(t: dict[str, Any]) -> str:  # the cell without its seed: seeds share a panel
-        return re.sub(r"-s\d+$", "", str(t["selects_for"]))
-
-    cells = list(dict.fromkeys(cell_of(t) for t in trials))
+    cells = list(dict.fromkeys(without_seed(t["selects_for"]) for t in trials))
     fig, axes = plt.subplots(1, len(cells), figsize=(3.4 * len(cells), 3.2), dpi=110,
                              squeeze=False, sharey=True)  # fmt: skip
     for ax, cell in zip(axes[0], cells):
-        mine = [t for t in trials if cell_of(t) == cell]
+        mine = [t for t in trials if without_seed(t["selects_for"]) == cell]  # all seeds
         candidates = list(dict.fromkeys(t["candidate"] for t in mine))
         for seed in sorted({t["seed"] for t in mine}):
             pts = [t for t in mine if t["seed"] == seed]
