@@ -53,6 +53,35 @@ def _root(
     """Chest X-ray classification and transfer-learning studies."""
 
 
+_ExternalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--external",
+        help="After training, score every run on this dataset too: NAME=PATH (repeatable); "
+        "copies of training images are left out first.",
+    ),
+]
+_ExternalMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--external-class-map",
+        help="An external set's class map: NAME=DATASET_CLASS=MODEL_CLASS,... "
+        "('-': not scored), e.g. quex=Non-COVID=-,COVID-19=COVID.",
+    ),
+]
+
+
+def _external_sets(external: list[str] | None, maps: list[str] | None) -> tuple:
+    from .engine.external import parse_external, parse_external_maps
+
+    by_name = parse_external_maps(maps or [])
+    sets = tuple(parse_external(text, by_name) for text in external or [])
+    unknown = sorted(set(by_name) - {e.name for e in sets})
+    if unknown:
+        raise CxrlabError(f"--external-class-map names {unknown[0]!r}, which no --external names")
+    return sets
+
+
 def _parse_ratios(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
@@ -93,13 +122,19 @@ def data_split(
     holdout_all: Annotated[
         bool, typer.Option("--holdout-all", help="Every image is test (external set).")
     ] = False,
+    near_copies: Annotated[
+        bool,
+        typer.Option(help="Keep near copies (re-saved, re-sized, re-cropped) in one split."),
+    ] = True,
 ) -> None:
     """Write a reproducible, stratified train/val/test manifest."""
-    from .data import make_split, scan_dataset
+    from .data import make_split, near_copy_groups, scan_dataset
     from .data.summary import format_split_counts
 
     report = scan_dataset(root)
-    split = make_split(report, ratios=_parse_ratios(ratios), seed=seed, holdout_all=holdout_all)
+    groups = near_copy_groups(report) if near_copies and not holdout_all else None
+    split = make_split(report, ratios=_parse_ratios(ratios), seed=seed, holdout_all=holdout_all,
+                       groups=groups)  # fmt: skip
     split.save(out)
     typer.echo(format_split_counts(split))
     typer.echo(f"Wrote {out} (split hash {split.fingerprint()})")
@@ -226,6 +261,13 @@ def train_cmd(
             rich_help_panel=_D,
         ),
     ] = "auto",
+    near_copies: Annotated[
+        bool,
+        typer.Option(
+            help="Keep near copies (re-saved, re-sized, re-cropped images) in one split.",
+            rich_help_panel=_D,
+        ),
+    ] = True,
     image_size: Annotated[int, typer.Option(help="Input size (px).", rich_help_panel=_D)] = 224,
     train_size: Annotated[
         float,
@@ -368,16 +410,22 @@ def train_cmd(
     log_experiment: Annotated[
         str | None, typer.Option(help="MLflow experiment (default cxrlab).", rich_help_panel=_L)
     ] = None,
+    external: _ExternalOpt = None,
+    external_class_map: _ExternalMapOpt = None,
 ) -> None:
     """Train one classifier; writes metrics, figures, weights and a model card to --out."""
     options = dict(locals())  # first line: exactly the command's options
     from .engine import TrainConfig, train
+    from .engine.external import evaluate_externals
 
     out_dir, resume_run = options.pop("out"), options.pop("resume")
+    sets = _external_sets(options.pop("external"), options.pop("external_class_map"))
     options["ratios"] = _parse_ratios(ratios)
     options["split_file"] = str(split_file) if split_file else None
     config = TrainConfig.from_dict(options, section="train ")
     train(config, out_dir, resume=resume_run)
+    evaluate_externals(out_dir, sets, device=config.device, progress=config.progress,
+                       echo=typer.echo)  # fmt: skip
 
 
 @app.command("evaluate")
@@ -539,11 +587,14 @@ def study_run(
             "(overrides [train] log)."
         ),
     ] = None,
+    external: _ExternalOpt = None,
+    external_class_map: _ExternalMapOpt = None,
 ) -> None:
     """Run every cell of a study (skipping finished ones), then write the report."""
     from .study import build_report, load_study_config, run_study
 
-    study = load_study_config(config, data=data, epochs=epochs, seeds=seeds)
+    sets = _external_sets(external, external_class_map)
+    study = load_study_config(config, data=data, epochs=epochs, seeds=seeds, external=sets)
     out = out or Path("runs") / study.settings.name
     done = run_study(study, out, cells=cell or (), shard=shard, progress=progress, log=log)
     typer.echo(

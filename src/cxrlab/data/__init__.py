@@ -15,7 +15,7 @@ from .download import KAGGLE_URL, download_database
 from .imageio import ImageReadError, load_gray8, to_gray8
 from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
 from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
-from .prepare import PreparedData, prepare_data, resolve_data
+from .prepare import PreparedData, near_copy_groups, prepare_data, resolve_data
 from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
 from .split import SPLITS, Split, load_split, make_split, train_size_label
 from .synth import draw_phantom, write_synthetic_dataset
@@ -44,6 +44,7 @@ __all__ = [
     "load_gray8",
     "load_split",
     "make_split",
+    "near_copy_groups",
     "prepare_data",
     "resize_gray8",
     "resolve_data",

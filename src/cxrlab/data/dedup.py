@@ -22,15 +22,29 @@ shows them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-__all__ = ["ImageSignatures", "near_duplicates", "signatures"]
+__all__ = [
+    "MAX_GROUP",
+    "SIGNATURE_SIZE",
+    "CopyGroups",
+    "ImageSignatures",
+    "copy_groups",
+    "near_duplicates",
+    "signatures",
+]
 
 _THUMB = 32
+
+#: The decoded size splits compute signatures at, whatever size a run trains at, so that a
+#: split depends on the data and its seed alone (see :func:`copy_groups`).
+SIGNATURE_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -102,3 +116,70 @@ def near_duplicates(
             if rr >= min_correlation:
                 pairs.append((int(i), int(j), int(dist[i - start, j]), float(rr)))
     return pairs
+
+
+#: The most images one copy group may hold. A larger linked component is not one radiograph
+#: saved many times but a chain of look-alikes (synthetic phantoms drawn from one template,
+#: say): its images are grouped by exact copies only.
+MAX_GROUP = 10
+
+
+class CopyGroups(NamedTuple):
+    """Each image's group key, and how many images were in look-alike chains that were too
+    large to be copies of one radiograph (left to exact-copy grouping)."""
+
+    keys: list[str]
+    chained: int
+
+
+def copy_groups(
+    hashes: Sequence[str], images: np.ndarray | None, *, max_group: int = MAX_GROUP
+) -> CopyGroups:
+    """Per image, the key of its copy group: the smallest content hash among the images it is
+    linked to by exact copies (the same hash) or near copies (:func:`near_duplicates`),
+    directly or through others (re-crops of one radiograph chain together).
+
+    Args:
+        hashes: each image's content hash.
+        images: their decoded ``(N, H, W)`` uint8 pixels, row-aligned; ``None`` groups exact
+            copies only.
+        max_group: a linked component with more images than this is a chain of look-alikes,
+            not copies: its images keep their exact-copy groups (counted in ``chained``).
+
+    An image without copies is its own group, keyed by its hash.
+    """
+    n = len(hashes)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        join(i, first.setdefault(h, i))
+    if images is not None and n > 1:
+        for i, j, _, _ in near_duplicates(signatures(images)):
+            join(i, j)
+    roots = [find(i) for i in range(n)]
+    size: dict[int, int] = {}
+    key: dict[int, str] = {}
+    for i, h in enumerate(hashes):
+        size[roots[i]] = size.get(roots[i], 0) + 1
+        key[roots[i]] = min(key.get(roots[i], h), h)
+    chained = 0
+    out = []
+    for i, h in enumerate(hashes):
+        if size[roots[i]] > max_group:
+            chained += 1
+            out.append(h)  # exact copies still share their hash
+        else:
+            out.append(key[roots[i]])
+    return CopyGroups(out, chained)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..utils import cache_dir
 from .cache import DecodedImages, decoded_images, derived_images
+from .dedup import MAX_GROUP, SIGNATURE_SIZE, copy_groups
 from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
 from .scan import ScanReport, scan_dataset
 from .split import Split, load_split, make_split
@@ -20,6 +21,7 @@ __all__ = [
     "SPLIT_SOURCES",
     "PreparedData",
     "demo_dataset",
+    "near_copy_groups",
     "prepare_data",
     "resolve_data",
 ]
@@ -81,6 +83,25 @@ def resolve_data(data: str | os.PathLike[str] | None) -> Path:
     return demo_dataset(per_class=int(count))
 
 
+def near_copy_groups(report: ScanReport, *, progress: bool = True) -> dict[str, str]:
+    """Image path -> copy group (exact and near copies, see
+    :func:`~cxrlab.data.dedup.copy_groups`), from images decoded at
+    :data:`~cxrlab.data.dedup.SIGNATURE_SIZE` (cached like any decoded size)."""
+    records = sorted(report.records, key=lambda r: r.path)
+    if not records:
+        return {}
+    small = decoded_images(report.root, records, SIGNATURE_SIZE, progress=progress)
+    groups = copy_groups([r.hash for r in records], small.array)
+    if groups.chained:
+        warnings.warn(
+            f"{groups.chained} images under {report.root} are linked into chains of more than "
+            f"{MAX_GROUP} look-alikes by the near-copy rule (images this alike at 32 px, such "
+            "as synthetic phantoms, defeat it); they are kept together with exact copies only",
+            stacklevel=2,
+        )
+    return {r.path: k for r, k in zip(records, groups.keys)}
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """A scanned dataset, its split and its decoded images (rows follow ``split.records``).
@@ -110,6 +131,7 @@ def prepare_data(
     image_size: int = 224,
     split_source: str = "auto",
     lungs: str = "keep",
+    near_copies: bool = True,
     progress: bool = True,
 ) -> PreparedData:
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
@@ -129,6 +151,9 @@ def prepare_data(
         lungs: ``keep``; ``remove`` fills every image's lung fields with the mean of the rest
             of the image; ``only`` fills everything outside the lungs with the lungs' mean.
             Needs a valid lung mask for every image (see :mod:`cxrlab.data.masks`).
+        near_copies: a newly drawn split keeps near copies (re-saved, re-sized, re-cropped
+            images of one radiograph) in one split, like exact copies; ``False`` groups exact
+            copies only. A loaded split is used as it was made.
         progress: show progress bars.
 
     Raises:
@@ -158,8 +183,10 @@ def prepare_data(
         split = load_split(split_file, report)
     else:
         folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
+        grouped = near_copies and not holdout_all and not folders and report.records
+        groups = near_copy_groups(report, progress=progress) if grouped else None
         split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all,
-                           use_folders=bool(folders))  # fmt: skip
+                           use_folders=bool(folders), groups=groups)  # fmt: skip
         if split_file is not None:
             split.save(split_file)
     images = decoded_images(report.root, split.records, image_size, progress=progress)

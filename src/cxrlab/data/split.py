@@ -1,12 +1,15 @@
 """Reproducible, stratified train/val/test splits saved as a manifest CSV.
 
-The manifest has one row per valid image (path, label, width, height, hash, split) and a
+The manifest has one row per valid image (path, label, width, height, hash, group, split;
+the group column came later, and manifests without it still load) and a
 first comment line with the seed, ratios and class order. Its bytes depend only on the data
 and the seed: each image's place in the shuffle is a hash of its content and the seed, so
 the same data and seed give a byte-identical file on any machine and any NumPy version, and
 adding images never moves existing ones between splits unless a class's quotas change.
-Exact duplicates (same pixels) always land in the same split, so a test image never has a
-copy in training.
+Exact duplicates (same pixels) always land in the same split, and so do near copies (the
+same radiograph re-saved, re-sized or re-cropped, found by perceptual signature, see
+:func:`~cxrlab.data.dedup.copy_groups`) when the split is given its copy groups: a test image
+then has no copy in training. The manifest's ``group`` column names each image's group.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import io
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from .scan import ImageRecord, ScanReport
 __all__ = ["SPLITS", "Split", "load_split", "make_split", "train_size_label"]
 
 SPLITS = ("train", "val", "test")
-_HEADER = ("path", "label", "width", "height", "hash", "split")
+_HEADER = ("path", "label", "width", "height", "hash", "group", "split")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Split:
         ratios: train/val/test fractions (``(0, 0, 1)`` for a hold-out set).
         source: ``stratified`` (made by :func:`make_split`) or ``folders`` (the dataset's
             own Train/Val/Test folders; ``ratios`` are then the fractions found).
+        groups: each record's copy group (kept whole in one split); empty: every image is
+            grouped with its exact copies only (its hash), as manifests before groups were.
     """
 
     classes: tuple[str, ...]
@@ -49,6 +55,22 @@ class Split:
     seed: int
     ratios: tuple[float, float, float]
     source: str = "stratified"
+    groups: tuple[str, ...] = ()
+
+    def group(self, i: int) -> str:
+        """The copy group of row ``i`` (its hash when the split has no groups)."""
+        return self.groups[i] if self.groups else self.records[i].hash
+
+    def joined(self) -> tuple[int, int]:
+        """``(groups, images)``: near-copy groups (images with different pixels kept together)
+        and how many images they hold."""
+        hashes: dict[str, set[str]] = defaultdict(set)
+        sizes: dict[str, int] = defaultdict(int)
+        for i, r in enumerate(self.records):
+            hashes[self.group(i)].add(r.hash)
+            sizes[self.group(i)] += 1
+        near = [g for g, h in hashes.items() if len(h) > 1]
+        return len(near), sum(sizes[g] for g in near)
 
     def indices(self, split: str) -> list[int]:
         """Row indices of one split (``"all"`` gives every row)."""
@@ -122,8 +144,8 @@ class Split:
         )
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_HEADER)
-        for r, s in zip(self.records, self.assignment):
-            w.writerow([r.path, r.label, r.width, r.height, r.hash, s])
+        for i, (r, s) in enumerate(zip(self.records, self.assignment)):
+            w.writerow([r.path, r.label, r.width, r.height, r.hash, self.group(i), s])
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -141,6 +163,16 @@ def train_size_label(train_size: float) -> str:
 
 def _rank(seed: int, key: str) -> str:
     return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=16).hexdigest()
+
+
+def _draw(weights: list[int], digest: str) -> int:
+    """An index drawn in proportion to ``weights`` (some positive) by a hex digest."""
+    u = int(digest, 16) % sum(weights)
+    for i, w in enumerate(weights):
+        if u < w:
+            return i
+        u -= w
+    raise AssertionError("unreachable")
 
 
 def _quotas(n: int, ratios: tuple[float, float, float]) -> list[int]:
@@ -163,6 +195,7 @@ def make_split(
     seed: int = 0,
     holdout_all: bool = False,
     use_folders: bool = False,
+    groups: Mapping[str, str] | None = None,
 ) -> Split:
     """Assign every valid image of ``report`` to train, val or test, stratified by class.
 
@@ -174,6 +207,8 @@ def make_split(
         use_folders: keep the dataset's own Train/Val/Test folders as the split
             (``report.source_splits``) instead of drawing one; ``ratios`` and ``seed`` are
             then not used.
+        groups: image path -> copy group (:func:`~cxrlab.data.dedup.copy_groups`); each group
+            goes whole into one split. Default: exact copies (the same hash) only.
 
     Raises:
         DataError: a class has no valid images, the ratios are invalid, or ``use_folders``
@@ -195,28 +230,46 @@ def make_split(
             f"Split ratios must be three non-negative numbers summing to 1, got {ratios}"
         )
     records = sorted(report.records, key=lambda r: r.path)
+    keys = [groups.get(r.path, r.hash) if groups else r.hash for r in records]
+    members: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r, k in zip(records, keys):
+        members[k].append(r)
+    counts: dict[str, int] = defaultdict(int)
+    for r in records:
+        counts[r.label] += 1
+    quota = {c: _quotas(counts[c], ratios) for c in report.classes}  # type: ignore[arg-type]
+    filled = {c: [0, 0, 0] for c in report.classes}
     assign: dict[str, str] = {}
-    for cls in report.classes:
-        groups: dict[str, list[ImageRecord]] = defaultdict(list)
-        for r in records:
-            if r.label == cls:
-                groups[r.hash].append(r)
-        n = sum(len(g) for g in groups.values())
-        quota = _quotas(n, ratios)  # type: ignore[arg-type]
-        filled = [0, 0, 0]
-        for h in sorted(groups, key=lambda h: _rank(seed, h)):
-            g = groups[h]
-            # the first split with room left takes the whole duplicate group
-            k = next((i for i in range(3) if filled[i] < quota[i]), 2)
-            filled[k] += len(g)
-            for r in g:
-                assign[r.path] = SPLITS[k]
+
+    def place(g: list[ImageRecord], k: int) -> None:
+        for r in g:
+            filled[r.label][k] += 1
+            assign[r.path] = SPLITS[k]
+
+    order = sorted(members, key=lambda k: _rank(seed, k))
+    # copy groups first, each whole into a split drawn (seeded) in proportion to the room its
+    # classes have left there; then single images fill every class's quotas exactly
+    for key in (k for k in order if len(members[k]) > 1):
+        g = members[key]
+        need = {c: sum(r.label == c for r in g) for c in {r.label for r in g}}
+        room = [min(quota[c][i] - filled[c][i] - n for c, n in need.items()) + 1
+                for i in range(3)]  # fmt: skip
+        weights = [max(0, w) for w in room]
+        if not sum(weights):  # fits nowhere whole: the split with most room for its bulk
+            place(g, max(range(3), key=lambda i: room[i]))
+            continue
+        place(g, _draw(weights, _rank(seed, f"place:{key}")))
+    for key in (k for k in order if len(members[k]) == 1):
+        label = members[key][0].label
+        # the first split with room (a class's rounding can leave none: test)
+        place(members[key], next((i for i in range(3) if filled[label][i] < quota[label][i]), 2))
     return Split(
         classes=tuple(report.classes),
         records=tuple(records),
         assignment=tuple(assign[r.path] for r in records),
         seed=seed,
         ratios=ratios,  # type: ignore[arg-type]
+        groups=tuple(keys) if groups else (),
     )
 
 
@@ -265,6 +318,7 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
             for r in rows
         )
         assignment = tuple(r["split"] for r in rows)
+        groups = tuple(r.get("group") or rec.hash for r, rec in zip(rows, records))
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(f"Split file {path} is malformed ({e}); re-create it") from e
     bad = {s for s in assignment if s not in SPLITS} | {
@@ -282,4 +336,5 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
                 "Re-create the split or point --data at the dataset it was made from"
             )
     source = meta.get("source", "stratified")
-    return Split(classes, records, assignment, seed, ratios, source)  # type: ignore[arg-type]
+    return Split(classes, records, assignment, seed, ratios, source,  # type: ignore[arg-type]
+                 groups if any(g != r.hash for g, r in zip(groups, records)) else ())  # fmt: skip

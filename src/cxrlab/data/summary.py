@@ -56,4 +56,9 @@ def format_split_counts(split: Split) -> str:
     counts = split.counts()
     rows = [[c, *(str(counts[s][c]) for s in SPLITS)] for c in split.classes]
     rows.append(["total", *(str(sum(counts[s].values())) for s in SPLITS)])
-    return _table(["class", *SPLITS], rows)
+    text = _table(["class", *SPLITS], rows)
+    groups, images = split.joined()
+    if split.groups or groups:
+        text += (f"\nNear copies: {groups} group(s) of {images} images joined, each kept in one "
+                 "split (the manifest's group column)")  # fmt: skip
+    return text

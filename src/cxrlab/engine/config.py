@@ -46,6 +46,9 @@ class TrainConfig:
         ratios: train/val/test fractions of a newly made split.
         split_source: ``auto`` (the dataset's own Train/Val/Test folders when it has them,
             else a stratified split), ``folders`` or ``stratified``.
+        near_copies: a newly drawn split keeps near copies (one radiograph re-saved,
+            re-sized or re-cropped, found by perceptual signature) in one split, as it keeps
+            exact copies; ``False`` groups exact copies only.
         image_size: square input size in pixels.
         train_size: train on part of the training split: a fraction in (0, 1] of each class,
             or a whole count per class (``50``). Stratified and nested (the 10 % lies inside
@@ -117,6 +120,7 @@ class TrainConfig:
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_source: Literal["auto", "folders", "stratified"] = "auto"
+    near_copies: bool = True
     image_size: int = 224
     train_size: float = 1.0
     lungs: Literal["keep", "remove", "only"] = "keep"

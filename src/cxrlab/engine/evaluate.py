@@ -12,16 +12,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
+from ..data import DecodedImages, PreparedData, prepare_data
 from ..errors import CheckpointError
-from ..evaluation import classification_metrics
+from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
 from .rundir import load_run_model
 from .runtime import autocast, resolve_device, run_precision
 
-__all__ = ["evaluate_run", "predict_batches", "run_tta", "write_predictions"]
+__all__ = [
+    "NOT_EXTERNAL_SHARE",
+    "evaluate_run",
+    "predict_batches",
+    "run_probabilities",
+    "run_tta",
+    "write_predictions",
+]
 
 
 @torch.no_grad()
@@ -103,9 +110,56 @@ def write_predictions(
     atomic_write_text(path, buf.getvalue())
 
 
+def run_probabilities(
+    member: str | os.PathLike[str],
+    images: DecodedImages,
+    rows: Sequence[int],
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    desc: str = "",
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A finished run's probabilities for ``rows`` of ``images``, as its own test computed
+    them: its precision, its test-time augmentation, and, where it freezes a prefix of the
+    backbone, the frozen-feature cache (:mod:`.features`), so a frozen prefix runs once per
+    image however many runs share it (the seeds of a head-only cell, say).
+
+    Returns:
+        ``(probs, card)``: ``(len(rows), K)`` uncalibrated probabilities and the run's card.
+    """
+    from ..freeze import apply_freeze
+    from .features import TrainableRest, build_frozen_features, feature_cache_plan
+
+    model, card = load_run_model(member)
+    model.to(device)
+    amp, tta = run_precision(card, device), run_tta(card)
+    cfg = card.get("training", {}).get("config", {})
+    n_frozen = len(card.get("freeze", {}).get("frozen_units", []))
+    net: torch.nn.Module = model
+    source, add_channel = images.array, True
+    if n_frozen and not tta:
+        bn = cfg.get("freeze_bn", "frozen")
+        apply_freeze(model, card["freeze"]["policy"], bn)
+        # at test time nothing random runs before the cut, whatever the training augmented
+        mode = cfg.get("feature_cache", "auto")
+        cached, _ = feature_cache_plan(model, n_frozen, "none", bn, mode)
+        if cached:
+            feats = build_frozen_features(model, n_frozen, images, device=device, amp=amp,
+                                          batch_size=max(64, batch_size),
+                                          dtype=cfg.get("feature_dtype", "float32"),
+                                          progress=progress)  # fmt: skip
+            net, source, add_channel = TrainableRest(model, n_frozen), feats.array, False
+    labels = np.zeros(len(images), dtype=np.int64)
+    batches = ImageBatches(source, list(rows), labels, batch_size, add_channel=add_channel)
+    probs, _, _ = predict_batches(net, batches, device, amp, desc=desc, progress=progress,
+                                  tta=tta)  # fmt: skip
+    return probs, card
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    data: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | PreparedData | None = None,
     *,
     split: str = "test",
     out: str | os.PathLike[str] | None = None,
@@ -113,15 +167,21 @@ def evaluate_run(
     device: str = "auto",
     class_map: dict[str, str] | None = None,
     exclude_copies: bool = True,
+    predictions: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of a finished run's model on a dataset.
+
+    The images are prepared as the run's were: its input size and its lungs mode
+    (``--lungs remove|only`` fills the same regions, from the dataset's lung masks).
 
     Args:
         run_dir: a folder written by ``cxrlab train``, an ensemble folder, or several run
             folders (an ensemble: the members' calibrated probabilities are averaged; a single
             run is scored on its own, uncalibrated probabilities, like its metrics.json).
-        data: dataset folder (default: the one the run trained on).
+        data: dataset folder (default: the one the run trained on), or data already prepared
+            with :func:`~cxrlab.data.prepare_data` at the run's size and lungs mode (an
+            external set scored for many runs is scanned and decoded once).
         split: ``test``/``val``/``train`` of the run's own saved split (checked against the
             data), or ``all`` for every valid image of ``data`` (an external test set).
         out: where to write the metrics JSON (optional).
@@ -131,14 +191,21 @@ def evaluate_run(
         exclude_copies: on another dataset, leave out of the metrics every image that copies
             one of the run's training or validation images (found by content hash and
             perceptual signature, and reported in ``overlap``).
+        predictions: write the scored images' predictions here (CSV, see
+            :func:`write_predictions`; labels are the model classes they map to).
 
     Returns:
         :func:`~cxrlab.evaluation.classification_metrics` over the scored images, plus
         ``class_matching``, ``routing`` (where the images of each dataset class went, scored
-        or not), ``external`` and, for another dataset, ``overlap`` and ``excluded_copies``.
+        or not), ``external``, ``ece_calibrated`` (a single run with a temperature: the ECE
+        of its calibrated probabilities) and, for another dataset, ``overlap``,
+        ``excluded_copies``, ``copy_share`` (the share of its images that copy the run's
+        training or validation images) and ``not_external`` (that share is above
+        :data:`NOT_EXTERNAL_SHARE`).
 
     Raises:
-        CheckpointError: the dataset has a class the model does not know and no mapping.
+        CheckpointError: the dataset has a class the model does not know and no mapping, or
+            no image can be scored.
     """
     from ..evaluation.external import find_overlap, match_classes, routing
     from .ensemble import ensemble_card, expand_members, is_ensemble
@@ -148,18 +215,7 @@ def evaluate_run(
     members = expand_members(sources)
     card = ensemble_card(sources)
     ensemble = len(members) > 1 or is_ensemble(run_dir)
-    root = data if data is not None else card["data"]["root"]
-    size = int(card["preprocessing"]["image_size"])
-    if split == "all":
-        prepared = prepare_data(root, holdout_all=True, image_size=size, progress=progress)
-    else:
-        manifest = run_dir / "split.csv"
-        if not manifest.is_file():
-            raise CheckpointError(
-                f"{run_dir} has no split.csv; use --split all to evaluate on every image of --data"
-            )
-        # the run's own split, checked image by image against the data
-        prepared = prepare_data(root, split_file=manifest, image_size=size, progress=progress)
+    prepared = _prepare(run_dir, card, data, split, progress)
     classes = list(card["classes"])
     matching = match_classes(prepared.classes, classes, class_map,
                              where=f"the model in {run_dir}")  # fmt: skip
@@ -172,27 +228,24 @@ def evaluate_run(
                                progress=progress)  # fmt: skip
     excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
     # every image is predicted (unscored classes too: where did they go?)
-    labels = np.zeros(len(prepared.split.records), dtype=np.int64)
-    batches = ImageBatches(prepared.images.array, rows, labels, batch_size)
     dev = resolve_device(device)
-    member_probs = []
+    member_probs, temperatures = [], []
     for member in members:
-        model, mcard = load_run_model(member)
-        model.to(dev)
         desc = f"Evaluating {split}" + (f" ({member.name})" if ensemble else "")
-        p, _, _ = predict_batches(model, batches, dev, run_precision(mcard, dev), desc=desc,
-                                  progress=progress, tta=run_tta(mcard))  # fmt: skip
-        if ensemble:
-            p = apply_temperature(p, float(mcard.get("calibration", {}).get("temperature", 1)))
-        member_probs.append(p)
+        p, mcard = run_probabilities(member, prepared.images, rows, dev, batch_size=batch_size,
+                                     desc=desc, progress=progress)  # fmt: skip
+        temperatures.append(float(mcard.get("calibration", {}).get("temperature", 1)))
+        member_probs.append(apply_temperature(p, temperatures[-1]) if ensemble else p)
     probs = np.mean(member_probs, axis=0)
     scored = [k for k, r in enumerate(records)
               if matching[r.label] is not None and r.path not in excluded]  # fmt: skip
     if not scored:
         raise CheckpointError(
-            f"No image of {prepared.report.root} can be scored: every class is unscored or "
-            "every image copies a training image"
-        )
+            f"No image of {prepared.report.root} can be scored: "
+            + ("every class is unscored" if not any(matching.values()) else
+               f"all {len(records)} images of the scored classes copy the run's training or "
+               "validation images" if excluded else "no image of a scored class")
+        )  # fmt: skip
     y = np.array([classes.index(matching[records[k].label]) for k in scored])  # type: ignore[arg-type]
     metrics = classification_metrics(y, probs[scored], classes)
     metrics.update(
@@ -201,17 +254,60 @@ def evaluate_run(
             "data_root": str(prepared.report.root),
             "data_hash": prepared.report.fingerprint(),
             "external": external,
+            "lungs": prepared.lungs,
             "class_matching": matching,
             "classes_present": sorted({classes[i] for i in y}, key=classes.index),
             "n_unscored": sum(matching[r.label] is None for r in records),
             "routing": routing([r.label for r in records], probs.argmax(1), classes),
         }
     )
+    if not ensemble and temperatures[0] != 1:
+        calibrated = apply_temperature(probs[scored], temperatures[0])
+        metrics["temperature"] = temperatures[0]
+        metrics["ece_calibrated"] = expected_calibration_error(calibrated, y)
     if ensemble:
         metrics["members"] = [str(m) for m in members]
     if overlap is not None:
+        copies = overlap.paths(("train", "val"))
         metrics["overlap"] = overlap.to_dict()
         metrics["excluded_copies"] = len(excluded)
+        metrics["copy_share"] = len(copies) / max(1, len(records))
+        metrics["not_external"] = metrics["copy_share"] > NOT_EXTERNAL_SHARE
+    if predictions is not None:
+        write_predictions(predictions, [records[k].path for k in scored], y, probs[scored],
+                          classes)  # fmt: skip
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+#: An "external" set more than this share of whose images copy the run's training or
+#: validation images is flagged ``not_external``: its numbers are partly a memory test.
+NOT_EXTERNAL_SHARE = 0.2
+
+
+def _prepare(run_dir: Path, card: dict[str, Any],
+             data: str | os.PathLike[str] | PreparedData | None, split: str,
+             progress: bool) -> PreparedData:  # fmt: skip
+    """The images to score, prepared as the run's were (its size and lungs mode)."""
+    size = int(card["preprocessing"]["image_size"])
+    lungs = str(card["data"].get("lungs", "keep"))
+    if isinstance(data, PreparedData):
+        if data.images.size != size or data.lungs != lungs:
+            raise CheckpointError(
+                f"The data was prepared at {data.images.size} px with lungs {data.lungs!r}; "
+                f"the run in {run_dir} needs {size} px with lungs {lungs!r}"
+            )
+        return data
+    root = data if data is not None else card["data"]["root"]
+    if split == "all":
+        return prepare_data(root, holdout_all=True, image_size=size, lungs=lungs,
+                            progress=progress)  # fmt: skip
+    manifest = run_dir / "split.csv"
+    if not manifest.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no split.csv; use --split all to evaluate on every image of --data"
+        )
+    # the run's own split, checked image by image against the data
+    return prepare_data(root, split_file=manifest, image_size=size, lungs=lungs,
+                        progress=progress)  # fmt: skip

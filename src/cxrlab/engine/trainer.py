@@ -246,8 +246,12 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         image_size=config.image_size,
         split_source=config.split_source,
         lungs=config.lungs,
+        near_copies=config.near_copies,
         progress=config.progress,
     )
+    groups, joined = data.split.joined()
+    if groups:
+        log(f"Split: {groups} near-copy group(s) of {joined} images, each kept in one split")
     if data.masks is not None:
         log(f"Lungs {config.lungs}: {data.masks.summary()}")
     if ddp.main:

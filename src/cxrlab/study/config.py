@@ -100,10 +100,18 @@ class StudySettings:
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_source: Literal["auto", "folders", "stratified"] = "auto"
+    near_copies: bool = True  # near copies kept in one split, like exact copies
+    external: tuple[Any, ...] = ()  # external test sets (ExternalSet), see the module doc
     alpha: float = 0.05  # significance level of the paired comparisons
     bootstrap: int = 2000  # paired-bootstrap resamples
     select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
     final: Literal["none", "best", "ensemble"] = "none"  # write <study>/final/ (see .final)
+
+    def __post_init__(self) -> None:
+        from ..engine.external import ExternalSet, external_sets
+
+        if not all(isinstance(e, ExternalSet) for e in self.external):
+            object.__setattr__(self, "external", external_sets(self.external))
 
 
 @dataclass(frozen=True)
@@ -309,9 +317,23 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         settings = dataclasses.replace(settings, seeds=int(overrides["seeds"]))
     if overrides.get("data") is not None:
         settings = dataclasses.replace(settings, data=str(overrides["data"]))
+    if overrides.get("external"):  # --external NAME=PATH: added, or replacing one of that name
+        from ..engine.external import ExternalSet, external_sets
+
+        sets = [e if isinstance(e, ExternalSet) else external_sets([e])[0]
+                for e in overrides["external"]]  # fmt: skip
+        # a set named in the file keeps the file's class map unless one is given
+        in_file = {e.name: e for e in settings.external}
+        sets = [dataclasses.replace(e, class_map=in_file[e.name].class_map)
+                if e.name in in_file and not e.class_map else e for e in sets]  # fmt: skip
+        overrides = overrides | {"external": tuple(sets)}
+        given = {e.name: e for e in sets}
+        kept = tuple(e for e in settings.external if e.name not in given)
+        settings = dataclasses.replace(settings, external=kept + tuple(given.values()))
     train = dict(data.get("train", {}))
     train_search = _search_axes(train, "[train] ")
-    for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "seed"):
+    for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "near_copies",
+                      "seed"):  # fmt: skip
         if forbidden in train:
             raise ConfigError(
                 f"[train] {forbidden} is set by the study; move it to [study]"
@@ -382,7 +404,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                 cfg = TrainConfig.from_dict(
                     options | trial | {"data": settings.data, "split_seed": settings.split_seed,
                                        "ratios": settings.ratios,
-                                       "split_source": settings.split_source, "seed": seed},
+                                       "split_source": settings.split_source,
+                                       "near_copies": settings.near_copies, "seed": seed},
                     f"[[cells]] #{index + 1} ",
                 )  # fmt: skip
                 tag = f"-{_trial_tag(trial)}" if trial else ""
@@ -392,7 +415,9 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                     model=options["model"], seed=seed, config=cfg,
                     selects=f"{base_id}-s{seed}" if trial else None, trial=trial,
                 ))  # fmt: skip
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    if "external" in given:  # kept in study.json: plain tables
+        given["external"] = [e.to_dict() for e in given["external"]]
     return StudyConfig(settings, train, tuple(cells), source, path, given, audit, analysis)
 
 
@@ -402,8 +427,11 @@ def load_study_config(
     data: str | None = None,
     epochs: int | None = None,
     seeds: int | None = None,
+    external: tuple[Any, ...] = (),
 ) -> StudyConfig:
-    """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it.
+    """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it, and
+    ``external`` (:class:`~cxrlab.engine.external.ExternalSet`) adds external sets to
+    ``[study] external`` (replacing one of the same name).
 
     Raises:
         ConfigError: an unknown key or table (named, with a suggestion) or a bad value.
@@ -417,7 +445,8 @@ def load_study_config(
         data_ = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return _parse(data_, source, path, {"data": data, "epochs": epochs, "seeds": seeds})
+    overrides = {"data": data, "epochs": epochs, "seeds": seeds, "external": tuple(external)}
+    return _parse(data_, source, path, overrides)
 
 
 def parse_study_config(text: str, **overrides: Any) -> StudyConfig:

@@ -6,11 +6,13 @@ Folder layout (``OUT``)::
     study.json            the resolved cells and overrides
     split.csv             the one split every cell trains and tests on
     runs/<cell id>/       one ``cxrlab train`` run folder per cell
+    runs/<cell id>/external/<set>.json   the cell scored on each external set ([study] external)
     results.csv, summary.md, comparisons.csv, figures/, report.html   (the report)
 
 Re-running the same command skips finished cells and resumes an interrupted one from its
-checkpoint. ``cell`` and ``shard`` select a subset, so several processes or machines can
-share one folder: each cell is claimed with a lock file before it runs.
+checkpoint; an external set added to a finished study is scored without retraining.
+``cell`` and ``shard`` select a subset, so several processes or machines can share one
+folder: each cell is claimed with a lock file before it runs.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
+from ..data import PreparedData, prepare_data
 from ..engine import train
 from ..engine.checkpoint import CHECKPOINT
-from ..errors import ConfigError
+from ..engine.external import ExternalSet
+from ..errors import ConfigError, CxrlabError
 from ..utils import atomic_write_text, write_json
 from .config import Cell, StudyConfig
 
@@ -195,6 +198,67 @@ def _analyze(study: StudyConfig, out: Path, progress: bool) -> None:
         lock.unlink(missing_ok=True)
 
 
+class _Externals:
+    """The study's external sets, each prepared once per input size and lungs mode, and
+    every cell scored on each (see :mod:`cxrlab.engine.external`). A set that cannot be
+    read is one line, once, and the study goes on with the others."""
+
+    def __init__(self, study: StudyConfig, shared: PreparedData, progress: bool) -> None:
+        self.sets = study.settings.external
+        self.classes = list(shared.classes)
+        self.own = shared.report.fingerprint()
+        self.progress = progress
+        self.failed: dict[str, str] = {}
+        self._prepared: dict[tuple[str, int, str], PreparedData] = {}
+
+    def _prepare(self, ext: ExternalSet, cell: Cell) -> PreparedData | None:
+        from ..engine.external import prepare_external
+
+        key = (ext.name, cell.config.image_size, cell.config.lungs)
+        if ext.name in self.failed:
+            return None
+        if key not in self._prepared:
+            try:
+                self._prepared[key] = prepare_external(
+                    ext, self.classes, image_size=key[1], lungs=key[2], progress=self.progress
+                )
+                if self._prepared[key].report.fingerprint() == self.own:
+                    raise ConfigError(
+                        f"{ext.data} is the study's own data; an external set must be other data"
+                    )
+            except CxrlabError as e:
+                self.failed[ext.name] = str(e)
+                tqdm.write(f"external {ext.name}: skipped for this study run: {e}")
+                return None
+        return self._prepared[key]
+
+    def missing(self, cell: Cell, run_dir: Path) -> bool:
+        """Whether a set has no current result for this finished cell."""
+        from ..engine.external import is_current
+
+        return any(
+            (prepared := self._prepare(ext, cell)) is not None
+            and not is_current(run_dir, ext, prepared)
+            for ext in self.sets
+        )
+
+    def evaluate(self, cell: Cell, run_dir: Path) -> None:
+        from ..engine.external import describe_result, evaluate_external
+
+        for ext in self.sets:
+            prepared = self._prepare(ext, cell)
+            if prepared is None:
+                continue
+            try:
+                result, computed = evaluate_external(run_dir, ext, prepared,
+                                                     progress=self.progress)  # fmt: skip
+            except CxrlabError as e:
+                tqdm.write(f"external {ext.name}: {cell.id}: skipped: {e}")
+                continue
+            if computed:
+                tqdm.write(f"{cell.id}: {describe_result(result)}")
+
+
 def run_study(
     study: StudyConfig,
     out: str | os.PathLike[str],
@@ -230,21 +294,25 @@ def run_study(
     if study.source:
         atomic_write_text(out / "study.toml", study.source)
     write_json(out / "study.json", {
-        "settings": study.settings.__dict__, "train": study.train, "overrides": study.overrides,
+        "settings": study.settings.__dict__
+        | {"external": [e.to_dict() for e in study.settings.external]},
+        "train": study.train, "overrides": study.overrides,
         "cells": [{"id": c.id, "label": c.label, "model": c.model, "seed": c.seed,
                    "config": c.config.to_dict()} for c in study.cells],
     })  # fmt: skip
     first = study.cells[0].config
     # one split for every cell, made (or checked) before any cell starts
-    prepare_data(
+    shared = prepare_data(
         first.data,
         split_file=out / "split.csv",
         split_seed=first.split_seed,
         ratios=first.ratios,
         split_source=first.split_source,
+        near_copies=first.near_copies,
         image_size=first.image_size,
         progress=progress,
     )
+    externals = _Externals(study, shared, progress)
 
     todo = select_cells(study.cells, cells, shard)
     ran, skipped, busy = [], [], []
@@ -255,7 +323,8 @@ def run_study(
         run_dir = out / "runs" / cell.id
         _check_same_settings(cell, run_dir)
         trained = (run_dir / "metrics.json").exists()
-        if trained and not _needs_audit(study, run_dir):
+        if (trained and not _needs_audit(study, run_dir)
+                and not externals.missing(cell, run_dir)):  # fmt: skip
             skipped.append(cell.id)
             continue
         lock = out / "runs" / f"{cell.id}.lock"
@@ -284,6 +353,7 @@ def run_study(
                 ran.append(cell.id)
             if _needs_audit(study, run_dir):
                 _audit_cell(study, run_dir, progress)
+            externals.evaluate(cell, run_dir)
         finally:
             lock.unlink(missing_ok=True)
     if study.audit is not None and "probes" in study.audit.checks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...analysis.figures import plot_by_size
@@ -12,6 +12,13 @@ from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
 from .audits import StudyAudits, collect_audits
+from .external import (
+    ExternalResults,
+    collect_external,
+    external_comparisons,
+    external_markdown,
+    plot_routing,
+)
 from .figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .html import render_html
 from .results import (
@@ -35,6 +42,8 @@ class Report:
     comparisons: list[Comparison]
     files: dict[str, Path]
     audits: StudyAudits
+    externals: list[ExternalResults] = field(default_factory=list)
+    external_comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
 
 
 def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = None) -> Report:
@@ -48,6 +57,10 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         study = load_study_config(study_dir / "study.toml", **_overrides(study_dir))
     results = collect_results(study, study_dir)
     comparisons = compare(results, study.settings.alpha, study.settings.bootstrap)
+    externals = collect_external(study, study_dir, results)  # adds their results.csv columns
+    external_cmp = {e.name: external_comparisons(e, study.settings.alpha,
+                                                 study.settings.bootstrap)
+                    for e in externals}  # fmt: skip
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     figures: dict[str, Path] = {}
@@ -59,6 +72,9 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
         figures[p.stem] = p
     if p := plot_trials(results.trials, study.settings.select, fig_dir / "trials.png"):
         figures["trials_plot"] = p
+    for e in externals:
+        if p := plot_routing(e, fig_dir / f"external_{e.name}_routing.png"):
+            figures[f"external_{e.name}_routing"] = p
     if len({r["train_size"] for r in results.rows}) > 1:  # the data-size axis
         multi = len({r["model"] for r in results.rows}) > 1
         lines = [r | {"line": f"{r['model']}: {r['arm']}" if multi else r["arm"]}
@@ -78,7 +94,8 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     audits = collect_audits(study_dir, results)
     if not results.missing and (final := write_final(study, results.rows, study_dir)):
         files["final"] = final
-    summary = summary_markdown(study, results, comparisons, audits)
+    summary = summary_markdown(study, results, comparisons, audits,
+                               external_markdown(externals, external_cmp))  # fmt: skip
     if "final" in files:
         card = json.loads((files["final"] / "model_card.json").read_text())
         summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"
@@ -90,14 +107,14 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
             + ("\nPer-unit measurements and figures: `analysis/reuse.md`.\n")
         )
     atomic_write_text(files["summary"], summary)
-    atomic_write_text(files["comparisons"], comparisons_csv(comparisons))
+    atomic_write_text(files["comparisons"], comparisons_csv(comparisons, external_cmp))
     if results.trials:
         files["trials"] = study_dir / "trials.csv"
         atomic_write_text(files["trials"], trials_csv(results.trials))
-    atomic_write_text(
-        files["report"], render_html(study, results, comparisons, study_dir, figures, audits)
-    )
-    return Report(results, comparisons, files | figures, audits)
+    page = render_html(study, results, comparisons, study_dir, figures, audits,
+                       (externals, external_cmp))  # fmt: skip
+    atomic_write_text(files["report"], page)
+    return Report(results, comparisons, files | figures, audits, externals, external_cmp)
 
 
 def _overrides(study_dir: Path) -> dict:

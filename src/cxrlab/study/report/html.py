@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import StudyConfig
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
+from .external import ExternalResults, external_markdown, external_table
 from .results import (
     COMPARISON_METHOD,
     Comparison,
@@ -72,8 +73,10 @@ def render_html(
     study_dir: Path,
     figures: dict[str, Path],
     audits: StudyAudits | None = None,
+    external: tuple[list[ExternalResults], dict[str, list[Comparison]]] | None = None,
 ) -> str:
-    """The report page: tables, verdicts, figures, configuration, hashes and versions."""
+    """The report page: tables, verdicts, external sets, figures, configuration, hashes and
+    versions."""
     s = study.settings
     parts = [f"<h1>cxrlab study: {html.escape(s.name)}</h1>"]
     if s.description:
@@ -120,6 +123,8 @@ def render_html(
                 "images, image-only interval, and the seed-level differences",
             )
         )
+    if external and external[0]:
+        parts += _external_section(*external, figures)
     if audits:
         parts += _audit_section(audits)
     parts += _reuse_section(study_dir)
@@ -165,6 +170,37 @@ def render_html(
         f"{html.escape(s.name)}</title><style>{_CSS}</style></head><body>{body}"
         "</body></html>\n"
     )
+
+
+def _external_section(externals: list[ExternalResults], comparisons: dict[str, list[Comparison]],
+                      figures: dict[str, Path]) -> list[str]:  # fmt: skip
+    parts = ["<h2>External sets: does it hold up elsewhere?</h2>"]
+    for e in externals:
+        parts.append(f"<h3>{html.escape(e.name)}</h3>")
+        lines = external_markdown([e], comparisons)
+        notes = [ln for ln in lines if ln and not ln.startswith(("|", "#", "- ", "Paired"))]
+        parts += [f"<p>{html.escape(n)}</p>" for n in notes[:1]]
+        header, rows = external_table(e)
+        if rows:
+            parts.append(_table(header, rows))
+            parts += [f"<p class='muted'>{html.escape(n)}</p>" for n in notes[1:]]
+        if e.errors:
+            parts.append("<ul>" + "".join(f"<li>not scored: <b>{html.escape(c)}</b>: "
+                                          f"{html.escape(w)}</li>"
+                                          for c, w in e.errors.items()) + "</ul>")  # fmt: skip
+        key = f"external_{e.name}_routing"
+        if key in figures:
+            parts.append(_img(figures[key], f"{e.name}: where each class went", wide=True))
+        if cmp := comparisons.get(e.name):
+            parts.append(f"<p>Paired comparisons on {html.escape(e.name)} "
+                         f"({len(e.results.paths)} images):</p><ul>")  # fmt: skip
+            for c in cmp:
+                cls = {"significant": "sig", "not significant": "ns",
+                       "not established": "ne"}[c.status]  # fmt: skip
+                parts.append(f'<li><span class="{cls}">{c.status}</span>: '
+                             f"{html.escape(c.verdict() + e.flag())}</li>")  # fmt: skip
+            parts.append("</ul>")
+    return parts
 
 
 def _audit_section(audits: StudyAudits) -> list[str]:

@@ -261,10 +261,10 @@ def summarise(results: StudyResults, metric: str = "accuracy") -> dict[tuple[str
             continue
         if len(values) >= 2:
             low, high = t_interval(values)
-            if metric != "ece":  # scores bounded by 0 and 1
+            if not metric.endswith(("ece", "ece_calibrated", "_drop")):  # bounded by 0 and 1
                 low, high = max(0.0, low), min(1.0, high)
-        elif metric == "accuracy":
-            low, high = rows[0]["accuracy_ci_low"], rows[0]["accuracy_ci_high"]
+        elif rows[0].get(f"{metric}_ci_low") is not None:  # one run: its Wilson interval
+            low, high = rows[0][f"{metric}_ci_low"], rows[0][f"{metric}_ci_high"]
         else:
             low = high = float("nan")
         out[key] = {"mean": float(np.mean(values)),
@@ -346,19 +346,25 @@ def compare(
     return raw
 
 
-def comparisons_csv(comparisons: list[Comparison]) -> str:
+def comparisons_csv(
+    comparisons: list[Comparison], external: dict[str, list[Comparison]] | None = None
+) -> str:
+    """Every comparison as a CSV row; ``test_set`` is ``own`` (the study's test split) or the
+    name of the external set it was made on."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "a", "b", "accuracy_difference", "ci_low", "ci_high", "p_two_level",
                 "p_holm", "status", "significant", "seeds_a", "seeds_b", "seed_accuracy_a",
                 "seed_accuracy_b", "seed_differences", "image_ci_low", "image_ci_high",
                 "p_image_only", "mcnemar_by_seed", "seeds_needed", "flags",
-                "verdict"])  # fmt: skip
+                "verdict", "test_set"])  # fmt: skip
 
     def seeds(values: dict[int, float]) -> str:
         return " ".join(f"s{s}:{v:.4f}" for s, v in values.items())
 
-    for c in comparisons:
+    tagged = [(c, "own") for c in comparisons]
+    tagged += [(c, name) for name, cs in (external or {}).items() for c in cs]
+    for c, test_set in tagged:
         mcnemar = " ".join(f"s{s}:{x}/{y}/p={p:.3g}" for s, (x, y, p) in c.mcnemar.items())
         flags = " | ".join(f"{label}: {why}" for label, why in c.flags.items())
         w.writerow([c.model, c.a, c.b, f"{c.difference:.6g}", f"{c.ci[0]:.6g}", f"{c.ci[1]:.6g}",
@@ -367,7 +373,7 @@ def comparisons_csv(comparisons: list[Comparison]) -> str:
                     seeds(c.seed_accuracy_b), seeds(c.seed_differences()),
                     f"{c.image_ci[0]:.6g}", f"{c.image_ci[1]:.6g}", f"{c.image_p:.6g}", mcnemar,
                     "" if c.seeds_needed is None else c.seeds_needed, flags,
-                    c.verdict()])  # fmt: skip
+                    c.verdict(), test_set])  # fmt: skip
     return buf.getvalue()
 
 
@@ -483,7 +489,9 @@ def audit_markdown(audits: StudyAudits) -> list[str]:
 
 def summary_markdown(study: StudyConfig, results: StudyResults,
                      comparisons: list[Comparison],
-                     audits: StudyAudits | None = None) -> str:  # fmt: skip
+                     audits: StudyAudits | None = None,
+                     external: list[str] | None = None) -> str:  # fmt: skip
+    """The summary page; ``external`` is the external sets' section (its Markdown lines)."""
     seeds = sorted({r["seed"] for r in results.rows})
     lines = [f"# Results summary: {study.settings.name}", ""]
     if study.settings.description:
@@ -520,6 +528,8 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
             lines += ["", advice]
     else:
         lines.append("No pairs to compare yet.")
+    if external:
+        lines += ["", *external]
     if audits:
         lines += ["", *audit_markdown(audits)]
     return "\n".join(lines) + "\n"
