@@ -221,3 +221,18 @@ def test_lungs_option_needs_masks(tmp_path: Path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "db"), "--lungs", "remove", "--out",
                  str(tmp_path / "r"), "--no-progress"]) == 2  # fmt: skip
     assert "--lungs remove needs a valid lung mask for every image" in capsys.readouterr().err
+
+
+def test_evaluate_applies_the_runs_lungs_mode(tmp_path: Path) -> None:
+    """A run trained with --lungs remove is evaluated on images with the lungs removed, as
+    it was tested: cxrlab evaluate reproduces its own test metrics, image by image."""
+    data = write_synthetic_dataset(tmp_path / "d", per_class=8, size=48, masks=True,
+                                   shortcut="marker", progress=False)  # fmt: skip
+    cfg = TrainConfig(data=str(data), model="resnet18", weights="none", epochs=2,
+                      image_size=48, lungs="remove", **FAST)  # fmt: skip
+    run = train(cfg, tmp_path / "run").run_dir
+    own = json.loads((run / "metrics.json").read_text())
+    m = evaluate_run(run, split="test", progress=False)
+    assert m["lungs"] == "remove"
+    assert m["accuracy"] == own["accuracy"] and m["nll"] == pytest.approx(own["nll"], abs=1e-6)
+    assert m["confusion_matrix"] == own["confusion_matrix"]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,13 @@ def test_external_bad_input(run: Path, phantoms: Path, hospital_b: Path, tmp_pat
     result, _ = evaluate_external(run, ExternalSet("copies", str(copies)), progress=False)
     assert "copy the run's training or validation images" in result["error"]
     assert "accuracy" not in result
+    # a few images from elsewhere beside them: scored, and flagged as not external
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        pixels = Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8)).resize((40, 40))
+        pixels.save(copies / "COVID" / f"fresh-{i}.png")
+    result, _ = evaluate_external(run, ExternalSet("copies", str(copies)), progress=False)
+    assert result["n"] == 4 and result["not_external"] and result["copy_share"] > 0.8
 
 
 def test_train_with_external(phantoms: Path, hospital_b: Path, tmp_path: Path, capsys) -> None:
@@ -263,6 +271,25 @@ def test_study_with_external_sets(phantoms: Path, hospital_b: Path, tmp_path: Pa
         b = read_external(out / "runs" / cell, "b")
         assert float(r["b_drop"]) == pytest.approx(float(r["accuracy"]) - b["accuracy"], abs=1e-5)
     assert json.loads((out / "study.json").read_text())["overrides"]["external"][0]["name"] == "c"
+
+    # a set made mostly of the study's training images is flagged beside its numbers
+    dup = tmp_path / "dup"
+    for line in list(csv.DictReader((out / "split.csv").read_text().splitlines()[1:])):
+        if line["split"] == "train":
+            (dup / line["label"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(phantoms / line["path"], dup / line["label"])
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        fresh = Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8)).resize((40, 40))
+        fresh.save(dup / "Normal" / f"fresh-{i}.png")
+    run_study(parse_study_config(text, external=(parse_external(f"dup={dup}"),)), out,
+              progress=False)  # fmt: skip
+    build_report(out)
+    summary = (out / "summary.md").read_text()
+    assert "**NOT EXTERNAL**: more than 20 % of its images copy the training data" in summary
+    assert re.search(
+        r"\| \S[^|]* \| resnet18 \| [^|]+ \| [0-9.± \[\],]+ \(NOT EXTERNAL\) \|", summary
+    )
 
 
 def test_frozen_prefix_of_external_images_runs_once_per_study(
