@@ -258,6 +258,8 @@ def test_study_with_external_sets(phantoms: Path, hospital_b: Path, tmp_path: Pa
         assert col in header, col
     summary = (out / "summary.md").read_text()
     assert "## External sets: does it hold up elsewhere?" in summary
+    # phantoms look alike: a few are linked as near copies
+    assert re.search(r"The split keeps \d+ near-copy group\(s\) of \d+ images", summary)
     assert "| Training type | model | in distribution | b accuracy | drop (points)" in summary
     assert "Paired comparisons on b (18 images)" in summary
     rows = list(csv.DictReader((out / "comparisons.csv").open()))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...analysis.figures import plot_by_size
+from ...data.split import load_split
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
@@ -94,8 +95,9 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     audits = collect_audits(study_dir, results)
     if not results.missing and (final := write_final(study, results.rows, study_dir)):
         files["final"] = final
+    split = load_split(study_dir / "split.csv") if (study_dir / "split.csv").is_file() else None
     summary = summary_markdown(study, results, comparisons, audits,
-                               external_markdown(externals, external_cmp))  # fmt: skip
+                               external_markdown(externals, external_cmp), split)  # fmt: skip
     if "final" in files:
         card = json.loads((files["final"] / "model_card.json").read_text())
         summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...data.split import train_size_label
+from ...data.split import Split, train_size_label
 from ..config import StudyConfig
 from ..stats import (
     holm,
@@ -490,8 +490,10 @@ def audit_markdown(audits: StudyAudits) -> list[str]:
 def summary_markdown(study: StudyConfig, results: StudyResults,
                      comparisons: list[Comparison],
                      audits: StudyAudits | None = None,
-                     external: list[str] | None = None) -> str:  # fmt: skip
-    """The summary page; ``external`` is the external sets' section (its Markdown lines)."""
+                     external: list[str] | None = None,
+                     split: Split | None = None) -> str:  # fmt: skip
+    """The summary page; ``external`` is the external sets' section (its Markdown lines),
+    ``split`` the study's split (its near-copy groups are counted)."""
     seeds = sorted({r["seed"] for r in results.rows})
     lines = [f"# Results summary: {study.settings.name}", ""]
     if study.settings.description:
@@ -502,6 +504,18 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
         "[95 % interval: Student t over seeds, or Wilson over test images for one seed].",
         "",
     ]
+    if split is not None:
+        groups, images = split.joined()
+        if groups:
+            text = (
+                f"The split keeps {groups} near-copy group(s) of {images} images (re-saved, "
+                "re-sized or re-cropped copies of one radiograph) whole, each in one split."
+            )
+        elif study.settings.near_copies:
+            text = "The split found no near copies to keep together (exact copies always are)."
+        else:
+            text = "The split keeps exact copies together; near copies were not grouped."
+        lines += [text, ""]
     if results.missing:
         lines += [f"**Incomplete:** {len(results.missing)} cell(s) have no results yet: "
                   f"{', '.join(results.missing)}", ""]  # fmt: skip
