@@ -24,7 +24,7 @@ import numpy as np
 from ...engine.external import EXTERNAL_DIR, ExternalSet, read_external
 from ...evaluation.intervals import wilson_interval
 from ..config import StudyConfig
-from .results import Comparison, StudyResults, compare, summarise
+from .results import Comparison, StudyResults, compare, format_stat, summarise
 
 __all__ = [
     "EXTERNAL_METRICS",
@@ -114,14 +114,7 @@ def collect_external(study: StudyConfig, out: Path, results: StudyResults) -> li
 
 
 def _fmt(s: dict | None, flag: str = "") -> str:
-    if s is None:
-        return "-"
-    text = f"{s['mean']:.3f}"
-    if s["n"] > 1:
-        text += f" ± {s['std']:.3f}"
-    if np.isfinite(s["low"]):
-        text += f" [{s['low']:.3f}, {s['high']:.3f}]"
-    return text + flag
+    return format_stat(s, 3) + (flag if s is not None else "")
 
 
 def external_table(ext: ExternalResults) -> tuple[list[str], list[list[str]]]:
@@ -228,7 +221,7 @@ def plot_routing(ext: ExternalResults, out: Path) -> Path | None:
     n = len(arms)
     cols = min(n, 4)
     nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), dpi=110,
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.4 * nrows), dpi=110,
                              squeeze=False)  # fmt: skip
     for ax, ((label, model), shares) in zip(axes.flat, arms.items()):
         src = list(shares)
@@ -249,7 +242,7 @@ def plot_routing(ext: ExternalResults, out: Path) -> Path | None:
         ax.axis("off")
     fig.suptitle(f"{ext.name}: where each class went (rows: {ext.name}'s classes; "
                  "share of the row, mean over seeds)", fontsize=8)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(out)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -377,12 +377,13 @@ def comparisons_csv(
     return buf.getvalue()
 
 
-def _fmt(s: dict | None) -> str:
+def format_stat(s: dict | None, digits: int = 4) -> str:
+    """A :func:`summarise` entry as ``mean ± std [low, high]`` (``-`` for none)."""
     if s is None:
         return "-"
-    text = f"{s['mean']:.4f}"
+    text = f"{s['mean']:.{digits}f}"
     if s["n"] > 1:
-        text += f" ± {s['std']:.4f}"
+        text += f" ± {s['std']:.{digits}f}"
     if np.isfinite(s["low"]):
         text += f" [{s['low']:.3f}, {s['high']:.3f}]"
     return text
@@ -397,7 +398,7 @@ def summary_tables(results: StudyResults) -> list[dict[str, Any]]:
         for models, labels in table_groups(results):
             tables.append({
                 "metric": metric, "title": f"{title}: {', '.join(models)}", "models": models,
-                "rows": [[label, *(_fmt(stats.get((label, m))) for m in models)]
+                "rows": [[label, *(format_stat(stats.get((label, m))) for m in models)]
                          for label in labels],
             })  # fmt: skip
     return tables
