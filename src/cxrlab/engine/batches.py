@@ -18,6 +18,7 @@ __all__ = [
     "AUGMENTS",
     "ImageBatches",
     "augment_batch",
+    "augment_pair",
     "light_augment",
     "step_generator",
     "tta_views",
@@ -158,12 +159,33 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str = "ligh
         x: ``(B, 1, H, W)`` float in 0..255.
         generator: a CPU generator (so results do not depend on the device).
     """
+    return _augment(x, None, generator, kind)[0]
+
+
+def augment_pair(
+    x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, kind: str = "light"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`augment_batch` for images with masks: each mask moves with its image (the
+    same rotation, scale and shift, then thresholded at 0.5); brightness, contrast and gamma
+    change the image only. ``masks``: ``(B, 1, H, W)`` of 0 and 1."""
+    out, moved = _augment(x, masks, generator, kind)
+    assert moved is not None
+    return out, moved
+
+
+def _augment(x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator,
+             kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     p = AUGMENTS[kind]
     b = x.shape[0]
     r = torch.rand(b, 6, generator=generator).to(x.device, x.dtype)  # (B, 6) in [0, 1)
     sym = r * 2 - 1  # in [-1, 1)
-    x = _affine(x, sym[:, 0] * math.radians(p["rotate"]), 1 + sym[:, 1] * p["scale"],
+    geometry = (sym[:, 0] * math.radians(p["rotate"]), 1 + sym[:, 1] * p["scale"],
                 sym[:, 2] * p["shift"], sym[:, 3] * p["shift"])  # fmt: skip
+    if masks is None:
+        x = _affine(x, *geometry)
+    else:
+        both = _affine(torch.cat([x, masks.to(x.dtype)], dim=1), *geometry)
+        x, masks = both[:, :1], (both[:, 1:] >= 0.5).to(masks.dtype)
     brightness = (sym[:, 4] * p["brightness"] * 255).view(b, 1, 1, 1)
     contrast = (1 + sym[:, 5] * p["contrast"]).view(b, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -171,7 +193,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str = "ligh
     if p["gamma"]:
         g = torch.rand(b, generator=generator).to(x.device, x.dtype) * 2 - 1
         x = 255 * (x / 255) ** torch.exp(g * p["gamma"]).view(b, 1, 1, 1)
-    return x
+    return x, masks
 
 
 def light_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

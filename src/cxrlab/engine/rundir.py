@@ -65,6 +65,11 @@ def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = run_dir / CARD_FILE
     if not run_dir.is_dir():
         raise CheckpointError(f"Run folder {run_dir} does not exist")
+    if not path.is_file() and (run_dir / "segmenter_card.json").is_file():
+        raise CheckpointError(
+            f"{run_dir} is a lung segmenter run, not a classifier (train a classifier with "
+            "'cxrlab train'; use a segmenter with 'cxrlab segment')"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"{run_dir} has no {CARD_FILE}: not a finished cxrlab run "

@@ -1,0 +1,185 @@
+"""``cxrlab segment evaluate``: Dice, IoU and HD95 per image, per class, and the worst images.
+
+Every predicted mask is first post-processed as every command does (two largest components,
+holes filled: :func:`~cxrlab.segment.masks.clean_mask`), so the numbers describe the masks a
+user gets. Images without a valid reference mask are left out and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import PreparedData, decoded_masks, prepare_data
+from ..data.masks import DecodedMasks
+from ..errors import CheckpointError
+from ..utils import write_json
+from .masks import clean_mask, judge_mask
+from .metrics import mask_scores
+from .model import LungSegmenter, load_segmenter
+
+__all__ = ["evaluate_segmenter", "predict_probs", "score_masks", "summarise_scores"]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: LungSegmenter, images: np.ndarray, rows: Sequence[int], batch_size: int = 16
+) -> np.ndarray:
+    """Lung probabilities ``(len(rows), H, W)`` float32 of ``images[rows]`` (uint8)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        idx = np.asarray(rows[start : start + batch_size])
+        x = torch.from_numpy(np.asarray(images[np.sort(idx)])).unsqueeze(1).to(device)
+        order = np.argsort(np.argsort(idx))  # back to the order asked for
+        out.append(model(x).sigmoid()[:, 0].float().cpu().numpy()[order])
+    model.train(was)
+    h, w = images.shape[1:]
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
+
+
+def score_masks(model: LungSegmenter, data: PreparedData, masks: DecodedMasks,
+                rows: Sequence[int], batch_size: int = 16) -> list[dict[str, Any]]:  # fmt: skip
+    """Per image: path, class, Dice, IoU, HD95 (pixels at the model's input size) and the
+    mask's verdict."""
+    probs = predict_probs(model, data.images.array, rows, batch_size)
+    out = []
+    for prob, i in zip(probs, rows):
+        clean = clean_mask(prob)
+        rec = data.split.records[i]
+        verdict = judge_mask(clean, prob)
+        out.append({"path": rec.path, "label": rec.label, "row": int(i),
+                    **mask_scores(clean, masks.array[i]), "ok": verdict.ok,
+                    "reasons": "; ".join(verdict.reasons)})  # fmt: skip
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "median": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "median": float(np.median(a)), "n": len(a)}  # fmt: skip
+
+
+def summarise_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, std, minimum and median of each metric, overall and per class; HD95 where it is
+    defined (its ``n`` says over how many images)."""
+
+    def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "n": len(rows),
+            "dice": _stats([r["dice"] for r in rows]),
+            "iou": _stats([r["iou"] for r in rows]),
+            "hd95": _stats([r["hd95"] for r in rows if r["hd95"] is not None]),
+            "doubtful": sum(not r["ok"] for r in rows),
+        }
+
+    by_class: dict[str, list] = defaultdict(list)
+    for r in scores:
+        by_class[r["label"]].append(r)
+    return {"overall": block(scores), "per_class": {c: block(v) for c, v in by_class.items()},
+            "images": scores}  # fmt: skip
+
+
+def plot_worst(scores: list[dict[str, Any]], data: PreparedData, masks: DecodedMasks,
+               probs: dict[int, np.ndarray], out: Path, n: int = 8) -> Path | None:  # fmt: skip
+    """The ``n`` images with the lowest Dice: the X-ray, the reference outline (green) and
+    the predicted one (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worst = sorted(scores, key=lambda r: r["dice"])[:n]
+    if not worst:
+        return None
+    fig, axes = plt.subplots(1, len(worst), figsize=(2.4 * len(worst), 2.9), dpi=110,
+                             squeeze=False)  # fmt: skip
+    for ax, r in zip(axes[0], worst):
+        i = r["row"]
+        ax.imshow(data.images.array[i], cmap="gray")
+        ax.contour(masks.array[i], levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(clean_mask(probs[i]), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{r['label']}\nDice {r['dice']:.3f}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle("Lowest Dice: reference (green) and predicted lungs (red)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def evaluate_segmenter(
+    run_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """A segmenter's masks against the reference lung masks of a dataset.
+
+    Args:
+        run_dir: a folder written by ``cxrlab segment train``.
+        data: a dataset with lung masks (default: the one it trained on, with its split).
+        split: ``test``/``val``/``train`` of the run's split, or ``all`` (every image).
+        out: where ``metrics.json``, ``per_image.csv`` and ``worst.png`` go (default
+            ``<run>/evaluation-<split>``).
+
+    Raises:
+        CheckpointError: not a segmenter run, or no image of the split has a reference mask.
+    """
+    import csv
+    import io
+
+    from ..utils import atomic_write_text
+
+    run_dir = Path(run_dir)
+    model, card = load_segmenter(run_dir)
+    size = int(card["preprocessing"]["image_size"])
+    root = data if data is not None else card["data"]["root"]
+    if split == "all":
+        prepared = prepare_data(root, holdout_all=True, image_size=size, progress=progress)
+    else:
+        prepared = prepare_data(root, split_file=run_dir / "split.csv", image_size=size,
+                                progress=progress)  # fmt: skip
+    masks = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
+                          progress=progress)  # fmt: skip
+    rows = [i for i in prepared.split.indices(split) if masks.status[i] == "ok"]
+    if not rows:
+        raise CheckpointError(
+            f"No {split} image of {prepared.report.root} has a valid lung mask to compare with "
+            f"({masks.summary()})"
+        )
+    scores = score_masks(model, prepared, masks, rows, batch_size)
+    result = summarise_scores(scores)
+    left_out = len(prepared.split.indices(split)) - len(rows)
+    result.update({"split": split, "data_root": str(prepared.report.root),
+                   "left_out_without_mask": left_out})  # fmt: skip
+    folder = Path(out) if out is not None else run_dir / f"evaluation-{split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "metrics.json", {k: v for k, v in result.items() if k != "images"})
+    buf = io.StringIO()
+    keys = ["path", "label", "dice", "iou", "hd95", "ok", "reasons"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(scores)
+    atomic_write_text(folder / "per_image.csv", buf.getvalue())
+    worst = sorted(scores, key=lambda r: r["dice"])[:8]
+    worst_rows = [r["row"] for r in worst]
+    probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows)))
+    plot_worst(worst, prepared, masks, probs, folder / "worst.png")
+    result["files"] = {"metrics": str(folder / "metrics.json"),
+                       "per_image": str(folder / "per_image.csv"),
+                       "worst": str(folder / "worst.png")}  # fmt: skip
+    return result

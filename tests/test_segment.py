@@ -1,0 +1,191 @@
+"""Lung-segmentation building blocks: mask metrics against direct computations, and the
+post-processing and verdict on planted defects."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from cxrlab.segment import boundary, clean_mask, dice, hausdorff95, iou, judge_mask, mask_scores
+
+
+def _square(y: int, x: int, side: int, size: int = 64) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    m[y : y + side, x : x + side] = 1
+    return m
+
+
+def test_dice_and_iou_of_overlapping_squares() -> None:
+    a, b = _square(10, 10, 10), _square(10, 15, 10)  # 50 of 100 pixels shared
+    assert dice(a, b) == pytest.approx(0.5) and iou(a, b) == pytest.approx(50 / 150)
+    assert dice(a, a) == 1 and iou(a, a * 255) == 1
+    assert dice(a, np.zeros_like(a)) == 0 and iou(np.zeros_like(a), a) == 0
+    empty = np.zeros_like(a)
+    assert mask_scores(empty, empty) == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+    assert mask_scores(a, empty)["hd95"] is None
+
+
+def test_hausdorff95_of_a_shift_and_against_brute_force() -> None:
+    a, b = _square(20, 20, 20), _square(20, 23, 20)  # the same square 3 px to the right
+    assert hausdorff95(a, b) == pytest.approx(3.0)
+    assert hausdorff95(a, a) == 0
+    # random blobs: the 95th percentiles of all boundary-to-boundary distances, directly
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = ndi.gaussian_filter(rng.normal(size=(48, 48)), 4) > 0.05
+        r = ndi.gaussian_filter(rng.normal(size=(48, 48)), 4) > 0.05
+        pa, pb = np.argwhere(boundary(p)), np.argwhere(boundary(r))
+        d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+        want = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+        assert hausdorff95(p, r) == pytest.approx(want)
+
+
+def test_boundary_is_the_inner_edge() -> None:
+    edge = boundary(_square(2, 2, 4, size=8))
+    assert edge.sum() == 12 and not edge[3:5, 3:5].any()  # 4x4 square: 12 edge, 4 inside
+    assert boundary(np.ones((3, 3))).sum() == 8  # the image's edge is a boundary
+
+
+def _lungs(size: int = 64) -> np.ndarray:
+    m = np.zeros((size, size), np.float32)
+    m[12:52, 8:28] = 1  # right lung
+    m[12:48, 36:56] = 1  # left lung
+    return m
+
+
+def test_clean_mask_keeps_two_lungs_and_fills_holes() -> None:
+    prob = _lungs()
+    prob[30:34, 15:19] = 0  # a hole in one lung
+    prob[2:5, 2:5] = 0.9  # a speck outside
+    prob[58:62, 30:34] = 0.95  # and another
+    clean = clean_mask(prob)
+    assert clean.dtype == np.uint8 and set(np.unique(clean)) == {0, 1}
+    assert ndi.label(clean)[1] == 2
+    assert clean[30:34, 15:19].all()  # hole filled
+    assert not clean[2:5, 2:5].any() and not clean[58:62, 30:34].any()  # specks dropped
+    assert np.array_equal(clean, _lungs().astype(np.uint8))
+    assert not clean_mask(np.zeros((8, 8))).any()
+
+
+def test_mask_verdicts_on_planted_defects() -> None:
+    good = judge_mask(_lungs(), _lungs())
+    assert good.ok and good.lungs == 2 and 0.05 < good.area < 0.6
+    one = _lungs()
+    one[:, 32:] = 0
+    assert "not two lungs" in judge_mask(one).reasons[0]
+    small = _lungs()
+    small[:, 12:] = 0  # 4 % of the image
+    small[12:14, 20:22] = 1  # a token second region
+    reasons = " ".join(judge_mask(clean_mask(small)).reasons)
+    assert "outside 5%-60%" in reasons and "not two lungs" in reasons
+    assert judge_mask(np.zeros((64, 64))).reasons == ("empty mask",)
+    unsure = judge_mask(_lungs(), _lungs() * 0.55)  # the segmenter hesitated everywhere
+    assert not unsure.ok and "low confidence" in unsure.reasons[0]
+    assert unsure.to_dict()["ok"] is False
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory: pytest.TempPathFactory):
+    from cxrlab.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("seg"), per_class=6, size=64,
+                                   masks=True, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seg_run(masked, tmp_path_factory: pytest.TempPathFactory):
+    from cxrlab.segment.train import SegmentConfig, train_segmenter
+
+    out = tmp_path_factory.mktemp("segrun") / "lungs"
+    cfg = SegmentConfig(data=str(masked), image_size=64, epochs=2, batch_size=8, threads=2,
+                        progress=False)  # fmt: skip
+    card = train_segmenter(cfg, out)
+    return out, card
+
+
+def test_segment_train_writes_a_run_with_a_card(seg_run) -> None:
+    import json
+
+    out, _ = seg_run
+    for name in ("model.safetensors", "segmenter_card.json", "history.csv", "split.csv",
+                 "metrics.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "segmenter_card.json").read_text())
+    assert saved["format"] == "cxrlab-segmenter/1" and saved["encoder"] == "efficientnet_lite0"
+    assert saved["weights"].startswith("imagenet") and saved["training"]["best_epoch"] in (1, 2)
+    assert saved["data"]["images"]["train"] > 0 and 0 <= saved["test"]["dice"]["mean"] <= 1
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_dice") and len(rows) == 3
+
+
+def test_segment_evaluate_matches_its_per_image_scores(seg_run, masked, capsys) -> None:
+    from cxrlab.cli import main
+    from cxrlab.segment.evaluate import evaluate_segmenter
+
+    out, card = seg_run
+    r = evaluate_segmenter(out, progress=False)
+    per = r["images"]
+    assert r["overall"]["n"] == len(per) == card["data"]["images"]["test"]
+    assert r["overall"]["dice"]["mean"] == pytest.approx(np.mean([p["dice"] for p in per]))
+    assert r["overall"]["dice"]["mean"] == pytest.approx(card["test"]["dice"]["mean"])
+    for cls, block in r["per_class"].items():
+        mine = [p["dice"] for p in per if p["label"] == cls]
+        assert block["dice"]["mean"] == pytest.approx(np.mean(mine))
+    assert (out / "evaluation-test" / "worst.png").is_file()
+    assert main(["segment", "evaluate", str(out), "--no-progress"]) == 0
+    assert "Dice" in capsys.readouterr().out
+
+
+def test_segment_predict_writes_a_masked_dataset(seg_run, masked, tmp_path, capsys) -> None:
+    import csv
+
+    from cxrlab.cli import main
+    from cxrlab.data import decoded_masks, scan_dataset
+
+    out, _ = seg_run
+    pred = tmp_path / "pred"
+    assert main(["segment", "predict", str(out), str(masked), "--out", str(pred),
+                 "--doubtful", "keep", "--no-progress"]) == 0  # fmt: skip
+    assert "24 of 24 masks written" in capsys.readouterr().out
+    rows = list(csv.DictReader((pred / "masks.csv").open()))
+    assert len(rows) == 24 and all(r["mask"] for r in rows)
+    report = scan_dataset(pred, progress=False)
+    assert len(report.records) == 24  # the images, linked at their own paths
+    masks = decoded_masks(report.root, report.records, 64, progress=False)
+    ok = {r["path"] for r in rows if r["ok"] == "True"}
+    assert sum(s == "ok" for s in masks.status) >= len(ok)  # every kept mask is readable
+    # doubtful masks are not put beside their images unless asked: never used silently
+    skip = tmp_path / "skip"
+    assert main(["segment", "predict", str(out), str(masked), "--out", str(skip),
+                 "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    bad = [r for r in rows if r["ok"] == "False"]
+    assert f"{len(bad)} doubtful (not used)" in text
+    for r in bad:
+        assert not (skip / r["path"].replace("/images/", "/masks/")).with_suffix(".png").exists()
+
+
+def test_segmenter_and_classifier_runs_are_not_confused(seg_run, tmp_path, capsys) -> None:
+    from cxrlab.cli import main
+    from cxrlab.engine import train
+
+    from conftest import tiny_config
+
+    out, _ = seg_run
+    assert main(["evaluate", str(out)]) == 2
+    assert "is a lung segmenter run, not a classifier" in capsys.readouterr().err
+    clf = tmp_path / "clf"
+    train(tiny_config(seg_run[1]["data"]["root"], epochs=1), clf)
+    assert main(["segment", "evaluate", str(clf)]) == 2
+    assert "is a classifier run, not a lung segmenter" in capsys.readouterr().err
+    assert main(["segment", "predict", str(clf), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_segment_train_refuses_data_without_masks(tmp_path, capsys) -> None:
+    from cxrlab.cli import main
+
+    from conftest import make_kaggle_db
+
+    db = make_kaggle_db(tmp_path, per_class=4)  # its masks are empty: no valid lung mask
+    assert main(["segment", "train", "--data", str(db), "--out", str(tmp_path / "r"),
+                 "--image-size", "32", "--epochs", "1", "--no-progress"]) == 2  # fmt: skip
+    assert "has a valid lung mask" in capsys.readouterr().err
