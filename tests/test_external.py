@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from cxrlab.engine.external import (
     parse_external,
     read_external,
 )
-from cxrlab.errors import CheckpointError, ConfigError
+from cxrlab.errors import CheckpointError, ConfigError, TrainingInterrupted
 from cxrlab.study import build_report, parse_study_config, run_study
 
 from conftest import TINY_STUDY, tiny_config
@@ -212,10 +214,21 @@ def test_study_with_external_sets(phantoms: Path, hospital_b: Path, tmp_path: Pa
     )
     study = parse_study_config(text)
     out = tmp_path / "study"
-    # a killed study: one cell finished (scored on b as soon as it trained), then resumed
+    # a killed study: one cell finished (scored on b as soon as it trained), the next one
+    # killed half-way through training, then the same command again
     first = run_study(study, out, cells=[study.cells[0].id], progress=False)
     assert first.ran == [study.cells[0].id]
     assert read_external(out / "runs" / study.cells[0].id, "b")["n"] == 18
+    cut = study.cells[1]
+
+    def stop(epoch: int, step: int, model) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train(cut.config.replace(split_file=str(out / "split.csv")), out / "runs" / cut.id,
+              on_step=stop)  # fmt: skip
+    assert read_external(out / "runs" / cut.id, "b") is None
     calls: list[str] = []
     real = ext_module.evaluate_run
     monkeypatch.setattr(
@@ -224,7 +237,8 @@ def test_study_with_external_sets(phantoms: Path, hospital_b: Path, tmp_path: Pa
         lambda run, *a, **k: calls.append(Path(run).name) or real(run, *a, **k),
     )
     done = run_study(study, out, progress=False)
-    assert done.complete and sorted(calls) == sorted(c.id for c in study.cells[1:])
+    assert done.complete and cut.id in done.ran
+    assert sorted(calls) == sorted(c.id for c in study.cells[1:])
     # a second run of the same command trains and scores nothing
     calls.clear()
     monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("retrained"))
