@@ -236,3 +236,18 @@ def test_evaluate_applies_the_runs_lungs_mode(tmp_path: Path) -> None:
     assert m["lungs"] == "remove"
     assert m["accuracy"] == own["accuracy"] and m["nll"] == pytest.approx(own["nll"], abs=1e-6)
     assert m["confusion_matrix"] == own["confusion_matrix"]
+
+
+def test_predict_and_export_refuse_a_lungs_removed_run(tmp_path: Path, capsys) -> None:
+    """predict, serve and export pass whole images; a run trained with its lungs removed
+    would get them wrong, so it is refused in one line instead."""
+    data = write_synthetic_dataset(tmp_path / "d", per_class=4, size=40, masks=True,
+                                   progress=False)  # fmt: skip
+    cfg = TrainConfig(data=str(data), model="resnet18", weights="none", epochs=1,
+                      image_size=40, lungs="remove", **FAST)  # fmt: skip
+    run = train(cfg, tmp_path / "run").run_dir
+    image = next((data / "COVID" / "images").iterdir())
+    assert main(["predict", str(run), str(image)]) == 2
+    assert "trained with --lungs remove" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m")]) == 2
+    assert "trained with --lungs remove" in capsys.readouterr().err

@@ -31,6 +31,7 @@ __all__ = [
     "build_card",
     "load_card",
     "load_run_model",
+    "require_whole_images",
     "save_model",
 ]
 
@@ -82,6 +83,23 @@ def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if card.get("format") != CARD_FORMAT:
         raise CheckpointError(f"{path} is not a cxrlab model card (format {card.get('format')!r})")
     return card
+
+
+def require_whole_images(card: dict[str, Any], run: str | os.PathLike[str], what: str) -> None:
+    """Refuse a run trained on images with their lungs (or all else) filled, where ``what``
+    (predict, serve, export) can only give it whole images: its answers would be silently
+    wrong.
+
+    Raises:
+        CheckpointError: the run's lungs mode is not ``keep``.
+    """
+    lungs = str(card.get("data", {}).get("lungs", "keep"))
+    if lungs != "keep":
+        raise CheckpointError(
+            f"{run} was trained with --lungs {lungs} (images with lung masks applied); {what} "
+            "passes whole images and would score them wrongly. Score it with 'cxrlab evaluate' "
+            "on a dataset with lung masks"
+        )
 
 
 def load_run_model(

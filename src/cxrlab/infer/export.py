@@ -21,6 +21,7 @@ from torch import nn
 from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
 from ..engine import load_run_model
 from ..engine.evaluate import run_tta
+from ..engine.rundir import require_whole_images
 from ..errors import CxrlabError
 from ..utils import write_json
 
@@ -94,6 +95,7 @@ def export_model(
     wrapped = []
     for member in members:
         m, mcard = load_run_model(member)
+        require_whole_images(mcard, member, "an exported model")
         t = float(mcard.get("calibration", {}).get("temperature", 1.0))
         wrapped.append(_WithSoftmax(m.cpu(), t))
     model = (wrapped[0] if len(wrapped) == 1 else _Average(wrapped)).eval()

@@ -67,8 +67,10 @@ class Predictor:
             self._init_onnx()
         else:
             from ..engine import load_run_model
+            from ..engine.rundir import require_whole_images
 
             self.model, self.card = load_run_model(self.source)
+            require_whole_images(self.card, self.source, "prediction")
             self.device = resolve_device(device)
             self.model.to(self.device).eval()
             self.classes: list[str] = list(self.card["classes"])
