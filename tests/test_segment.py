@@ -148,6 +148,7 @@ def test_segment_predict_writes_a_masked_dataset(seg_run, masked, tmp_path, caps
     assert "24 of 24 masks written" in capsys.readouterr().out
     rows = list(csv.DictReader((pred / "masks.csv").open()))
     assert len(rows) == 24 and all(r["mask"] for r in rows)
+    assert (pred / "preview.png").is_file() and (pred / "segmenter.json").is_file()
     report = scan_dataset(pred, progress=False)
     assert len(report.records) == 24  # the images, linked at their own paths
     masks = decoded_masks(report.root, report.records, 64, progress=False)

@@ -7,7 +7,8 @@ own size). Each mask is post-processed (:func:`~cxrlab.segment.masks.clean_mask`
 (:func:`~cxrlab.segment.masks.judge_mask`); a doubtful mask is not put beside its image
 unless asked (``doubtful="keep"``), so mask-aware commands count that image as having no
 valid mask instead of silently using a bad one. ``masks.csv`` lists every image with its
-verdict, and ``segmenter.json`` names the segmenter that made the masks.
+verdict, ``segmenter.json`` names the segmenter that made the masks, and ``preview.png`` shows
+a few images of each class with their mask's outline.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data import decoded_images, scan_dataset
+from ..data import decoded_images, load_gray8, scan_dataset
 from ..errors import ConfigError, DataError
 from ..utils import atomic_write_text, write_json
 from .evaluate import predict_probs
@@ -48,6 +49,38 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(src.resolve(), dst)
     except OSError:  # a file system without links
         shutil.copy2(src, dst)
+
+
+def _preview(root: Path, records: list, lines: list[dict[str, Any]], path: Path,
+             per_class: int = 3) -> None:  # fmt: skip
+    """A few images of each class with their mask's outline (red: doubtful)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen: list[int] = []
+    for label in sorted({r.label for r in records}):
+        chosen += [i for i, r in enumerate(records) if r.label == label][:per_class]
+    cols = min(len(chosen), 6)
+    nrows = (len(chosen) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.5 * nrows), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen):
+        ax.imshow(load_gray8(root / records[i].path), cmap="gray")
+        line = lines[i]
+        mask_file = path.parent / (line["mask"] or "")
+        if line["mask"] and mask_file.is_file():
+            mask = np.asarray(Image.open(mask_file)) > 0
+            ax.contour(mask, levels=[0.5], colors="lime" if line["ok"] else "red",
+                       linewidths=0.8)  # fmt: skip
+        verdict = "ok" if line["ok"] else "doubtful"
+        ax.set_title(f"{records[i].label[:18]}\n{verdict}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
 
 
 def predict_masks(
@@ -110,5 +143,6 @@ def predict_masks(
                                         "card": card.get("created"), "doubtful": doubtful,
                                         "encoder": card.get("encoder"),
                                         "test": card.get("test", {})})  # fmt: skip
+    _preview(report.root, records, lines, out / "preview.png")
     written = sum(1 for ln in lines if ln["mask"])
     return {"written": written, "doubtful": bad, "images": len(records), "out": str(out)}
