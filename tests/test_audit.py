@@ -251,3 +251,19 @@ def test_predict_and_export_refuse_a_lungs_removed_run(tmp_path: Path, capsys) -
     assert "trained with --lungs remove" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m")]) == 2
     assert "trained with --lungs remove" in capsys.readouterr().err
+
+
+def test_lungs_crop_training_is_evaluated_and_labelled(tmp_path: Path) -> None:
+    """--lungs crop trains on images cut to the lungs; evaluate reproduces its test metrics
+    and a study names the axis."""
+    data = write_synthetic_dataset(tmp_path / "d", per_class=6, size=48, masks=True,
+                                   progress=False)  # fmt: skip
+    cfg = TrainConfig(data=str(data), model="resnet18", weights="none", epochs=1,
+                      image_size=48, lungs="crop", **FAST)  # fmt: skip
+    run = train(cfg, tmp_path / "run").run_dir
+    own = json.loads((run / "metrics.json").read_text())
+    m = evaluate_run(run, split="test", progress=False)
+    assert m["lungs"] == "crop" and m["confusion_matrix"] == own["confusion_matrix"]
+    study = parse_study_config('[[cells]]\nmodel = "resnet18"\nlungs = ["keep", "crop"]\n')
+    assert study.cells[1].id == "resnet18-in1k-full-lungcrop-s0"
+    assert study.cells[1].label == "Pretrained, fully fine-tuned, lungs cropped"

@@ -184,3 +184,29 @@ def test_real_masks_and_copies_between_datasets(masks_root: Path, sample_root: P
             ("Viral Pneumonia", "Non-COVID"), ("Normal", "Normal")}  # fmt: skip
     labels = [(sample.split.records[i].label, data.split.records[j].label) for i, j, _, _ in pairs]
     assert sum(pair in same for pair in labels) / len(labels) > 0.95
+
+
+def test_crop_to_lungs_cuts_the_box_plus_margin_and_resizes_back() -> None:
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from cxrlab.data.masks import crop_boxes, crop_to_lungs
+    from cxrlab.errors import DataError
+
+    masks = np.zeros((2, 100, 100), np.uint8)
+    masks[0, 20:80, 10:40] = 1  # right lung
+    masks[0, 25:70, 60:90] = 1  # left lung: the box is rows 20-79, columns 10-89
+    masks[1, 0:100, 0:100] = 1
+    boxes = crop_boxes(masks, margin=0.05)
+    assert boxes[0].tolist() == [15, 85, 5, 95] and boxes[1].tolist() == [0, 100, 0, 100]
+    images = np.random.default_rng(0).integers(0, 256, (2, 100, 100), dtype=np.uint8)
+    out = crop_to_lungs(images, boxes)
+    want = np.asarray(Image.fromarray(images[0, 15:85, 5:95]).resize((100, 100), Image.BILINEAR))
+    assert np.array_equal(out[0], want) and np.array_equal(out[1], images[1])
+    tiny = np.zeros((1, 100, 100), np.uint8)
+    tiny[0, 40:50, 40:50] = 1  # a 10 % box: nothing to crop to
+    with pytest.raises(DataError, match="will not crop to it"):
+        crop_boxes(tiny)
+    with pytest.raises(DataError, match="empty"):
+        crop_boxes(np.zeros((1, 10, 10), np.uint8))

@@ -286,7 +286,7 @@ def train_cmd(
         str,
         typer.Option(
             help="keep; remove or only: train on images with the lungs (or all else) filled; "
-            "needs lung masks.",
+            "crop: cut to the lungs' box; all need lung masks.",
             rich_help_panel=_D,
         ),
     ] = "keep",

@@ -226,13 +226,16 @@ def run_audit(
     # ---- lungs removed / lungs only, and where Grad-CAM looks: both need masks
     wants_masks = [c for c in ("lungs", "cam") if c in checks]
     if wants_masks:
-        masks = decoded_masks(
-            prepared.report.root, prepared.split.records, size, "lung", progress=progress
-        )
+        if prepared.masks is not None and lungs_mode == "crop":
+            masks = prepared.masks  # cut to the lungs' boxes like the images
+        else:
+            masks = decoded_masks(
+                prepared.report.root, prepared.split.records, size, "lung", progress=progress
+            )
         valid = masks.valid[rows][scored]
         use = scored[valid]
         why = None
-        if lungs_mode != "keep":
+        if lungs_mode in ("remove", "only"):
             why = (
                 f"the model was trained with lungs {lungs_mode}: it never saw the lungs "
                 "the check would hide"

@@ -39,10 +39,13 @@ from .imageio import ImageReadError, load_gray8
 from .scan import ImageRecord
 
 __all__ = [
+    "CROP_MARGIN",
     "LUNG_MODES",
     "MASK_KINDS",
     "DecodedMasks",
     "apply_lung_mask",
+    "crop_boxes",
+    "crop_to_lungs",
     "decoded_masks",
     "find_mask_files",
 ]
@@ -53,8 +56,13 @@ MASK_KINDS: dict[str, tuple[str, ...]] = {
     "lung": ("masks", "mask", "lung masks", "lung_masks", "lungmasks", "lung-masks"),
     "infection": ("infection masks", "infection_masks", "infection-masks"),
 }
-#: What ``--lungs`` can do to an image: keep it, remove the lungs, or keep only the lungs.
-LUNG_MODES = ("keep", "remove", "only")
+#: What ``--lungs`` can do to an image: keep it, remove the lungs, keep only the lungs, or
+#: crop it to the lungs' bounding box.
+LUNG_MODES = ("keep", "remove", "only", "crop")
+#: The margin ``crop`` adds around the lungs' bounding box, as a share of the image side.
+CROP_MARGIN = 0.05
+#: A lung box narrower or lower than this share of the image is not cropped to.
+MIN_CROP = 0.2
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -319,4 +327,44 @@ def apply_lung_mask(
             rng = np.random.default_rng([int(seeds[i]), 7919])
             noise = rng.normal(mean, sd, int(h.sum()))
             out[i][h] = np.clip(np.rint(noise), 0, 255).astype(np.uint8)
+    return out
+
+
+def crop_boxes(masks: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
+    """``(B, 4)`` ``(top, bottom, left, right)`` boxes: each mask's lung bounding box grown by
+    ``margin`` of the image side on every side (clipped to the image).
+
+    Raises:
+        DataError: a mask is empty, or its box is narrower or lower than :data:`MIN_CROP` of
+            the image (cropping to it would keep next to nothing).
+    """
+    m = np.asarray(masks, dtype=bool)
+    _, h, w = m.shape
+    boxes = np.zeros((len(m), 4), dtype=np.int64)
+    for i, mask in enumerate(m):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if (
+            not len(rows)
+            or (rows[-1] - rows[0] + 1) < MIN_CROP * h
+            or (cols[-1] - cols[0] + 1) < MIN_CROP * w
+        ):
+            raise DataError(
+                f"Row {i}'s lung mask is empty or covers less than {MIN_CROP:.0%} of the image "
+                "in height or width: --lungs crop will not crop to it"
+            )
+        dy, dx = round(margin * h), round(margin * w)
+        boxes[i] = (max(0, rows[0] - dy), min(h, rows[-1] + 1 + dy),
+                    max(0, cols[0] - dx), min(w, cols[-1] + 1 + dx))  # fmt: skip
+    return boxes
+
+
+def crop_to_lungs(images: np.ndarray, boxes: np.ndarray, *, nearest: bool = False) -> np.ndarray:
+    """Each image cut to its box (:func:`crop_boxes`) and resized back to its size
+    (bilinear; ``nearest`` for masks)."""
+    out = np.empty_like(np.asarray(images, dtype=np.uint8))
+    method = Image.NEAREST if nearest else Image.BILINEAR
+    for i, (img, (top, bottom, left, right)) in enumerate(zip(images, boxes)):
+        h, w = img.shape
+        part = Image.fromarray(np.ascontiguousarray(img[top:bottom, left:right], dtype=np.uint8))
+        out[i] = np.asarray(part.resize((w, h), method))
     return out

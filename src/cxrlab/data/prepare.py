@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -11,7 +12,15 @@ from ..errors import DataError
 from ..utils import cache_dir
 from .cache import DecodedImages, decoded_images, derived_images
 from .dedup import MAX_GROUP, SIGNATURE_SIZE, copy_groups
-from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
+from .masks import (
+    CROP_MARGIN,
+    LUNG_MODES,
+    DecodedMasks,
+    apply_lung_mask,
+    crop_boxes,
+    crop_to_lungs,
+    decoded_masks,
+)
 from .scan import ScanReport, scan_dataset
 from .split import Split, load_split, make_split
 from .synth import DATASET_DIRNAME, write_synthetic_dataset
@@ -149,7 +158,9 @@ def prepare_data(
             folders when it has them (COVID-QU-Ex) and draws a stratified one otherwise;
             ``folders`` insists on the folders; ``stratified`` always draws.
         lungs: ``keep``; ``remove`` fills every image's lung fields with the mean of the rest
-            of the image; ``only`` fills everything outside the lungs with the lungs' mean.
+            of the image; ``only`` fills everything outside the lungs with the lungs' mean;
+            ``crop`` cuts every image to its lungs' bounding box plus 5 % of the side and
+            resizes it back (the masks are cut the same way).
             Needs a valid lung mask for every image (see :mod:`cxrlab.data.masks`).
         near_copies: a newly drawn split keeps near copies (re-saved, re-sized, re-cropped
             images of one radiograph) in one split, like exact copies; ``False`` groups exact
@@ -194,6 +205,15 @@ def prepare_data(
         return PreparedData(report, split, images)
     masks = decoded_masks(report.root, split.records, image_size, "lung", progress=progress)
     masks.require(range(len(split.records)), f"--lungs {lungs}")
+    if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
+        boxes = crop_boxes(masks.array)
+        recipe = f"lungs-crop-{CROP_MARGIN}|{masks.key}"
+        cropped = derived_images(images, recipe,
+                                 lambda rows: crop_to_lungs(images.array[rows], boxes[rows]),
+                                 progress=progress)  # fmt: skip
+        mask_rows = crop_to_lungs(masks.array, boxes, nearest=True)
+        return PreparedData(report, split, cropped,
+                            dataclasses.replace(masks, array=mask_rows), lungs)  # fmt: skip
     hidden = derived_images(
         images,
         f"lungs-{lungs}-mean|{masks.key}",

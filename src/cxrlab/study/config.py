@@ -211,7 +211,7 @@ def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float 
     return label if train_size == 1 else f"{label}, {train_size_label(train_size)}"
 
 
-_LUNGS = {"remove": "lungs removed", "only": "lungs only"}
+_LUNGS = {"remove": "lungs removed", "only": "lungs only", "crop": "lungs cropped"}
 
 
 def _size_tag(train_size: float) -> str:
@@ -372,7 +372,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             if extra:
                 blob = json.dumps(extra, sort_keys=True, default=str).encode()
                 digest = "-" + hashlib.blake2b(blob, digest_size=3).hexdigest()
-            lungs = {"remove": "-nolungs", "only": "-lungsonly"}.get(
+            lungs = {"remove": "-nolungs", "only": "-lungsonly", "crop": "-lungcrop"}.get(
                 options.get("lungs", "keep"), ""
             )
             size = float(options.get("train_size", 1.0))
