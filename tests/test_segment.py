@@ -190,3 +190,49 @@ def test_segment_train_refuses_data_without_masks(tmp_path, capsys) -> None:
     assert main(["segment", "train", "--data", str(db), "--out", str(tmp_path / "r"),
                  "--image-size", "32", "--epochs", "1", "--no-progress"]) == 2  # fmt: skip
     assert "has a valid lung mask" in capsys.readouterr().err
+
+
+def test_masks_from_a_segmenter_for_data_without_masks(seg_run, masked, tmp_path,
+                                                       monkeypatch, capsys) -> None:  # fmt: skip
+    """--lungs remove on images without mask files, with a segmenter's masks: doubtful masks
+    are refused in one line; accepted ones train a run whose card names the segmenter, and
+    evaluate runs the same segmenter to reproduce the run's test metrics."""
+    import json
+    import shutil
+
+    import cxrlab.segment.apply as apply
+    from cxrlab.cli import main
+    from cxrlab.engine import evaluate_run, train
+    from cxrlab.segment.masks import MaskVerdict
+
+    from conftest import tiny_config
+
+    out, _ = seg_run
+    bare = tmp_path / "bare"
+    for cls in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        shutil.copytree(masked / cls / "images", bare / cls / "images")  # no masks
+    args = ["train", "--data", str(bare), "--lungs", "remove", "--masks-from", str(out),
+            "--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1",
+            "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "r0")]  # fmt: skip
+    # a segmenter trained for two epochs on 16 phantoms draws implausible masks: refused
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs a valid lung mask" in err and "doubtful" in err
+    assert main(["keep" if a == "remove" else a for a in args]) == 2  # nothing uses them
+    assert "masks_from gives lung masks" in capsys.readouterr().err
+    # judged plausible (as a better segmenter's would be): used, recorded and reproduced
+    monkeypatch.setattr(apply, "judge_mask", lambda m, p=None: MaskVerdict(0.3, 2, 1.0, 0.0))
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))  # the verdicts are cached
+    cfg = tiny_config(bare, lungs="remove", masks_from=str(out), epochs=1)
+    run = train(cfg, tmp_path / "r1").run_dir
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["data"]["masks_from"]["run"] == str(out.resolve())
+    own = json.loads((run / "metrics.json").read_text())
+    m = evaluate_run(run, progress=False)
+    assert m["lungs"] == "remove" and m["confusion_matrix"] == own["confusion_matrix"]
+    assert main(["evaluate", str(run), "--data", str(masked), "--split", "all",
+                 "--no-progress"]) == 0  # fmt: skip
+    # the audit takes a segmenter for data without masks
+    assert main(["audit", str(tmp_path / "r1"), "--check", "lungs", "--masks-from", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "lungs: skipped: the model was trained with lungs remove" in capsys.readouterr().out

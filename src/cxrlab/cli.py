@@ -290,6 +290,13 @@ def train_cmd(
             rich_help_panel=_D,
         ),
     ] = "keep",
+    masks_from: Annotated[
+        str | None,
+        typer.Option(
+            help="A lung segmenter run whose masks --lungs uses (for data without masks).",
+            rich_help_panel=_D,
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="See 'cxrlab models'.", rich_help_panel=_M)] = (
         "resnet18"
     ),
@@ -504,6 +511,10 @@ def audit_cmd(
     ] = 200,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of noise fills, CAM subset, probe folds.")] = 0,
+    masks_from: Annotated[
+        Path | None,
+        typer.Option(help="A lung segmenter run: its masks for data without masks."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """Shortcut audit: lungs removed, Grad-CAM in the lungs, acquisition probes, copies."""
@@ -512,7 +523,8 @@ def audit_cmd(
 
     result = run_audit(run_dir, data, split=split, out=out, checks=check or CHECKS,
                        class_map=parse_class_map(class_map), cam_images=cam_images or None,
-                       device=device, seed=seed, progress=progress)  # fmt: skip
+                       device=device, seed=seed, masks_from=masks_from,
+                       progress=progress)  # fmt: skip
     for key, finding in result.findings.items():
         typer.echo(f"{key}: {finding}")
     typer.echo(f"Wrote {result.files['markdown']} and {result.files['json']}")

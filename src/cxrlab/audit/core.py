@@ -93,6 +93,7 @@ def run_audit(
     batch_size: int = 64,
     device: str = "auto",
     seed: int = 0,
+    masks_from: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> AuditResult:
     """Audit a finished run for shortcuts; see the module docstring for the checks.
@@ -107,6 +108,8 @@ def run_audit(
         class_map: dataset class -> model class, ``"-"`` for unscored (see ``evaluate``).
         cam_images: Grad-CAM maps at most (spread over the classes; ``None``: all).
         seed: seed of the noise fill, the Grad-CAM subset and the probes' folds.
+        masks_from: a lung segmenter run whose masks the lung checks use where the data has
+            none (a run trained with ``--masks-from`` always uses its own segmenter).
 
     Raises:
         CheckpointError: the run folder is not a finished run, or the dataset has classes the
@@ -122,12 +125,20 @@ def run_audit(
     size = int(card["preprocessing"]["image_size"])
     lungs_mode = card["data"].get("lungs", "keep")
     root = data if data is not None else card["data"]["root"]
+    # masks: the segmenter the run trained with, else the one asked for, else the files
+    segmenter = (card["data"].get("masks_from") or {}).get("run") or masks_from
+    provider = None
+    if segmenter:
+        from ..segment.apply import mask_provider
+
+        provider = mask_provider(segmenter)
     prepared = prepare_data(
         root,
         split_file=None if split == "all" else run_dir / "split.csv",
         holdout_all=split == "all",
         image_size=size,
         lungs=lungs_mode,
+        mask_provider=provider,
         progress=progress,
     )
     matching = match_classes(prepared.classes, classes, class_map, where=f"the model in {run_dir}")
@@ -228,6 +239,8 @@ def run_audit(
     if wants_masks:
         if prepared.masks is not None and lungs_mode == "crop":
             masks = prepared.masks  # cut to the lungs' boxes like the images
+        elif provider is not None:
+            masks = provider(prepared.report.root, prepared.split.records, size, progress)
         else:
             masks = decoded_masks(
                 prepared.report.root, prepared.split.records, size, "lung", progress=progress

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .masks import (
     crop_to_lungs,
     decoded_masks,
 )
-from .scan import ScanReport, scan_dataset
+from .scan import ImageRecord, ScanReport, scan_dataset
 from .split import Split, load_split, make_split
 from .synth import DATASET_DIRNAME, write_synthetic_dataset
 
@@ -111,6 +112,11 @@ def near_copy_groups(report: ScanReport, *, progress: bool = True) -> dict[str, 
     return {r.path: k for r, k in zip(records, groups.keys)}
 
 
+#: ``(root, records, size, progress) -> DecodedMasks``: lung masks from somewhere other than
+#: the files beside the images.
+MaskProvider = Callable[[Path, Sequence[ImageRecord], int, bool], DecodedMasks]
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """A scanned dataset, its split and its decoded images (rows follow ``split.records``).
@@ -141,6 +147,7 @@ def prepare_data(
     split_source: str = "auto",
     lungs: str = "keep",
     near_copies: bool = True,
+    mask_provider: MaskProvider | None = None,
     progress: bool = True,
 ) -> PreparedData:
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
@@ -165,6 +172,10 @@ def prepare_data(
         near_copies: a newly drawn split keeps near copies (re-saved, re-sized, re-cropped
             images of one radiograph) in one split, like exact copies; ``False`` groups exact
             copies only. A loaded split is used as it was made.
+        mask_provider: where lung masks come from when ``lungs`` needs them:
+            ``(root, records, size, progress) -> DecodedMasks`` (a segmenter's predictions,
+            :func:`cxrlab.segment.apply.predicted_masks`); default: the mask files beside the
+            images.
         progress: show progress bars.
 
     Raises:
@@ -203,7 +214,9 @@ def prepare_data(
     images = decoded_images(report.root, split.records, image_size, progress=progress)
     if lungs == "keep":
         return PreparedData(report, split, images)
-    masks = decoded_masks(report.root, split.records, image_size, "lung", progress=progress)
+    read = mask_provider or (lambda root, recs, size, progress: decoded_masks(
+        root, recs, size, "lung", progress=progress))  # fmt: skip
+    masks = read(report.root, split.records, image_size, progress)
     masks.require(range(len(split.records)), f"--lungs {lungs}")
     if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
         boxes = crop_boxes(masks.array)

@@ -58,7 +58,10 @@ class TrainConfig:
             outside the lungs is filled (a shortcut check: how much of the data can be learned
             with no lung tissue at all); ``crop`` trains and tests on images cut to the lungs'
             bounding box plus a 5 % margin, resized back (the literature's usual
-            preprocessing). Needs lung masks beside the images.
+            preprocessing). Needs lung masks beside the images, or ``masks_from``.
+        masks_from: a lung segmenter run (``cxrlab segment train``) whose masks ``lungs``
+            uses instead of mask files; its doubtful masks count as missing. The card records
+            the segmenter, and evaluation runs it again.
     Model:
         model: a registry name (``cxrlab models``) or ``timm:<arch>``.
         weights: ``imagenet``; ``none`` (random init); ``stats`` (statistics transfer: every
@@ -126,6 +129,7 @@ class TrainConfig:
     image_size: int = 224
     train_size: float = 1.0
     lungs: Literal["keep", "remove", "only", "crop"] = "keep"
+    masks_from: str | None = None
 
     model: str = "resnet18"
     weights: str = "imagenet"
@@ -189,6 +193,11 @@ class TrainConfig:
                 "train_size must be a fraction in (0, 1] or a whole count per class",
             ),
             (self.freeze_bn in BN_MODES, f"freeze_bn must be one of {BN_MODES}"),
+            (
+                not self.masks_from or self.lungs != "keep",
+                "masks_from gives lung masks to --lungs remove|only|crop; with lungs keep "
+                "nothing uses them",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -292,6 +292,11 @@ def _prepare(run_dir: Path, card: dict[str, Any],
     """The images to score, prepared as the run's were (its size and lungs mode)."""
     size = int(card["preprocessing"]["image_size"])
     lungs = str(card["data"].get("lungs", "keep"))
+    provider = None
+    if lungs != "keep" and card["data"].get("masks_from"):  # the segmenter it trained with
+        from ..segment.apply import mask_provider
+
+        provider = mask_provider(card["data"]["masks_from"]["run"])
     if isinstance(data, PreparedData):
         if data.images.size != size or data.lungs != lungs:
             raise CheckpointError(
@@ -302,7 +307,7 @@ def _prepare(run_dir: Path, card: dict[str, Any],
     root = data if data is not None else card["data"]["root"]
     if split == "all":
         return prepare_data(root, holdout_all=True, image_size=size, lungs=lungs,
-                            progress=progress)  # fmt: skip
+                            mask_provider=provider, progress=progress)  # fmt: skip
     manifest = run_dir / "split.csv"
     if not manifest.is_file():
         raise CheckpointError(
@@ -310,4 +315,4 @@ def _prepare(run_dir: Path, card: dict[str, Any],
         )
     # the run's own split, checked image by image against the data
     return prepare_data(root, split_file=manifest, image_size=size, lungs=lungs,
-                        progress=progress)  # fmt: skip
+                        mask_provider=provider, progress=progress)  # fmt: skip

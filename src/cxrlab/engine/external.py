@@ -140,6 +140,7 @@ def prepare_external(
     *,
     image_size: int,
     lungs: str = "keep",
+    masks_from: str | None = None,
     progress: bool = True,
 ) -> PreparedData:
     """Scan and decode an external set once (every image a test image) and check that each
@@ -155,8 +156,13 @@ def prepare_external(
         )
     if not Path(ext.data).exists():
         raise ConfigError(f"External set {ext.name!r}: {ext.data} does not exist")
+    provider = None
+    if masks_from and lungs != "keep":  # the segmenter the runs trained with
+        from ..segment.apply import mask_provider
+
+        provider = mask_provider(masks_from)
     prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
-                            progress=progress)  # fmt: skip
+                            mask_provider=provider, progress=progress)  # fmt: skip
     match_classes(prepared.classes, list(classes), dict(ext.class_map),
                   where=f"the study's models (external set {ext.name!r})")  # fmt: skip
     return prepared
@@ -227,8 +233,9 @@ def evaluate_external(
     if prepared is None:
         size = int(card["preprocessing"]["image_size"])
         lungs = str(card["data"].get("lungs", "keep"))
+        segmenter = (card["data"].get("masks_from") or {}).get("run")
         prepared = prepare_external(ext, card["classes"], image_size=size, lungs=lungs,
-                                    progress=progress)  # fmt: skip
+                                    masks_from=segmenter, progress=progress)  # fmt: skip
     data_hash = prepared.report.fingerprint()
     if data_hash == card["data"]["data_hash"]:
         raise CheckpointError(

@@ -190,6 +190,7 @@ def build_card(
             "split_source": data.split.source,
             "counts": data.split.counts(),
             "lungs": data.lungs,
+            "masks_from": _segmenter(cfg.masks_from),
         },
         "training": {
             "seed": cfg.seed,
@@ -203,3 +204,12 @@ def build_card(
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _segmenter(masks_from: str | None) -> dict[str, Any] | None:
+    """The card's record of the segmenter whose masks a run used (``None``: mask files)."""
+    if not masks_from:
+        return None
+    from ..segment.apply import segmenter_id
+
+    return segmenter_id(masks_from)

@@ -247,6 +247,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         split_source=config.split_source,
         lungs=config.lungs,
         near_copies=config.near_copies,
+        mask_provider=_mask_provider(config.masks_from),
         progress=config.progress,
     )
     groups, joined = data.split.joined()
@@ -416,6 +417,15 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
                 net, forward, ema, eval_net, params, opt, criterion, state, started,
                 state.wall_seconds, feats.array if cached else None, n_frozen)  # fmt: skip
+
+
+def _mask_provider(masks_from: str | None) -> Any:
+    """The segmenter's masks for ``--masks-from``, or ``None`` (the mask files)."""
+    if not masks_from:
+        return None
+    from ..segment.apply import mask_provider
+
+    return mask_provider(masks_from)
 
 
 def _fit(run: _Run, on_step: Callable[[int, int, nn.Module], None] | None) -> None:

@@ -209,19 +209,21 @@ class _Externals:
         self.own = shared.report.fingerprint()
         self.progress = progress
         self.failed: dict[str, str] = {}
-        self._prepared: dict[tuple[str, int, str], PreparedData] = {}
+        self._prepared: dict[tuple[str, int, str, str], PreparedData] = {}
 
     def _prepare(self, ext: ExternalSet, cell: Cell) -> PreparedData | None:
         from ..engine.external import prepare_external
 
-        key = (ext.name, cell.config.image_size, cell.config.lungs)
+        cfg = cell.config
+        key = (ext.name, cfg.image_size, cfg.lungs, cfg.masks_from or "")
         if ext.name in self.failed:
             return None
         if key not in self._prepared:
             try:
                 self._prepared[key] = prepare_external(
-                    ext, self.classes, image_size=key[1], lungs=key[2], progress=self.progress
-                )
+                    ext, self.classes, image_size=key[1], lungs=key[2],
+                    masks_from=cfg.masks_from, progress=self.progress,
+                )  # fmt: skip
                 if self._prepared[key].report.fingerprint() == self.own:
                     raise ConfigError(
                         f"{ext.data} is the study's own data; an external set must be other data"
