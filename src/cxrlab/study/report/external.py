@@ -168,7 +168,7 @@ def external_markdown(
     externals: list[ExternalResults], comparisons: dict[str, list[Comparison]]
 ) -> list[str]:
     """The summary's section on the external sets."""
-    from .results import _STATUS_MD
+    from .results import STATUS_MARKDOWN, markdown_table
 
     if not externals:
         return []
@@ -177,8 +177,7 @@ def external_markdown(
         lines += [f"### {ext.name}", "", _describe(ext), ""]
         header, rows = external_table(ext)
         if rows:
-            lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            lines += markdown_table(header, rows)
             lines += ["", "Accuracy as mean ± std over seeds [95 % interval]; the drop is each "
                       "seed's in-distribution accuracy minus its accuracy here; ECE of the "
                       "runs' probabilities (in brackets after each run's temperature, fitted on "
@@ -188,7 +187,7 @@ def external_markdown(
         cmp = comparisons.get(ext.name, [])
         if cmp:
             lines += [f"Paired comparisons on {ext.name} ({len(ext.results.paths)} images):", ""]
-            lines += [f"- {_STATUS_MD[c.status]}: {c.verdict()}{ext.flag()}" for c in cmp]
+            lines += [f"- {STATUS_MARKDOWN[c.status]}: {c.verdict()}{ext.flag()}" for c in cmp]
             lines.append("")
     return lines
 

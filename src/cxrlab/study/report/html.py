@@ -179,11 +179,12 @@ def _external_section(externals: list[ExternalResults], comparisons: dict[str, l
         parts.append(f"<h3>{html.escape(e.name)}</h3>")
         lines = external_markdown([e], comparisons)
         notes = [ln for ln in lines if ln and not ln.startswith(("|", "#", "- ", "Paired"))]
-        parts += [f"<p>{html.escape(n)}</p>" for n in notes[:1]]
+        plain = [n.replace("`", "").replace("**", "") for n in notes]  # Markdown marks
+        parts += [f"<p>{html.escape(n)}</p>" for n in plain[:1]]
         header, rows = external_table(e)
         if rows:
             parts.append(_table(header, rows))
-            parts += [f"<p class='muted'>{html.escape(n)}</p>" for n in notes[1:]]
+            parts += [f"<p class='muted'>{html.escape(n)}</p>" for n in plain[1:]]
         if e.errors:
             parts.append("<ul>" + "".join(f"<li>not scored: <b>{html.escape(c)}</b>: "
                                           f"{html.escape(w)}</li>"

@@ -416,7 +416,7 @@ COMPARISON_METHOD = (
     "bootstrap (runs held fixed) and McNemar's exact test for each seed pair are in "
     "comparisons.csv."
 )
-_STATUS_MD = {"significant": "**significant**", "not significant": "not significant",
+STATUS_MARKDOWN = {"significant": "**significant**", "not significant": "not significant",
               "not established": "*not established*"}  # fmt: skip
 
 
@@ -467,6 +467,12 @@ def seed_advice(comparisons: list[Comparison]) -> str:
     return text
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
 def audit_markdown(audits: StudyAudits) -> list[str]:
     """The summary's shortcut-audit section (see :mod:`.audits`)."""
     from .audits import AUDIT_HEADER, audit_rows
@@ -474,8 +480,7 @@ def audit_markdown(audits: StudyAudits) -> list[str]:
     lines = ["## Shortcut audit", ""]
     rows = audit_rows(audits)
     if rows:
-        lines += ["| " + " | ".join(AUDIT_HEADER) + " |", "|---" * len(AUDIT_HEADER) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += markdown_table(list(AUDIT_HEADER), rows)
         lines += ["", "Accuracy on the same test images as they are, with the lungs filled "
                   "(mean of the rest of the image) and with everything outside the lungs "
                   "filled; 'kept above chance' is the share of the above-chance accuracy left "
@@ -536,7 +541,7 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
                   ""]  # fmt: skip
     lines += ["## Paired comparisons (same test images)", ""]
     if comparisons:
-        lines += [f"- {_STATUS_MD[c.status]}: {c.verdict()}" for c in comparisons]
+        lines += [f"- {STATUS_MARKDOWN[c.status]}: {c.verdict()}" for c in comparisons]
         lines += ["", COMPARISON_METHOD]
         advice = seed_advice(comparisons)
         if advice:
