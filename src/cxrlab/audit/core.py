@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data import decoded_masks, prepare_data
+from ..data import prepare_data
 from ..data.dedup import near_duplicates, signatures
+from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
 from ..engine.evaluate import run_tta
+from ..engine.rundir import run_segmenter, segmenter_masks
 from ..engine.runtime import resolve_device, run_precision
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
@@ -126,12 +128,7 @@ def run_audit(
     lungs_mode = card["data"].get("lungs", "keep")
     root = data if data is not None else card["data"]["root"]
     # masks: the segmenter the run trained with, else the one asked for, else the files
-    segmenter = (card["data"].get("masks_from") or {}).get("run") or masks_from
-    provider = None
-    if segmenter:
-        from ..segment.apply import mask_provider
-
-        provider = mask_provider(segmenter)
+    provider = segmenter_masks(run_segmenter(card) or masks_from)
     prepared = prepare_data(
         root,
         split_file=None if split == "all" else run_dir / "split.csv",
@@ -237,14 +234,12 @@ def run_audit(
     # ---- lungs removed / lungs only, and where Grad-CAM looks: both need masks
     wants_masks = [c for c in ("lungs", "cam") if c in checks]
     if wants_masks:
-        if prepared.masks is not None and lungs_mode == "crop":
-            masks = prepared.masks  # cut to the lungs' boxes like the images
-        elif provider is not None:
-            masks = provider(prepared.report.root, prepared.split.records, size, progress)
-        else:
-            masks = decoded_masks(
-                prepared.report.root, prepared.split.records, size, "lung", progress=progress
-            )
+        # the masks the data was prepared with (cut to the lungs' boxes with --lungs crop),
+        # else the segmenter's or the mask files
+        masks = prepared.masks
+        if masks is None:
+            read = provider or lung_mask_files
+            masks = read(prepared.report.root, prepared.split.records, size, progress)
         valid = masks.valid[rows][scored]
         use = scored[valid]
         why = None

@@ -31,6 +31,7 @@ __all__ = [
     "SPLIT_SOURCES",
     "PreparedData",
     "demo_dataset",
+    "lung_mask_files",
     "near_copy_groups",
     "prepare_data",
     "resolve_data",
@@ -115,6 +116,13 @@ def near_copy_groups(report: ScanReport, *, progress: bool = True) -> dict[str, 
 #: ``(root, records, size, progress) -> DecodedMasks``: lung masks from somewhere other than
 #: the files beside the images.
 MaskProvider = Callable[[Path, Sequence[ImageRecord], int, bool], DecodedMasks]
+
+
+def lung_mask_files(
+    root: Path, records: Sequence[ImageRecord], size: int, progress: bool = True
+) -> DecodedMasks:
+    """The default :data:`MaskProvider`: the lung mask files beside the images."""
+    return decoded_masks(root, records, size, "lung", progress=progress)
 
 
 @dataclass(frozen=True)
@@ -214,9 +222,7 @@ def prepare_data(
     images = decoded_images(report.root, split.records, image_size, progress=progress)
     if lungs == "keep":
         return PreparedData(report, split, images)
-    read = mask_provider or (lambda root, recs, size, progress: decoded_masks(
-        root, recs, size, "lung", progress=progress))  # fmt: skip
-    masks = read(report.root, split.records, image_size, progress)
+    masks = (mask_provider or lung_mask_files)(report.root, split.records, image_size, progress)
     masks.require(range(len(split.records)), f"--lungs {lungs}")
     if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
         boxes = crop_boxes(masks.array)
@@ -224,9 +230,14 @@ def prepare_data(
         cropped = derived_images(images, recipe,
                                  lambda rows: crop_to_lungs(images.array[rows], boxes[rows]),
                                  progress=progress)  # fmt: skip
-        mask_rows = crop_to_lungs(masks.array, boxes, nearest=True)
+        as_images = DecodedImages(masks.array, images.path, masks.key, masks.size)
+        cut = derived_images(
+            as_images, recipe,
+            lambda rows: crop_to_lungs(masks.array[rows], boxes[rows], nearest=True),
+            progress=progress,
+        )  # fmt: skip
         return PreparedData(report, split, cropped,
-                            dataclasses.replace(masks, array=mask_rows), lungs)  # fmt: skip
+                            dataclasses.replace(masks, array=cut.array), lungs)  # fmt: skip
     hidden = derived_images(
         images,
         f"lungs-{lungs}-mean|{masks.key}",

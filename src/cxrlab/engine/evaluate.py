@@ -18,7 +18,7 @@ from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
-from .rundir import load_run_model
+from .rundir import load_run_model, run_segmenter, segmenter_masks
 from .runtime import autocast, resolve_device, run_precision
 
 __all__ = [
@@ -292,11 +292,7 @@ def _prepare(run_dir: Path, card: dict[str, Any],
     """The images to score, prepared as the run's were (its size and lungs mode)."""
     size = int(card["preprocessing"]["image_size"])
     lungs = str(card["data"].get("lungs", "keep"))
-    provider = None
-    if lungs != "keep" and card["data"].get("masks_from"):  # the segmenter it trained with
-        from ..segment.apply import mask_provider
-
-        provider = mask_provider(card["data"]["masks_from"]["run"])
+    provider = segmenter_masks(run_segmenter(card))  # the segmenter it trained with, if any
     if isinstance(data, PreparedData):
         if data.images.size != size or data.lungs != lungs:
             raise CheckpointError(

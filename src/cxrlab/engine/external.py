@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, CxrlabError
 from ..evaluation.external import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
 from .evaluate import evaluate_run
-from .rundir import MODEL_FILE, load_card
+from .rundir import MODEL_FILE, load_card, run_segmenter, segmenter_masks
 
 __all__ = [
     "EXTERNAL_DIR",
@@ -64,10 +64,6 @@ class ExternalSet:
             raise ConfigError(
                 f"External set name {self.name!r}: use letters, digits, '_' and '-' only"
             )
-
-    def describe(self) -> str:
-        mapped = ", ".join(f"{k}={v}" for k, v in sorted(self.class_map.items()))
-        return f"{self.name} ({self.data}{'; ' + mapped if mapped else ''})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "data": self.data, "class_map": dict(self.class_map)}
@@ -156,23 +152,19 @@ def prepare_external(
         )
     if not Path(ext.data).exists():
         raise ConfigError(f"External set {ext.name!r}: {ext.data} does not exist")
-    provider = None
-    if masks_from and lungs != "keep":  # the segmenter the runs trained with
-        from ..segment.apply import mask_provider
-
-        provider = mask_provider(masks_from)
     prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
-                            mask_provider=provider, progress=progress)  # fmt: skip
+                            mask_provider=segmenter_masks(masks_from),
+                            progress=progress)  # fmt: skip
     match_classes(prepared.classes, list(classes), dict(ext.class_map),
                   where=f"the study's models (external set {ext.name!r})")  # fmt: skip
     return prepared
 
 
-def _key(ext: ExternalSet, data_hash: str, run_dir: Path) -> str:
+def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: dict[str, Any]) -> str:
     """What an external result depends on: the set's images and class map, the run's model."""
     model = run_dir / MODEL_FILE
     size = str(model.stat().st_size) if model.exists() else ""
-    created = str(load_card(run_dir).get("created", ""))  # a retrained run is a new model
+    created = str(card.get("created", ""))  # a retrained run is a new model
     cmap = json.dumps(dict(sorted(ext.class_map.items())))
     return hash_strings([data_hash, cmap, size, created])
 
@@ -184,7 +176,7 @@ def is_current(run_dir: str | os.PathLike[str], ext: ExternalSet, prepared: Prep
         return False
     stored = read_external(run_dir, ext.name)
     return stored is not None and stored.get("key") == _key(
-        ext, prepared.report.fingerprint(), Path(run_dir)
+        ext, prepared.report.fingerprint(), Path(run_dir), load_card(run_dir)
     )
 
 
@@ -233,9 +225,8 @@ def evaluate_external(
     if prepared is None:
         size = int(card["preprocessing"]["image_size"])
         lungs = str(card["data"].get("lungs", "keep"))
-        segmenter = (card["data"].get("masks_from") or {}).get("run")
         prepared = prepare_external(ext, card["classes"], image_size=size, lungs=lungs,
-                                    masks_from=segmenter, progress=progress)  # fmt: skip
+                                    masks_from=run_segmenter(card), progress=progress)  # fmt: skip
     data_hash = prepared.report.fingerprint()
     if data_hash == card["data"]["data_hash"]:
         raise CheckpointError(
@@ -243,7 +234,7 @@ def evaluate_external(
             "external set must be other data (score the run's own test split with "
             "'cxrlab evaluate')"
         )
-    key = _key(ext, data_hash, run_dir)
+    key = _key(ext, data_hash, run_dir, card)
     cached = read_external(run_dir, ext.name)
     if cached is not None and cached.get("key") == key:
         return cached, False

@@ -32,7 +32,9 @@ __all__ = [
     "load_card",
     "load_run_model",
     "require_whole_images",
+    "run_segmenter",
     "save_model",
+    "segmenter_masks",
 ]
 
 CARD_FORMAT = "cxrlab-model-card/1"
@@ -204,6 +206,21 @@ def build_card(
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_segmenter(card: dict[str, Any]) -> str | None:
+    """The lung segmenter a run's masks came from (``--masks-from``), or ``None``."""
+    return (card.get("data", {}).get("masks_from") or {}).get("run")
+
+
+def segmenter_masks(segmenter: str | os.PathLike[str] | None) -> Any:
+    """A ``mask_provider`` for :func:`~cxrlab.data.prepare_data` that runs ``segmenter``, or
+    ``None`` (the mask files beside the images)."""
+    if not segmenter:
+        return None
+    from ..segment.apply import mask_provider
+
+    return mask_provider(segmenter)
 
 
 def _segmenter(masks_from: str | None) -> dict[str, Any] | None:

@@ -53,7 +53,14 @@ from .distributed import Distributed, init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .optim import build_optimizer, lr_at
-from .rundir import INIT_FILE, MODEL_FILE, build_card, load_run_model, save_model
+from .rundir import (
+    INIT_FILE,
+    MODEL_FILE,
+    build_card,
+    load_run_model,
+    save_model,
+    segmenter_masks,
+)
 from .runtime import autocast, resolve_device, resolve_precision
 from .tracking import Tracker, open_trackers, require_trackers
 
@@ -247,7 +254,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         split_source=config.split_source,
         lungs=config.lungs,
         near_copies=config.near_copies,
-        mask_provider=_mask_provider(config.masks_from),
+        mask_provider=segmenter_masks(config.masks_from),
         progress=config.progress,
     )
     groups, joined = data.split.joined()
@@ -417,15 +424,6 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
                 net, forward, ema, eval_net, params, opt, criterion, state, started,
                 state.wall_seconds, feats.array if cached else None, n_frozen)  # fmt: skip
-
-
-def _mask_provider(masks_from: str | None) -> Any:
-    """The segmenter's masks for ``--masks-from``, or ``None`` (the mask files)."""
-    if not masks_from:
-        return None
-    from ..segment.apply import mask_provider
-
-    return mask_provider(masks_from)
 
 
 def _fit(run: _Run, on_step: Callable[[int, int, nn.Module], None] | None) -> None:

@@ -220,14 +220,15 @@ class _Externals:
             return None
         if key not in self._prepared:
             try:
-                self._prepared[key] = prepare_external(
+                prepared = prepare_external(
                     ext, self.classes, image_size=key[1], lungs=key[2],
                     masks_from=cfg.masks_from, progress=self.progress,
                 )  # fmt: skip
-                if self._prepared[key].report.fingerprint() == self.own:
+                if prepared.report.fingerprint() == self.own:
                     raise ConfigError(
                         f"{ext.data} is the study's own data; an external set must be other data"
                     )
+                self._prepared[key] = prepared
             except CxrlabError as e:
                 self.failed[ext.name] = str(e)
                 tqdm.write(f"external {ext.name}: skipped for this study run: {e}")
