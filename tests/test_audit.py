@@ -239,8 +239,9 @@ def test_evaluate_applies_the_runs_lungs_mode(tmp_path: Path) -> None:
 
 
 def test_predict_and_export_refuse_a_lungs_removed_run(tmp_path: Path, capsys) -> None:
-    """predict, serve and export pass whole images; a run trained with its lungs removed
-    would get them wrong, so it is refused in one line instead."""
+    """predict and export get whole images; a run trained with its lungs removed on mask
+    files has no segmenter to find them (predict names --masks-from), and an export cannot
+    run one: both refuse in one line instead of scoring whole images."""
     data = write_synthetic_dataset(tmp_path / "d", per_class=4, size=40, masks=True,
                                    progress=False)  # fmt: skip
     cfg = TrainConfig(data=str(data), model="resnet18", weights="none", epochs=1,

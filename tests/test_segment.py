@@ -236,3 +236,87 @@ def test_masks_from_a_segmenter_for_data_without_masks(seg_run, masked, tmp_path
     assert main(["audit", str(tmp_path / "r1"), "--check", "lungs", "--masks-from", str(out),
                  "--no-progress"]) == 0  # fmt: skip
     assert "lungs: skipped: the model was trained with lungs remove" in capsys.readouterr().out
+
+
+def test_runs_carry_their_lungs_everywhere(seg_run, masked, tmp_path, monkeypatch,
+                                           capsys) -> None:  # fmt: skip
+    """A run trained with each lungs mode on a segmenter's masks is scored alike by evaluate,
+    predict and serve (which run the recorded segmenter on whole images, one at a time), and
+    export refuses it in one line. Doubtful masks are skipped with the reason unless kept,
+    and a crop to nothing is never made."""
+    import csv
+    import json
+    import shutil
+
+    import cxrlab.segment.apply as apply
+    from cxrlab.app.service import ModelService
+    from cxrlab.cli import main
+    from cxrlab.engine import evaluate_run, train
+    from cxrlab.errors import CheckpointError
+    from cxrlab.infer import load
+    from cxrlab.segment.masks import MaskVerdict
+
+    from conftest import tiny_config
+
+    out, _ = seg_run
+    bare = tmp_path / "bare"
+    for cls in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        shutil.copytree(masked / cls / "images", bare / cls / "images")  # no masks
+    monkeypatch.setattr(apply, "judge_mask", lambda m, p=None: MaskVerdict(0.3, 2, 1.0, 0.0))
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for lungs in ("remove", "only", "crop"):
+        cfg = tiny_config(bare, lungs=lungs, masks_from=str(out), epochs=1, calibrate=False,
+                          ratios=(0.5, 0.1, 0.4))  # fmt: skip
+        run = runs[lungs] = train(cfg, tmp_path / lungs).run_dir
+        rows = list(csv.DictReader((run / "predictions.csv").open()))
+        own = np.array([[float(r[f"p_{c}"]) for c in cfg_classes(run)] for r in rows])
+        m = evaluate_run(run, progress=False)
+        saved = json.loads((run / "metrics.json").read_text())
+        assert m["lungs"] == lungs and m["confusion_matrix"] == saved["confusion_matrix"]
+        predictor = load(run, device="cpu")
+        assert predictor.describe()["lungs"]["mode"] == lungs
+        got = predictor.predict_many([bare / r["path"] for r in rows])
+        np.testing.assert_allclose(got, own, atol=2e-4)  # image by image, as in training
+        served = ModelService([run]).classify_file(bare / rows[0]["path"], cam=True)
+        probs = served.outputs[0].probs
+        assert list(probs.values()) == pytest.approx(list(own[0]), abs=2e-4)
+        assert served.outputs[0].cam_png is not None
+        assert main(["export", str(run), "--out", str(tmp_path / f"{lungs}.onnx")]) == 2
+        assert "cannot run inside it" in capsys.readouterr().err
+    image = str(bare / rows[0]["path"])
+    # members that prepare images differently cannot share one input
+    with pytest.raises(CheckpointError, match="lungs"):
+        load([runs["remove"], runs["crop"]])
+    # a doubtful mask: the image is skipped with the reason (exit 3), or kept when asked
+    doubt = MaskVerdict(0.01, 1, 0.0, 0.0, ("area 1% outside 5%-60%",))
+    monkeypatch.setattr(apply, "judge_mask", lambda m, p=None: doubt)
+    assert main(["predict", str(runs["remove"]), image, "--no-progress"]) == 3
+    assert "lung mask doubtful (area 1% outside 5%-60%)" in capsys.readouterr().err
+    assert main(["predict", str(runs["remove"]), image, "--doubtful", "keep",
+                 "--no-progress"]) == 0  # fmt: skip
+    outcome = ModelService([runs["only"]]).classify_file(image)
+    assert outcome.error and "lung mask doubtful" in outcome.error
+    # an empty mask, even when kept, is never cropped to
+    monkeypatch.setattr(apply, "clean_mask", lambda prob: np.zeros(prob.shape, np.uint8))
+    assert main(["predict", str(runs["crop"]), image, "--doubtful", "keep",
+                 "--no-progress"]) == 3  # fmt: skip
+    assert "too small to crop to" in capsys.readouterr().err
+    # a run trained on mask files needs a segmenter for whole images; a vanished one is named
+    card_path = runs["remove"] / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["data"]["masks_from"] = None
+    card_path.write_text(json.dumps(card))
+    assert main(["predict", str(runs["remove"]), image]) == 2
+    assert "on mask files, and whole images have none" in capsys.readouterr().err
+    assert load(runs["remove"], masks_from=out).lungs.segmenter == out
+    card["data"]["masks_from"] = {"run": str(tmp_path / "gone"), "weights": "x"}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="gone does not exist: pass --masks-from"):
+        load(runs["remove"])
+
+
+def cfg_classes(run) -> list[str]:
+    import json
+
+    return json.loads((run / "model_card.json").read_text())["classes"]

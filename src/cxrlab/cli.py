@@ -655,6 +655,16 @@ def study_cells(
 
 
 # ------------------------------------------------------------------------------- use
+_MasksFrom = Annotated[
+    Path | None,
+    typer.Option(help="For runs trained with --lungs: a lung segmenter run instead of theirs."),
+]
+_Doubtful = Annotated[
+    str,
+    typer.Option(help="An image whose lung mask is doubtful: skip it (say why) or keep it."),
+]
+
+
 @app.command("predict")
 def predict_cmd(
     model: Annotated[
@@ -679,12 +689,17 @@ def predict_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    masks_from: _MasksFrom = None,
+    doubtful: _Doubtful = "skip",
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
 ) -> None:
-    """Predict classes of X-rays; exit status 3 if any file was skipped."""
+    """Predict classes of X-rays; exit status 3 if any file was skipped.
+
+    A run trained with --lungs runs its lung segmenter on every image first."""
     from .infer import load, predict_paths
 
-    predictor = load([model, *also] if also else model, device=device)
+    predictor = load([model, *also] if also else model, device=device, masks_from=masks_from,
+                     doubtful=doubtful)  # fmt: skip
     result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out)
     if out is None:
         typer.echo(result.to_csv(), nl=False)
@@ -763,11 +778,14 @@ def serve_cmd(
     port: Annotated[int, typer.Option()] = 7860,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps, auto.")] = "cpu",
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload per request.")] = 50.0,
+    masks_from: _MasksFrom = None,
+    doubtful: _Doubtful = "skip",
 ) -> None:
     """A local web app (Gradio) and JSON API: probabilities, Grad-CAM, model cards."""
     from .app import serve
 
-    serve(run_dir, host, port, device=device, max_upload_mb=max_upload_mb, echo=typer.echo)
+    serve(run_dir, host, port, device=device, max_upload_mb=max_upload_mb,
+          masks_from=masks_from, doubtful=doubtful, echo=typer.echo)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ segment

@@ -181,17 +181,21 @@ def serve(
     device: str = "cpu",
     max_upload_mb: float = MAX_UPLOAD_MB,
     max_pixels: int = MAX_PIXELS,
+    masks_from: str | os.PathLike[str] | None = None,
+    doubtful: str = "skip",
     echo: Any = print,
 ) -> None:
     """Serve the app and API until interrupted (Ctrl-C).
 
     Binds to ``127.0.0.1`` (this machine only) unless ``host`` says otherwise; another host
-    is served without authentication, which the start message says.
+    is served without authentication, which the start message says. ``masks_from`` and
+    ``doubtful``: as for :func:`cxrlab.load`, for runs trained with ``--lungs``.
     """
     _require_app_extra()
     import uvicorn
 
-    service = ModelService(sources, device=device, max_pixels=max_pixels)
+    service = ModelService(sources, device=device, max_pixels=max_pixels,
+                           masks_from=masks_from, doubtful=doubtful)  # fmt: skip
     app = build_app(service, max_upload_mb=max_upload_mb)
     names = ", ".join(m.name for m in service.models)
     echo(f"cxrlab serve: {len(service.models)} model(s): {names}")

@@ -91,10 +91,11 @@ class ImageOutcome:
 class ServedModel:
     """One model of the app: a predictor, its card, a display name and a lock."""
 
-    def __init__(self, source: str | os.PathLike[str], name: str, device: str = "cpu") -> None:
+    def __init__(self, source: str | os.PathLike[str], name: str, device: str = "cpu",
+                 **lungs: Any) -> None:  # fmt: skip
         self.source = Path(source)
         self.name = name
-        self.predictor = Predictor(source, device)
+        self.predictor = Predictor(source, device, **lungs)
         self.classes = list(self.predictor.classes)
         self.lock = threading.Lock()
 
@@ -105,8 +106,12 @@ class ServedModel:
         return [m.model for m in members if m.model is not None]
 
     def analyze(self, gray: np.ndarray, cam: bool, cam_class: str | None) -> ModelOutput:
-        """Probabilities for one decoded image and, if asked, its Grad-CAM overlay."""
-        pixels = self.predictor.to_pixels(gray)
+        """Probabilities for one decoded image and, if asked, its Grad-CAM overlay.
+
+        Raises:
+            ImageReadError: the run's lung mask of the image cannot be used.
+        """
+        pixels = self.predictor.to_pixels(gray, self.name)
         with self.lock:
             probs = self.predictor.predict_pixels(pixels[None])[0]
             out = ModelOutput(self.name, {c: float(p) for c, p in zip(self.classes, probs)})
@@ -304,6 +309,7 @@ class ModelService:
         device: where the PyTorch models run (``cpu`` by default: a shared server should not
             hold a GPU idle).
         max_pixels: images above this many pixels are refused before decoding.
+        masks_from, doubtful: for runs trained with ``--lungs``, as for :func:`cxrlab.load`.
 
     Raises:
         CxrlabError: no source, or a source that is not a model (the message names it).
@@ -314,11 +320,15 @@ class ModelService:
         sources: Sequence[str | os.PathLike[str]],
         device: str = "cpu",
         max_pixels: int = MAX_PIXELS,
+        *,
+        masks_from: str | os.PathLike[str] | None = None,
+        doubtful: str = "skip",
     ) -> None:
         paths = [Path(s) for s in sources]
         if not paths:
             raise CxrlabError("Give at least one run folder, ensemble folder or .onnx file")
-        self.models = [ServedModel(p, n, device) for p, n in zip(paths, _display_names(paths))]
+        self.models = [ServedModel(p, n, device, masks_from=masks_from, doubtful=doubtful)
+                       for p, n in zip(paths, _display_names(paths))]  # fmt: skip
         self.max_pixels = max_pixels
         # the classes any model knows, in first-seen order (for the Grad-CAM class choice)
         self.classes = list(dict.fromkeys(c for m in self.models for c in m.classes))
@@ -340,7 +350,10 @@ class ModelService:
         except ImageReadError as e:
             outcome.error = e.reason
             return outcome
-        outcome.outputs = [m.analyze(gray, cam, cam_class) for m in self.models]
+        try:
+            outcome.outputs = [m.analyze(gray, cam, cam_class) for m in self.models]
+        except ImageReadError as e:  # a run's lung mask of this image is doubtful
+            outcome.error = f"{e.path}: {e.reason}"
         return outcome
 
     def classify(

@@ -14,7 +14,7 @@ from .cache import RESIZE_METHOD, DecodedImages, decoded_images, resize_gray8
 from .download import KAGGLE_URL, download_database
 from .imageio import ImageReadError, load_gray8, to_gray8
 from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
-from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, decoded_masks
+from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, apply_lungs, decoded_masks
 from .prepare import PreparedData, near_copy_groups, prepare_data, resolve_data
 from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
 from .split import SPLITS, Split, load_split, make_split, train_size_label
@@ -36,6 +36,7 @@ __all__ = [
     "ScanReport",
     "Split",
     "apply_lung_mask",
+    "apply_lungs",
     "decoded_images",
     "decoded_masks",
     "download_database",

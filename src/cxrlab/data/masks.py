@@ -44,6 +44,7 @@ __all__ = [
     "MASK_KINDS",
     "DecodedMasks",
     "apply_lung_mask",
+    "apply_lungs",
     "crop_boxes",
     "crop_to_lungs",
     "decoded_masks",
@@ -368,3 +369,16 @@ def crop_to_lungs(images: np.ndarray, boxes: np.ndarray, *, nearest: bool = Fals
         part = Image.fromarray(np.ascontiguousarray(img[top:bottom, left:right], dtype=np.uint8))
         out[i] = np.asarray(part.resize((w, h), method))
     return out
+
+
+def apply_lungs(images: np.ndarray, masks: np.ndarray, lungs: str) -> np.ndarray:
+    """What ``--lungs`` does to a batch of ``(B, H, W)`` uint8 images, given their 0/1 lung
+    masks: ``keep`` (a copy), ``remove`` or ``only`` (filled with the visible pixels' mean,
+    :func:`apply_lung_mask`) or ``crop`` (:func:`crop_boxes`, :func:`crop_to_lungs`).
+
+    Raises:
+        DataError: ``crop`` of a mask that is empty or too small to crop to.
+    """
+    if lungs == "crop":
+        return crop_to_lungs(images, crop_boxes(masks))
+    return apply_lung_mask(images, masks, lungs, "mean")

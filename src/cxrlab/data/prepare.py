@@ -17,7 +17,7 @@ from .masks import (
     CROP_MARGIN,
     LUNG_MODES,
     DecodedMasks,
-    apply_lung_mask,
+    apply_lungs,
     crop_boxes,
     crop_to_lungs,
     decoded_masks,
@@ -227,9 +227,10 @@ def prepare_data(
     if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
         boxes = crop_boxes(masks.array)
         recipe = f"lungs-crop-{CROP_MARGIN}|{masks.key}"
-        cropped = derived_images(images, recipe,
-                                 lambda rows: crop_to_lungs(images.array[rows], boxes[rows]),
-                                 progress=progress)  # fmt: skip
+        cropped = derived_images(
+            images, recipe, lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
+            progress=progress,
+        )  # fmt: skip
         as_images = DecodedImages(masks.array, images.path, masks.key, masks.size)
         cut = derived_images(
             as_images, recipe,
@@ -241,7 +242,7 @@ def prepare_data(
     hidden = derived_images(
         images,
         f"lungs-{lungs}-mean|{masks.key}",
-        lambda rows: apply_lung_mask(images.array[rows], masks.array[rows], lungs, "mean"),
+        lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
         progress=progress,
     )
     return PreparedData(report, split, hidden, masks, lungs)

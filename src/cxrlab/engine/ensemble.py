@@ -63,7 +63,7 @@ def write_ensemble(
 
     Raises:
         CheckpointError: no members, a member that is not a finished run, or members with
-            other classes, input sizes or data splits than the first.
+            other classes, input sizes, data splits or lungs modes than the first.
     """
     out = Path(out)
     runs = expand_members(members)
@@ -74,11 +74,12 @@ def write_ensemble(
     for run, card in zip(runs[1:], cards[1:]):
         for what, key in (("classes", lambda c: c["classes"]),
                           ("input size", lambda c: c["preprocessing"]["image_size"]),
-                          ("split", lambda c: c["data"]["split_hash"])):  # fmt: skip
+                          ("split", lambda c: c["data"]["split_hash"]),
+                          ("lungs mode", lambda c: c["data"].get("lungs", "keep"))):  # fmt: skip
             if key(card) != key(first):
                 raise CheckpointError(
                     f"{run} has other {what} ({key(card)}) than {runs[0]} ({key(first)}); "
-                    "ensemble members must share classes, input size and split"
+                    "ensemble members must share classes, input size, split and lungs mode"
                 )
     out.mkdir(parents=True, exist_ok=True)
 

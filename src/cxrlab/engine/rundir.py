@@ -32,6 +32,7 @@ __all__ = [
     "load_card",
     "load_run_model",
     "require_whole_images",
+    "run_lungs",
     "run_segmenter",
     "save_model",
     "segmenter_masks",
@@ -88,9 +89,9 @@ def load_card(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def require_whole_images(card: dict[str, Any], run: str | os.PathLike[str], what: str) -> None:
-    """Refuse a run trained on images with their lungs (or all else) filled, where ``what``
-    (predict, serve, export) can only give it whole images: its answers would be silently
-    wrong.
+    """Refuse a run trained on images with their lungs removed, kept alone or cropped to,
+    where ``what`` (an exported model) can only be given whole images: the segmenter and
+    its post-processing run in Python, not inside an exported file.
 
     Raises:
         CheckpointError: the run's lungs mode is not ``keep``.
@@ -98,10 +99,51 @@ def require_whole_images(card: dict[str, Any], run: str | os.PathLike[str], what
     lungs = str(card.get("data", {}).get("lungs", "keep"))
     if lungs != "keep":
         raise CheckpointError(
-            f"{run} was trained with --lungs {lungs} (images with lung masks applied); {what} "
-            "passes whole images and would score them wrongly. Score it with 'cxrlab evaluate' "
-            "on a dataset with lung masks"
+            f"{run} was trained with --lungs {lungs}: {what} would be given whole images, and "
+            "the lung segmenter and its post-processing cannot run inside it. Use 'cxrlab "
+            "predict', 'cxrlab serve' or cxrlab.load(run), which run them"
         )
+
+
+def run_lungs(
+    card: dict[str, Any],
+    run: str | os.PathLike[str],
+    *,
+    masks_from: str | os.PathLike[str] | None = None,
+    doubtful: str = "skip",
+) -> Any:
+    """The lung preprocessing a run needs on whole images
+    (:class:`~cxrlab.segment.apply.RunLungs`), or ``None`` for a run that keeps the lungs.
+
+    The masks come from ``masks_from`` (a segmenter run) or else from the segmenter the run
+    was trained with.
+
+    Raises:
+        CheckpointError: the run was trained on mask files and no segmenter is given; the
+            recorded segmenter is gone or has changed since.
+    """
+    lungs = str(card.get("data", {}).get("lungs", "keep"))
+    if lungs == "keep":
+        return None
+    from ..segment.apply import RunLungs, segmenter_id
+
+    recorded = card.get("data", {}).get("masks_from") or {}
+    segmenter = masks_from or recorded.get("run")
+    fix = "pass --masks-from SEGMENTER (a 'cxrlab segment train' run) to make the masks"
+    if not segmenter:
+        raise CheckpointError(
+            f"{run} was trained with --lungs {lungs} on mask files, and whole images have "
+            f"none: {fix}"
+        )
+    if not Path(segmenter).is_dir():
+        raise CheckpointError(f"{run}'s lung segmenter {segmenter} does not exist: {fix}")
+    if not masks_from and segmenter_id(segmenter)["weights"] != recorded.get("weights"):
+        raise CheckpointError(
+            f"{run}'s lung segmenter {segmenter} has other weights than when the run was "
+            "trained; pass --masks-from with it to use it anyway"
+        )
+    size = int(card["preprocessing"]["image_size"])
+    return RunLungs(lungs, segmenter, size, doubtful)
 
 
 def load_run_model(

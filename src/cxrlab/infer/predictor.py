@@ -47,9 +47,13 @@ class Predictor:
     """
 
     def __init__(
-        self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        self,
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         device: str = "auto",
-    ) -> None:  # fmt: skip
+        *,
+        masks_from: str | os.PathLike[str] | None = None,
+        doubtful: str = "skip",
+    ) -> None:
         from ..engine.ensemble import ensemble_card, expand_members, is_ensemble
 
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
@@ -57,8 +61,11 @@ class Predictor:
         self.session = None
         self.model: torch.nn.Module | None = None
         self.members: list[Predictor] = []
+        self.lungs: Any = None  # the run's lung preprocessing (segment.apply.RunLungs)
         if len(sources) > 1 or is_ensemble(self.source):
-            self.members = [Predictor(m, device) for m in expand_members(sources)]
+            self.members = [Predictor(m, device, masks_from=masks_from, doubtful=doubtful)
+                            for m in expand_members(sources)]  # fmt: skip
+            self.lungs = self._shared_lungs()
             self.card = ensemble_card(sources)
             self.classes = list(self.members[0].classes)
             self.image_size = self.members[0].image_size
@@ -67,10 +74,11 @@ class Predictor:
             self._init_onnx()
         else:
             from ..engine import load_run_model
-            from ..engine.rundir import require_whole_images
+            from ..engine.rundir import run_lungs
 
             self.model, self.card = load_run_model(self.source)
-            require_whole_images(self.card, self.source, "prediction")
+            self.lungs = run_lungs(self.card, self.source, masks_from=masks_from,
+                                   doubtful=doubtful)  # fmt: skip
             self.device = resolve_device(device)
             self.model.to(self.device).eval()
             self.classes: list[str] = list(self.card["classes"])
@@ -78,6 +86,17 @@ class Predictor:
             # temperature scaling fitted on the run's validation split (1: none)
             self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
             self.tta = run_tta(self.card)  # test-time augmentation, if the run tests with it
+
+    def _shared_lungs(self) -> Any:
+        """The members' lung preprocessing, which they must share (one input for all)."""
+        ways = {(m.card["data"].get("lungs", "keep"), str(m.lungs.segmenter) if m.lungs else "")
+                for m in self.members}  # fmt: skip
+        if len(ways) > 1:
+            raise CheckpointError(
+                f"The ensemble's members prepare images differently (lungs, segmenter: "
+                f"{sorted(ways)}); members must share their lungs mode and segmenter"
+            )
+        return self.members[0].lungs
 
     def _init_onnx(self) -> None:
         """An exported model: classes and input size from the metadata inside the file
@@ -113,8 +132,15 @@ class Predictor:
         self.device = torch.device("cpu")
 
     # ---------------------------------------------------------------- preprocessing
-    def to_pixels(self, image: ImageLike) -> np.ndarray:
-        """One image as the model's ``(H, W)`` uint8 input (resized like the training cache)."""
+    def to_pixels(self, image: ImageLike, name: str | None = None) -> np.ndarray:
+        """One image as the model's ``(H, W)`` uint8 input: resized like the training cache,
+        and, for a run trained with ``--lungs remove|only|crop``, its lungs found by the
+        run's segmenter and treated as in training.
+
+        Raises:
+            ImageReadError: an unreadable file, or a lung mask that cannot be used
+                (:class:`~cxrlab.segment.apply.DoubtfulMask`; ``name`` names the image).
+        """
         if isinstance(image, (str, os.PathLike)):
             gray = load_gray8(image)
         elif isinstance(image, Image.Image):
@@ -127,7 +153,11 @@ class Predictor:
                 gray = arr if arr.dtype == np.uint8 else to_gray8(Image.fromarray(arr))
             else:
                 raise ValueError(f"Expected an (H, W) or (H, W, 3) image, got shape {arr.shape}")
-        return resize_gray8(np.ascontiguousarray(gray), self.image_size)
+        gray = np.ascontiguousarray(gray)
+        if self.lungs is not None:
+            where = name or (str(image) if isinstance(image, (str, os.PathLike)) else "image")
+            return self.lungs(gray, where)
+        return resize_gray8(gray, self.image_size)
 
     # ---------------------------------------------------------------- prediction
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -156,14 +186,26 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         out = {"source": str(self.source), "classes": self.classes, "image_size": self.image_size}
+        if self.lungs is not None:
+            out["lungs"] = {"mode": self.lungs.lungs, "segmenter": str(self.lungs.segmenter)}
         if self.members:
             out["members"] = [str(m.source) for m in self.members]
         return out
 
 
 def load(
-    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], device: str = "auto"
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    device: str = "auto",
+    *,
+    masks_from: str | os.PathLike[str] | None = None,
+    doubtful: str = "skip",
 ) -> Predictor:
     """A :class:`Predictor` for a run folder (``cxrlab train --out``), an ensemble folder, an
-    ``.onnx`` export, or several run folders (an ensemble made on the fly)."""
-    return Predictor(source, device)
+    ``.onnx`` export, or several run folders (an ensemble made on the fly).
+
+    A run trained with ``--lungs remove|only|crop`` runs its lung segmenter on every image
+    (or ``masks_from``, a segmenter run); ``doubtful`` says what to do with an image whose
+    mask is doubtful: ``skip`` (raise :class:`~cxrlab.segment.apply.DoubtfulMask`) or
+    ``keep`` (use it).
+    """
+    return Predictor(source, device, masks_from=masks_from, doubtful=doubtful)

@@ -20,15 +20,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data import ImageRecord, decoded_images
+from ..data import ImageReadError, ImageRecord, apply_lungs, decoded_images, resize_gray8
 from ..data.cache import read_memmap, write_memmap
 from ..data.masks import DecodedMasks
+from ..errors import CxrlabError, DataError
 from ..utils import cache_dir, hash_strings
 from .evaluate import predict_probs
 from .masks import LIMITS, clean_mask, judge_mask
 from .model import MODEL_FILE, load_segmenter
 
-__all__ = ["mask_provider", "predicted_masks", "segmenter_id"]
+__all__ = [
+    "DOUBTFUL",
+    "DoubtfulMask",
+    "RunLungs",
+    "finished_mask",
+    "mask_provider",
+    "predicted_masks",
+    "segmenter_id",
+]
 
 
 def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -38,6 +47,19 @@ def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     card = json.loads((run_dir / "segmenter_card.json").read_text())
     return {"run": str(run_dir.resolve()), "created": card.get("created"), "weights": digest,
             "test_dice": card.get("test", {}).get("dice", {}).get("mean")}  # fmt: skip
+
+
+def finished_mask(prob: np.ndarray, size: int) -> tuple[np.ndarray, str]:
+    """A segmenter's lung probabilities as a ``(size, size)`` 0/1 mask, post-processed
+    (:func:`~cxrlab.segment.masks.clean_mask`) and judged: ``"ok"`` or ``"doubtful
+    (reasons)"``. Resized bilinearly and thresholded at half, like mask files."""
+    mask = clean_mask(prob)
+    verdict = judge_mask(mask, prob)
+    status = "ok" if verdict.ok else f"doubtful ({'; '.join(verdict.reasons)})"
+    if mask.shape != (size, size):
+        full = Image.fromarray(mask * 255).resize((size, size), Image.BILINEAR)
+        mask = (np.asarray(full) >= 128).astype(np.uint8)
+    return mask, status
 
 
 def predicted_masks(
@@ -75,13 +97,8 @@ def predicted_masks(
             for start in range(0, len(records), 64):
                 chunk = list(range(start, min(start + 64, len(records))))
                 for prob in predict_probs(model, images.array, chunk):
-                    mask = clean_mask(prob)
-                    verdict = judge_mask(mask, prob)
-                    status.append("ok" if verdict.ok else
-                                  f"doubtful ({'; '.join(verdict.reasons)})")  # fmt: skip
-                    if seg_size != size:
-                        full = Image.fromarray(mask * 255).resize((size, size), Image.BILINEAR)
-                        mask = (np.asarray(full) >= 128).astype(np.uint8)
+                    mask, verdict = finished_mask(prob, size)
+                    status.append(verdict)
                     yield mask
 
         arr = write_memmap(path, shape, rows(), lambda: {"status": status, "segmenter": ident})
@@ -102,3 +119,58 @@ def mask_provider(run_dir: str | os.PathLike[str]) -> Any:
         return predicted_masks(root, records, size, run_dir, progress=progress)
 
     return provide
+
+
+#: What a command does with an image whose predicted lung mask is doubtful: leave the image
+#: out and say why (``skip``), or use the mask anyway (``keep``).
+DOUBTFUL = ("skip", "keep")
+
+
+class DoubtfulMask(ImageReadError):
+    """An image whose lung mask cannot be used: it is left out, with the reason."""
+
+
+class RunLungs:
+    """A classifier run's lung preprocessing for single images, exactly as in training.
+
+    The segmenter sees the whole image resized to its own input size; its mask is
+    post-processed, judged, resized to the classifier's size (:func:`finished_mask`, as for
+    the training cache) and applied with the run's lungs mode
+    (:func:`~cxrlab.data.masks.apply_lungs`).
+
+    Args:
+        lungs: the run's lungs mode (``remove``, ``only`` or ``crop``).
+        segmenter: a segmenter run folder.
+        size: the classifier's input size.
+        doubtful: ``skip`` (a doubtful mask raises :class:`DoubtfulMask`) or ``keep``.
+
+    Raises:
+        CheckpointError: ``segmenter`` is not a segmenter run.
+    """
+
+    def __init__(self, lungs: str, segmenter: str | os.PathLike[str], size: int,
+                 doubtful: str = "skip") -> None:  # fmt: skip
+        if doubtful not in DOUBTFUL:
+            raise CxrlabError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
+        self.model, card = load_segmenter(segmenter)
+        self.model.cpu()
+        self.lungs, self.size, self.doubtful = lungs, int(size), doubtful
+        self.segmenter = Path(segmenter)
+        self.seg_size = int(card["preprocessing"]["image_size"])
+
+    def __call__(self, gray: np.ndarray, name: str = "image") -> np.ndarray:
+        """``(H, W)`` uint8, any size -> the classifier's ``(size, size)`` uint8 input.
+
+        Raises:
+            DoubtfulMask: the mask is doubtful (with ``doubtful="skip"``), or too small to
+                crop to (always: a crop to next to nothing is never made).
+        """
+        small = resize_gray8(gray, self.seg_size)
+        prob = predict_probs(self.model, small[None], [0])[0]
+        mask, status = finished_mask(prob, self.size)
+        if status != "ok" and self.doubtful == "skip":
+            raise DoubtfulMask(name, f"lung mask {status}: not scored (--doubtful keep uses it)")
+        try:
+            return apply_lungs(resize_gray8(gray, self.size)[None], mask[None], self.lungs)[0]
+        except DataError as e:
+            raise DoubtfulMask(name, f"lung mask too small to crop to ({status})") from e
