@@ -268,3 +268,8 @@ def test_lungs_crop_training_is_evaluated_and_labelled(tmp_path: Path) -> None:
     study = parse_study_config('[[cells]]\nmodel = "resnet18"\nlungs = ["keep", "crop"]\n')
     assert study.cells[1].id == "resnet18-in1k-full-lungcrop-s0"
     assert study.cells[1].label == "Pretrained, fully fine-tuned, lungs cropped"
+    # --masks-from gives the cropped cells a segmenter; the kept ones need none
+    study = parse_study_config('[[cells]]\nmodel = "resnet18"\nlungs = ["keep", "crop"]\n',
+                               masks_from="runs/lungs")  # fmt: skip
+    assert [c.config.masks_from for c in study.cells] == [None, "runs/lungs"]
+    assert study.cells[1].id == "resnet18-in1k-full-lungcrop-s0"

@@ -320,3 +320,41 @@ def cfg_classes(run) -> list[str]:
     import json
 
     return json.loads((run / "model_card.json").read_text())["classes"]
+
+
+def test_training_skips_images_without_a_valid_mask_when_asked(seg_run, masked, tmp_path,
+                                                               monkeypatch) -> None:  # fmt: skip
+    """--doubtful skip leaves images whose predicted mask is doubtful out before the split,
+    warns, counts them in the card; evaluate opens the same images and reproduces the run."""
+    import json
+    import shutil
+
+    import cxrlab.segment.apply as apply
+    from cxrlab.engine import evaluate_run, train
+    from cxrlab.segment.masks import MaskVerdict
+
+    from conftest import tiny_config
+
+    out, _ = seg_run
+    bare = tmp_path / "bare"
+    for cls in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        shutil.copytree(masked / cls / "images", bare / cls / "images")
+    doubtful = {p.name for p in sorted(bare.rglob("*.png"))[::5]}  # 5 of 24 planted doubtful
+    seen = iter(range(10_000))
+
+    def judge(mask, prob=None):  # the segmenter judges images in scan order (sorted paths)
+        i = next(seen)
+        return MaskVerdict(0.3, 2, 1.0, 0.0, ("planted",) if i % 5 == 0 else ())
+
+    monkeypatch.setattr(apply, "judge_mask", judge)
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(bare, lungs="crop", masks_from=str(out), epochs=1, doubtful="skip")
+    with pytest.warns(UserWarning, match=r"5 of 24 images left out for want of a valid lung"):
+        run = train(cfg, tmp_path / "r").run_dir
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["data"]["left_out"] == len(doubtful) == 5 and card["data"]["doubtful"] == "skip"
+    kept = (run / "split.csv").read_text()
+    assert kept.count("\n") == 2 + 19 and not any(name in kept for name in doubtful)
+    saved = json.loads((run / "metrics.json").read_text())
+    m = evaluate_run(run, progress=False)  # the cached verdicts: the same 19 images
+    assert m["confusion_matrix"] == saved["confusion_matrix"]

@@ -297,6 +297,13 @@ def train_cmd(
             rich_help_panel=_D,
         ),
     ] = None,
+    doubtful: Annotated[
+        str,
+        typer.Option(
+            help="An image without a valid lung mask: refuse (stop) or skip (leave it out).",
+            rich_help_panel=_D,
+        ),
+    ] = "refuse",
     model: Annotated[str, typer.Option(help="See 'cxrlab models'.", rich_help_panel=_M)] = (
         "resnet18"
     ),
@@ -606,12 +613,17 @@ def study_run(
     ] = None,
     external: _ExternalOpt = None,
     external_class_map: _ExternalMapOpt = None,
+    masks_from: Annotated[
+        Path | None,
+        typer.Option(help="A lung segmenter run: masks for cells with lungs remove|only|crop."),
+    ] = None,
 ) -> None:
     """Run every cell of a study (skipping finished ones), then write the report."""
     from .study import build_report, load_study_config, run_study
 
     sets = _external_sets(external, external_class_map)
-    study = load_study_config(config, data=data, epochs=epochs, seeds=seeds, external=sets)
+    study = load_study_config(config, data=data, epochs=epochs, seeds=seeds, external=sets,
+                              masks_from=masks_from)  # fmt: skip
     out = out or Path("runs") / study.settings.name
     done = run_study(study, out, cells=cell or (), shard=shard, progress=progress, log=log)
     typer.echo(

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..engine.rundir import INIT_FILE, load_card, load_run_model
+from ..engine.rundir import INIT_FILE, load_card, load_run_model, run_preparation
 from ..engine.runtime import resolve_device
 from ..errors import ConfigError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
@@ -308,9 +308,8 @@ def analyze_reuse(
     prepared = prepare_data(
         data if data is not None else card["data"]["root"],
         split_file=paths[0] / "split.csv",
-        image_size=int(card["preprocessing"]["image_size"]),
-        lungs=card["data"].get("lungs", "keep"),
         progress=progress,
+        **run_preparation(card),
     )
     labels = np.asarray(prepared.split.labels(), dtype=np.int64)
     rows = _stratified_rows(np.array(prepared.split.indices(split)), labels, max_images)

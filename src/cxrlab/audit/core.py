@@ -32,7 +32,7 @@ from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
 from ..engine.evaluate import run_tta
-from ..engine.rundir import run_segmenter, segmenter_masks
+from ..engine.rundir import run_preparation
 from ..engine.runtime import resolve_device, run_precision
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
@@ -124,19 +124,16 @@ def run_audit(
     out = Path(out) if out is not None else run_dir / "audit"
     model, card = load_run_model(run_dir)
     classes = list(card["classes"])
-    size = int(card["preprocessing"]["image_size"])
-    lungs_mode = card["data"].get("lungs", "keep")
-    root = data if data is not None else card["data"]["root"]
     # masks: the segmenter the run trained with, else the one asked for, else the files
-    provider = segmenter_masks(run_segmenter(card) or masks_from)
+    prep = run_preparation(card, masks_from)
+    size, lungs_mode, provider = prep["image_size"], prep["lungs"], prep["mask_provider"]
+    root = data if data is not None else card["data"]["root"]
     prepared = prepare_data(
         root,
         split_file=None if split == "all" else run_dir / "split.csv",
         holdout_all=split == "all",
-        image_size=size,
-        lungs=lungs_mode,
-        mask_provider=provider,
         progress=progress,
+        **(prep | {"doubtful": "skip"} if split == "all" else prep),
     )
     matching = match_classes(prepared.classes, classes, class_map, where=f"the model in {run_dir}")
     rows = np.array(prepared.split.indices(split), dtype=np.int64)

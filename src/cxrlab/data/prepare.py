@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from ..utils import cache_dir
 from .cache import DecodedImages, decoded_images, derived_images
@@ -28,6 +30,7 @@ from .synth import DATASET_DIRNAME, write_synthetic_dataset
 
 __all__ = [
     "DEMO_DATA",
+    "DOUBTFUL",
     "SPLIT_SOURCES",
     "PreparedData",
     "demo_dataset",
@@ -40,6 +43,9 @@ __all__ = [
 #: Where a split comes from: the dataset's own folders when it has them (``auto``), always
 #: its folders, or always a new stratified draw.
 SPLIT_SOURCES = ("auto", "folders", "stratified")
+#: What ``--lungs`` does with an image without a valid lung mask: ``refuse`` (stop with the
+#: reason) or ``skip`` (leave it out before the split, and say how many).
+DOUBTFUL = ("refuse", "skip")
 
 #: The name that selects the embedded synthetic phantom dataset instead of a folder
 #: (``phantoms:N`` for N phantoms per class).
@@ -138,6 +144,8 @@ class PreparedData:
     images: DecodedImages
     masks: DecodedMasks | None = None
     lungs: str = "keep"
+    #: ``(path, reason)`` of images left out for want of a valid lung mask (``doubtful="skip"``)
+    left_out: tuple[tuple[str, str], ...] = ()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -156,6 +164,7 @@ def prepare_data(
     lungs: str = "keep",
     near_copies: bool = True,
     mask_provider: MaskProvider | None = None,
+    doubtful: str = "refuse",
     progress: bool = True,
 ) -> PreparedData:
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
@@ -184,11 +193,14 @@ def prepare_data(
             ``(root, records, size, progress) -> DecodedMasks`` (a segmenter's predictions,
             :func:`cxrlab.segment.apply.predicted_masks`); default: the mask files beside the
             images.
+        doubtful: what ``lungs`` does with an image without a valid mask (missing, empty,
+            or judged doubtful): ``refuse`` (raise) or ``skip`` (leave it out before the
+            split, with a warning; listed in ``left_out``).
         progress: show progress bars.
 
     Raises:
-        DataError: ``lungs`` asks for masks some image lacks, or ``split_source`` asks for
-            folders the dataset does not have.
+        DataError: ``lungs`` asks for masks some image lacks (``doubtful="refuse"``), or
+            ``split_source`` asks for folders the dataset does not have.
     """
     if split_source not in SPLIT_SOURCES:
         raise DataError(f"split_source must be one of {', '.join(SPLIT_SOURCES)}")
@@ -209,6 +221,15 @@ def prepare_data(
             "out; 'cxrlab data scan' lists them",
             stacklevel=2,
         )
+    if doubtful not in DOUBTFUL:
+        raise DataError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
+    masks, left_out = None, ()
+    if lungs != "keep":  # before the split: a skipped image must not hold a split's place
+        masks = (mask_provider or lung_mask_files)(report.root, report.records, image_size,
+                                                   progress)  # fmt: skip
+        if doubtful == "skip" and not masks.valid.all():
+            report, masks, left_out = _without_masks(report, masks)
+        masks.require(range(len(report.records)), f"--lungs {lungs}")
     if split_file is not None and Path(split_file).exists() and not holdout_all:
         split = load_split(split_file, report)
     else:
@@ -220,10 +241,10 @@ def prepare_data(
         if split_file is not None:
             split.save(split_file)
     images = decoded_images(report.root, split.records, image_size, progress=progress)
-    if lungs == "keep":
+    if masks is None:
         return PreparedData(report, split, images)
-    masks = (mask_provider or lung_mask_files)(report.root, split.records, image_size, progress)
-    masks.require(range(len(split.records)), f"--lungs {lungs}")
+    row = {r.path: i for i, r in enumerate(report.records)}
+    masks = masks.take([row[r.path] for r in split.records])  # the split's order
     if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
         boxes = crop_boxes(masks.array)
         recipe = f"lungs-crop-{CROP_MARGIN}|{masks.key}"
@@ -238,11 +259,29 @@ def prepare_data(
             progress=progress,
         )  # fmt: skip
         return PreparedData(report, split, cropped,
-                            dataclasses.replace(masks, array=cut.array), lungs)  # fmt: skip
+                            dataclasses.replace(masks, array=cut.array), lungs,
+                            left_out)  # fmt: skip
     hidden = derived_images(
         images,
         f"lungs-{lungs}-mean|{masks.key}",
         lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
         progress=progress,
     )
-    return PreparedData(report, split, hidden, masks, lungs)
+    return PreparedData(report, split, hidden, masks, lungs, left_out)
+
+
+def _without_masks(
+    report: ScanReport, masks: DecodedMasks
+) -> tuple[ScanReport, DecodedMasks, tuple[tuple[str, str], ...]]:
+    """The report and masks without the images that have no valid mask, and those images."""
+    keep = masks.valid
+    left_out = tuple((r.path, s) for r, s, ok in zip(report.records, masks.status, keep)
+                     if not ok)  # fmt: skip
+    warnings.warn(
+        f"{len(left_out)} of {len(keep)} images left out for want of a valid lung mask "
+        f"({masks.summary().split(' (', 1)[-1].rstrip(')')}; first: {left_out[0][0]})",
+        stacklevel=3,
+    )
+    records = [r for r, ok in zip(report.records, keep) if ok]
+    kept = dataclasses.replace(report, records=records)
+    return kept, masks.take(np.flatnonzero(keep)), left_out

@@ -62,6 +62,9 @@ class TrainConfig:
         masks_from: a lung segmenter run (``cxrlab segment train``) whose masks ``lungs``
             uses instead of mask files; its doubtful masks count as missing. The card records
             the segmenter, and evaluation runs it again.
+        doubtful: an image without a valid lung mask (missing, empty, judged doubtful) when
+            ``lungs`` needs one: ``refuse`` stops with the reason; ``skip`` leaves it out
+            before the split, says how many, and the card counts them.
     Model:
         model: a registry name (``cxrlab models``) or ``timm:<arch>``.
         weights: ``imagenet``; ``none`` (random init); ``stats`` (statistics transfer: every
@@ -130,6 +133,7 @@ class TrainConfig:
     train_size: float = 1.0
     lungs: Literal["keep", "remove", "only", "crop"] = "keep"
     masks_from: str | None = None
+    doubtful: Literal["refuse", "skip"] = "refuse"
 
     model: str = "resnet18"
     weights: str = "imagenet"

@@ -18,7 +18,7 @@ from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
-from .rundir import load_run_model, run_segmenter, segmenter_masks
+from .rundir import load_run_model, run_preparation
 from .runtime import autocast, resolve_device, run_precision
 
 __all__ = [
@@ -255,6 +255,7 @@ def evaluate_run(
             "data_hash": prepared.report.fingerprint(),
             "external": external,
             "lungs": prepared.lungs,
+            "left_out_no_mask": len(prepared.left_out),
             "class_matching": matching,
             "classes_present": sorted({classes[i] for i in y}, key=classes.index),
             "n_unscored": sum(matching[r.label] is None for r in records),
@@ -289,10 +290,11 @@ NOT_EXTERNAL_SHARE = 0.2
 def _prepare(run_dir: Path, card: dict[str, Any],
              data: str | os.PathLike[str] | PreparedData | None, split: str,
              progress: bool) -> PreparedData:  # fmt: skip
-    """The images to score, prepared as the run's were (its size and lungs mode)."""
-    size = int(card["preprocessing"]["image_size"])
-    lungs = str(card["data"].get("lungs", "keep"))
-    provider = segmenter_masks(run_segmenter(card))  # the segmenter it trained with, if any
+    """The images to score, prepared as the run's were (its size and lungs mode, masks from
+    its segmenter). Every image of other data (``split="all"``) without a valid lung mask is
+    left out and counted, whatever the run did with its own."""
+    prep = run_preparation(card)
+    size, lungs = prep["image_size"], prep["lungs"]
     if isinstance(data, PreparedData):
         if data.images.size != size or data.lungs != lungs:
             raise CheckpointError(
@@ -302,13 +304,12 @@ def _prepare(run_dir: Path, card: dict[str, Any],
         return data
     root = data if data is not None else card["data"]["root"]
     if split == "all":
-        return prepare_data(root, holdout_all=True, image_size=size, lungs=lungs,
-                            mask_provider=provider, progress=progress)  # fmt: skip
+        return prepare_data(root, holdout_all=True, progress=progress,
+                            **(prep | {"doubtful": "skip"}))  # fmt: skip
     manifest = run_dir / "split.csv"
     if not manifest.is_file():
         raise CheckpointError(
             f"{run_dir} has no split.csv; use --split all to evaluate on every image of --data"
         )
     # the run's own split, checked image by image against the data
-    return prepare_data(root, split_file=manifest, image_size=size, lungs=lungs,
-                        mask_provider=provider, progress=progress)  # fmt: skip
+    return prepare_data(root, split_file=manifest, progress=progress, **prep)

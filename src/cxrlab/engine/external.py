@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, CxrlabError
 from ..evaluation.external import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
 from .evaluate import evaluate_run
-from .rundir import MODEL_FILE, load_card, run_segmenter, segmenter_masks
+from .rundir import MODEL_FILE, load_card, run_preparation, run_segmenter, segmenter_masks
 
 __all__ = [
     "EXTERNAL_DIR",
@@ -153,7 +153,7 @@ def prepare_external(
     if not Path(ext.data).exists():
         raise ConfigError(f"External set {ext.name!r}: {ext.data} does not exist")
     prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
-                            mask_provider=segmenter_masks(masks_from),
+                            mask_provider=segmenter_masks(masks_from), doubtful="skip",
                             progress=progress)  # fmt: skip
     match_classes(prepared.classes, list(classes), dict(ext.class_map),
                   where=f"the study's models (external set {ext.name!r})")  # fmt: skip
@@ -223,10 +223,10 @@ def evaluate_external(
     run_dir = Path(run_dir)
     card = load_card(run_dir)
     if prepared is None:
-        size = int(card["preprocessing"]["image_size"])
-        lungs = str(card["data"].get("lungs", "keep"))
-        prepared = prepare_external(ext, card["classes"], image_size=size, lungs=lungs,
-                                    masks_from=run_segmenter(card), progress=progress)  # fmt: skip
+        prep = run_preparation(card)
+        prepared = prepare_external(ext, card["classes"], image_size=prep["image_size"],
+                                    lungs=prep["lungs"], masks_from=run_segmenter(card),
+                                    progress=progress)  # fmt: skip
     data_hash = prepared.report.fingerprint()
     if data_hash == card["data"]["data_hash"]:
         raise CheckpointError(

@@ -33,6 +33,7 @@ __all__ = [
     "load_run_model",
     "require_whole_images",
     "run_lungs",
+    "run_preparation",
     "run_segmenter",
     "save_model",
     "segmenter_masks",
@@ -235,6 +236,8 @@ def build_card(
             "counts": data.split.counts(),
             "lungs": data.lungs,
             "masks_from": _segmenter(cfg.masks_from),
+            "doubtful": cfg.doubtful,
+            "left_out": len(data.left_out),  # images without a valid lung mask, skipped
         },
         "training": {
             "seed": cfg.seed,
@@ -253,6 +256,22 @@ def build_card(
 def run_segmenter(card: dict[str, Any]) -> str | None:
     """The lung segmenter a run's masks came from (``--masks-from``), or ``None``."""
     return (card.get("data", {}).get("masks_from") or {}).get("run")
+
+
+def run_preparation(
+    card: dict[str, Any], masks_from: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`~cxrlab.data.prepare_data` that prepare images as the
+    run's were: its input size, lungs mode and rule for images without a valid mask, and
+    masks from the segmenter it trained with (else ``masks_from``, else mask files)."""
+    data = card["data"]
+    segmenter = run_segmenter(card) or (str(masks_from) if masks_from else None)
+    return {
+        "image_size": int(card["preprocessing"]["image_size"]),
+        "lungs": str(data.get("lungs", "keep")),
+        "doubtful": str(data.get("doubtful", "refuse")),
+        "mask_provider": segmenter_masks(segmenter),
+    }
 
 
 def segmenter_masks(segmenter: str | os.PathLike[str] | None) -> Any:

@@ -253,6 +253,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         image_size=config.image_size,
         split_source=config.split_source,
         lungs=config.lungs,
+        doubtful=config.doubtful,
         near_copies=config.near_copies,
         mask_provider=segmenter_masks(config.masks_from),
         progress=config.progress,

@@ -30,7 +30,7 @@ from .masks import LIMITS, clean_mask, judge_mask
 from .model import MODEL_FILE, load_segmenter
 
 __all__ = [
-    "DOUBTFUL",
+    "DOUBTFUL_PREDICT",
     "DoubtfulMask",
     "RunLungs",
     "finished_mask",
@@ -123,7 +123,7 @@ def mask_provider(run_dir: str | os.PathLike[str]) -> Any:
 
 #: What a command does with an image whose predicted lung mask is doubtful: leave the image
 #: out and say why (``skip``), or use the mask anyway (``keep``).
-DOUBTFUL = ("skip", "keep")
+DOUBTFUL_PREDICT = ("skip", "keep")
 
 
 class DoubtfulMask(ImageReadError):
@@ -150,8 +150,10 @@ class RunLungs:
 
     def __init__(self, lungs: str, segmenter: str | os.PathLike[str], size: int,
                  doubtful: str = "skip") -> None:  # fmt: skip
-        if doubtful not in DOUBTFUL:
-            raise CxrlabError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
+        if doubtful not in DOUBTFUL_PREDICT:
+            raise CxrlabError(
+                f"doubtful must be one of {', '.join(DOUBTFUL_PREDICT)}, got {doubtful!r}"
+            )
         self.model, card = load_segmenter(segmenter)
         self.model.cpu()
         self.lungs, self.size, self.doubtful = lungs, int(size), doubtful

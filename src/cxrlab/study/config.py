@@ -342,6 +342,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             )
     if overrides.get("epochs") is not None:
         train["epochs"] = int(overrides["epochs"])
+    if overrides.get("masks_from") is not None:
+        train["masks_from"] = str(overrides["masks_from"])
     TrainConfig.from_dict(train, "[train] ")  # reject unknown keys and bad values early
     entries = data.get("cells")
     if not isinstance(entries, list) or not entries:
@@ -364,6 +366,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             named = ("model", "weights", "freeze", "lungs", "train_size")  # spelled out in the id
             extra = {k: v for k, v in combo.items() if k not in named}
             options = train | combo
+            if options.get("lungs", "keep") == "keep":  # masks are not used: not a setting
+                options.pop("masks_from", None)
             if analysis is not None and analysis.reuse:
                 options["keep_init"] = True  # the reuse analysis reads the starting weights
             options.setdefault("weights", "imagenet")
@@ -428,10 +432,12 @@ def load_study_config(
     epochs: int | None = None,
     seeds: int | None = None,
     external: tuple[Any, ...] = (),
+    masks_from: str | os.PathLike[str] | None = None,
 ) -> StudyConfig:
-    """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it, and
+    """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it,
     ``external`` (:class:`~cxrlab.engine.external.ExternalSet`) adds external sets to
-    ``[study] external`` (replacing one of the same name).
+    ``[study] external`` (replacing one of the same name), and ``masks_from`` (a lung
+    segmenter run) gives lung masks to the cells with ``lungs`` other than ``keep``.
 
     Raises:
         ConfigError: an unknown key or table (named, with a suggestion) or a bad value.
@@ -445,7 +451,8 @@ def load_study_config(
         data_ = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    overrides = {"data": data, "epochs": epochs, "seeds": seeds, "external": tuple(external)}
+    overrides = {"data": data, "epochs": epochs, "seeds": seeds, "external": tuple(external),
+                 "masks_from": masks_from}  # fmt: skip
     return _parse(data_, source, path, overrides)
 
 
