@@ -344,7 +344,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         train["epochs"] = int(overrides["epochs"])
     if overrides.get("masks_from") is not None:
         train["masks_from"] = str(overrides["masks_from"])
-    TrainConfig.from_dict(train, "[train] ")  # reject unknown keys and bad values early
+    # reject unknown keys and bad values early (masks_from serves the cells' lungs axis)
+    TrainConfig.from_dict({k: v for k, v in train.items() if k != "masks_from"}, "[train] ")
     entries = data.get("cells")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("The study file needs at least one [[cells]] entry")
