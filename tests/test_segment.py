@@ -355,6 +355,13 @@ def test_training_skips_images_without_a_valid_mask_when_asked(seg_run, masked, 
     assert card["data"]["left_out"] == len(doubtful) == 5 and card["data"]["doubtful"] == "skip"
     kept = (run / "split.csv").read_text()
     assert kept.count("\n") == 2 + 19 and not any(name in kept for name in doubtful)
+    # the split is the one a run keeping the lungs draws, less the images left out
+    from cxrlab.data import load_split, prepare_data
+
+    whole = prepare_data(bare, image_size=32, progress=False).split
+    mine = load_split(run / "split.csv")
+    gone = {r.path for r in whole.records if r.path.rsplit("/", 1)[-1] in doubtful}
+    assert len(gone) == 5 and mine.assignment == whole.without(gone).assignment
     saved = json.loads((run / "metrics.json").read_text())
     m = evaluate_run(run, progress=False)  # the cached verdicts: the same 19 images
     assert m["confusion_matrix"] == saved["confusion_matrix"]

@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError
 from ..utils import cache_dir
 from .cache import DecodedImages, decoded_images, derived_images
@@ -224,13 +222,15 @@ def prepare_data(
     if doubtful not in DOUBTFUL:
         raise DataError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
     masks, left_out = None, ()
-    if lungs != "keep":  # before the split: a skipped image must not hold a split's place
+    if lungs != "keep":
         masks = (mask_provider or lung_mask_files)(report.root, report.records, image_size,
                                                    progress)  # fmt: skip
-        if doubtful == "skip" and not masks.valid.all():
-            report, masks, left_out = _without_masks(report, masks)
-        masks.require(range(len(report.records)), f"--lungs {lungs}")
-    if split_file is not None and Path(split_file).exists() and not holdout_all:
+        if doubtful == "skip":
+            left_out = _without_masks(masks, report.records)
+        else:
+            masks.require(range(len(report.records)), f"--lungs {lungs}")
+    made = not (split_file is not None and Path(split_file).exists() and not holdout_all)
+    if not made:
         split = load_split(split_file, report)
     else:
         folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
@@ -238,8 +238,11 @@ def prepare_data(
         groups = near_copy_groups(report, progress=progress) if grouped else None
         split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all,
                            use_folders=bool(folders), groups=groups)  # fmt: skip
-        if split_file is not None:
-            split.save(split_file)
+    # drawn on every image, then without those left out: the split is the one runs that keep
+    # the lungs (or use other masks) draw, less the images this one cannot use
+    split = split.without({path for path, _ in left_out})
+    if made and split_file is not None:
+        split.save(split_file)
     images = decoded_images(report.root, split.records, image_size, progress=progress)
     if masks is None:
         return PreparedData(report, split, images)
@@ -271,17 +274,14 @@ def prepare_data(
 
 
 def _without_masks(
-    report: ScanReport, masks: DecodedMasks
-) -> tuple[ScanReport, DecodedMasks, tuple[tuple[str, str], ...]]:
-    """The report and masks without the images that have no valid mask, and those images."""
-    keep = masks.valid
-    left_out = tuple((r.path, s) for r, s, ok in zip(report.records, masks.status, keep)
-                     if not ok)  # fmt: skip
-    warnings.warn(
-        f"{len(left_out)} of {len(keep)} images left out for want of a valid lung mask "
-        f"({masks.summary().split(' (', 1)[-1].rstrip(')')}; first: {left_out[0][0]})",
-        stacklevel=3,
-    )
-    records = [r for r, ok in zip(report.records, keep) if ok]
-    kept = dataclasses.replace(report, records=records)
-    return kept, masks.take(np.flatnonzero(keep)), left_out
+    masks: DecodedMasks, records: Sequence[ImageRecord]
+) -> tuple[tuple[str, str], ...]:
+    """``(path, reason)`` of the images without a valid mask (a warning says how many)."""
+    left_out = tuple((r.path, s) for r, s in zip(records, masks.status) if s != "ok")
+    if left_out:
+        warnings.warn(
+            f"{len(left_out)} of {len(records)} images left out for want of a valid lung mask "
+            f"({masks.summary().split(' (', 1)[-1].rstrip(')')}; first: {left_out[0][0]})",
+            stacklevel=3,
+        )
+    return left_out

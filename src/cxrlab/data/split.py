@@ -15,6 +15,7 @@ then has no copy in training. The manifest's ``group`` column names each image's
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import os
@@ -71,6 +72,16 @@ class Split:
             sizes[self.group(i)] += 1
         near = [g for g, h in hashes.items() if len(h) > 1]
         return len(near), sum(sizes[g] for g in near)
+
+    def without(self, paths: set[str] | frozenset[str]) -> Split:
+        """The split with the images at ``paths`` left out; the rest keep their splits."""
+        keep = [i for i, r in enumerate(self.records) if r.path not in paths]
+        return dataclasses.replace(
+            self,
+            records=tuple(self.records[i] for i in keep),
+            assignment=tuple(self.assignment[i] for i in keep),
+            groups=tuple(self.groups[i] for i in keep) if self.groups else (),
+        )
 
     def indices(self, split: str) -> list[int]:
         """Row indices of one split (``"all"`` gives every row)."""
