@@ -149,6 +149,13 @@ def test_segment_predict_writes_a_masked_dataset(seg_run, masked, tmp_path, caps
     rows = list(csv.DictReader((pred / "masks.csv").open()))
     assert len(rows) == 24 and all(r["mask"] for r in rows)
     assert (pred / "preview.png").is_file() and (pred / "segmenter.json").is_file()
+    # the same verdicts as the masks training and the audit take from this segmenter
+    from cxrlab.segment.apply import predicted_masks
+
+    source = scan_dataset(masked, progress=False)
+    records = sorted(source.records, key=lambda r: r.path)
+    same = predicted_masks(source.root, records, 64, out, progress=False)
+    assert [s == "ok" for s in same.status] == [r["ok"] == "True" for r in rows]
     report = scan_dataset(pred, progress=False)
     assert len(report.records) == 24  # the images, linked at their own paths
     masks = decoded_masks(report.root, report.records, 64, progress=False)

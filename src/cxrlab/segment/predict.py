@@ -122,8 +122,10 @@ def predict_masks(
             rec = records[i]
             full = Image.fromarray(prob).resize((rec.width, rec.height), Image.BILINEAR)
             prob_full = np.asarray(full, dtype=np.float32)
+            # judged at the segmenter's own size, as wherever its masks are used; drawn at
+            # the image's size
+            verdict = judge_mask(clean_mask(prob), prob)
             mask = clean_mask(prob_full)
-            verdict = judge_mask(mask, prob_full)
             image_at, mask_at = _targets(rec.path)
             _link(report.root / rec.path, out / image_at)
             use = verdict.ok or doubtful == "keep"

@@ -367,8 +367,9 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             named = ("model", "weights", "freeze", "lungs", "train_size")  # spelled out in the id
             extra = {k: v for k, v in combo.items() if k not in named}
             options = train | combo
-            if options.get("lungs", "keep") == "keep":  # masks are not used: not a setting
+            if options.get("lungs", "keep") == "keep":  # masks are not used: not settings
                 options.pop("masks_from", None)
+                options.pop("doubtful", None)
             if analysis is not None and analysis.reuse:
                 options["keep_init"] = True  # the reuse analysis reads the starting weights
             options.setdefault("weights", "imagenet")
