@@ -102,14 +102,28 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------- data
 @data_app.command("scan")
 def data_scan(
-    root: Annotated[Path, typer.Argument(help="Dataset folder (or the folder above it).")],
+    root: Annotated[
+        list[str],
+        typer.Argument(help="Dataset folder (or the folder above it); several: [NAME=]PATH each."),
+    ],
+    class_map: Annotated[
+        list[str] | None,
+        typer.Option(help="A source's class map: NAME=FROM=TO,... (TO '-' drops); repeatable."),
+    ] = None,
+    sources_csv: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FILE: a CSV of path,source naming finer sources."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-decode every file.")] = False,
 ) -> None:
-    """Count classes and find invalid files, duplicates and label conflicts."""
+    """Count classes and find invalid files, duplicates and label conflicts; with several
+    sources, the class x source table and its confounds."""
     from .data import scan_dataset
+    from .data.prepare import resolve_data
 
-    report = scan_dataset(root, use_cache=not no_cache, progress=not as_json)
+    folder = resolve_data(root, class_map or (), sources_csv or ())
+    report = scan_dataset(folder, use_cache=not no_cache, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -243,12 +257,27 @@ def train_cmd(
         "runs/train"
     ),
     data: Annotated[
-        str,
+        list[str],
         typer.Option(
-            help="Dataset folder, or 'phantoms' / 'phantoms:N' (synthetic, N per class).",
+            help="Dataset folder, or 'phantoms' / 'phantoms:N' (synthetic, N per class); "
+            "repeat as [NAME=]PATH to train on several sources.",
             rich_help_panel=_D,
         ),
-    ] = "phantoms",
+    ] = ["phantoms"],  # noqa: B006 - typer reads the default, never mutates it
+    class_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A source's class map: NAME=FROM=TO,... (TO '-' drops a class); repeatable.",
+            rich_help_panel=_D,
+        ),
+    ] = None,
+    sources_csv: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=FILE: a CSV of path,source naming finer sources of a source's images.",
+            rich_help_panel=_D,
+        ),
+    ] = None,
     split_file: Annotated[
         Path | None,
         typer.Option(
@@ -340,6 +369,13 @@ def train_cmd(
     label_smoothing: Annotated[float, typer.Option(rich_help_panel=_T)] = 0.0,
     class_balance: Annotated[
         str, typer.Option(help="none, weighted_loss, sampler.", rich_help_panel=_T)
+    ] = "none",
+    balance: Annotated[
+        str,
+        typer.Option(
+            help="Sampling weights: none; class, source or source_class (each cell alike).",
+            rich_help_panel=_T,
+        ),
     ] = "none",
     augment: Annotated[
         str,
@@ -441,6 +477,8 @@ def train_cmd(
     sets = _external_sets(options.pop("external"), options.pop("external_class_map"))
     options["ratios"] = _parse_ratios(ratios)
     options["split_file"] = str(split_file) if split_file else None
+    options["data"] = data[0] if len(data) == 1 else tuple(data)
+    options["class_map"], options["sources_csv"] = tuple(class_map or ()), tuple(sources_csv or ())
     config = TrainConfig.from_dict(options, section="train ")
     train(config, out_dir, resume=resume_run)
     evaluate_externals(out_dir, sets, device=config.device, progress=config.progress,

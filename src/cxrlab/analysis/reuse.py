@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import prepare_data
-from ..engine.rundir import INIT_FILE, load_card, load_run_model, run_preparation
+from ..engine.rundir import INIT_FILE, load_card, load_run_model, run_data, run_preparation
 from ..engine.runtime import resolve_device
 from ..errors import ConfigError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
@@ -306,7 +306,7 @@ def analyze_reuse(
     _check_runs(paths, cards)
     card = cards[0]
     prepared = prepare_data(
-        data if data is not None else card["data"]["root"],
+        data if data is not None else run_data(card),
         split_file=paths[0] / "split.csv",
         progress=progress,
         **run_preparation(card),

@@ -32,7 +32,7 @@ from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
 from ..engine.evaluate import run_tta
-from ..engine.rundir import run_preparation
+from ..engine.rundir import run_data, run_preparation
 from ..engine.runtime import resolve_device, run_precision
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
@@ -127,7 +127,7 @@ def run_audit(
     # masks: the segmenter the run trained with, else the one asked for, else the files
     prep = run_preparation(card, masks_from)
     size, lungs_mode, provider = prep["image_size"], prep["lungs"], prep["mask_provider"]
-    root = data if data is not None else card["data"]["root"]
+    root = data if data is not None else run_data(card)
     prepared = prepare_data(
         root,
         split_file=None if split == "all" else run_dir / "split.csv",

@@ -79,6 +79,14 @@ def _mask_dirs(image_dir: Path, kind: str) -> list[Path]:
         return []
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, or absolute when outside it (a linked image's mask)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def find_mask_files(
     root: Path, records: Sequence[ImageRecord], kind: str = "lung"
 ) -> tuple[list[str | None], list[str]]:
@@ -99,6 +107,8 @@ def find_mask_files(
     by_folder: dict[Path, set[str]] = {}
     for rec in records:
         image = root / rec.path
+        if image.is_symlink():  # a view of several sources: masks lie beside the original
+            image = image.resolve()
         folder = image.parent
         if folder.name.lower() != "images":
             out.append(None)
@@ -119,7 +129,7 @@ def find_mask_files(
                 else next((stem + s for s in _IMAGE_SUFFIXES if stem + s in names), None)
             )
             if name is not None:
-                found = (mdir / name).relative_to(root).as_posix()
+                found = _relative(mdir / name, root)
                 break
         out.append(found)
     used = {p for p in out if p}
@@ -127,7 +137,7 @@ def find_mask_files(
     for folder in by_folder:
         for mdir in _mask_dirs(folder, kind):
             for name in sorted(listing.get(mdir, {})):
-                rel = (mdir / name).relative_to(root).as_posix()
+                rel = _relative(mdir / name, root)
                 if rel not in used and not name.startswith("."):
                     extra.append(rel)
     return out, sorted(extra)

@@ -66,15 +66,45 @@ def demo_dataset(
     return out / DATASET_DIRNAME
 
 
-def resolve_data(data: str | os.PathLike[str] | None) -> Path:
+#: What ``data`` may be: a folder, the phantoms, or several sources (``[NAME=]PATH`` each).
+DataSpec = str | os.PathLike[str] | Sequence[str] | None
+
+
+def resolve_data(
+    data: DataSpec, class_map: Sequence[str] = (), sources_csv: Sequence[str] = ()
+) -> Path:
     """The dataset folder ``data`` names: a path as it is; ``None`` or ``"phantoms"`` the
     embedded phantoms (150 per class); ``"phantoms:N"`` N phantoms per class (both generated
     into the cache folder on first use). An existing folder of either name wins, with a
     warning: ``cxrlab data synth --out phantoms`` then ``--data phantoms`` trains on it.
 
+    Several sources (a list of ``[NAME=]PATH``), or one with a ``class_map``
+    (``NAME=FROM=TO,...``; with one source ``FROM=TO,...`` will do) or ``sources_csv``
+    (``NAME=FILE``), become one view of them (:func:`~cxrlab.data.sources.combine_sources`).
+
     Raises:
-        DataError: ``phantoms:N`` with N not a whole number of at least 10.
+        DataError: ``phantoms:N`` with N not a whole number of at least 10; a source problem
+            (see :func:`~cxrlab.data.sources.combine_sources`).
     """
+    if not isinstance(data, (str, os.PathLike)) and data is not None:
+        items = [str(d) for d in data]
+        if len(items) == 1 and not class_map and not sources_csv:
+            return resolve_data(items[0])
+    elif class_map or sources_csv:
+        items = [str(resolve_data(data))]
+    else:
+        items = []
+    if items:
+        from .sources import combine_sources, parse_sources
+
+        names = [s.name for s in parse_sources(items)]
+        if len(names) == 1:  # one source: its map and CSV need no name
+
+            def named(t: str) -> str:
+                return t if t.partition("=")[0] == names[0] else f"{names[0]}={t}"
+
+            class_map, sources_csv = map(named, class_map), map(named, sources_csv)
+        return combine_sources(parse_sources(items, class_map, sources_csv))
     if data is None:
         return demo_dataset()
     text, prefix = str(data), f"{DEMO_DATA}:"
@@ -151,8 +181,10 @@ class PreparedData:
 
 
 def prepare_data(
-    data: str | os.PathLike[str] | None = None,
+    data: DataSpec = None,
     *,
+    class_map: Sequence[str] = (),
+    sources_csv: Sequence[str] = (),
     split_file: str | os.PathLike[str] | None = None,
     split_seed: int = 0,
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
@@ -169,7 +201,9 @@ def prepare_data(
 
     Args:
         data: a dataset folder, or ``None``/``"phantoms"``/``"phantoms:N"`` for the synthetic
-            phantoms (see :func:`resolve_data`).
+            phantoms, or several sources (``[NAME=]PATH`` each; see :func:`resolve_data`).
+        class_map, sources_csv: each source's class map and finer sources
+            (:func:`resolve_data`).
         split_file: a manifest from ``cxrlab data split``; when it exists it is used (and
             checked against the data), otherwise a split is made with ``split_seed``.
         split_seed: seed of a newly made split.
@@ -204,7 +238,7 @@ def prepare_data(
         raise DataError(f"split_source must be one of {', '.join(SPLIT_SOURCES)}")
     if lungs not in LUNG_MODES:
         raise DataError(f"lungs must be one of {', '.join(LUNG_MODES)}, got {lungs!r}")
-    root = resolve_data(data)
+    root = resolve_data(data, class_map, sources_csv)
     report = scan_dataset(root, progress=progress)
     if report.invalid:
         first = report.invalid[0]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..utils import atomic_write_text, cache_dir, hash_strings
 from .imageio import DEFAULT_MAX_PIXELS, ImageReadError, load_gray8
 from .layout import DatasetLayout, find_layout
+from .sources import read_sources
 
 __all__ = ["ImageRecord", "InvalidFile", "ScanReport", "pixel_hash", "scan_dataset"]
 
@@ -75,6 +76,8 @@ class ScanReport:
         empty_classes: class folders without a single valid image.
         source_splits: the dataset's own split of each valid image (``train``/``val``/
             ``test``) when it comes in split folders (COVID-QU-Ex); empty otherwise.
+        sources: each image's source, in a view of several sources; empty otherwise (see
+            :meth:`source_of`).
     """
 
     root: Path
@@ -86,6 +89,12 @@ class ScanReport:
     empty_classes: list[str] = field(default_factory=list)
     known_database: bool = False
     source_splits: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, path: str) -> str:
+        """The source an image came from: named by a view of several sources
+        (:mod:`cxrlab.data.sources`), else the dataset folder's name."""
+        return self.sources.get(path) or self.root.name
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)
@@ -120,8 +129,25 @@ class ScanReport:
             "conflicts": self.conflicts,
             "empty_classes": self.empty_classes,
             "source_splits": dict(Counter(self.source_splits.values())),
+            "sources": self.source_summary(),
             "data_hash": self.fingerprint(),
         }
+
+    def source_summary(self) -> dict[str, Any] | None:
+        """With several sources: images per class and source, the confounds (a class one
+        source holds entirely, a source that holds one class), and exact copies across
+        sources; ``None`` for one source."""
+        from .sources import class_source_table, confounds
+
+        names = [self.source_of(r.path) for r in self.records]
+        if len(set(names)) < 2:
+            return None
+        table = class_source_table([r.label for r in self.records], names)
+        by_hash: dict[str, set[str]] = defaultdict(set)
+        for r, name in zip(self.records, names):
+            by_hash[r.hash].add(name)
+        across = sum(len(s) > 1 for s in by_hash.values())
+        return {"images": table, "confounds": confounds(table), "copies_across": across}
 
 
 def _scan_cache_path(root: Path) -> Path:
@@ -262,4 +288,5 @@ def scan_dataset(
         empty_classes=empty,
         known_database=layout.known_database,
         source_splits={r.path: own_split[r.path] for r in records if r.path in own_split},
+        sources=read_sources(layout.root),
     )

@@ -31,7 +31,7 @@ from .scan import ImageRecord, ScanReport
 __all__ = ["SPLITS", "Split", "load_split", "make_split", "train_size_label"]
 
 SPLITS = ("train", "val", "test")
-_HEADER = ("path", "label", "width", "height", "hash", "group", "split")
+_HEADER = ("path", "label", "width", "height", "hash", "group", "source", "split")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class Split:
             own Train/Val/Test folders; ``ratios`` are then the fractions found).
         groups: each record's copy group (kept whole in one split); empty: every image is
             grouped with its exact copies only (its hash), as manifests before groups were.
+        sources: each record's data source (:meth:`ScanReport.source_of`); empty when not
+            known (a manifest written before sources were recorded, read without data).
     """
 
     classes: tuple[str, ...]
@@ -57,6 +59,11 @@ class Split:
     ratios: tuple[float, float, float]
     source: str = "stratified"
     groups: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def source_of(self, i: int) -> str:
+        """Record ``i``'s source (``""`` when not known)."""
+        return self.sources[i] if self.sources else ""
 
     def group(self, i: int) -> str:
         """The copy group of row ``i`` (its hash when the split has no groups)."""
@@ -81,6 +88,7 @@ class Split:
             records=tuple(self.records[i] for i in keep),
             assignment=tuple(self.assignment[i] for i in keep),
             groups=tuple(self.groups[i] for i in keep) if self.groups else (),
+            sources=tuple(self.sources[i] for i in keep) if self.sources else (),
         )
 
     def indices(self, split: str) -> list[int]:
@@ -156,7 +164,8 @@ class Split:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_HEADER)
         for i, (r, s) in enumerate(zip(self.records, self.assignment)):
-            w.writerow([r.path, r.label, r.width, r.height, r.hash, self.group(i), s])
+            w.writerow([r.path, r.label, r.width, r.height, r.hash, self.group(i),
+                        self.source_of(i), s])  # fmt: skip
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -281,6 +290,7 @@ def make_split(
         seed=seed,
         ratios=ratios,  # type: ignore[arg-type]
         groups=tuple(keys) if groups else (),
+        sources=tuple(report.source_of(r.path) for r in records),
     )
 
 
@@ -297,7 +307,9 @@ def _folder_split(report: ScanReport) -> Split:
     assignment = tuple(report.source_splits[r.path] for r in records)
     n = len(records)
     ratios = tuple(round(assignment.count(s) / n, 4) for s in SPLITS)
-    return Split(tuple(report.classes), tuple(records), assignment, 0, ratios, "folders")  # type: ignore[arg-type]
+    sources = tuple(report.source_of(r.path) for r in records)
+    return Split(tuple(report.classes), tuple(records), assignment, 0, ratios,  # type: ignore[arg-type]
+                 "folders", sources=sources)  # fmt: skip
 
 
 def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -> Split:
@@ -330,6 +342,7 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
         )
         assignment = tuple(r["split"] for r in rows)
         groups = tuple(r.get("group") or rec.hash for r, rec in zip(rows, records))
+        sources = tuple(r.get("source") or "" for r in rows)
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(f"Split file {path} is malformed ({e}); re-create it") from e
     bad = {s for s in assignment if s not in SPLITS} | {
@@ -346,6 +359,9 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
                 f"{len(changed)} image(s) missing or changed (first: {changed[0]}). "
                 "Re-create the split or point --data at the dataset it was made from"
             )
+    if not all(sources):  # a manifest from before sources: from the data, when given
+        sources = tuple(report.source_of(r.path) for r in records) if report is not None else ()
     source = meta.get("source", "stratified")
     return Split(classes, records, assignment, seed, ratios, source,  # type: ignore[arg-type]
-                 groups if any(g != r.hash for g, r in zip(groups, records)) else ())  # fmt: skip
+                 groups if any(g != r.hash for g, r in zip(groups, records)) else (),
+                 sources)  # fmt: skip

@@ -47,8 +47,28 @@ def format_scan_report(report: ScanReport, max_list: int = 20) -> str:
     hidden = max(0, len(report.invalid) - max_list) + max(0, len(report.duplicates) - max_list)
     if hidden:
         lines.append(f"  ... {hidden} more not shown; use --json for the full lists")
+    lines += _sources_lines(report)
     lines.append(f"Data hash: {report.fingerprint()}")
     return "\n".join(lines)
+
+
+def _sources_lines(report: ScanReport) -> list[str]:
+    """The class x source table, and what in it lets a model learn the source for the class."""
+    summary = report.source_summary()
+    if summary is None:
+        return []
+    table = summary["images"]
+    names = sorted({s for row in table.values() for s in row})
+    rows = [[c, *(str(table[c][s]) for s in names)] for c in table]
+    lines = ["", "Images by class and source:", _table(["class", *names], rows)]
+    if summary["confounds"]:
+        lines.append("Confounds (a model can learn the source instead of the class):")
+        lines += [f"  {c}" for c in summary["confounds"]]
+    else:
+        lines.append("No class comes from one source alone.")
+    lines.append(f"Exact copies across sources: {summary['copies_across']} image(s) "
+                 "(training keeps copies, and near copies, in one split)")  # fmt: skip
+    return [*lines, ""]
 
 
 def format_split_counts(split: Split) -> str:

@@ -14,12 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.split import Split
+
 __all__ = [
     "AUGMENTS",
     "ImageBatches",
     "augment_batch",
     "augment_pair",
     "light_augment",
+    "sampling_strata",
     "step_generator",
     "tta_views",
 ]
@@ -85,11 +88,16 @@ class ImageBatches:
     def subset_labels(self) -> np.ndarray:
         return self.labels[self.indices]
 
-    def order(self, seed: int, epoch: int, balanced: bool = False) -> np.ndarray:
-        """This epoch's sample order: a seeded permutation, or class-balanced draws."""
+    def order(self, seed: int, epoch: int, strata: np.ndarray | None = None, *,
+              balanced: bool = False) -> np.ndarray:  # fmt: skip
+        """This epoch's sample order: a seeded permutation, or, given ``strata`` (a stratum
+        id per dataset row: its class, source, or (source, class) cell), draws with
+        replacement that take every stratum alike; ``balanced`` is ``strata`` = the class."""
         g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        if balanced:
-            y = self.subset_labels
+        if balanced and strata is None:
+            strata = self.labels
+        if strata is not None:
+            y = np.asarray(strata)[self.indices]
             counts = np.bincount(y)
             weights = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
             pick = torch.multinomial(weights, len(y), replacement=True, generator=g)
@@ -210,3 +218,17 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     for scale, tx in ((1.05, 0.0), (0.95, 0.0), (1.0, 0.03), (1.0, -0.03)):
         views.append(_affine(x, zero, one * scale, one * tx, zero))
     return views
+
+
+def sampling_strata(balance: str, split: Split) -> np.ndarray | None:
+    """A stratum id per record for :meth:`ImageBatches.order`: its class (``class``), its
+    source (``source``) or its (source, class) cell (``source_class``); ``None`` for
+    ``none`` (a plain shuffle)."""
+    if balance == "none":
+        return None
+    labels = np.asarray(split.labels(), dtype=np.int64)
+    if balance == "class":
+        return labels
+    sources = [split.source_of(i) for i in range(len(split.records))]
+    keys = sources if balance == "source" else [f"{s}\t{y}" for s, y in zip(sources, labels)]
+    return np.unique(np.asarray(keys), return_inverse=True)[1].astype(np.int64)

@@ -40,7 +40,12 @@ class TrainConfig:
 
     Data:
         data: dataset folder, or ``"phantoms"`` (``"phantoms:N"``: N per class) for the
-            embedded synthetic phantoms.
+            embedded synthetic phantoms; or several sources (``[NAME=]PATH`` each), trained
+            on as one dataset that records each image's source (:mod:`cxrlab.data.sources`).
+        class_map: each source's class map, ``NAME=FROM=TO,...`` (``TO`` may merge classes
+            or be ``-`` to drop one; with one source ``FROM=TO,...``).
+        sources_csv: ``NAME=FILE``: a CSV of ``path,source`` naming finer sources (hospitals,
+            collections) of a source's images.
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
         split_seed: seed of a newly made split (independent of ``seed``).
         ratios: train/val/test fractions of a newly made split.
@@ -77,6 +82,9 @@ class TrainConfig:
         epochs, batch_size, lr, optimizer, weight_decay, momentum (SGD only),
         scheduler (``none``/``cosine``/``plateau``), warmup_epochs, grad_clip (0 = off),
         label_smoothing, class_balance (``none``/``weighted_loss``/``sampler``),
+        balance (sampling weights: ``class``, ``source`` or ``source_class``, so each class,
+        source or (source, class) cell is drawn alike; ``class`` is ``class_balance =
+        "sampler"``),
         augment (``none``; ``light``: small affine, brightness/contrast; ``xray``: larger
         affine, contrast and gamma; never flips),
         early_stopping (patience in epochs on validation loss, 0 = off),
@@ -123,7 +131,9 @@ class TrainConfig:
         log_experiment: the MLflow experiment (default ``cxrlab``; a study uses its name).
     """
 
-    data: str = "phantoms"
+    data: str | tuple[str, ...] = "phantoms"
+    class_map: tuple[str, ...] = ()
+    sources_csv: tuple[str, ...] = ()
     split_file: str | None = None
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -151,6 +161,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     label_smoothing: float = 0.0
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
+    balance: Literal["none", "class", "source", "source_class"] = "none"
     augment: Literal["none", "light", "xray"] = "none"
     early_stopping: int = 0
     ema: float = 0.0
@@ -197,6 +208,10 @@ class TrainConfig:
                 "train_size must be a fraction in (0, 1] or a whole count per class",
             ),
             (self.freeze_bn in BN_MODES, f"freeze_bn must be one of {BN_MODES}"),
+            (
+                self.balance == "none" or self.class_balance != "sampler",
+                "class_balance = sampler and balance both draw samples: choose one",
+            ),
             (
                 not self.masks_from or self.lungs != "keep",
                 "masks_from gives lung masks to --lungs remove|only|crop; with lungs keep "

@@ -18,7 +18,7 @@ from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
-from .rundir import load_run_model, run_preparation
+from .rundir import load_run_model, run_data, run_preparation
 from .runtime import autocast, resolve_device, run_precision
 
 __all__ = [
@@ -247,7 +247,8 @@ def evaluate_run(
                "validation images" if excluded else "no image of a scored class")
         )  # fmt: skip
     y = np.array([classes.index(matching[records[k].label]) for k in scored])  # type: ignore[arg-type]
-    metrics = classification_metrics(y, probs[scored], classes)
+    sources = [prepared.split.source_of(rows[k]) for k in scored]
+    metrics = classification_metrics(y, probs[scored], classes, sources)
     metrics.update(
         {
             "split": split,
@@ -302,7 +303,7 @@ def _prepare(run_dir: Path, card: dict[str, Any],
                 f"the run in {run_dir} needs {size} px with lungs {lungs!r}"
             )
         return data
-    root = data if data is not None else card["data"]["root"]
+    root = data if data is not None else run_data(card)
     if split == "all":
         return prepare_data(root, holdout_all=True, progress=progress,
                             **(prep | {"doubtful": "skip"}))  # fmt: skip

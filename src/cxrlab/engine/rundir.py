@@ -32,6 +32,7 @@ __all__ = [
     "load_card",
     "load_run_model",
     "require_whole_images",
+    "run_data",
     "run_lungs",
     "run_preparation",
     "run_segmenter",
@@ -238,6 +239,7 @@ def build_card(
             "masks_from": _segmenter(cfg.masks_from),
             "doubtful": cfg.doubtful,
             "left_out": len(data.left_out),  # images without a valid lung mask, skipped
+            "sources": _sources(data),
         },
         "training": {
             "seed": cfg.seed,
@@ -251,6 +253,32 @@ def build_card(
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _sources(data: PreparedData) -> dict[str, Any] | None:
+    """The card's record of a run's sources: images per class and source, and the sources
+    a view was built from (to build it again); ``None`` for one plain dataset folder."""
+    from ..data.sources import class_source_table, view_sources
+
+    spec = view_sources(data.report.root)
+    if spec is None:
+        return None
+    split = data.split
+    labels = [r.label for r in split.records]
+    sources = [split.source_of(i) for i in range(len(labels))]
+    return {"built_from": spec, "images": class_source_table(labels, sources)}
+
+
+def run_data(card: dict[str, Any]) -> str:
+    """The folder a run's images came from; a view of several sources that is no longer in
+    the cache is built again from the sources the card names."""
+    root = str(card["data"]["root"])
+    built_from = (card["data"].get("sources") or {}).get("built_from")
+    if built_from and not Path(root).is_dir():
+        from ..data.sources import Source, combine_sources
+
+        return str(combine_sources([Source(**s) for s in built_from], out=root))
+    return root
 
 
 def run_segmenter(card: dict[str, Any]) -> str | None:

@@ -39,7 +39,7 @@ from ..evaluation.calibration import apply_temperature, fit_temperature, nll, pl
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..utils import atomic_write_text, write_json
-from .batches import ImageBatches, augment_batch, step_generator
+from .batches import ImageBatches, augment_batch, sampling_strata, step_generator
 from .checkpoint import (
     CHECKPOINT,
     RunState,
@@ -146,6 +146,12 @@ class _Run:
         return self.wall_before + time.perf_counter() - self.started
 
     @property
+    def strata(self) -> np.ndarray | None:
+        """What sampling balances (--balance; --class-balance sampler is ``class``)."""
+        mode = "class" if self.config.class_balance == "sampler" else self.config.balance
+        return sampling_strata(mode, self.data.split)
+
+    @property
     def kept_model(self) -> CxrClassifier:
         """The weights a checkpoint of the best epoch keeps: the average, when there is one."""
         return self.model if self.ema is None else self.ema.module  # type: ignore[return-value]
@@ -247,6 +253,8 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
     data = prepare_data(
         config.data,
+        class_map=config.class_map,
+        sources_csv=config.sources_csv,
         split_file=split_file,
         split_seed=config.split_seed,
         ratios=config.ratios,
@@ -451,7 +459,7 @@ def _train_epoch(
     epoch, device = state.epoch, run.device
     total_steps = steps * config.epochs
     run.model.train()
-    order = run.train_b.order(config.seed, epoch, config.class_balance == "sampler")
+    order = run.train_b.order(config.seed, epoch, run.strata)
     bar = tqdm(
         total=steps,
         initial=state.step,
@@ -590,7 +598,8 @@ def _finish(run: _Run) -> TrainResult:
     probs, yt, test_loss = predict_batches(test_net, test_b, run.device, run.amp,
                                            desc="Testing", progress=config.progress,
                                            tta=config.tta)  # fmt: skip
-    metrics = classification_metrics(yt, probs, data.classes)
+    sources = [data.split.source_of(i) for i in run.test_b.indices]
+    metrics = classification_metrics(yt, probs, data.classes, sources)
     if config.calibrate:
         card["calibration"] = metrics["calibration"] = _calibrate(run, best, probs, yt)
     test_paths = [data.split.records[i].path for i in run.test_b.indices]
@@ -625,6 +634,11 @@ def _finish(run: _Run) -> TrainResult:
         f"  macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['auroc'] or float('nan'):.4f}"
         f"  ECE {metrics['ece']:.4f}  -> {out}"
     )
+    if "per_source" in metrics:
+        by = metrics["per_source"]["sources"]
+        run.log("test by source (balanced accuracy): " + ", ".join(
+            f"{name} {m['balanced_accuracy']:.3f} (n={m['n']})" for name, m in by.items())
+            + f"; worst: {metrics['per_source']['worst']}")  # fmt: skip
     ddp.barrier()
     ddp.close()
     return TrainResult(out, metrics, history, card)

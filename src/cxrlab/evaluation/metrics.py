@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "expected_calibration_error"]
+__all__ = ["classification_metrics", "expected_calibration_error", "per_source_metrics"]
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
@@ -38,7 +38,10 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
 
 
 def classification_metrics(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, classes: Sequence[str]
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    sources: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro F1, per-class scores, AUROC, ECE, confusion matrix.
 
@@ -46,6 +49,8 @@ def classification_metrics(
         y_true: true class indices, shape ``(N,)``.
         probs: predicted class probabilities, shape ``(N, K)``.
         classes: the K class names, in index order.
+        sources: each image's source; with two or more, ``per_source`` holds
+            :func:`per_source_metrics`.
 
     Returns:
         A JSON-ready dict. ``confusion_matrix`` has true classes as rows and predicted
@@ -84,7 +89,7 @@ def classification_metrics(
     valid_auroc = [a for a in aurocs.values() if a is not None]
     eps = 1e-7
     clipped = np.clip(probs, eps, 1.0)
-    return {
+    out = {
         "n": len(y),
         "classes": list(classes),
         "accuracy": float(accuracy_score(y, pred)),
@@ -98,3 +103,43 @@ def classification_metrics(
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
     }
+    by_source = per_source_metrics(y, probs, sources, classes) if sources is not None else None
+    if by_source is not None:
+        out["per_source"] = by_source
+    return out
+
+
+def per_source_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    sources: Sequence[str],
+    classes: Sequence[str],
+) -> dict[str, Any] | None:
+    """Scores of each source's images, and the worst source; ``None`` with one source.
+
+    Returns:
+        ``{"sources": {name: {n, accuracy, balanced_accuracy, macro_f1, classes_present}},
+        "worst": name}``: balanced accuracy and macro F1 over the classes a source has; the
+        worst source is the one with the lowest balanced accuracy (ties: fewer images).
+    """
+    y = np.asarray(y_true, dtype=int)
+    pred = np.asarray(probs).argmax(axis=1)
+    names = sorted(set(sources))
+    if len(names) < 2:
+        return None
+    src = np.asarray(sources)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rows = src == name
+        yy, pp = y[rows], pred[rows]
+        present = sorted(set(yy.tolist()))
+        recalls = [float((pp[yy == c] == c).mean()) for c in present]
+        out[name] = {
+            "n": int(rows.sum()),
+            "accuracy": float((yy == pp).mean()),
+            "balanced_accuracy": float(np.mean(recalls)),
+            "macro_f1": float(f1_score(yy, pp, labels=present, average="macro", zero_division=0)),
+            "classes_present": [classes[c] for c in present],
+        }
+    worst = min(names, key=lambda n: (out[n]["balanced_accuracy"], out[n]["n"]))
+    return {"sources": out, "worst": worst}

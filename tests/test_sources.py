@@ -1,0 +1,206 @@
+"""Several sources as one dataset: the view, class maps, each image's source through the
+split, the card and the metrics, balanced sampling, and bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlab.cli import main
+from cxrlab.data import prepare_data, scan_dataset, write_synthetic_dataset
+from cxrlab.data.prepare import resolve_data
+from cxrlab.data.sources import combine_sources, confounds, parse_sources
+from cxrlab.engine.batches import ImageBatches, sampling_strata
+from cxrlab.errors import ConfigError, DataError
+from cxrlab.evaluation import classification_metrics
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Hospital A: COVID and Normal (with lung masks); hospital B: Normal and Viral
+    Pneumonia, drawn with another seed. One source holds all of COVID, the other all of
+    Viral Pneumonia: the source predicts those classes."""
+    base = tmp_path_factory.mktemp("sources")
+    a = write_synthetic_dataset(base / "a", per_class=6, size=40, seed=1, masks=True,
+                                progress=False)  # fmt: skip
+    b = write_synthetic_dataset(base / "b", per_class=6, size=48, seed=2, progress=False)
+    for root, drop in ((a, ("Lung_Opacity", "Viral Pneumonia")), (b, ("COVID", "Lung_Opacity"))):
+        for cls in drop:
+            shutil.rmtree(root / cls)
+    # one of A's Normal images is also in B (a copy across sources)
+    shutil.copy(a / "Normal" / "images" / "Normal-1.png", b / "Normal" / "images" / "copy.png")
+    return a, b
+
+
+def test_a_view_of_two_sources(two_sources, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    view = resolve_data([f"A={a}", f"B={b}"], ["B=Viral Pneumonia=Pneumonia"])
+    assert view == resolve_data([f"A={a}", f"B={b}"], ["B=Viral Pneumonia=Pneumonia"])
+    report = scan_dataset(view, progress=False)
+    assert report.classes == ("COVID", "Normal", "Pneumonia")
+    assert report.class_counts() == {"COVID": 6, "Normal": 13, "Pneumonia": 6}
+    path = "Normal/images/A__Normal__Normal-1.png"
+    assert (view / path).resolve() == (a / "Normal" / "images" / "Normal-1.png").resolve()
+    summary = report.source_summary()
+    assert summary["images"] == {"COVID": {"A": 6, "B": 0}, "Normal": {"A": 6, "B": 7},
+                                 "Pneumonia": {"A": 0, "B": 6}}  # fmt: skip
+    assert summary["copies_across"] == 1
+    assert summary["confounds"] == [
+        "every COVID image comes from A: the source predicts the class",
+        "every Pneumonia image comes from B: the source predicts the class",
+    ]
+    # the split records each image's source, and keeps the copy across sources together
+    prepared = prepare_data(view, image_size=32, progress=False)
+    split = prepared.split
+    assert {split.source_of(i) for i in range(len(split.records))} == {"A", "B"}
+    by_hash: dict[str, set[str]] = {}
+    for r, s in zip(split.records, split.assignment):
+        by_hash.setdefault(r.hash, set()).add(s)
+    assert all(len(s) == 1 for s in by_hash.values())
+    csv_text = split.to_csv().splitlines()
+    assert csv_text[1].endswith(",group,source,split") and csv_text[2].split(",")[-2] in "AB"
+    # masks beside a linked image's original are found: A's images have valid lung masks
+    with pytest.warns(UserWarning, match="13 of 25 images left out"):
+        masked = prepare_data(view, image_size=32, lungs="remove", doubtful="skip",
+                              progress=False)  # fmt: skip
+    assert len(masked.left_out) == 13  # B's images (and the copy of A's) have no mask files
+    assert {masked.split.source_of(i) for i in range(len(masked.split.records))} == {"A"}
+
+
+def test_class_maps_merge_and_drop(two_sources, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    sources = parse_sources([f"A={a}", f"B={b}"],
+                            ["A=COVID=Sick,Normal=-", "B=Viral Pneumonia=Sick"])  # fmt: skip
+    report = scan_dataset(combine_sources(sources), progress=False)
+    assert report.class_counts() == {"Normal": 7, "Sick": 12}
+    assert report.source_summary()["images"]["Normal"] == {"A": 0, "B": 7}
+    # one source with a map needs no name
+    one = scan_dataset(resolve_data(str(b), ["Viral Pneumonia=VP"]), progress=False)
+    assert one.classes == ("Normal", "VP") and set(one.sources.values()) == {b.name}
+
+
+def test_sources_csv_names_finer_sources(two_sources, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    finer = tmp_path / "hospitals.csv"
+    finer.write_text("path,source\nNormal/images/Normal-2.png,B-ward-7\n")
+    report = scan_dataset(resolve_data([f"A={a}", f"B={b}"], (), [f"B={finer}"]),
+                          progress=False)  # fmt: skip
+    names = [report.source_of(r.path) for r in report.records]
+    assert names.count("B-ward-7") == 1 and names.count("B") == 12
+
+
+@pytest.mark.parametrize(
+    ("maps", "finer", "message"),
+    [
+        (["A=Pneumonia=X"], "", "names 'Pneumonia', which it does not have"),
+        (["A=COVID=-,Normal=-"], "", "Source 'A' has no image left after its class map"),
+        (["A=Normal=normal"], "", "Sources name one class two ways: 'normal' (A) and 'Normal'"),
+        (["C=Normal=X"], "", "--class-map names source 'C', which no --data names"),
+        ([], "path,source\nNormal/images/nope.png,x\n", "names 1 file(s) that B does not have"),
+    ],
+)
+def test_bad_sources_get_one_line(two_sources, tmp_path, monkeypatch, capsys, maps, finer,
+                                  message) -> None:  # fmt: skip
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    args = ["data", "scan", f"A={a}", f"B={b}"]
+    for m in maps:
+        args += ["--class-map", m]
+    if finer:
+        (tmp_path / "f.csv").write_text(finer)
+        args += ["--sources-csv", f"B={tmp_path / 'f.csv'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_two_sources_with_one_name_are_refused(two_sources) -> None:
+    a, _ = two_sources
+    with pytest.raises(ConfigError, match="Two --data sources are named 'A'"):
+        parse_sources([f"A={a}", f"A={a}"])
+    with pytest.raises(DataError, match="does not exist"):
+        combine_sources(parse_sources([f"A={a}", "B=/no/such/folder"]))
+
+
+def test_confounds_of_a_table() -> None:
+    assert confounds({"X": {"s": 3}}) == []  # one source: nothing to say
+    table = {"X": {"s": 3, "t": 0}, "Y": {"s": 2, "t": 2}, "Z": {"s": 1, "t": 1}}
+    assert confounds(table) == ["every X image comes from s: the source predicts the class"]
+    assert confounds({"X": {"s": 3, "t": 0}, "Y": {"s": 0, "t": 2}})[-1] == (
+        "t holds Y only: its images are that class by source alone"
+    )
+
+
+def test_per_source_metrics_against_a_direct_count() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    sources = np.array(["a"] * 25 + ["b"] * 35)
+    m = classification_metrics(y, probs, ["x", "y", "z"], list(sources))["per_source"]
+    pred = probs.argmax(1)
+    for name in ("a", "b"):
+        rows = sources == name
+        assert m["sources"][name]["n"] == rows.sum()
+        assert m["sources"][name]["accuracy"] == pytest.approx((pred[rows] == y[rows]).mean())
+        recalls = [(pred[rows & (y == c)] == c).mean() for c in range(3) if (rows & (y == c)).any()]
+        assert m["sources"][name]["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    worst = min("ab", key=lambda n: m["sources"][n]["balanced_accuracy"])
+    assert m["worst"] == worst
+    assert "per_source" not in classification_metrics(y, probs, ["x", "y", "z"], ["a"] * 60)
+
+
+def test_balanced_sampling_draws_each_cell_alike(two_sources, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    split = prepare_data([f"A={a}", f"B={b}"], image_size=32, progress=False).split
+    labels = np.asarray(split.labels())
+    sources = np.array([split.source_of(i) for i in range(len(labels))])
+    cells = np.array([f"{s}{y}" for s, y in zip(sources, labels)])
+    batches = ImageBatches(np.zeros((len(labels), 4, 4), np.uint8),
+                           np.arange(len(labels)), labels, 8)  # fmt: skip
+    drawn = np.concatenate([batches.order(0, e, sampling_strata("source_class", split))
+                            for e in range(300)])  # fmt: skip
+    share = {c: np.isin(drawn, np.flatnonzero(cells == c)).mean() for c in set(cells)}
+    assert len(share) == 4 and max(share.values()) - min(share.values()) < 0.02
+    drawn = np.concatenate([batches.order(0, e, sampling_strata("source", split))
+                            for e in range(300)])  # fmt: skip
+    assert abs((sources[drawn] == "A").mean() - 0.5) < 0.02
+    # class balance is the sampler it always was: the same draws as before
+    old = batches.order(3, 1, labels)
+    assert np.array_equal(batches.order(3, 1, sampling_strata("class", split)), old)
+    assert sampling_strata("none", split) is None
+
+
+def test_training_on_two_sources(two_sources, tmp_path, monkeypatch, capsys) -> None:
+    """A run on two sources: its split and card name each image's source, its metrics
+    score each source, and evaluate rebuilds a view that left the cache."""
+    from cxrlab.engine import evaluate_run, train
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    cfg = tiny_config(f"A={a}", epochs=1, balance="source_class")
+    cfg = cfg.replace(data=(f"A={a}", f"B={b}"), class_map=("B=Viral Pneumonia=Pneumonia",))
+    run = train(cfg, tmp_path / "run").run_dir
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["data"]["sources"]["images"]["Pneumonia"] == {"A": 0, "B": 6}
+    assert [s["name"] for s in card["data"]["sources"]["built_from"]] == ["A", "B"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    per = metrics["per_source"]["sources"]
+    assert sum(m["n"] for m in per.values()) == metrics["n"]
+    assert "test by source (balanced accuracy)" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "cache" / "sources")  # the view is gone: built again
+    m = evaluate_run(run, progress=False)
+    assert m["confusion_matrix"] == metrics["confusion_matrix"]
+    assert m["per_source"] == metrics["per_source"]
+    # the CLI takes the sources as repeated --data
+    assert main(["train", "--data", f"A={a}", "--data", f"B={b}", "--class-map",
+                 "B=Viral Pneumonia=Pneumonia", "--balance", "source", "--model", "resnet18",
+                 "--weights", "none", "--image-size", "32", "--epochs", "1", "--precision",
+                 "fp32", "--no-progress", "--out", str(tmp_path / "cli")]) == 0  # fmt: skip
