@@ -374,3 +374,32 @@ def test_another_hospital_with_other_tags_exposes_a_shortcut(tmp_path: Path) -> 
     followed = sum(result["routing"][c][CLASSES[(k + 1) % 4]] for k, c in enumerate(CLASSES))
     assert own >= 0.8 and result["n"] + result["excluded_copies"] == 40  # look-alikes left out
     assert followed / 40 >= 0.6 and result["accuracy"] <= 0.4
+
+
+def test_copies_are_found_whatever_the_lungs_mode(tmp_path: Path) -> None:
+    """A run trained on images cropped to the lungs, scored on a set holding re-sized copies
+    of its training images: the copies are found on the whole images and left out (compared
+    cropped against whole, they were missed)."""
+    from cxrlab.engine import evaluate_run
+
+    data = write_synthetic_dataset(tmp_path / "d", per_class=6, size=48, masks=True,
+                                   progress=False)  # fmt: skip
+    run = train(tiny_config(data, lungs="crop", epochs=1, ratios=(0.5, 0.25, 0.25)),
+                tmp_path / "run").run_dir  # fmt: skip
+    rows = list(csv.DictReader((run / "split.csv").read_text().splitlines()[1:]))
+    trained = [r["path"] for r in rows if r["split"] == "train"][:4]
+    ext = tmp_path / "ext"
+    for rel in trained:
+        cls, _, name = rel.split("/")
+        for sub in ("images", "masks"):
+            img = Image.open(data / cls / sub / name).resize((56, 56), Image.BILINEAR)
+            (ext / cls / sub).mkdir(parents=True, exist_ok=True)
+            img.save(ext / cls / sub / name)
+    fresh = write_synthetic_dataset(tmp_path / "f", per_class=2, size=48, seed=9, masks=True,
+                                    progress=False)  # fmt: skip
+    for cls in ("COVID", "Normal"):
+        for sub in ("images", "masks"):
+            for f in (fresh / cls / sub).iterdir():
+                shutil.copy(f, ext / cls / sub / f"new-{f.name}") if (ext / cls).is_dir() else None
+    m = evaluate_run(run, data=ext, split="all", progress=False)
+    assert m["lungs"] == "crop" and m["excluded_copies"] == len(trained)

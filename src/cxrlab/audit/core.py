@@ -164,7 +164,8 @@ def run_audit(
     # ---- copies of training images: left out on another dataset, reported on the run's own
     excluded: set[str] = set()
     if external:
-        overlap = find_overlap(run_dir, card, records, images[rows], progress=progress)
+        whole = prepared.whole_images(progress).array  # copies are of whole radiographs
+        overlap = find_overlap(run_dir, card, records, whole[rows], progress=progress)
         excluded = overlap.paths(("train", "val"))
         copies: dict[str, Any] = overlap.to_dict() | {"excluded": len(excluded)}
         copies["finding"] = (

@@ -179,6 +179,13 @@ class PreparedData:
     def classes(self) -> tuple[str, ...]:
         return self.split.classes
 
+    def whole_images(self, progress: bool = False) -> DecodedImages:
+        """The images as decoded, before any lungs mode (what finds copies of radiographs)."""
+        if self.lungs == "keep":
+            return self.images
+        return decoded_images(self.report.root, self.split.records, self.images.size,
+                              progress=progress)  # fmt: skip
+
 
 def prepare_data(
     data: DataSpec = None,

@@ -224,8 +224,8 @@ def evaluate_run(
     external = prepared.report.fingerprint() != card["data"]["data_hash"]
     overlap = None
     if external:
-        overlap = find_overlap(run_dir, card, records, prepared.images.array[rows],
-                               progress=progress)  # fmt: skip
+        whole = prepared.whole_images(progress).array  # copies are of whole radiographs
+        overlap = find_overlap(run_dir, card, records, whole[rows], progress=progress)
     excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
     # every image is predicted (unscored classes too: where did they go?)
     dev = resolve_device(device)

@@ -166,7 +166,11 @@ def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: dict[str, Any]) 
     size = str(model.stat().st_size) if model.exists() else ""
     created = str(card.get("created", ""))  # a retrained run is a new model
     cmap = json.dumps(dict(sorted(ext.class_map.items())))
-    return hash_strings([data_hash, cmap, size, created])
+    parts = [data_hash, cmap, size, created]
+    if card.get("data", {}).get("lungs", "keep") != "keep":
+        # results of such runs from before copies were found on whole images are stale
+        parts.append("copies-on-whole-images")
+    return hash_strings(parts)
 
 
 def is_current(run_dir: str | os.PathLike[str], ext: ExternalSet, prepared: PreparedData) -> bool:

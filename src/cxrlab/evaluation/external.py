@@ -166,7 +166,8 @@ def find_overlap(
         run_dir: the run folder (its ``split.csv`` lists the run's images and hashes).
         card: the run's model card (where its data lives, the image size).
         records: the other dataset's images (``path``, ``hash``).
-        pixels: their decoded ``(N, H, W)`` uint8 images, row-aligned with ``records``.
+        pixels: their decoded ``(N, H, W)`` uint8 whole images (no lungs mode applied: the
+            run's images are compared whole), row-aligned with ``records``.
     """
     from ..data import decoded_images, load_split
 
