@@ -346,3 +346,38 @@ def test_xray_augmentation_and_test_time_views(phantoms: Path, tmp_path: Path) -
     again = evaluate_run(tmp_path / "run", progress=False)
     assert again["accuracy"] == run.metrics["accuracy"]
     assert again["nll"] == pytest.approx(run.metrics["nll"], abs=1e-5)
+
+
+def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
+    """Each acquisition perturbation alone, on a grey ramp whose answer is known; all of
+    them drawn together are seeded and stay in 0..255."""
+    import cxrlab.engine.batches as batches
+
+    ramp = torch.linspace(0, 255, 64).repeat(64, 1)[None, None].repeat(4, 1, 1, 1)
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+
+    def only(name: str) -> torch.Tensor:
+        monkeypatch.setattr(batches, "ACQUISITION", {k: float(k == name) for k in
+                                                     batches.ACQUISITION})  # fmt: skip
+        return batches._acquisition(ramp, seeded())
+
+    curve = only("curve")  # a monotone tone curve: grey levels keep their order, ends stay
+    assert (curve.diff(dim=-1) >= -1e-4).all() and not torch.allclose(curve, ramp, atol=1)
+    assert curve[..., 0].abs().max() < 1e-3 and (curve[..., -1] - 255).abs().max() < 1e-3
+    framed = only("frame")
+    assert torch.equal(framed[..., 20:44, 20:44], ramp[..., 20:44, 20:44])  # inside: as it was
+    assert not torch.equal(framed, ramp)
+    sharp = only("blur_sharpen")
+    assert torch.allclose(sharp[..., 8:-8, 8:-8], ramp[..., 8:-8, 8:-8], atol=1e-3)  # linear
+    jpeg = only("jpeg")
+    assert (jpeg - ramp).abs().mean() < 6 and not torch.equal(jpeg, ramp)
+    resampled = only("resample")
+    assert (resampled - ramp).abs().mean() < 4
+    noisy = only("noise")
+    assert 0 < (noisy - ramp)[..., 8:-8, 8:-8].std() < 7
+    monkeypatch.undo()
+    x = torch.rand(6, 1, 48, 48, generator=seeded()) * 255
+    a = batches.augment_batch(x, seeded(), "acquisition")
+    assert torch.equal(a, batches.augment_batch(x, seeded(), "acquisition"))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
+    assert not torch.equal(a, batches.augment_batch(x, seeded(), "xray"))

@@ -380,8 +380,8 @@ def train_cmd(
     augment: Annotated[
         str,
         typer.Option(
-            help="none; light (small affine, brightness/contrast); xray (larger, plus gamma). "
-            "Never flips.",
+            help="none; light (small affine, brightness/contrast); xray (larger, plus gamma); "
+            "acquisition (xray, tone curves, blur, noise, resampling, JPEG, frames). Never flips.",
             rich_help_panel=_T,
         ),
     ] = "none",

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..data.split import Split
 
 __all__ = [
+    "ACQUISITION",
     "AUGMENTS",
     "ImageBatches",
     "augment_batch",
@@ -139,7 +140,20 @@ AUGMENTS = {
               "gamma": 0.0},
     "xray": {"rotate": 10, "scale": 0.1, "shift": 0.06, "brightness": 0.1, "contrast": 0.15,
              "gamma": 0.25},
+    # xray, then what differs between hospitals and detectors (see _acquisition)
+    "acquisition": {"rotate": 10, "scale": 0.1, "shift": 0.06, "brightness": 0.1,
+                    "contrast": 0.15, "gamma": 0.25, "acquisition": True},
 }  # fmt: skip
+#: How often each acquisition perturbation is applied to an image, and how strongly.
+ACQUISITION = {
+    "curve": 0.5,  # a random monotone tone curve (5 knots)
+    "equalize": 0.3,  # blend with the image's own histogram equalisation, up to half
+    "blur_sharpen": 0.5,  # unsharp mask with an amount in [-1, 1] (blur below 0)
+    "noise": 0.3,  # Gaussian noise, sd up to 6 grey levels
+    "resample": 0.3,  # down to 35-90 % of the side and back up
+    "jpeg": 0.3,  # JPEG re-compression at quality 30-90
+    "frame": 0.3,  # black, white or grey borders of up to 6 % of the side
+}
 
 
 def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor,
@@ -159,7 +173,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str = "ligh
     ``light``: per image, rotation within ±7°, scale 0.95-1.05, shift within ±4 %,
     brightness and contrast within ±10 %. ``xray``: rotation ±10°, scale 0.9-1.1, shift
     ±6 %, contrast ±15 % and a gamma between 0.78 and 1.28 (exposure and processing curves
-    differ between hospitals and detectors). Never flips: left and right are anatomically
+    differ between hospitals and detectors). ``acquisition``: ``xray``, then per image tone
+    curves, histogram equalisation, blur or sharpening, noise, resampling, JPEG and border
+    frames (:data:`ACQUISITION`), so that how an image was taken stops telling the class.
+    Never flips: left and right are anatomically
     meaningful (the heart, situs, the "L"/"R" markers), so a flipped X-ray is not a
     plausible X-ray of the same class.
 
@@ -201,7 +218,88 @@ def _augment(x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Gener
     if p["gamma"]:
         g = torch.rand(b, generator=generator).to(x.device, x.dtype) * 2 - 1
         x = 255 * (x / 255) ** torch.exp(g * p["gamma"]).view(b, 1, 1, 1)
+    if p.get("acquisition"):
+        x = _acquisition(x, generator)
     return x, masks
+
+
+def _acquisition(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What the audit's probes find the sources differ by, drawn per image (each with the
+    probability in :data:`ACQUISITION`): a random tone curve, partial histogram
+    equalisation, blur or sharpening, noise, down-and-up resampling, JPEG re-compression,
+    and border frames. ``x``: ``(B, 1, H, W)`` float in 0..255; the result is too."""
+    b, _, h, w = x.shape
+    dev, dt = x.device, x.dtype
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    on = {k: draw(b) < p for k, p in ACQUISITION.items()}  # which images get which
+    # a monotone tone curve through 5 knots with random steps (the identity on average)
+    steps = draw(b, 4) + 0.25
+    knots = torch.cat([torch.zeros(b, 1), steps.cumsum(1) / steps.sum(1, keepdim=True)], 1)
+    amount_eq, amount_us = draw(b) * 0.5, draw(b) * 2 - 1
+    noise_sd, side, quality = draw(b) * 6, 0.35 + draw(b) * 0.55, 30 + (draw(b) * 60).long()
+    borders, fill = (draw(b, 4) * 0.06 * min(h, w)).long(), draw(b)
+    noise = torch.randn(x.shape, generator=generator).to(dev, dt)
+    # per-image look-up tables of 256 grey levels: the tone curve, then equalisation
+    grey = torch.arange(256, dtype=torch.float64) / 255 * 4
+    lo = grey.floor().clamp(0, 3).long()
+    curve = knots[:, lo] + (grey - lo) * (knots[:, lo + 1] - knots[:, lo])  # (B, 256)
+    q = x.round().clamp(0, 255).long().view(b, -1)
+    toned = torch.gather((curve * 255).to(dev, dt), 1, q).view_as(x)
+    x = torch.where(on["curve"].to(dev).view(b, 1, 1, 1), toned, x)
+    if bool(on["equalize"].any()):
+        q = x.round().clamp(0, 255).long().view(b, -1)
+        hist = torch.zeros(b, 256, device=dev, dtype=dt).scatter_add_(
+            1, q, torch.ones_like(x).view(b, -1)
+        )
+        cdf = hist.cumsum(1)
+        low = torch.gather(cdf, 1, q.min(1, keepdim=True).values)
+        eq = 255 * (torch.gather(cdf, 1, q) - low) / (cdf[:, -1:] - low).clamp(min=1)
+        amount = torch.where(on["equalize"], amount_eq, 0).to(dev, dt)[:, None]
+        x = (x.view(b, -1) + amount * (eq - x.view(b, -1))).view_as(x)
+    out = []
+    for i in range(b):
+        img = x[i : i + 1]
+        if on["blur_sharpen"][i]:
+            img = img + float(amount_us[i]) * (img - _gaussian_blur(img))
+        if on["noise"][i]:
+            img = img + noise[i : i + 1] * float(noise_sd[i])
+        if on["resample"][i]:
+            small = (max(8, round(h * float(side[i]))), max(8, round(w * float(side[i]))))
+            img = F.interpolate(F.interpolate(img, size=small, mode="area"), size=(h, w),
+                                mode="bilinear", align_corners=False)  # fmt: skip
+        if on["jpeg"][i]:
+            img = _jpeg(img, int(quality[i]))
+        if on["frame"][i]:
+            top, bottom, left, right = (int(v) for v in borders[i])
+            value = 0.0 if fill[i] < 0.4 else 255.0 if fill[i] < 0.6 else float(img.mean())
+            img = img.clone()
+            img[..., :top, :] = value
+            img[..., h - bottom :, :] = value
+            img[..., :, :left] = value
+            img[..., :, w - right :] = value
+        out.append(img.clamp(0, 255))
+    return torch.cat(out)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """A 5x5 Gaussian blur of ``(B, 1, H, W)`` (edges replicated)."""
+    t = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).view(1, 1, 5)
+    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, 5))
+    return F.conv2d(x, k.view(1, 1, 5, 1))
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``(1, 1, H, W)`` float 0..255 through a JPEG encode and decode at ``quality``."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    u8 = x[0].round().clamp(0, 255).to("cpu", torch.uint8)
+    return decode_jpeg(encode_jpeg(u8, quality=quality))[None].to(x.device, x.dtype)
 
 
 def light_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -86,7 +86,8 @@ class TrainConfig:
         source or (source, class) cell is drawn alike; ``class`` is ``class_balance =
         "sampler"``),
         augment (``none``; ``light``: small affine, brightness/contrast; ``xray``: larger
-        affine, contrast and gamma; never flips),
+        affine, contrast and gamma; ``acquisition``: ``xray`` plus tone curves, histogram
+        equalisation, blur/sharpen, noise, resampling, JPEG, border frames; never flips),
         early_stopping (patience in epochs on validation loss, 0 = off),
         ema (decay of an exponential moving average of the weights per step, e.g. 0.998;
         validation, the kept checkpoint and the test use the averaged weights; 0 = off).
@@ -162,7 +163,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
     balance: Literal["none", "class", "source", "source_class"] = "none"
-    augment: Literal["none", "light", "xray"] = "none"
+    augment: Literal["none", "light", "xray", "acquisition"] = "none"
     early_stopping: int = 0
     ema: float = 0.0
     calibrate: bool = True
