@@ -354,7 +354,7 @@ def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
     import cxrlab.engine.batches as batches
 
     ramp = torch.linspace(0, 255, 64).repeat(64, 1)[None, None].repeat(4, 1, 1, 1)
-    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    seeded = lambda: torch.Generator().manual_seed(3)
 
     def only(name: str) -> torch.Tensor:
         monkeypatch.setattr(batches, "ACQUISITION", {k: float(k == name) for k in

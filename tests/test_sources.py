@@ -204,3 +204,46 @@ def test_training_on_two_sources(two_sources, tmp_path, monkeypatch, capsys) -> 
                  "B=Viral Pneumonia=Pneumonia", "--balance", "source", "--model", "resnet18",
                  "--weights", "none", "--image-size", "32", "--epochs", "1", "--precision",
                  "fp32", "--no-progress", "--out", str(tmp_path / "cli")]) == 0  # fmt: skip
+
+
+def test_source_probe_finds_planted_source_beyond_the_class() -> None:
+    """Features that carry the class only: the probe does no better than the class alone;
+    features that also carry the source: it tells the sources apart."""
+    from cxrlab.audit.probes import source_probe
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    # source A has 80 % of class 0, source B 80 % of class 1: the class tells the source
+    sources = np.where(rng.random(n) < 0.8, labels, 1 - labels)
+    names = np.array(["A", "B"])[sources]
+    classes = np.array(["x", "y"])[labels]
+    class_only = np.c_[labels + rng.normal(0, 0.3, n), rng.normal(size=(n, 5))]
+    plain = source_probe(class_only, names, classes, seed=0)
+    assert plain["from_class"] == pytest.approx(0.8, abs=0.05)
+    assert plain["balanced_accuracy"] <= plain["from_class"] + 0.05
+    with_source = np.c_[class_only, sources + rng.normal(0, 0.15, n)]
+    found = source_probe(with_source, names, classes, seed=0)
+    assert found["balanced_accuracy"] > 0.95 and found["ci"][0] > plain["ci"][1]
+    assert "skipped" in source_probe(class_only, ["A"] * n, classes)
+
+
+def test_audit_source_check(two_sources, tmp_path, monkeypatch) -> None:
+    """The audit of a run on two sources probes its features for the source; of a run on
+    one source, the check says why it is skipped."""
+    from cxrlab.audit import run_audit
+    from cxrlab.engine import train
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    cfg = tiny_config(f"A={a}", epochs=1).replace(data=(f"A={a}", f"B={b}"),
+                                                   ratios=(0.4, 0.1, 0.5))  # fmt: skip
+    run = train(cfg, tmp_path / "run").run_dir
+    res = run_audit(run, checks=("source",), progress=False)
+    source = res.report["checks"]["source"]
+    assert source["sources"] == ["A", "B"] and source["features"] == 512  # ResNet-18's pool
+    assert 0 <= source["balanced_accuracy"] <= 1 and 0.5 <= source["from_class"] <= 1
+    assert "## Source probe" in (res.out / "audit.md").read_text()
+    one = train(tiny_config(a, epochs=1), tmp_path / "one").run_dir
+    skipped = run_audit(one, checks=("source",), progress=False).report["checks"]["source"]
+    assert "one source" in skipped["skipped"]

@@ -545,7 +545,7 @@ def audit_cmd(
     ] = "test",
     check: Annotated[
         list[str] | None,
-        typer.Option(help="Run only this check (copies, lungs, cam, probes); repeatable."),
+        typer.Option(help="Run only this check (copies, lungs, cam, probes, source); repeatable."),
     ] = None,
     class_map: Annotated[
         str | None,

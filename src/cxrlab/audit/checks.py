@@ -53,6 +53,29 @@ def predict(
     return probs
 
 
+@torch.no_grad()
+def penultimate_features(
+    model: CxrClassifier, images: np.ndarray, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """``(N, D)`` float32: what the model's classifier head receives for ``(N, H, W)`` uint8
+    images (the pooled features, or a ViT's class token)."""
+    head = model.head[0].rsplit(".", 1)[0]  # the module that owns the head's weight
+    captured: list[torch.Tensor] = []
+    handle = model.net.get_submodule(head).register_forward_hook(
+        lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())
+    )
+    was = model.training
+    model.eval().to(device)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            model(x[:, None].to(device))
+    finally:
+        handle.remove()
+        model.train(was)
+    return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
+
+
 def chance_accuracy(y: np.ndarray) -> float:
     """The accuracy of always answering the most common class."""
     return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")

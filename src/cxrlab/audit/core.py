@@ -10,7 +10,9 @@ another dataset) and their lung masks where the dataset has them, and runs:
    lungs left (:func:`~cxrlab.audit.checks.lungs_removed`). Needs masks.
 3. **cam**: the share of Grad-CAM mass inside the lungs, per class. Needs masks.
 4. **probes**: how well acquisition alone predicts the class (:mod:`cxrlab.audit.probes`).
-5. **external**: on another dataset, metrics over the classes it has and where the images
+5. **source**: with images of several sources, how well a linear probe on the model's
+   penultimate features predicts their source, beside the class alone (lower is better).
+6. **external**: on another dataset, metrics over the classes it has and where the images
    of each of its classes went.
 
 It writes ``audit.json`` (every number), ``audit.md`` (one line per check, then tables) and
@@ -26,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..data import prepare_data
+from ..data import PreparedData, prepare_data
 from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
@@ -40,12 +43,12 @@ from ..evaluation.external import find_overlap, match_classes, routing
 from ..evaluation.intervals import wilson_interval
 from ..utils import atomic_write_text, write_json
 from . import figures
-from .checks import cam_in_lungs, chance_accuracy, lungs_removed, predict
-from .probes import acquisition_probes
+from .checks import cam_in_lungs, chance_accuracy, lungs_removed, penultimate_features, predict
+from .probes import acquisition_probes, source_probe
 
 __all__ = ["CHECKS", "AuditResult", "run_audit"]
 
-CHECKS = ("copies", "lungs", "cam", "probes")
+CHECKS = ("copies", "lungs", "cam", "probes", "source")
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,10 @@ def run_audit(
             )
             files["probes"] = figures.plot_probes(probes, out / "probes.png")
         report["checks"]["probes"] = probes
+    if "source" in checks:
+        keep = [k for k, r in enumerate(records) if r.path not in excluded]
+        report["checks"]["source"] = _source_check(model, images[rows[keep]], prepared,
+                                                   rows[keep], dev, seed)  # fmt: skip
     if external:
         present = sorted({classes[c] for c in y}, key=classes.index)
         report["checks"]["external"] = {
@@ -343,11 +350,35 @@ def run_audit(
     return result
 
 
+def _source_check(model: Any, images: np.ndarray, prepared: PreparedData, rows: np.ndarray,
+                  device: torch.device, seed: int) -> dict[str, Any]:  # fmt: skip
+    """The source probe on the model's penultimate features (see :func:`source_probe`)."""
+    split = prepared.split
+    sources = [split.source_of(int(i)) for i in rows]
+    if len(set(sources)) < 2:
+        return {"skipped": "the images come from one source (train on several with --data "
+                           "A --data B to probe what the model knows of them)"}  # fmt: skip
+    features = penultimate_features(model, images, device)
+    labels = [split.records[int(i)].label for i in rows]
+    res = source_probe(features, sources, labels, seed=seed)
+    if "skipped" not in res:
+        res["finding"] = (
+            f"A linear probe on the model's penultimate features tells the {len(res['sources'])}"
+            f" sources apart with balanced accuracy {res['balanced_accuracy']:.3f} "
+            f"[{res['ci'][0]:.3f}, {res['ci'][1]:.3f}] (chance {res['chance']:.3f}; the class "
+            f"alone gives {res['from_class']:.3f}; {res['n']} images). Lower is better: the "
+            "more the features tell the source beyond the class, the more a new source can move "
+            "the model."
+        )
+    return res
+
+
 _TITLES = {
     "copies": "Copies of training images",
     "lungs": "Lungs removed / lungs only",
     "cam": "Where the explanation falls",
     "probes": "Acquisition probes",
+    "source": "Source probe",
     "external": "External data",
 }
 
@@ -429,6 +460,19 @@ def audit_markdown(result: AuditResult) -> str:
             f"features, {probes['folds']}-fold stratified cross-validation.",
             "",
             "![probes](probes.png)",
+            "",
+        ]
+    source = r["checks"].get("source", {})
+    if "balanced_accuracy" in source:
+        recall = ", ".join(f"{c} {x:.2f}" for c, x in source["per_class_recall"].items())
+        lines += [
+            "## Source probe",
+            "",
+            f"Balanced accuracy {source['balanced_accuracy']:.3f} [{source['ci'][0]:.3f}, "
+            f"{source['ci'][1]:.3f}] from {source['features']} penultimate features (chance "
+            f"{source['chance']:.3f}; the class alone: {source['from_class']:.3f}); recall per "
+            f"source: {recall}. Logistic regression on standardised features, "
+            f"{source['folds']}-fold stratified cross-validation.",
             "",
         ]
     lines += [
