@@ -247,3 +247,49 @@ def test_audit_source_check(two_sources, tmp_path, monkeypatch) -> None:
     one = train(tiny_config(a, epochs=1), tmp_path / "one").run_dir
     skipped = run_audit(one, checks=("source",), progress=False).report["checks"]["source"]
     assert "one source" in skipped["skipped"]
+
+
+def test_a_study_on_two_sources(two_sources, tmp_path, monkeypatch) -> None:
+    """[study] data lists the sources and class_map maps them (a table or a string); every
+    cell trains on the same view and split, and its metrics score each source."""
+    from cxrlab.study import build_report, parse_study_config, run_study
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    text = f"""
+[study]
+name = "sources"
+data = ["A={a}", "B={b}"]
+seeds = 1
+ratios = [0.4, 0.2, 0.4]
+class_map = {{B = {{"Viral Pneumonia" = "Pneumonia"}}, A = "COVID=Covid"}}
+
+[train]
+epochs = 1
+batch_size = 8
+image_size = 32
+precision = "fp32"
+threads = 2
+progress = false
+balance = "source_class"
+
+[[cells]]
+model = "resnet18"
+weights = "none"
+"""
+    study = parse_study_config(text)
+    cfg = study.cells[0].config
+    assert cfg.data == (f"A={a}", f"B={b}")
+    assert set(cfg.class_map) == {"B=Viral Pneumonia=Pneumonia", "A=COVID=Covid"}
+    run_study(study, tmp_path / "out", progress=False)
+    build_report(tmp_path / "out", study)
+    split = (tmp_path / "out" / "split.csv").read_text()
+    assert ",A," in split and ",B," in split and "Covid/images/" in split
+    metrics = json.loads((tmp_path / "out" / "runs" / study.cells[0].id / "metrics.json")
+                         .read_text())  # fmt: skip
+    assert set(metrics["per_source"]["sources"]) == {"A", "B"}
+    with pytest.raises(ConfigError, match=r"class_map\.A must be a table"):
+        parse_study_config(text.replace('A = "COVID=Covid"', "A = 3"))
+    # --data NAME=PATH on the command line replaces the file's sources
+    again = parse_study_config(text, data=[f"A={a}"])
+    assert again.cells[0].config.data == f"A={a}"

@@ -618,8 +618,10 @@ def analyze_reuse_cmd(
 def study_run(
     config: Annotated[Path, typer.Argument(help="Study TOML file (see configs/).")],
     data: Annotated[
-        str | None,
-        typer.Option(help="Dataset folder (overrides [study] data)."),
+        list[str] | None,
+        typer.Option(
+            help="Dataset folder (overrides [study] data); repeat as NAME=PATH for sources."
+        ),
     ] = None,
     out: Annotated[
         Path | None,

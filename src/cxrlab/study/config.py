@@ -62,6 +62,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -95,7 +96,9 @@ class StudySettings:
 
     name: str = "study"
     description: str = ""
-    data: str = "phantoms"
+    data: str | tuple[str, ...] = "phantoms"  # a folder, or several sources ([NAME=]PATH)
+    class_map: dict[str, Any] = dataclasses.field(default_factory=dict)  # per source
+    sources_csv: dict[str, str] = dataclasses.field(default_factory=dict)  # per source
     seeds: int | tuple[int, ...] = 1
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -107,9 +110,27 @@ class StudySettings:
     select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
     final: Literal["none", "best", "ensemble"] = "none"  # write <study>/final/ (see .final)
 
+    def source_options(self) -> dict[str, tuple[str, ...]]:
+        """``class_map`` and ``sources_csv`` as :class:`~cxrlab.engine.TrainConfig` takes
+        them (``NAME=FROM=TO,...`` and ``NAME=FILE``)."""
+        maps = []
+        for name, m in self.class_map.items():
+            text = m if isinstance(m, str) else ",".join(f"{k}={v}" for k, v in m.items())
+            maps.append(f"{name}={text}")
+        return {"class_map": tuple(maps),
+                "sources_csv": tuple(f"{k}={v}" for k, v in self.sources_csv.items())}  # fmt: skip
+
     def __post_init__(self) -> None:
         from ..engine.external import ExternalSet, external_sets
 
+        for name, m in self.class_map.items():
+            if not isinstance(m, (str, dict)) or (
+                isinstance(m, dict) and not all(isinstance(v, str) for v in m.values())
+            ):
+                raise ConfigError(
+                    f"[study] class_map.{name} must be a table of dataset class = class, or "
+                    '"FROM=TO,..."'
+                )
         if not all(isinstance(e, ExternalSet) for e in self.external):
             object.__setattr__(self, "external", external_sets(self.external))
 
@@ -316,7 +337,11 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     if overrides.get("seeds") is not None:
         settings = dataclasses.replace(settings, seeds=int(overrides["seeds"]))
     if overrides.get("data") is not None:
-        settings = dataclasses.replace(settings, data=str(overrides["data"]))
+        given = overrides["data"]
+        data_ = str(given) if isinstance(given, (str, os.PathLike)) else tuple(map(str, given))
+        if isinstance(data_, tuple) and len(data_) == 1:
+            data_ = data_[0]
+        settings = dataclasses.replace(settings, data=data_)
     if overrides.get("external"):  # --external NAME=PATH: added, or replacing one of that name
         from ..engine.external import ExternalSet, external_sets
 
@@ -333,7 +358,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     train = dict(data.get("train", {}))
     train_search = _search_axes(train, "[train] ")
     for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "near_copies",
-                      "seed"):  # fmt: skip
+                      "class_map", "sources_csv", "seed"):  # fmt: skip
         if forbidden in train:
             raise ConfigError(
                 f"[train] {forbidden} is set by the study; move it to [study]"
@@ -408,7 +433,8 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             trials = [dict(zip(search, combo)) for combo in itertools.product(*search.values())]
             for trial in trials or [{}]:
                 cfg = TrainConfig.from_dict(
-                    options | trial | {"data": settings.data, "split_seed": settings.split_seed,
+                    options | trial | settings.source_options()
+                    | {"data": settings.data, "split_seed": settings.split_seed,
                                        "ratios": settings.ratios,
                                        "split_source": settings.split_source,
                                        "near_copies": settings.near_copies, "seed": seed},
@@ -430,7 +456,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
 def load_study_config(
     path: str | os.PathLike[str],
     *,
-    data: str | None = None,
+    data: str | Sequence[str] | None = None,
     epochs: int | None = None,
     seeds: int | None = None,
     external: tuple[Any, ...] = (),

@@ -307,6 +307,8 @@ def run_study(
     # one split for every cell, made (or checked) before any cell starts
     shared = prepare_data(
         first.data,
+        class_map=first.class_map,
+        sources_csv=first.sources_csv,
         split_file=out / "split.csv",
         split_seed=first.split_seed,
         ratios=first.ratios,
