@@ -293,3 +293,34 @@ weights = "none"
     # --data NAME=PATH on the command line replaces the file's sources
     again = parse_study_config(text, data=[f"A={a}"])
     assert again.cells[0].config.data == f"A={a}"
+
+
+def test_leave_one_source_out(two_sources, tmp_path, monkeypatch, capsys) -> None:
+    """--holdout-source trains on the other sources and scores the one left out on its own
+    validation and test splits, copies of training images left out."""
+    from cxrlab.engine import train
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    cfg = tiny_config(f"A={a}", epochs=1).replace(
+        data=(f"A={a}", f"B={b}"), class_map=("B=Viral Pneumonia=-",), holdout_source="B",
+        ratios=(0.5, 0.25, 0.25))  # fmt: skip
+    run = train(cfg, tmp_path / "run").run_dir
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["classes"] == ["COVID", "Normal"]  # A alone
+    assert card["data"]["sources"]["images"] == {"COVID": {"A": 6}, "Normal": {"A": 6}}
+    assert card["training"]["config"]["holdout_source"] == "B"
+    held = json.loads((run / "holdout.json").read_text())
+    assert held["source"] == "B" and held["val"]["split"] == "val"
+    assert held["val"]["classes_present"] == ["Normal"] == held["test"]["classes_present"]
+    # B's copy of A's Normal-1 is not scored when A's copy was trained or validated on
+    total = (
+        held["val"]["n"]
+        + held["test"]["n"]
+        + held["val"].get("excluded_copies", 0)
+        + held["test"].get("excluded_copies", 0)
+    )
+    assert total <= 7
+    assert "held-out source B (test" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="holdout_source 'C' is not one of the sources"):
+        train(cfg.replace(holdout_source="C"), tmp_path / "bad")

@@ -278,6 +278,13 @@ def train_cmd(
             rich_help_panel=_D,
         ),
     ] = None,
+    holdout_source: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on every source but this one, then score it (holdout.json).",
+            rich_help_panel=_D,
+        ),
+    ] = None,
     split_file: Annotated[
         Path | None,
         typer.Option(

@@ -195,10 +195,11 @@ def _has_image_files(folder: Path) -> bool:
 
 def _class_folders(folder: Path) -> tuple[list[ClassFolder], bool] | None:
     """The class folders directly under ``folder`` and whether they are the database's
-    canonical classes, or ``None`` when fewer than two subfolders hold images."""
+    canonical classes, or ``None`` when fewer than two subfolders hold images (one will do
+    in a view of sources, :mod:`cxrlab.data.sources`: a held-out source may have one class)."""
     dirs = _list_dirs(folder)
     with_images = [d for d in dirs if _has_image_files(d)]
-    if len(with_images) < 2:
+    if len(with_images) < (1 if (folder / "sources.json").is_file() else 2):
         return None
     canon = {d: canonical_class_name(d.name) for d in dirs}
     if not all(canon[d] for d in with_images):

@@ -88,7 +88,8 @@ def resolve_data(
     """
     if not isinstance(data, (str, os.PathLike)) and data is not None:
         items = [str(d) for d in data]
-        if len(items) == 1 and not class_map and not sources_csv:
+        named = "=" in items[0] and not os.path.exists(items[0]) if items else False
+        if len(items) == 1 and not class_map and not sources_csv and not named:
             return resolve_data(items[0])
     elif class_map or sources_csv:
         items = [str(resolve_data(data))]

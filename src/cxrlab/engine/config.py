@@ -46,6 +46,9 @@ class TrainConfig:
             or be ``-`` to drop one; with one source ``FROM=TO,...``).
         sources_csv: ``NAME=FILE``: a CSV of ``path,source`` naming finer sources (hospitals,
             collections) of a source's images.
+        holdout_source: leave this source of ``data`` out of training, and score it
+            afterwards on its own validation and test splits (``holdout.json``; see
+            :mod:`cxrlab.engine.holdout`).
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
         split_seed: seed of a newly made split (independent of ``seed``).
         ratios: train/val/test fractions of a newly made split.
@@ -135,6 +138,7 @@ class TrainConfig:
     data: str | tuple[str, ...] = "phantoms"
     class_map: tuple[str, ...] = ()
     sources_csv: tuple[str, ...] = ()
+    holdout_source: str | None = None
     split_file: str | None = None
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)

@@ -52,6 +52,7 @@ from .config import TrainConfig
 from .distributed import Distributed, init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
+from .holdout import score_holdout, split_sources
 from .optim import build_optimizer, lr_at
 from .rundir import (
     INIT_FILE,
@@ -198,6 +199,8 @@ def train(
     try:
         _fit(run, on_step)
         result = _finish(run)
+        if run.ddp.main and config.holdout_source:
+            _score_holdout(run, result)
         run.tracker.finish(result.metrics, result.run_dir)  # a no-op Tracker off rank 0
         status = "FINISHED"
         return result
@@ -206,6 +209,17 @@ def train(
         raise
     finally:
         run.tracker.close(status)
+
+
+def _score_holdout(run: _Run, result: TrainResult) -> None:
+    """The held-out source on its validation and test splits (``holdout.json``)."""
+    held = score_holdout(result.run_dir, run.config, progress=run.config.progress)
+    assert held is not None
+    for split in ("val", "test"):
+        m = held[split]
+        run.log(f"held-out source {held['source']} ({split}, {m['n']} images): accuracy "
+                f"{m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  loss "
+                f"{m['nll']:.4f}")  # fmt: skip
 
 
 def _open_tracker(run: _Run) -> Tracker:
@@ -251,10 +265,11 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     split_file = out / "split.csv" if resume else config.split_file
     if not ddp.main:
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
+    (train_data, class_map, sources_csv), _ = split_sources(config)
     data = prepare_data(
-        config.data,
-        class_map=config.class_map,
-        sources_csv=config.sources_csv,
+        train_data,
+        class_map=class_map,
+        sources_csv=sources_csv,
         split_file=split_file,
         split_seed=config.split_seed,
         ratios=config.ratios,
