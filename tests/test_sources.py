@@ -324,3 +324,51 @@ def test_leave_one_source_out(two_sources, tmp_path, monkeypatch, capsys) -> Non
     assert "held-out source B (test" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="holdout_source 'C' is not one of the sources"):
         train(cfg.replace(holdout_source="C"), tmp_path / "bad")
+
+
+def test_a_study_with_a_leave_one_source_out_axis(two_sources, tmp_path, monkeypatch) -> None:
+    """holdout_source as a cell axis: the cell that holds B out trains on the study's split
+    without B's images, scores B, and the report has a leave-one-source-out table."""
+    from cxrlab.study import build_report, parse_study_config, run_study
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    study = parse_study_config(f"""
+[study]
+name = "loso"
+data = ["A={a}", "B={b}"]
+seeds = 1
+ratios = [0.4, 0.3, 0.3]
+
+[train]
+epochs = 1
+batch_size = 8
+image_size = 32
+precision = "fp32"
+threads = 2
+progress = false
+
+[[cells]]
+model = "resnet18"
+weights = "none"
+holdout_source = ["none", "B"]
+""")
+    ids = [c.id for c in study.cells]
+    assert ids == ["resnet18-scratch-full-s0", "resnet18-scratch-full-noB-s0"]
+    assert (
+        study.cells[1].label.endswith(", without B")
+        and study.cells[0].config.holdout_source is None
+    )
+    out = tmp_path / "out"
+    run_study(study, out, progress=False)
+    report = build_report(out, study)
+    shared = (out / "split.csv").read_text().splitlines()[2:]
+    without = (out / "splits" / "without-B.csv").read_text().splitlines()[2:]
+    assert without == [line for line in shared if line.split(",")[-2] != "B"]
+    held = json.loads((out / "runs" / ids[1] / "holdout.json").read_text())
+    assert held["source"] == "B" and held["test"]["n"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "## Leave one source out" in summary and "| B |" in summary
+    row = next(r for r in report.results.rows if r["cell"] == ids[1])
+    assert row["holdout_test_accuracy"] == pytest.approx(held["test"]["accuracy"])
+    assert ids[1] not in report.results.correct  # other test images: not paired

@@ -224,11 +224,14 @@ def without_seed(cell_id: str) -> str:
     return cell_id.rsplit("-s", 1)[0]
 
 
-def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float = 1.0) -> str:
+def arm_label(weights: str, freeze: str, lungs: str = "keep", train_size: float = 1.0,
+              holdout_source: str | None = None) -> str:  # fmt: skip
     """A readable training type, in the original study's terms."""
     label = _arm_label(weights, freeze)
     if lungs != "keep":
         label = f"{label}, {_LUNGS[lungs]}"
+    if holdout_source:
+        label = f"{label}, without {holdout_source}"
     return label if train_size == 1 else f"{label}, {train_size_label(train_size)}"
 
 
@@ -384,13 +387,16 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         search = train_search | _search_axes(entry, f"[[cells]] #{index + 1} ")
         for key in search:
             if key in ("model", "weights", "freeze", "lungs", "seed", "data", "split_file",
-                       "split_seed", "ratios", "split_source", "label", "train_size"):  # fmt: skip
+                       "split_seed", "ratios", "split_source", "label", "train_size",
+                       "holdout_source"):  # fmt: skip
                 raise ConfigError(f"[[cells]] #{index + 1} {key}: cannot be searched (it "
                                   "defines the cell, not its training)")  # fmt: skip
         for combo in _expand(entry, index):
             label = combo.pop("label", None)
-            named = ("model", "weights", "freeze", "lungs", "train_size")  # spelled out in the id
-            extra = {k: v for k, v in combo.items() if k not in named}
+            named = ("model", "weights", "freeze", "lungs", "train_size", "holdout_source")
+            extra = {k: v for k, v in combo.items() if k not in named}  # hashed into the id
+            if combo.get("holdout_source") == "none":  # the axis's cell that holds none out
+                combo.pop("holdout_source")
             options = train | combo
             if options.get("lungs", "keep") == "keep":  # masks are not used: not settings
                 options.pop("masks_from", None)
@@ -407,14 +413,16 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                 options.get("lungs", "keep"), ""
             )
             size = float(options.get("train_size", 1.0))
+            held = options.get("holdout_source")
             base_id = (f"{options['model']}-{_tag(options['weights'], options['freeze'])}"
-                       f"{lungs}{_size_tag(size)}{digest}")  # fmt: skip
+                       f"{lungs}{_size_tag(size)}{f'-no{held}' if held else ''}"
+                       f"{digest}")  # fmt: skip
             if base_id in seen:
                 raise ConfigError(f"Cell {base_id} appears twice in the study file")
             seen.add(base_id)
             if label is None:
                 label = arm_label(options["weights"], options["freeze"],
-                                  options.get("lungs", "keep"), size)  # fmt: skip
+                                  options.get("lungs", "keep"), size, held)  # fmt: skip
                 if extra:  # told apart below if another cell gets the same label
                     label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
             bases.append((base_id, label, options, index, search))

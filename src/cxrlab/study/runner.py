@@ -262,6 +262,21 @@ class _Externals:
                 tqdm.write(f"{cell.id}: {describe_result(result)}")
 
 
+def _split_for(cell: Cell, shared: PreparedData, out: Path) -> Path:
+    """The study's split, or for a cell that holds a source out, the same split without
+    that source's images (``splits/without-<source>.csv``): every cell draws nothing anew."""
+    held = cell.config.holdout_source
+    if not held:
+        return out / "split.csv"
+    path = out / "splits" / f"without-{held}.csv"
+    if not path.exists():
+        split = shared.split
+        gone = {r.path for i, r in enumerate(split.records) if split.source_of(i) == held}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        split.without(gone).save(path)
+    return path
+
+
 def run_study(
     study: StudyConfig,
     out: str | os.PathLike[str],
@@ -345,7 +360,8 @@ def run_study(
                 if run_dir.exists() and not resume:
                     shutil.rmtree(run_dir)  # started but not one epoch done: start again
                 tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
-                cfg = cell.config.replace(split_file=str(out / "split.csv"), progress=progress)
+                split_file = _split_for(cell, shared, out)
+                cfg = cell.config.replace(split_file=str(split_file), progress=progress)
                 if log is not None:
                     cfg = cfg.replace(log=log)
                 if cfg.log not in ("", "none"):  # one place per study: HParams compares cells

@@ -205,8 +205,9 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
         m = json.loads((run / "metrics.json").read_text())
         card = json.loads((run / "model_card.json").read_text())
         preds = _read_predictions(run / "predictions.csv")
-        paths = paths or sorted(preds)
-        correct[cell.id] = np.array([preds[p] for p in paths], dtype=bool)
+        if not cell.config.holdout_source:  # a cell holding a source out tests on fewer
+            paths = paths or sorted(preds)
+            correct[cell.id] = np.array([preds[p] for p in paths], dtype=bool)
         n_right = round(m["accuracy"] * m["n"])
         low, high = wilson_interval(n_right, m["n"])
         row = {
@@ -224,9 +225,26 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             "accuracy_ci_low": low, "accuracy_ci_high": high,
             **{f"f1_{c}": v["f1"] for c, v in m["per_class"].items()},
             **_flag_columns(run_flags(run, m)),
+            **_holdout_columns(cell.config.holdout_source, run),
         }  # fmt: skip
         rows.append(row)
     return StudyResults(rows, correct, paths or [], missing, trials)
+
+
+def _holdout_columns(source: str | None, run: Path) -> dict[str, Any]:
+    """A cell that held a source out: the source, and its scores on that source's own
+    validation (what a recipe may be chosen on) and test splits (``holdout.json``)."""
+    if not source:
+        return {}
+    out: dict[str, Any] = {"holdout_source": source}
+    path = run / "holdout.json"
+    if path.is_file():
+        held = json.loads(path.read_text())
+        for split in ("val", "test"):
+            m = held.get(split, {})
+            out |= {f"holdout_{split}_{k}": m.get(k)
+                    for k in ("n", "accuracy", "balanced_accuracy", "nll")}  # fmt: skip
+    return out
 
 
 def _flag_columns(flags: dict[str, str]) -> dict[str, str]:
@@ -315,6 +333,8 @@ def compare(
     flagged: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     size: dict[tuple[str, str], float] = {}
     for r in results.rows:
+        if r["cell"] not in results.correct:  # tested on other images (a held-out source)
+            continue
         by_arm[(r["model"], r["label"])][r["seed"]] = results.correct[r["cell"]]
         size[(r["model"], r["label"])] = r.get("train_size", 1.0)
         for kind in filter(None, r.get("flags", "").split(" | ")):
@@ -493,6 +513,43 @@ def audit_markdown(audits: StudyAudits) -> list[str]:
     return lines
 
 
+def holdout_markdown(results: StudyResults) -> list[str]:
+    """The leave-one-source-out table: each cell that held a source out, in distribution
+    and on the source it never saw (mean ± std over seeds)."""
+    held = [r for r in results.rows if r.get("holdout_source")]
+    if not held:
+        return []
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in held:
+        groups[(r["label"], r["model"])].append(r)
+
+    def stat(rows: list[dict], key: str) -> str:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        if not values:
+            return "-"
+        sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.3f}{sd}"
+
+    lines = ["## Leave one source out", "",
+             "| Training type | model | held out | in distribution | held-out val accuracy | "
+             "held-out val loss | held-out test accuracy | held-out test balanced accuracy |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (label, model), rows in groups.items():
+        lines.append(
+            f"| {label} | {model} | {rows[0]['holdout_source']} | {stat(rows, 'accuracy')} | "
+            f"{stat(rows, 'holdout_val_accuracy')} | {stat(rows, 'holdout_val_nll')} | "
+            f"{stat(rows, 'holdout_test_accuracy')} | "
+            f"{stat(rows, 'holdout_test_balanced_accuracy')} |"
+        )
+    note = (
+        "In distribution: the study's test split without the held-out source's images. "
+        "Held out: that source's own split (copies of training and validation images "
+        "left out); choose recipes on its validation loss, never on its test split. "
+        "These cells are left out of the paired comparisons (other test images)."
+    )
+    return [*lines, "", note, ""]
+
+
 def summary_markdown(study: StudyConfig, results: StudyResults,
                      comparisons: list[Comparison],
                      audits: StudyAudits | None = None,
@@ -531,6 +588,7 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
                   "|---|" + "---|" * len(t["models"])]  # fmt: skip
         lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
         lines.append("")
+    lines += holdout_markdown(results)
     if results.trials:
         lines += [*search_markdown(results.trials, study.settings.select), ""]
     failed = failed_runs(results)
