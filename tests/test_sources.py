@@ -372,3 +372,27 @@ holdout_source = ["none", "B"]
     row = next(r for r in report.results.rows if r["cell"] == ids[1])
     assert row["holdout_test_accuracy"] == pytest.approx(held["test"]["accuracy"])
     assert ids[1] not in report.results.correct  # other test images: not paired
+
+
+def test_finer_sources_from_the_release_metadata(two_sources, tmp_path, monkeypatch,
+                                                 capsys) -> None:  # fmt: skip
+    """--sources-csv NAME=metadata reads the Kaggle release's <Class>.metadata.xlsx: each
+    image's collection is the host of its URL; a release without them is refused in one line."""
+    openpyxl = pytest.importorskip("openpyxl")
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, _ = two_sources
+    copy = tmp_path / "release"
+    shutil.copytree(a, copy)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["FILE NAME", "FORMAT", "SIZE", "URL"])
+    for i in range(1, 7):  # upper case, as the release writes them
+        url = "https://www.sirm.org/covid/" if i <= 4 else "https://github.com/ieee8023/x"
+        sheet.append([f"COVID-{i}", "PNG", "256*256", url])
+    book.save(copy / "COVID.metadata.xlsx")
+    report = scan_dataset(resolve_data([f"A={copy}"], (), ["A=metadata"]), progress=False)
+    names = [report.source_of(r.path) for r in report.records]
+    assert names.count("A:sirm.org") == 4 and names.count("A:github.com") == 2
+    assert names.count("A") == 6  # the Normal images: no spreadsheet names them
+    assert main(["data", "scan", f"A={a}", "--sources-csv", "A=metadata"]) == 2
+    assert "no <Class>.metadata.xlsx" in capsys.readouterr().err

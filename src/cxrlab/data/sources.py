@@ -41,6 +41,7 @@ from .layout import find_layout
 
 __all__ = [
     "DROP",
+    "METADATA",
     "SOURCES_FILE",
     "Source",
     "class_source_table",
@@ -68,7 +69,8 @@ class Source:
         class_map: ``{dataset class: class}``; ``-`` drops a class; unmapped classes keep
             their names.
         finer: a CSV of ``path,source`` rows (paths relative to ``root``) naming finer
-            sources (hospitals, collections) for some or all of its images.
+            sources (hospitals, collections) for some or all of its images; or
+            ``"metadata"``: the collections the release's own spreadsheets name.
     """
 
     name: str
@@ -130,9 +132,50 @@ def parse_sources(
                  for s in sources)  # fmt: skip
 
 
+#: ``--sources-csv NAME=metadata``: the finer sources from the release's own spreadsheets.
+METADATA = "metadata"
+
+
+def _metadata_sources(src: Source, root: Path) -> dict[str, str]:
+    """``{file stem (lower case): finer source}`` from the Kaggle release's per-class
+    ``<Class>.metadata.xlsx`` (columns ``FILE NAME`` and ``URL``): each image's collection
+    is the host of the URL it was taken from (``NAME:host``)."""
+    from urllib.parse import urlparse
+
+    sheets = sorted(root.glob("*.metadata.xlsx")) + sorted(root.glob("*/*.metadata.xlsx"))
+    if not sheets:
+        raise DataError(
+            f"Source {src.name!r}: no <Class>.metadata.xlsx in {root} to read finer sources "
+            "from (the Kaggle release ships them); give a CSV of path,source instead"
+        )
+    try:
+        import openpyxl
+    except ImportError as e:
+        raise DataError("Reading metadata spreadsheets needs openpyxl: pip install openpyxl") from e
+    out: dict[str, str] = {}
+    for sheet in sheets:
+        try:
+            rows = list(
+                openpyxl.load_workbook(sheet, read_only=True).active.iter_rows(values_only=True)
+            )
+        except Exception as e:  # not a workbook: openpyxl raises several types
+            raise DataError(f"Cannot read {sheet} as a spreadsheet ({e})") from e
+        header = [str(c or "").strip().upper() for c in rows[0]] if rows else []
+        if "FILE NAME" not in header or "URL" not in header:
+            raise DataError(f"{sheet} has no 'FILE NAME' and 'URL' columns")
+        name_at, url_at = header.index("FILE NAME"), header.index("URL")
+        for row in rows[1:]:
+            if row[name_at] is None:
+                continue
+            url = str(row[url_at] or "").strip()
+            host = urlparse(url).netloc.removeprefix("www.") or url or "unknown"
+            out[Path(str(row[name_at]).strip()).stem.lower()] = f"{src.name}:{host}"
+    return out
+
+
 def _finer_sources(src: Source) -> dict[str, str]:
     """``{path relative to the source's folder: finer source}`` from its CSV."""
-    if not src.finer:
+    if not src.finer or src.finer == METADATA:
         return {}
     path = Path(src.finer)
     try:
@@ -185,6 +228,7 @@ def combine_sources(sources: Sequence[Source], out: str | os.PathLike[str] | Non
                     f"have (its classes: {', '.join(sorted(present))})"
                 )
         finer = _finer_sources(src)
+        meta = _metadata_sources(src, layout.root) if src.finer == METADATA else {}
         seen_rel: set[str] = set()
         mine: Counter[str] = Counter()
         for folder in layout.classes:
@@ -201,8 +245,9 @@ def combine_sources(sources: Sequence[Source], out: str | os.PathLike[str] | Non
             for f in folder.files():
                 rel = f.relative_to(layout.root).as_posix()
                 seen_rel.add(rel)
+                source = finer.get(rel) or meta.get(f.stem.lower()) or src.name
                 links.append((f"{target}/images/{_flat(src.name, rel, used)}", f.resolve(),
-                              finer.get(rel, src.name)))  # fmt: skip
+                              source))  # fmt: skip
                 mine[target] += 1
         if not mine:
             raise DataError(f"Source {src.name!r} has no image left after its class map")
