@@ -246,25 +246,11 @@ def prepare_data(
         raise DataError(f"split_source must be one of {', '.join(SPLIT_SOURCES)}")
     if lungs not in LUNG_MODES:
         raise DataError(f"lungs must be one of {', '.join(LUNG_MODES)}, got {lungs!r}")
-    root = resolve_data(data, class_map, sources_csv)
-    report = scan_dataset(root, progress=progress)
-    if report.invalid:
-        first = report.invalid[0]
-        warnings.warn(
-            f"{len(report.invalid)} file(s) under {report.root} are not usable images and were "
-            f"left out (first: {first.path}: {first.reason}); 'cxrlab data scan' lists them",
-            stacklevel=2,
-        )
-    if report.conflicts:
-        warnings.warn(
-            f"{len(report.conflicts)} image(s) appear under more than one class and were left "
-            "out; 'cxrlab data scan' lists them",
-            stacklevel=2,
-        )
     if doubtful not in DOUBTFUL:
         raise DataError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
+    report = _scan(resolve_data(data, class_map, sources_csv), progress)
     masks, left_out = None, ()
-    if lungs != "keep":
+    if lungs != "keep":  # before the split: what is left out is known before it is drawn
         masks = (mask_provider or lung_mask_files)(report.root, report.records, image_size,
                                                    progress)  # fmt: skip
         if doubtful == "skip":
@@ -272,14 +258,11 @@ def prepare_data(
         else:
             masks.require(range(len(report.records)), f"--lungs {lungs}")
     made = not (split_file is not None and Path(split_file).exists() and not holdout_all)
-    if not made:
-        split = load_split(split_file, report)
+    if made:
+        split = _draw_split(report, ratios, split_seed, holdout_all, split_source, near_copies,
+                            progress)  # fmt: skip
     else:
-        folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
-        grouped = near_copies and not holdout_all and not folders and report.records
-        groups = near_copy_groups(report, progress=progress) if grouped else None
-        split = make_split(report, ratios=ratios, seed=split_seed, holdout_all=holdout_all,
-                           use_folders=bool(folders), groups=groups)  # fmt: skip
+        split = load_split(split_file, report)  # type: ignore[arg-type]
     # drawn on every image, then without those left out: the split is the one runs that keep
     # the lungs (or use other masks) draw, less the images this one cannot use
     split = split.without({path for path, _ in left_out})
@@ -290,29 +273,65 @@ def prepare_data(
         return PreparedData(report, split, images)
     row = {r.path: i for i, r in enumerate(report.records)}
     masks = masks.take([row[r.path] for r in split.records])  # the split's order
-    if lungs == "crop":  # the images and their masks, cut to the lungs' boxes
-        boxes = crop_boxes(masks.array)
-        recipe = f"lungs-crop-{CROP_MARGIN}|{masks.key}"
-        cropped = derived_images(
-            images, recipe, lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
+    return _with_lungs(PreparedData(report, split, images, masks, lungs, left_out), progress)
+
+
+def _scan(root: Path, progress: bool) -> ScanReport:
+    """The dataset's scan, with a warning for files it left out."""
+    report = scan_dataset(root, progress=progress)
+    if report.invalid:
+        first = report.invalid[0]
+        warnings.warn(
+            f"{len(report.invalid)} file(s) under {report.root} are not usable images and were "
+            f"left out (first: {first.path}: {first.reason}); 'cxrlab data scan' lists them",
+            stacklevel=3,
+        )
+    if report.conflicts:
+        warnings.warn(
+            f"{len(report.conflicts)} image(s) appear under more than one class and were left "
+            "out; 'cxrlab data scan' lists them",
+            stacklevel=3,
+        )
+    return report
+
+
+def _draw_split(report: ScanReport, ratios: tuple[float, float, float], seed: int,
+                holdout_all: bool, split_source: str, near_copies: bool,
+                progress: bool) -> Split:  # fmt: skip
+    """A new split: the dataset's own folders, or a stratified draw keeping copies whole."""
+    folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
+    grouped = near_copies and not holdout_all and not folders and report.records
+    groups = near_copy_groups(report, progress=progress) if grouped else None
+    return make_split(report, ratios=ratios, seed=seed, holdout_all=holdout_all,
+                      use_folders=bool(folders), groups=groups)  # fmt: skip
+
+
+def _with_lungs(data: PreparedData, progress: bool) -> PreparedData:
+    """``data`` (whole images, row-aligned masks) with its lungs mode applied to the images,
+    cached; with ``crop`` the masks are cut along with their images."""
+    images, masks, lungs = data.images, data.masks, data.lungs
+    assert masks is not None
+    if lungs != "crop":
+        hidden = derived_images(
+            images, f"lungs-{lungs}-mean|{masks.key}",
+            lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
             progress=progress,
         )  # fmt: skip
-        as_images = DecodedImages(masks.array, images.path, masks.key, masks.size)
-        cut = derived_images(
-            as_images, recipe,
-            lambda rows: crop_to_lungs(masks.array[rows], boxes[rows], nearest=True),
-            progress=progress,
-        )  # fmt: skip
-        return PreparedData(report, split, cropped,
-                            dataclasses.replace(masks, array=cut.array), lungs,
-                            left_out)  # fmt: skip
-    hidden = derived_images(
-        images,
-        f"lungs-{lungs}-mean|{masks.key}",
-        lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
+        return dataclasses.replace(data, images=hidden)
+    boxes = crop_boxes(masks.array)
+    recipe = f"lungs-crop-{CROP_MARGIN}|{masks.key}"
+    cropped = derived_images(
+        images, recipe, lambda rows: apply_lungs(images.array[rows], masks.array[rows], lungs),
         progress=progress,
-    )
-    return PreparedData(report, split, hidden, masks, lungs, left_out)
+    )  # fmt: skip
+    as_images = DecodedImages(masks.array, images.path, masks.key, masks.size)
+    cut = derived_images(
+        as_images, recipe,
+        lambda rows: crop_to_lungs(masks.array[rows], boxes[rows], nearest=True),
+        progress=progress,
+    )  # fmt: skip
+    return dataclasses.replace(data, images=cropped,
+                               masks=dataclasses.replace(masks, array=cut.array))  # fmt: skip
 
 
 def _without_masks(
