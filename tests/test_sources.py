@@ -127,6 +127,8 @@ def test_two_sources_with_one_name_are_refused(two_sources) -> None:
         parse_sources([f"A={a}", f"A={a}"])
     with pytest.raises(DataError, match="does not exist"):
         combine_sources(parse_sources([f"A={a}", "B=/no/such/folder"]))
+    with pytest.raises(ConfigError, match="Source 'B' names no folder: give --data B=PATH"):
+        parse_sources([f"A={a}", "B="])  # a study file's placeholder, not the current folder
 
 
 def test_confounds_of_a_table() -> None:

@@ -101,6 +101,8 @@ def parse_sources(
         if not sep or os.path.exists(text):  # a plain path (which may hold '=')
             name, path = Path(text).resolve().name, text
         name = name.strip()
+        if not path.strip():
+            raise ConfigError(f"Source {name!r} names no folder: give --data {name}=PATH")
         if not re.fullmatch(r"[\w.\-]+", name):
             raise ConfigError(
                 f"Source name {name!r} (from --data {text!r}) must be letters, digits, '-', "
