@@ -371,6 +371,7 @@ holdout_source = ["none", "B"]
     assert held["source"] == "B" and held["test"]["n"] > 0
     summary = (out / "summary.md").read_text()
     assert "## Leave one source out" in summary and "| B |" in summary
+    assert "<h2>Leave one source out</h2>" in (out / "report.html").read_text()
     row = next(r for r in report.results.rows if r["cell"] == ids[1])
     assert row["holdout_test_accuracy"] == pytest.approx(held["test"]["accuracy"])
     assert ids[1] not in report.results.correct  # other test images: not paired

@@ -16,6 +16,7 @@ from .results import (
     Comparison,
     StudyResults,
     failed_runs,
+    holdout_markdown,
     search_markdown,
     seed_advice,
     summary_tables,
@@ -98,6 +99,9 @@ def render_html(
     for t in summary_tables(results):
         parts.append(f"<h3>{html.escape(t['title'])}</h3>")
         parts.append(_table(["Training type", *t["models"]], t["rows"]))
+    if holdout := holdout_markdown(results):
+        parts.append("<h2>Leave one source out</h2>")
+        parts.append(_markdown_table(holdout))
     if results.trials:
         parts.append("<h2>Hyperparameter search</h2>")
         parts.append(_markdown_table(search_markdown(results.trials, study.settings.select)))
