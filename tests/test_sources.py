@@ -290,6 +290,8 @@ weights = "none"
     metrics = json.loads((tmp_path / "out" / "runs" / study.cells[0].id / "metrics.json")
                          .read_text())  # fmt: skip
     assert set(metrics["per_source"]["sources"]) == {"A", "B"}
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## By source" in summary and "| A | B | worst (runs) |" in summary
     with pytest.raises(ConfigError, match=r"class_map\.A must be a table"):
         parse_study_config(text.replace('A = "COVID=Covid"', "A = 3"))
     # --data NAME=PATH on the command line replaces the file's sources

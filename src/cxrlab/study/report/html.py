@@ -19,6 +19,7 @@ from .results import (
     holdout_markdown,
     search_markdown,
     seed_advice,
+    source_markdown,
     summary_tables,
 )
 from .reuse import ANALYSIS_DIR, read_reuse, reuse_sections
@@ -99,6 +100,9 @@ def render_html(
     for t in summary_tables(results):
         parts.append(f"<h3>{html.escape(t['title'])}</h3>")
         parts.append(_table(["Training type", *t["models"]], t["rows"]))
+    if by_source := source_markdown(results):
+        parts.append("<h2>By source</h2>")
+        parts.append(_markdown_table(by_source))
     if holdout := holdout_markdown(results):
         parts.append("<h2>Leave one source out</h2>")
         parts.append(_markdown_table(holdout))

@@ -6,7 +6,7 @@ import csv
 import io
 import itertools
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,9 +226,44 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             **{f"f1_{c}": v["f1"] for c, v in m["per_class"].items()},
             **_flag_columns(run_flags(run, m)),
             **_holdout_columns(cell.config.holdout_source, run),
+            **_source_columns(m),
         }  # fmt: skip
         rows.append(row)
     return StudyResults(rows, correct, paths or [], missing, trials)
+
+
+def _source_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run on several sources: each source's balanced accuracy, and the worst source."""
+    by = metrics.get("per_source")
+    if not by:
+        return {}
+    return {**{f"source_{name}_balanced_accuracy": m["balanced_accuracy"]
+               for name, m in by["sources"].items()}, "worst_source": by["worst"]}  # fmt: skip
+
+
+def source_markdown(results: StudyResults) -> list[str]:
+    """Balanced accuracy on each source's test images, per training type (mean ± std over
+    seeds), and how often each source was a run's worst."""
+    cols = sorted({k for r in results.rows for k in r if k.startswith("source_")})
+    if not cols:
+        return []
+    names = [c.removeprefix("source_").removesuffix("_balanced_accuracy") for c in cols]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results.rows:
+        groups[(r["label"], r["model"])].append(r)
+    lines = ["## By source: balanced accuracy on each source's test images", "",
+             "| Training type | model | " + " | ".join(names) + " | worst (runs) |",
+             "|---|---|" + "---|" * (len(names) + 1)]  # fmt: skip
+    for (label, model), rows in groups.items():
+        cells = []
+        for col in cols:
+            values = [float(r[col]) for r in rows if r.get(col) is not None]
+            sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.3f}{sd}" if values else "-")
+        worst = Counter(r.get("worst_source") for r in rows if r.get("worst_source"))
+        text = ", ".join(f"{k} ({v})" for k, v in worst.most_common())
+        lines.append(f"| {label} | {model} | " + " | ".join(cells) + f" | {text} |")
+    return [*lines, ""]
 
 
 def _holdout_columns(source: str | None, run: Path) -> dict[str, Any]:
@@ -588,6 +623,7 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
                   "|---|" + "---|" * len(t["models"])]  # fmt: skip
         lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
         lines.append("")
+    lines += source_markdown(results)
     lines += holdout_markdown(results)
     if results.trials:
         lines += [*search_markdown(results.trials, study.settings.select), ""]
