@@ -36,6 +36,20 @@ def two_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return a, b
 
 
+def test_data_scan_prints_the_class_source_table(two_sources, tmp_path, monkeypatch,
+                                                 capsys) -> None:  # fmt: skip
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    a, b = two_sources
+    assert main(["data", "scan", f"A={a}", f"B={b}", "--class-map",
+                 "B=Viral Pneumonia=Pneumonia"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Images by class and source:" in out
+    assert [ln.split() for ln in out.splitlines() if ln.startswith("Normal ")][-1] == [
+        "Normal", "6", "7"]  # fmt: skip
+    assert "every COVID image comes from A: the source predicts the class" in out
+    assert "Exact copies across sources: 1" in out
+
+
 def test_a_view_of_two_sources(two_sources, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     a, b = two_sources
