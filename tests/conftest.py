@@ -20,13 +20,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cxrlab-cache"))
 
 
-#: A study small enough for a test: ResNet-18 from scratch, 2 freezing depths x 2 seeds.
-TINY_STUDY = """
-[study]
-name = "tiny"
-data = "{data}"
-seeds = 2
-
+#: A study's [train] table small enough for a test: one epoch at 32 px on 2 threads.
+TINY_TRAIN = """
 [train]
 epochs = 1
 batch_size = 8
@@ -34,12 +29,25 @@ image_size = 32
 precision = "fp32"
 threads = 2
 progress = false
+"""
+
+#: A study small enough for a test: ResNet-18 from scratch, 2 freezing depths x 2 seeds.
+TINY_STUDY = (
+    """
+[study]
+name = "tiny"
+data = "{data}"
+seeds = 2
+"""
+    + TINY_TRAIN
+    + """
 
 [[cells]]
 model = "resnet18"
 weights = "none"
 freeze = ["none", "0.5"]
 """
+)
 
 
 def tiny_config(data: Path, **kw):

@@ -16,7 +16,7 @@ from cxrlab.engine.batches import ImageBatches, sampling_strata
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.evaluation import classification_metrics
 
-from conftest import tiny_config
+from conftest import TINY_TRAIN, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -279,15 +279,7 @@ data = ["A={a}", "B={b}"]
 seeds = 1
 ratios = [0.4, 0.2, 0.4]
 class_map = {{B = {{"Viral Pneumonia" = "Pneumonia"}}, A = "COVID=Covid"}}
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-precision = "fp32"
-threads = 2
-progress = false
-balance = "source_class"
+{TINY_TRAIN}balance = "source_class"
 
 [[cells]]
 model = "resnet18"
@@ -357,15 +349,7 @@ name = "loso"
 data = ["A={a}", "B={b}"]
 seeds = 1
 ratios = [0.4, 0.3, 0.3]
-
-[train]
-epochs = 1
-batch_size = 8
-image_size = 32
-precision = "fp32"
-threads = 2
-progress = false
-
+{TINY_TRAIN}
 [[cells]]
 model = "resnet18"
 weights = "none"

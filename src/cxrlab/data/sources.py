@@ -47,6 +47,7 @@ __all__ = [
     "class_source_table",
     "combine_sources",
     "confounds",
+    "data_root",
     "parse_sources",
     "read_sources",
 ]
@@ -340,3 +341,14 @@ def confounds(table: Mapping[str, Mapping[str, int]]) -> list[str]:
         if len(held) == 1:
             out.append(f"{s} holds {held[0]} only: its images are that class by source alone")
     return out
+
+
+def data_root(record: Mapping[str, Any]) -> str:
+    """The folder a run's images came from, from its card's ``data`` record; a view of
+    several sources that is no longer in the cache is built again from the sources the
+    record names."""
+    root = str(record["root"])
+    built_from = (record.get("sources") or {}).get("built_from")
+    if built_from and not Path(root).is_dir():
+        return str(combine_sources([Source(**s) for s in built_from], out=root))
+    return root

@@ -272,13 +272,9 @@ def _sources(data: PreparedData) -> dict[str, Any] | None:
 def run_data(card: dict[str, Any]) -> str:
     """The folder a run's images came from; a view of several sources that is no longer in
     the cache is built again from the sources the card names."""
-    root = str(card["data"]["root"])
-    built_from = (card["data"].get("sources") or {}).get("built_from")
-    if built_from and not Path(root).is_dir():
-        from ..data.sources import Source, combine_sources
+    from ..data.sources import data_root
 
-        return str(combine_sources([Source(**s) for s in built_from], out=root))
-    return root
+    return data_root(card["data"])
 
 
 def run_segmenter(card: dict[str, Any]) -> str | None:

@@ -170,6 +170,7 @@ def find_overlap(
             run's images are compared whole), row-aligned with ``records``.
     """
     from ..data import decoded_images, load_split
+    from ..data.sources import data_root
 
     manifest = Path(run_dir) / "split.csv"
     if not manifest.is_file():
@@ -182,6 +183,7 @@ def find_overlap(
     overlap = Overlap(exact=exact)
     root = Path(card["data"]["root"])
     try:
+        root = Path(data_root(card["data"]))  # a view of sources is built again if gone
         own = decoded_images(
             root, split.records, int(card["preprocessing"]["image_size"]), progress=progress
         )

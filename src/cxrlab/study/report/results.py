@@ -241,6 +241,15 @@ def _source_columns(metrics: dict[str, Any]) -> dict[str, Any]:
                for name, m in by["sources"].items()}, "worst_source": by["worst"]}  # fmt: skip
 
 
+def _mean_sd(rows: list[dict], key: str) -> str:
+    """``key`` over ``rows`` (seeds) as ``mean ± std`` to 3 digits (``-`` where none has it)."""
+    values = [float(r[key]) for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.3f}{sd}"
+
+
 def source_markdown(results: StudyResults) -> list[str]:
     """Balanced accuracy on each source's test images, per training type (mean ± std over
     seeds), and how often each source was a run's worst."""
@@ -255,11 +264,7 @@ def source_markdown(results: StudyResults) -> list[str]:
              "| Training type | model | " + " | ".join(names) + " | worst (runs) |",
              "|---|---|" + "---|" * (len(names) + 1)]  # fmt: skip
     for (label, model), rows in groups.items():
-        cells = []
-        for col in cols:
-            values = [float(r[col]) for r in rows if r.get(col) is not None]
-            sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.3f}{sd}" if values else "-")
+        cells = [_mean_sd(rows, col) for col in cols]
         worst = Counter(r.get("worst_source") for r in rows if r.get("worst_source"))
         text = ", ".join(f"{k} ({v})" for k, v in worst.most_common())
         lines.append(f"| {label} | {model} | " + " | ".join(cells) + f" | {text} |")
@@ -558,23 +563,16 @@ def holdout_markdown(results: StudyResults) -> list[str]:
     for r in held:
         groups[(r["label"], r["model"])].append(r)
 
-    def stat(rows: list[dict], key: str) -> str:
-        values = [float(r[key]) for r in rows if r.get(key) is not None]
-        if not values:
-            return "-"
-        sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-        return f"{np.mean(values):.3f}{sd}"
-
     lines = ["## Leave one source out", "",
              "| Training type | model | held out | in distribution | held-out val accuracy | "
              "held-out val loss | held-out test accuracy | held-out test balanced accuracy |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (label, model), rows in groups.items():
         lines.append(
-            f"| {label} | {model} | {rows[0]['holdout_source']} | {stat(rows, 'accuracy')} | "
-            f"{stat(rows, 'holdout_val_accuracy')} | {stat(rows, 'holdout_val_nll')} | "
-            f"{stat(rows, 'holdout_test_accuracy')} | "
-            f"{stat(rows, 'holdout_test_balanced_accuracy')} |"
+            f"| {label} | {model} | {rows[0]['holdout_source']} | {_mean_sd(rows, 'accuracy')} | "
+            f"{_mean_sd(rows, 'holdout_val_accuracy')} | {_mean_sd(rows, 'holdout_val_nll')} | "
+            f"{_mean_sd(rows, 'holdout_test_accuracy')} | "
+            f"{_mean_sd(rows, 'holdout_test_balanced_accuracy')} |"
         )
     note = (
         "In distribution: the study's test split without the held-out source's images. "
