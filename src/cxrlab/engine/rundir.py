@@ -130,7 +130,7 @@ def run_lungs(
     from ..segment.apply import RunLungs, segmenter_id
 
     recorded = card.get("data", {}).get("masks_from") or {}
-    segmenter = masks_from or recorded.get("run")
+    segmenter = masks_from or run_segmenter(card)
     fix = "pass --masks-from SEGMENTER (a 'cxrlab segment train' run) to make the masks"
     if not segmenter:
         raise CheckpointError(
