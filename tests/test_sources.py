@@ -244,6 +244,49 @@ def test_source_probe_finds_planted_source_beyond_the_class() -> None:
     assert "skipped" in source_probe(class_only, ["A"] * n, classes)
 
 
+def test_a_second_source_lowers_the_source_probe(tmp_path, monkeypatch) -> None:
+    """Phantoms of two simulated hospitals, B's images brighter (another acquisition). When
+    each hospital sends one class, the source is the class and a fine-tuned model's features
+    carry it; when both send both classes and sampling balances each (source, class) cell,
+    the class no longer tells the source and the probe falls toward chance."""
+    from PIL import Image
+
+    from cxrlab.audit import run_audit
+    from cxrlab.engine import TrainConfig, train
+
+    monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
+    drawn = {}
+    for name, seed in (("A", 1), ("B", 2)):
+        root = write_synthetic_dataset(tmp_path / "drawn" / name, per_class=60, size=64,
+                                       seed=seed, min_severity=0.8, progress=False)  # fmt: skip
+        for cls in ("Lung_Opacity", "Viral Pneumonia"):
+            shutil.rmtree(root / cls)
+        if name == "B":  # hospital B's acquisition: a brighter intensity curve
+            for png in root.rglob("*.png"):
+                pixels = np.asarray(Image.open(png), dtype=np.float64) / 255
+                Image.fromarray(np.round(255 * pixels**0.85).astype(np.uint8)).save(png)
+        drawn[name] = root
+
+    def one_class(name: str, cls: str) -> Path:
+        root = tmp_path / "one" / name
+        shutil.copytree(drawn[name] / cls, root / cls)
+        return root
+
+    def probe(a: Path, b: Path, balance: str, out: str) -> dict:
+        cfg = TrainConfig(data=(f"A={a}", f"B={b}"), model="efficientnet_lite0",
+                          weights="imagenet", image_size=64, epochs=4, batch_size=16, lr=1e-3,
+                          balance=balance, ratios=(0.5, 0.1, 0.4), precision="fp32", threads=2,
+                          progress=False)  # fmt: skip
+        run = train(cfg, tmp_path / out).run_dir
+        return run_audit(run, checks=("source",), progress=False).report["checks"]["source"]
+
+    confounded = probe(one_class("A", "COVID"), one_class("B", "Normal"), "none", "confounded")
+    assert confounded["from_class"] == 1.0 and confounded["balanced_accuracy"] >= 0.75
+    mixed = probe(drawn["A"], drawn["B"], "source_class", "mixed")
+    assert mixed["from_class"] == pytest.approx(0.5, abs=0.05)
+    assert mixed["balanced_accuracy"] < confounded["balanced_accuracy"] - 0.15
+
+
 def test_audit_source_check(two_sources, tmp_path, monkeypatch) -> None:
     """The audit of a run on two sources probes its features for the source; of a run on
     one source, the check says why it is skipped."""

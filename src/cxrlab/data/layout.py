@@ -193,13 +193,18 @@ def _has_image_files(folder: Path) -> bool:
     return False
 
 
-def _class_folders(folder: Path) -> tuple[list[ClassFolder], bool] | None:
+def _class_folders(folder: Path, min_classes: int = 2) -> tuple[list[ClassFolder], bool] | None:
     """The class folders directly under ``folder`` and whether they are the database's
-    canonical classes, or ``None`` when fewer than two subfolders hold images (one will do
-    in a view of sources, :mod:`cxrlab.data.sources`: a held-out source may have one class)."""
+    canonical classes, or ``None`` when fewer than ``min_classes`` subfolders hold images
+    (one will do for a source and in a view of sources, :mod:`cxrlab.data.sources`: a
+    hospital may send one class only)."""
+    if (folder / "sources.json").is_file():
+        min_classes = 1
     dirs = _list_dirs(folder)
+    if min_classes < 2:  # a class folder's own images/ or masks/ is never a class
+        dirs = [d for d in dirs if d.name.lower() not in ("images", "masks")]
     with_images = [d for d in dirs if _has_image_files(d)]
-    if len(with_images) < (1 if (folder / "sources.json").is_file() else 2):
+    if len(with_images) < min_classes:
         return None
     canon = {d: canonical_class_name(d.name) for d in dirs}
     if not all(canon[d] for d in with_images):
@@ -218,11 +223,11 @@ def _class_folders(folder: Path) -> tuple[list[ClassFolder], bool] | None:
     return [ClassFolder(canon[d], d) for d in known], True  # type: ignore[arg-type]
 
 
-def _split_folders(folder: Path) -> DatasetLayout | None:
+def _split_folders(folder: Path, min_classes: int = 2) -> DatasetLayout | None:
     """A dataset whose own ``Train``/``Val``/``Test`` folders each hold class folders."""
     splits = [(d, _SPLIT_DIRS[_norm(d.name)]) for d in _list_dirs(folder)
               if _norm(d.name) in _SPLIT_DIRS]  # fmt: skip
-    found = [(d, split, _class_folders(d)) for d, split in splits]
+    found = [(d, split, _class_folders(d, min_classes)) for d, split in splits]
     found = [(d, split, c) for d, split, c in found if c is not None]
     if len(found) < 2:
         return None
@@ -245,16 +250,17 @@ def _split_folders(folder: Path) -> DatasetLayout | None:
     return DatasetLayout(folder, tuple(classes), known_database=kinds == {True})
 
 
-def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
+def find_layout(root: str | os.PathLike[str], *, min_classes: int = 2) -> DatasetLayout:
     """Locate the class folders under ``root``.
 
     ``root`` itself is tried first, then its subfolders (for a root holding
     ``COVID-19_Radiography_Dataset/``), then one level deeper. A folder whose
     ``Train``/``Val``/``Test`` subfolders each hold class folders (COVID-QU-Ex) is one
-    dataset with its own split, not three.
+    dataset with its own split, not three. A dataset needs two classes; one of several
+    sources may hold one (``min_classes=1``).
 
     Raises:
-        DataError: ``root`` does not exist, or no folder holds two or more classes.
+        DataError: ``root`` does not exist, or no folder holds ``min_classes`` classes.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -271,9 +277,9 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
         level = [d for parent in level for d in _list_dirs(parent)]
         candidates.extend(level)
     for folder in candidates:
-        if (layout := _split_folders(folder)) is not None:
+        if (layout := _split_folders(folder, min_classes)) is not None:
             return layout
-        if (found := _class_folders(folder)) is not None:
+        if (found := _class_folders(folder, min_classes)) is not None:
             classes, known = found
             return DatasetLayout(folder, tuple(classes), known)
     raise DataError(

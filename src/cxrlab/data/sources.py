@@ -222,7 +222,7 @@ def combine_sources(sources: Sequence[Source], out: str | os.PathLike[str] | Non
     spelled: dict[str, tuple[str, str]] = {}  # normalised class -> (spelling, source)
     counts: dict[str, dict[str, int]] = {}
     for src in sources:
-        layout = find_layout(src.root)
+        layout = find_layout(src.root, min_classes=1)
         present = {c.name for c in layout.classes}
         for name in src.class_map:
             if name not in present:
