@@ -239,8 +239,42 @@ def test_reuse_measurements_on_runs_whose_answer_is_known(phantoms: Path, tmp_pa
         reinit=False,
         progress=False,
     )
-    assert any("no init.safetensors" in n for n in res2.notes)
-    assert np.isnan([r["cka_to_init"] for r in res2.table if r["run"] == "seed1"]).all()
+    # a run without init.safetensors: its random draw is rebuilt from its seed
+    assert any("rebuilt from its seed 1" in n for n in res2.notes)
+    cka = [r["cka_to_init"] for r in res2.table if r["run"] == "seed1"]
+    assert np.isfinite(cka).all() and all(0 < c <= 1 + 1e-9 for c in cka)
+
+
+def test_reuse_rebuilds_the_starting_weights_a_run_did_not_keep(
+    phantoms: Path, tmp_path: Path
+) -> None:
+    """Without init.safetensors, the starting weights are drawn again from the card: the
+    measurements equal those against the kept file. Weights that cannot be rebuilt leave
+    the numbers null in reuse.json, each with its reason beside it (strict JSON)."""
+    import shutil
+
+    kept = train(tiny(phantoms, freeze="0.5", epochs=2), tmp_path / "kept").run_dir
+    lost = tmp_path / "lost"
+    shutil.copytree(kept, lost)
+    (lost / "init.safetensors").unlink()
+    res = analyze_reuse([kept, lost], out=tmp_path / "an", batch_size=8, progress=False)
+    rows = {}
+    for r in res.table:
+        rows.setdefault(r["run"], []).append(r)
+    for key in ("cka_to_init", "weight_change", "reset_to_init_accuracy"):
+        assert [r[key] for r in rows["lost"]] == pytest.approx([r[key] for r in rows["kept"]])
+    assert any("lost: no init.safetensors: starting weights rebuilt" in n for n in res.notes)
+    # a card whose weights came from elsewhere: not rebuilt, and null with a reason
+    card = json.loads((lost / "model_card.json").read_text())
+    card["weights"] = "a checkpoint from another lab"
+    (lost / "model_card.json").write_text(json.dumps(card))
+    res = analyze_reuse([lost], out=tmp_path / "an2", batch_size=8, reinit=False, progress=False)
+    text = (tmp_path / "an2" / "reuse.json").read_text()
+    assert "NaN" not in text
+    unit = json.loads(text)["units"][0]
+    assert unit["cka_to_init"] is None and unit["weight_change"] is None
+    assert "another lab" in unit["why_null"]["cka_to_init"]
+    assert "--keep-init" in unit["why_null"]["cka_to_init"]
 
 
 def test_weight_change_is_relative_per_unit() -> None:

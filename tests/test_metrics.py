@@ -61,3 +61,25 @@ def test_temperature_scaling_lowers_nll_and_keeps_every_class() -> None:
     assert nll(after[1000:], y[1000:]) < nll(overconfident[1000:], y[1000:])  # and held out
     assert (after.argmax(1) == overconfident.argmax(1)).all()  # no prediction changes
     assert fit_temperature(softmax(logits, axis=1), y) == pytest.approx(1.0, rel=0.15)
+
+
+def test_files_other_programs_read_are_strict_json(tmp_path) -> None:
+    """NaN and infinities become null with the reason beside them; a producer's own reason
+    wins; numpy values become plain numbers; the written text parses with a strict parser."""
+    import json
+
+    from cxrlab.utils import UNDEFINED, strict_json, write_json
+
+    obj = {"auroc": float("nan"), "ci": (0.1, np.float32("inf")), "n": np.int64(3),
+           "per_class": {"COVID": {"recall": np.float64("nan")}},
+           "cka": float("nan"), "why_null": {"cka": "no starting weights"}}  # fmt: skip
+    out = strict_json(obj)
+    assert out["auroc"] is None and out["ci"] == [0.1, None] and out["n"] == 3
+    assert out["why_null"] == {"cka": "no starting weights", "auroc": UNDEFINED, "ci": UNDEFINED}
+    assert out["per_class"]["COVID"] == {"recall": None, "why_null": {"recall": UNDEFINED}}
+    write_json(tmp_path / "x.json", obj)
+
+    def refuse(token: str) -> None:
+        raise ValueError(token)
+
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=refuse) == out

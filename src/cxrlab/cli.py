@@ -121,11 +121,12 @@ def data_scan(
     sources, the class x source table and its confounds."""
     from .data import scan_dataset
     from .data.prepare import resolve_data
+    from .utils import strict_json
 
     folder = resolve_data(root, class_map or (), sources_csv or ())
     report = scan_dataset(folder, use_cache=not no_cache, progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(strict_json(report.to_dict()), indent=2, allow_nan=False))
         return
     from .data.summary import format_scan_report
 

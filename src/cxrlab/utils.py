@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "cache_dir", "hash_strings", "write_json"]
+__all__ = [
+    "WHY_NULL",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "hash_strings",
+    "strict_json",
+    "write_json",
+]
+
+#: The key beside a ``null`` that says why a number is missing: ``{"auroc": null,
+#: "why_null": {"auroc": "..."}}``. Producers that know the reason set it; otherwise
+#: :func:`strict_json` writes :data:`UNDEFINED`.
+WHY_NULL = "why_null"
+UNDEFINED = "not a number: undefined for these data (for example, no images to count)"
 
 
 def cache_dir() -> Path:
@@ -59,6 +74,40 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _strict(value: Any) -> tuple[Any, bool]:
+    """``value`` with every non-finite number as ``None``, and whether it held one."""
+    if isinstance(value, dict):
+        return strict_json(value), False
+    if isinstance(value, (list, tuple)):
+        items = [_strict(v) for v in value]
+        return [v for v, _ in items], any(bad for _, bad in items)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy values
+        return _strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, True
+    return value, False
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` made strict JSON: NaN and infinities become ``null``, numpy values plain
+    Python ones, and every dict that held such a number says why beside it, under
+    :data:`WHY_NULL` (the producer's reason where it gave one)."""
+    if not isinstance(obj, dict):
+        return _strict(obj)[0]
+    out: dict[str, Any] = {}
+    why = dict(obj.get(WHY_NULL) or {})
+    for key, value in obj.items():
+        if key == WHY_NULL:
+            continue
+        out[key], bad = _strict(value)
+        if bad:
+            why.setdefault(str(key), UNDEFINED)
+    if why:
+        out[WHY_NULL] = why
+    return out
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as indented, strict JSON (see :func:`strict_json`), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")

@@ -6,15 +6,13 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..utils import atomic_write_text, write_json
+from ..utils import WHY_NULL, atomic_write_text, write_json
 from .figures import plot_by_size, plot_cka_pairs, plot_units
-
-if TYPE_CHECKING:
-    from .reuse import ReuseResult
+from .result import ReuseResult
 
 __all__ = ["reuse_markdown", "write_reuse"]
 
@@ -49,7 +47,8 @@ def write_reuse(result: ReuseResult, **context: Any) -> None:
     )
     buf = io.StringIO()
     if result.table:
-        w = csv.DictWriter(buf, fieldnames=list(result.table[0]), lineterminator="\n")
+        fields = [k for k in result.table[0] if k != WHY_NULL]  # reasons: reuse.json
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         for row in result.table:
             w.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})

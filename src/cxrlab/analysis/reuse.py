@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,12 @@ from tqdm.auto import tqdm
 from ..data import prepare_data
 from ..engine.rundir import INIT_FILE, load_card, load_run_model, run_data, run_preparation
 from ..engine.runtime import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, CxrlabError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.stages import stages
 from .cka import batch_bounds, cka_from_hsic, gram, hsic_matrix
+from .report import write_reuse
+from .result import ReuseResult
 
 __all__ = [
     "ReuseResult",
@@ -139,18 +141,7 @@ class _Loaded:
     kind: str
     chain: Any  # (units, pool, classifier) of ``model``
     names: list[list[str]]  # tensor names per unit
-
-
-@dataclass
-class ReuseResult:
-    """What :func:`analyze_reuse` measured; ``table`` has one row per run and unit."""
-
-    out: Path
-    runs: list[dict[str, Any]]
-    table: list[dict[str, Any]]
-    pairs: list[dict[str, Any]] = field(default_factory=list)
-    summary: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    init_note: str | None = None  # where ``init`` came from when rebuilt, or why it is None
 
 
 def _load(path: Path, name: str) -> _Loaded:
@@ -160,12 +151,46 @@ def _load(path: Path, name: str) -> _Loaded:
         raise ConfigError(
             f"{path}: cxrlab cannot split {card['model']} into units for a layer analysis"
         )
-    init = None
+    note = None
     if (path / INIT_FILE).is_file():
         init, _ = load_run_model(path, file=INIT_FILE)
-    return _Loaded(
-        path, path.name, card, model, init, init_kind(card), chain, unit_tensor_names(model)
+    else:
+        init, note = rebuild_init(card)
+    run = _Loaded(
+        path, path.name, card, model, init, init_kind(card), chain, unit_tensor_names(model), note
     )
+    frozen = len((card.get("freeze") or {}).get("frozen_units") or [])
+    if init is not None and note is not None and _same_prefix(run) < frozen:
+        run.init = None  # its frozen units must be the rebuilt weights, bit for bit
+        run.init_note = (f"no {INIT_FILE}, and weights rebuilt from its seed differ from its "
+                         "frozen units")  # fmt: skip
+    return run
+
+
+def rebuild_init(card: dict[str, Any]) -> tuple[CxrClassifier | None, str]:
+    """The weights a run started from, drawn again from its card (the model, its ImageNet or
+    statistics-transfer weights, its seed), as training drew them, for a run trained without
+    ``--keep-init``; or ``None`` and why they cannot be rebuilt here."""
+    training = card.get("training") or {}
+    weights = (training.get("config") or {}).get("weights")
+    if weights is None or "seed" not in training:
+        return None, f"no {INIT_FILE}, and its card records no seed and weights to rebuild them"
+    seed = int(training["seed"])
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the trainer's draw: seed, then the model
+            init = create_model(card["model"], len(card["classes"]), weights, seed=seed,
+                                image_size=int(card["preprocessing"]["image_size"]))  # fmt: skip
+    except CxrlabError as e:
+        return None, f"no {INIT_FILE}, and its starting weights cannot be rebuilt here: {e}"
+    source = init.weights_source  # type: ignore[attr-defined]
+    if source != card.get("weights"):
+        return None, (f"no {INIT_FILE}; its starting weights came from {card.get('weights')!r}, "
+                      f"rebuilt they would come from {source!r}")  # fmt: skip
+    drawn = init.init_report  # type: ignore[attr-defined]
+    if (drawn.to_dict() if drawn is not None else None) != card.get("initialisation"):
+        return None, f"no {INIT_FILE}, and a new draw does not match its recorded initialisation"
+    return init, f"no {INIT_FILE}: starting weights rebuilt from its seed {seed} and {weights!r}"
 
 
 def _same_prefix(run: _Loaded) -> int:
@@ -396,10 +421,19 @@ def analyze_reuse(
         cka_init = [np.nan] * n_units
         if start:
             cka_init = list(np.diag(_cka(own, start)))
+        why_null = {}
         if run.init is None:
-            notes.append(
-                f"{run.name}: no {INIT_FILE}; CKA to its initialisation, weight "
-                "change and re-initialisation left out (train with --keep-init)"
+            why = f"{run.init_note}; train with --keep-init"
+            notes.append(f"{run.name}: {why}: CKA to its initialisation, weight change and "
+                         "re-initialisation left out")  # fmt: skip
+            why_null = dict.fromkeys(("cka_to_init", "weight_change", "reset_to_init_accuracy",
+                                      "reset_to_random_accuracy"), why)  # fmt: skip
+        elif run.init_note:
+            notes.append(f"{run.name}: {run.init_note}")
+        if run.init is not None and fresh is None:
+            why_null |= dict.fromkeys(
+                ("reset_to_init_accuracy", "reset_to_random_accuracy"),
+                "the re-initialisation check was not run (reinit=False)",
             )
         cfg = run.card["training"]["config"]
         info = {
@@ -432,14 +466,13 @@ def analyze_reuse(
                     "reset_to_random_accuracy": (
                         reset_ok["random"][u] / len(rows) if fresh is not None else np.nan
                     ),
+                    **({"why_null": why_null} if why_null else {}),
                 }
             )
         del run, model
     pairs = _pairs(unit_names, run_rows, grams)
     summary = transfer_summary(run_rows, seed=seed)
     result = ReuseResult(out, run_rows, table, pairs, summary, notes)
-    from .report import write_reuse
-
     write_reuse(result, n_images=len(rows), split=split, bank=len(bank_rows), k=knn_k)
     return result
 

@@ -30,6 +30,7 @@ from ..errors import CxrlabError
 from ..evaluation.intervals import wilson_interval
 from ..infer.cam import cam_overlay, gradcam
 from ..infer.predictor import Predictor
+from ..utils import strict_json
 
 __all__ = ["DISCLAIMER", "ImageOutcome", "ModelOutput", "ModelService", "ServedModel"]
 
@@ -162,7 +163,7 @@ class ServedModel:
             "members": [str(m.source) for m in self.predictor.members],
             "audit": _audit_lines(audit) if audit is not None and audit.is_file() else None,
         }
-        return out
+        return strict_json(out)  # old metrics.json files may hold NaN
 
     def card_markdown(self) -> str:
         """The model card as Markdown, for the app's "Model cards" panel."""
@@ -281,8 +282,8 @@ def _metrics_summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
         "n": n,
         "accuracy": metrics["accuracy"],
         "accuracy_ci": list(ci),
-        "macro_f1": metrics.get("macro_f1", float("nan")),
-        "auroc": metrics.get("auroc", float("nan")),
+        "macro_f1": metrics.get("macro_f1"),
+        "auroc": metrics.get("auroc"),
     }
 
 

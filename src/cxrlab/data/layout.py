@@ -22,18 +22,40 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "COVID_RADIOGRAPHY_CLASSES",
+    "UNSCORED",
     "ClassFolder",
     "DatasetLayout",
     "canonical_class_name",
     "find_layout",
+    "parse_class_map",
 ]
 
 #: Canonical class names of the COVID-19 Radiography Database, in the order cxrlab uses.
 COVID_RADIOGRAPHY_CLASSES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+#: The value of a class map entry that leaves a dataset class unscored.
+UNSCORED = "-"
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """``"COVID-19=COVID,Non-COVID=-"`` -> ``{"COVID-19": "COVID", "Non-COVID": "-"}``."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, target = part.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ConfigError(
+                f"--class-map entries look like DATASET_CLASS=MODEL_CLASS (or =- to leave a "
+                f"class unscored), comma-separated; got {part!r}"
+            )
+        out[name.strip()] = target.strip()
+    return out
+
 
 _ALIASES = {
     "covid": "COVID",

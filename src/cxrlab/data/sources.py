@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..utils import atomic_write_text, cache_dir, hash_strings
-from .layout import find_layout
+from .layout import find_layout, parse_class_map
 
 __all__ = [
     "DROP",
@@ -94,8 +94,6 @@ def parse_sources(
         ConfigError: a malformed text, two sources with one name, or a map or CSV naming no
             source.
     """
-    from ..evaluation.external import parse_class_map
-
     sources: list[Source] = []
     for text in data:
         name, sep, path = text.partition("=")

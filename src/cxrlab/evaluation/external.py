@@ -22,29 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..data.dedup import near_duplicates, signatures
-from ..data.layout import canonical_class_name
-from ..errors import CheckpointError, ConfigError
+from ..data.layout import UNSCORED, canonical_class_name, parse_class_map
+from ..errors import CheckpointError
 
 __all__ = ["UNSCORED", "Overlap", "find_overlap", "match_classes", "parse_class_map", "routing"]
-
-#: The value of a class map entry that leaves a dataset class unscored.
-UNSCORED = "-"
-
-
-def parse_class_map(text: str | None) -> dict[str, str]:
-    """``"COVID-19=COVID,Non-COVID=-"`` -> ``{"COVID-19": "COVID", "Non-COVID": "-"}``."""
-    if not text:
-        return {}
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        name, sep, target = part.partition("=")
-        if not sep or not name.strip() or not target.strip():
-            raise ConfigError(
-                f"--class-map entries look like DATASET_CLASS=MODEL_CLASS (or =- to leave a "
-                f"class unscored), comma-separated; got {part!r}"
-            )
-        out[name.strip()] = target.strip()
-    return out
 
 
 def match_classes(

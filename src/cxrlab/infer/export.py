@@ -23,7 +23,7 @@ from ..engine import load_run_model
 from ..engine.evaluate import run_tta
 from ..engine.rundir import require_whole_images
 from ..errors import CxrlabError
-from ..utils import write_json
+from ..utils import strict_json, write_json
 
 __all__ = ["FORMATS", "export_model"]
 
@@ -166,7 +166,7 @@ def _onnx_metadata(card: dict[str, Any], size: int, temperature: float | None) -
     return {
         "cxrlab.classes": json.dumps(list(card["classes"])),
         "cxrlab.image_size": str(size),
-        "cxrlab.card": json.dumps(summary),
+        "cxrlab.card": json.dumps(strict_json(summary), allow_nan=False),
     }
 
 

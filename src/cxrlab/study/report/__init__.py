@@ -12,7 +12,7 @@ from ...data.split import load_split
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
-from .audits import StudyAudits, collect_audits
+from .audits import StudyAudits, audit_markdown, collect_audits
 from .external import (
     ExternalResults,
     collect_external,
@@ -96,7 +96,8 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     if not results.missing and (final := write_final(study, results.rows, study_dir)):
         files["final"] = final
     split = load_split(study_dir / "split.csv") if (study_dir / "split.csv").is_file() else None
-    summary = summary_markdown(study, results, comparisons, audits,
+    audit_lines = audit_markdown(audits) if audits else None
+    summary = summary_markdown(study, results, comparisons, audit_lines,
                                external_markdown(externals, external_cmp), split)  # fmt: skip
     if "final" in files:
         card = json.loads((files["final"] / "model_card.json").read_text())

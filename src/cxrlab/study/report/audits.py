@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .results import StudyResults
+from .results import StudyResults, markdown_table
 
-__all__ = ["StudyAudits", "audit_rows", "collect_audits"]
+__all__ = ["StudyAudits", "audit_markdown", "audit_rows", "collect_audits"]
 
 AUDIT_HEADER = ["cell", "accuracy", "lungs removed", "lungs only", "kept above chance",
                 "Grad-CAM in lungs (lung area)", "test images copying training"]  # fmt: skip
@@ -79,3 +79,21 @@ def audit_rows(audits: StudyAudits) -> list[list[str]]:
             str(copies.get("n_with_copy", "-")),
         ])  # fmt: skip
     return rows
+
+
+def audit_markdown(audits: StudyAudits) -> list[str]:
+    """The summary's shortcut-audit section (see :mod:`.audits`)."""
+    lines = ["## Shortcut audit", ""]
+    rows = audit_rows(audits)
+    if rows:
+        lines += markdown_table(list(AUDIT_HEADER), rows)
+        lines += ["", "Accuracy on the same test images as they are, with the lungs filled "
+                  "(mean of the rest of the image) and with everything outside the lungs "
+                  "filled; 'kept above chance' is the share of the above-chance accuracy left "
+                  "without the lungs. Each cell's audit/audit.md has the intervals and "
+                  "figures.", ""]  # fmt: skip
+    probes = (audits.data or {}).get("checks", {}).get("probes", {})
+    if probes:
+        text = probes.get("finding") or f"skipped: {probes.get('skipped', '')}"
+        lines.append(f"- Acquisition probes: {text}")
+    return lines

@@ -9,7 +9,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +26,6 @@ from ..stats import (
 )
 from .flags import run_flags
 from .trials import select_trial, validation_scores
-
-if TYPE_CHECKING:
-    from .audits import StudyAudits
 
 __all__ = ["MIN_SEEDS", "Comparison", "StudyResults", "collect_results", "compare", "summarise"]
 
@@ -533,26 +530,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
 
 
-def audit_markdown(audits: StudyAudits) -> list[str]:
-    """The summary's shortcut-audit section (see :mod:`.audits`)."""
-    from .audits import AUDIT_HEADER, audit_rows
-
-    lines = ["## Shortcut audit", ""]
-    rows = audit_rows(audits)
-    if rows:
-        lines += markdown_table(list(AUDIT_HEADER), rows)
-        lines += ["", "Accuracy on the same test images as they are, with the lungs filled "
-                  "(mean of the rest of the image) and with everything outside the lungs "
-                  "filled; 'kept above chance' is the share of the above-chance accuracy left "
-                  "without the lungs. Each cell's audit/audit.md has the intervals and "
-                  "figures.", ""]  # fmt: skip
-    probes = (audits.data or {}).get("checks", {}).get("probes", {})
-    if probes:
-        text = probes.get("finding") or f"skipped: {probes.get('skipped', '')}"
-        lines.append(f"- Acquisition probes: {text}")
-    return lines
-
-
 def holdout_markdown(results: StudyResults) -> list[str]:
     """The leave-one-source-out table: each cell that held a source out, in distribution
     and on the source it never saw (mean ± std over seeds)."""
@@ -585,11 +562,12 @@ def holdout_markdown(results: StudyResults) -> list[str]:
 
 def summary_markdown(study: StudyConfig, results: StudyResults,
                      comparisons: list[Comparison],
-                     audits: StudyAudits | None = None,
+                     audits: list[str] | None = None,
                      external: list[str] | None = None,
                      split: Split | None = None) -> str:  # fmt: skip
-    """The summary page; ``external`` is the external sets' section (its Markdown lines),
-    ``split`` the study's split (its near-copy groups are counted)."""
+    """The summary page; ``audits`` and ``external`` are the shortcut audit's and the
+    external sets' sections (their Markdown lines), ``split`` the study's split (its
+    near-copy groups are counted)."""
     seeds = sorted({r["seed"] for r in results.rows})
     lines = [f"# Results summary: {study.settings.name}", ""]
     if study.settings.description:
@@ -643,5 +621,5 @@ def summary_markdown(study: StudyConfig, results: StudyResults,
     if external:
         lines += ["", *external]
     if audits:
-        lines += ["", *audit_markdown(audits)]
+        lines += ["", *audits]
     return "\n".join(lines) + "\n"
