@@ -218,6 +218,32 @@ def test_cli_train_and_evaluate(phantoms: Path, tmp_path: Path, capsys) -> None:
     assert "did you mean 'resnet18'" in capsys.readouterr().err.lower()
 
 
+def test_train_options_are_generated_from_the_config(capsys, monkeypatch) -> None:
+    """Every TrainConfig field is a `cxrlab train` option with its help and choices; the
+    parsed options give back the config (ratios, repeated and single values)."""
+    import dataclasses
+
+    from cxrlab.cli.common import config_from_options, config_parameters
+    from cxrlab.engine import TrainConfig
+
+    params = {p.name: p for p in config_parameters(TrainConfig)}
+    fields = [f for f in dataclasses.fields(TrainConfig)]
+    assert set(params) == {f.name for f in fields}
+    assert all(f.metadata.get("help") for f in fields), "every option has help text"
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "<none|light|xray|acquisition>" in text and "--keep-init" in text
+    assert main(["train", "--augment", "flips", "--out", "x"]) == 2
+    assert "'flips' is not one of" in capsys.readouterr().err
+    defaults = {name: p.default for name, p in params.items()}
+    assert config_from_options(TrainConfig, defaults) == TrainConfig()
+    cfg = config_from_options(TrainConfig, defaults | {"data": ["a=x", "b=y"],
+                              "ratios": "0.6,0.2,0.2", "class_map": ["b=P=Q"]})  # fmt: skip
+    assert cfg.data == ("a=x", "b=y") and cfg.ratios == (0.6, 0.2, 0.2)
+    assert cfg.class_map == ("b=P=Q",)
+
+
 def test_batches_order_and_lone_last_batch() -> None:
     from cxrlab.engine.batches import ImageBatches
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["from_dict"]
+__all__ = ["from_dict", "option"]
 
 T = TypeVar("T")
 
@@ -67,6 +67,14 @@ def _check(value: Any, hint: Any, key: str, section: str) -> Any:
             raise ConfigError(f"{section}{key} must be a string, got {value!r}")
         return value
     return value
+
+
+def option(default: Any, help: str, *, panel: str = "") -> Any:
+    """A config field that carries its command-line help: ``lr: float = option(1e-3,
+    "Learning rate.", panel="Training")``. The command line is generated from such fields
+    (:func:`cxrlab.cli.common.config_parameters`): their type gives the flag's type and a
+    ``Literal`` its choices, so a new option is one field in one place."""
+    return dataclasses.field(default=default, metadata={"help": help, "panel": panel})
 
 
 def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:

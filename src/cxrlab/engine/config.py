@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..config import from_dict
+from ..config import from_dict, option
 from ..errors import ConfigError
 from ..freeze import BN_MODES, parse_freeze
 
@@ -26,6 +26,10 @@ _MACHINE_LOCAL = frozenset(
         "log_experiment",
     }
 )
+
+
+#: Help panels of ``cxrlab train --help``.
+_D, _M, _T, _R, _L = "Data", "Model", "Training", "Runtime", "Tracking"
 
 
 def _plain(value: Any) -> Any:
@@ -135,60 +139,112 @@ class TrainConfig:
         log_experiment: the MLflow experiment (default ``cxrlab``; a study uses its name).
     """
 
-    data: str | tuple[str, ...] = "phantoms"
-    class_map: tuple[str, ...] = ()
-    sources_csv: tuple[str, ...] = ()
-    holdout_source: str | None = None
-    split_file: str | None = None
-    split_seed: int = 0
-    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_source: Literal["auto", "folders", "stratified"] = "auto"
-    near_copies: bool = True
-    image_size: int = 224
-    train_size: float = 1.0
-    lungs: Literal["keep", "remove", "only", "crop"] = "keep"
-    masks_from: str | None = None
-    doubtful: Literal["refuse", "skip"] = "refuse"
-
-    model: str = "resnet18"
-    weights: str = "imagenet"
-    freeze: str = "none"
-    freeze_bn: Literal["frozen", "update"] = "frozen"
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "plateau"] = "none"
-    warmup_epochs: int = 0
-    grad_clip: float = 0.0
-    label_smoothing: float = 0.0
-    class_balance: Literal["none", "weighted_loss", "sampler"] = "none"
-    balance: Literal["none", "class", "source", "source_class"] = "none"
-    augment: Literal["none", "light", "xray", "acquisition"] = "none"
-    early_stopping: int = 0
-    ema: float = 0.0
-    calibrate: bool = True
-    tta: bool = False
-    feature_cache: Literal["auto", "off"] = "auto"
-    feature_dtype: Literal["float32", "float16"] = "float32"
-    preload: Literal["auto", "on", "off"] = "auto"
-
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
-    sync_bn: bool = False
-    threads: int = 0
-    keep_init: bool = False
-    progress: bool = True
-    log: str = "none"
-    log_dir: str | None = None
-    log_name: str | None = None
-    log_experiment: str | None = None
+    # ---- data
+    data: str | tuple[str, ...] = option(
+        "phantoms",
+        "Dataset folder, or 'phantoms' / 'phantoms:N' (synthetic, N per class); repeat as "
+        "[NAME=]PATH to train on several sources.", panel=_D)  # fmt: skip
+    class_map: tuple[str, ...] = option(
+        (), "A source's class map: NAME=FROM=TO,... (TO '-' drops a class); repeatable.", panel=_D
+    )
+    sources_csv: tuple[str, ...] = option(
+        (), "NAME=FILE: a CSV of path,source naming finer sources of a source's images.", panel=_D
+    )
+    holdout_source: str | None = option(
+        None, "Train on every source but this one, then score it (holdout.json).", panel=_D
+    )
+    split_file: str | None = option(
+        None, "Manifest from 'cxrlab data split' (made if missing).", panel=_D
+    )
+    split_seed: int = option(0, "Seed of a new split.", panel=_D)
+    ratios: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test.", panel=_D)
+    split_source: Literal["auto", "folders", "stratified"] = option(
+        "auto", "auto: the dataset's Train/Val/Test folders if any.", panel=_D
+    )
+    near_copies: bool = option(
+        True, "Keep near copies (re-saved, re-sized, re-cropped images) in one split.", panel=_D
+    )
+    image_size: int = option(224, "Input size (px).", panel=_D)
+    train_size: float = option(
+        1.0,
+        "Part of the training split: a fraction (0.1) or a count per class (50); stratified, "
+        "nested, the same for every seed.", panel=_D)  # fmt: skip
+    lungs: Literal["keep", "remove", "only", "crop"] = option(
+        "keep",
+        "remove or only: train on images with the lungs (or all else) filled; crop: cut to "
+        "the lungs' box; all need lung masks.", panel=_D)  # fmt: skip
+    masks_from: str | None = option(
+        None, "A lung segmenter run whose masks --lungs uses (for data without masks).", panel=_D
+    )
+    doubtful: Literal["refuse", "skip"] = option(
+        "refuse", "An image without a valid lung mask: stop, or leave it out.", panel=_D
+    )
+    # ---- model
+    model: str = option("resnet18", "See 'cxrlab models'.", panel=_M)
+    weights: str = option(
+        "imagenet",
+        "imagenet; none; stats (statistics transfer); imagenet:K (first K units pretrained, "
+        "stats above); or a weights file.", panel=_M)  # fmt: skip
+    freeze: str = option("none", "none, head, 0.5, 0.75, last:K.", panel=_M)
+    freeze_bn: Literal["frozen", "update"] = option(
+        "frozen", "frozen: frozen BatchNorm keeps its statistics.", panel=_M
+    )
+    # ---- training
+    epochs: int = option(10, "Epochs.", panel=_T)
+    batch_size: int = option(32, "Images per step.", panel=_T)
+    lr: float = option(1e-3, "Learning rate.", panel=_T)
+    optimizer: Literal["adam", "adamw", "sgd"] = option("adam", "Optimizer.", panel=_T)
+    weight_decay: float = option(0.0, "Weight decay.", panel=_T)
+    momentum: float = option(0.9, "SGD momentum.", panel=_T)
+    scheduler: Literal["none", "cosine", "plateau"] = option("none", "LR schedule.", panel=_T)
+    warmup_epochs: int = option(0, "Linear warm-up epochs.", panel=_T)
+    grad_clip: float = option(0.0, "Max grad norm, 0=off.", panel=_T)
+    label_smoothing: float = option(0.0, "Label smoothing.", panel=_T)
+    class_balance: Literal["none", "weighted_loss", "sampler"] = option(
+        "none", "Class imbalance: loss weights or a class-balanced sampler.", panel=_T
+    )
+    balance: Literal["none", "class", "source", "source_class"] = option(
+        "none", "Sampling weights: each class, source or (source, class) cell alike.", panel=_T
+    )
+    augment: Literal["none", "light", "xray", "acquisition"] = option(
+        "none",
+        "light (small affine, brightness/contrast); xray (larger, plus gamma); acquisition "
+        "(xray, tone curves, blur, noise, resampling, JPEG, frames). Never flips.",
+        panel=_T)  # fmt: skip
+    early_stopping: int = option(0, "Patience in epochs, 0=off.", panel=_T)
+    ema: float = option(0.0, "Weight moving average decay per step (e.g. 0.998), 0=off.", panel=_T)
+    calibrate: bool = option(
+        True, "Fit a temperature on the validation split after training.", panel=_T
+    )
+    tta: bool = option(False, "Test-time augmentation: average 5 views (no flips).", panel=_T)
+    feature_cache: Literal["auto", "off"] = option(
+        "auto", "auto: run a frozen prefix once per image.", panel=_R
+    )
+    feature_dtype: Literal["float32", "float16"] = option(
+        "float32", "Cached features' dtype.", panel=_R
+    )
+    preload: Literal["auto", "on", "off"] = option(
+        "auto", "auto (CUDA, if it fits), on, off: data on the device once.", panel=_R
+    )
+    # ---- runtime
+    seed: int = option(0, "Training seed.", panel=_R)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N, mps.", panel=_R)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "Autocast precision.", panel=_R)
+    channels_last: Literal["auto", "on", "off"] = option("auto", "Memory format.", panel=_R)
+    compile: bool = option(False, "torch.compile the model.", panel=_R)
+    sync_bn: bool = option(False, "torchrun on GPUs: SyncBatchNorm for training BN.", panel=_R)
+    threads: int = option(0, "CPU threads, 0=default.", panel=_R)
+    keep_init: bool = option(
+        False, "Also keep the starting weights (init.safetensors) for 'analyze reuse'.", panel=_R
+    )
+    progress: bool = option(True, "Progress bars.", panel=_R)
+    # ---- tracking
+    log: str = option("none", "none, tensorboard, mlflow, or tensorboard,mlflow.", panel=_L)
+    log_dir: str | None = option(
+        None, "Tracker folder (default: OUT/tensorboard; MLflow: mlflow.db beside OUT).", panel=_L
+    )
+    log_name: str | None = option(None, "Run name there (default: OUT's name).", panel=_L)
+    log_experiment: str | None = option(None, "MLflow experiment (default cxrlab).", panel=_L)
 
     def __post_init__(self) -> None:
         from .tracking import parse_log

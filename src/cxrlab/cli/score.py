@@ -1,0 +1,139 @@
+"""``cxrlab evaluate``, ``cxrlab audit`` and ``cxrlab analyze reuse``: scoring and
+examining finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import BatchSize, Device, Progress, analyze_app, app
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[
+        list[Path],
+        typer.Argument(help="A run folder, an ensemble folder, or several runs (averaged)."),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Dataset folder (default: the run's own)."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
+    ] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the metrics JSON here."),
+    ] = None,
+    class_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-' "
+            "('-': not scored, only where its images went)."
+        ),
+    ] = None,
+    keep_copies: Annotated[
+        bool,
+        typer.Option("--keep-copies", help="Score external images that copy training images too."),
+    ] = False,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    progress: Progress = True,
+) -> None:
+    """Metrics of a trained model (or ensemble) on its test split or on another dataset."""
+    from ..engine import evaluate_run
+    from ..evaluation.external import parse_class_map
+    from ..evaluation.report import format_evaluation
+
+    source = run_dir if len(run_dir) > 1 else run_dir[0]
+    m = evaluate_run(source, data, split=split, out=out, batch_size=batch_size, device=device,
+                     class_map=parse_class_map(class_map), exclude_copies=not keep_copies,
+                     progress=progress)  # fmt: skip
+    typer.echo(format_evaluation(m))
+    if out:
+        typer.echo(f"Wrote {out}")
+
+
+@app.command("audit")
+def audit_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN_DIR/audit).")] = (
+        None
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="Dataset to audit on (default: the run's own).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
+    ] = "test",
+    check: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this check (copies, lungs, cam, probes, source); repeatable."),
+    ] = None,
+    class_map: Annotated[
+        str | None,
+        typer.Option(help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-'."),
+    ] = None,
+    cam_images: Annotated[
+        int, typer.Option(help="Grad-CAM maps at most, spread over the classes (0: all).")
+    ] = 200,
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of noise fills, CAM subset, probe folds.")] = 0,
+    masks_from: Annotated[
+        Path | None,
+        typer.Option(help="A lung segmenter run: its masks for data without masks."),
+    ] = None,
+    progress: Progress = True,
+) -> None:
+    """Shortcut audit: lungs removed, Grad-CAM in the lungs, acquisition probes, copies."""
+    from ..audit import CHECKS, run_audit
+    from ..evaluation.external import parse_class_map
+
+    result = run_audit(run_dir, data, split=split, out=out, checks=check or CHECKS,
+                       class_map=parse_class_map(class_map), cam_images=cam_images or None,
+                       device=device, seed=seed, masks_from=masks_from,
+                       progress=progress)  # fmt: skip
+    for key, finding in result.findings.items():
+        typer.echo(f"{key}: {finding}")
+    typer.echo(f"Wrote {result.files['markdown']} and {result.files['json']}")
+
+
+@analyze_app.command("reuse")
+def analyze_reuse_cmd(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run folders (one split, input size and class list).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("runs/reuse"),
+    data: Annotated[
+        str | None, typer.Option(help="Dataset (default: the first run's own).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Images measured: test or val.")] = "test",
+    max_images: Annotated[
+        int, typer.Option(help="At most this many images, every class in proportion (0: all).")
+    ] = 300,
+    bank_images: Annotated[
+        int, typer.Option(help="At most this many training images as the k-NN bank (0: all).")
+    ] = 2000,
+    batch_size: Annotated[int, typer.Option(help="CKA minibatch (>= 4).")] = 50,
+    knn_k: Annotated[int, typer.Option(help="Neighbours of the k-NN probe.")] = 20,
+    reinit: Annotated[
+        bool, typer.Option(help="Re-initialisation robustness (the slowest measurement).")
+    ] = True,
+    device: Device = "auto",
+    progress: Progress = True,
+) -> None:
+    """Feature reuse: CKA to the initialisation and between models, weight change, re-init
+    robustness and a k-NN probe per unit; the gain of pretraining and what statistics alone
+    recover."""
+    from ..analysis import analyze_reuse
+
+    result = analyze_reuse(run_dirs, out=out, data=data, split=split,
+                           max_images=max_images or None, bank_images=bank_images or None,
+                           batch_size=batch_size, knn_k=knn_k, reinit=reinit, device=device,
+                           progress=progress)  # fmt: skip
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"Wrote {out / 'reuse.md'} ({len(result.runs)} runs)")

@@ -1,0 +1,42 @@
+"""``cxrlab train``: its options are :class:`~cxrlab.engine.TrainConfig`'s fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..engine.config import TrainConfig
+from .common import (
+    ExternalMapOpt,
+    ExternalOpt,
+    app,
+    config_from_options,
+    external_sets,
+    with_config_options,
+)
+
+
+@app.command("train", no_args_is_help=False)
+@with_config_options(TrainConfig)
+def train_cmd(
+    out: Annotated[Path, typer.Option(help="Run folder to write.", rich_help_panel="Runtime")] = (
+        Path("runs/train")
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel="Runtime")
+    ] = False,
+    external: ExternalOpt = None,
+    external_class_map: ExternalMapOpt = None,
+    **options: Any,
+) -> None:
+    """Train one classifier; writes metrics, figures, weights and a model card to --out."""
+    from ..engine import train
+    from ..engine.external import evaluate_externals
+
+    sets = external_sets(external, external_class_map)
+    config = config_from_options(TrainConfig, options, section="train ")
+    train(config, out, resume=resume)
+    evaluate_externals(out, sets, device=config.device, progress=config.progress,
+                       echo=typer.echo)  # fmt: skip
