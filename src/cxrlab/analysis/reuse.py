@@ -315,7 +315,8 @@ def analyze_reuse(
         max_images: at most this many of them, the same share of every class.
         bank_images: at most this many training images as the k-NN bank.
         batch_size: CKA minibatch size (at least 4; the same batches for every model).
-        knn_k, knn_temperature: the k-NN probe's neighbours and vote temperature.
+        knn_k: the k-NN probe's neighbours.
+        knn_temperature: the temperature of its vote.
         reinit: run the re-initialisation robustness check (the slowest measurement).
         seed: seeds the fresh random draw of the re-initialisation check.
 

@@ -200,7 +200,7 @@ def serve(
     names = ", ".join(m.name for m in service.models)
     echo(f"cxrlab serve: {len(service.models)} model(s): {names}")
     echo(f"  app  http://{host}:{port}/")
-    echo(f"  API  http://{host}:{port}/api/predict (see README, 'Serving models')")
+    echo(f"  API  http://{host}:{port}/api/predict (docs/predict-serve.md)")
     if is_loopback(host):
         echo(f"  bound to {host}: reachable from this machine only (--host 0.0.0.0 to share)")
     else:

@@ -107,7 +107,8 @@ def acquisition_probes(
     Args:
         images: ``(N, H, W)`` uint8, the images as the model saw them.
         labels: each image's class.
-        root, paths: the dataset folder and each image's file (for the ``file`` probe).
+        root: the dataset folder (for the ``file`` probe).
+        paths: each image's file (for the ``file`` probe).
 
     Returns:
         ``{"n", "classes", "chance", "folds", "probes": {name: {balanced_accuracy, ci,

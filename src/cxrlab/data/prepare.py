@@ -210,8 +210,8 @@ def prepare_data(
     Args:
         data: a dataset folder, or ``None``/``"phantoms"``/``"phantoms:N"`` for the synthetic
             phantoms, or several sources (``[NAME=]PATH`` each; see :func:`resolve_data`).
-        class_map, sources_csv: each source's class map and finer sources
-            (:func:`resolve_data`).
+        class_map: each source's class map (:func:`resolve_data`).
+        sources_csv: each source's finer sources (:func:`resolve_data`).
         split_file: a manifest from ``cxrlab data split``; when it exists it is used (and
             checked against the data), otherwise a split is made with ``split_seed``.
         split_seed: seed of a newly made split.
