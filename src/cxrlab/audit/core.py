@@ -22,7 +22,7 @@ figures to ``out``. The run folder and its metrics are never changed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,253 @@ def _own_copies(images: np.ndarray, split: Any, rows: np.ndarray) -> dict[str, l
     return out
 
 
+@dataclass
+class _Audited:
+    """A run and the images it is audited on: what every check reads."""
+
+    run_dir: Path
+    model: Any
+    card: dict[str, Any]
+    classes: list[str]
+    prepared: PreparedData
+    rows: np.ndarray  # the audited images' rows in ``prepared``
+    records: list[Any]
+    matching: dict[str, str | None]
+    external: bool  # another dataset than the run's own
+    lungs_mode: str
+    mask_provider: Any
+    device: torch.device
+    amp: Any
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.prepared.images.array
+
+    def labels(self) -> np.ndarray:
+        """Each audited image's model class index, ``-1`` where it is not scored."""
+        m = self.matching
+        return np.array([self.classes.index(m[r.label]) if m[r.label] else -1
+                         for r in self.records])  # fmt: skip
+
+
+@dataclass
+class _Copies:
+    """Copies of training images among the audited ones, found before anything is scored."""
+
+    excluded: set[str]  # on another dataset: left out of every number
+    found: dict[str, list[int]]  # on the run's own data: per audited position, its copies
+    overlap: Any = None  # on another dataset: the overlap found
+
+
+def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None,
+          masks_from: Any, device: str, progress: bool) -> _Audited:  # fmt: skip
+    """Load the run and prepare the images as the run was trained (size, lungs mode)."""
+    model, card = load_run_model(run_dir)
+    classes = list(card["classes"])
+    # masks: the segmenter the run trained with, else the one asked for, else the files
+    prep = run_preparation(card, masks_from)
+    prepared = prepare_data(
+        data if data is not None else run_data(card),
+        split_file=None if split == "all" else run_dir / "split.csv",
+        holdout_all=split == "all",
+        progress=progress,
+        **(prep | {"doubtful": "skip"} if split == "all" else prep),
+    )
+    matching = match_classes(prepared.classes, classes, class_map, where=f"the model in {run_dir}")
+    rows = np.array(prepared.split.indices(split), dtype=np.int64)
+    dev = resolve_device(device)
+    model.to(dev)
+    return _Audited(
+        run_dir, model, card, classes, prepared, rows,
+        [prepared.split.records[i] for i in rows], matching,
+        prepared.report.fingerprint() != card["data"]["data_hash"], prep["lungs"],
+        prep["mask_provider"], dev, run_precision(card, dev),
+    )  # fmt: skip
+
+
+def _header(a: _Audited, split: str) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "run": str(a.run_dir),
+        "model": a.card["model"],
+        "weights": a.card["weights"],
+        "trained_with_lungs": a.lungs_mode,
+        "data": str(a.prepared.report.root),
+        "data_hash": a.prepared.report.fingerprint(),
+        "split": split,
+        "external": a.external,
+        "class_matching": a.matching,
+        "checks": {},
+    }
+    if not a.external and split in ("train", "all"):
+        report["note"] = (
+            f"The {split} split includes the images the model was trained on: its scores here "
+            "are not test scores (the probes, which look at the data, are unaffected)."
+        )
+    return report
+
+
+def _find_copies(a: _Audited, checks: Sequence[str], progress: bool) -> _Copies:
+    """On another dataset, copies of the run's training images (left out of every number);
+    on its own, audited images that copy a training or validation image."""
+    if a.external:
+        whole = a.prepared.whole_images(progress).array  # copies are of whole radiographs
+        overlap = find_overlap(a.run_dir, a.card, a.records, whole[a.rows], progress=progress)
+        return _Copies(overlap.paths(("train", "val")), {}, overlap)
+    found = _own_copies(a.images, a.prepared.split, a.rows) if "copies" in checks else {}
+    return _Copies(set(), found)
+
+
+def _scored(a: _Audited, copies: _Copies) -> np.ndarray:
+    """Positions of the audited images that are scored: a model class, not a copy."""
+    scored = np.array([k for k, r in enumerate(a.records)
+                       if a.matching[r.label] is not None and r.path not in copies.excluded],
+                      dtype=int)  # fmt: skip
+    if not len(scored):
+        raise ConfigError("No audited image can be scored (every class unscored or a copy)")
+    return scored
+
+
+def _normal(a: _Audited, probs: np.ndarray, scored: np.ndarray) -> dict[str, Any]:
+    """The model's score on the audited images as they are."""
+    y = a.labels()[scored]
+    m = classification_metrics(y, probs[scored], a.classes)
+    out = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")}
+    out["accuracy_ci"] = wilson_interval(round(m["accuracy"] * len(y)), len(y))
+    out["chance"] = chance_accuracy(y)
+    return out
+
+
+def _copies_check(a: _Audited, copies: _Copies, probs: np.ndarray, split: str) -> dict[str, Any]:
+    if copies.overlap is not None:
+        excluded = copies.excluded
+        return copies.overlap.to_dict() | {
+            "excluded": len(excluded),
+            "finding": f"{copies.overlap.summary()}; {len(excluded)} image(s) copying training "
+            "or validation images are left out of every number below.",
+        }
+    found, y_all = copies.found, a.labels()
+    right = probs.argmax(1) == y_all
+    has = np.array([str(k) in found for k in range(len(a.records))])
+    with_copy, without = right[has & (y_all >= 0)], right[~has & (y_all >= 0)]
+    res: dict[str, Any] = {
+        "n_with_copy": len(found),
+        "pairs": {
+            a.records[int(k)].path: [a.prepared.split.records[j].path for j in v]
+            for k, v in found.items()
+        },
+        "accuracy_with_copy": float(with_copy.mean()) if len(with_copy) else None,
+        "accuracy_without_copy": float(without.mean()) if len(without) else None,
+        "accuracy_without_copy_ci": wilson_interval(int(without.sum()), len(without)),
+    }
+    res["finding"] = (
+        f"{len(found)} of {len(a.records)} {split} images copy a training or validation image "
+        "(exact or near copies)"
+        + (f"; accuracy {res['accuracy_with_copy']:.3f} on them and "
+           f"{res['accuracy_without_copy']:.3f} on the rest" if found else "")
+        + "."
+    )  # fmt: skip
+    return res
+
+
+#: A figure to draw once every check has run: (key in the result's files, file name, draw).
+_Plot = tuple[str, str, Callable[[Path], Path]]
+
+
+def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: int,
+                 cam_images: int | None, batch_size: int, seed: int,
+                 progress: bool) -> tuple[dict[str, Any], list[_Plot]]:  # fmt: skip
+    """Lungs removed / lungs only, and where Grad-CAM looks: both need lung masks."""
+    results: dict[str, Any] = {}
+    plots: list[_Plot] = []
+    # the masks the data was prepared with (cut to the lungs' boxes with --lungs crop), else
+    # the segmenter's or the mask files
+    masks = a.prepared.masks
+    if masks is None:
+        read = a.mask_provider or lung_mask_files
+        masks = read(a.prepared.report.root, a.prepared.split.records, size, progress)
+    use = scored[masks.valid[a.rows][scored]]
+    why = None
+    if a.lungs_mode in ("remove", "only"):
+        why = (f"the model was trained with lungs {a.lungs_mode}: it never saw the lungs the "
+               "check would hide")  # fmt: skip
+    elif not len(use):
+        why = f"needs lung masks; {masks.summary()}"
+    if why:
+        return {c: {"skipped": why} for c in ("lungs", "cam") if c in checks}, plots
+    imgs, lung = a.images[a.rows[use]], masks.array[a.rows[use]]
+    y = a.labels()[use]
+    labels = [a.classes[c] for c in y]
+    if "lungs" in checks:
+        res = lungs_removed(a.model, imgs, lung, y, a.device, a.amp, seeds=a.rows[use] + seed,
+                            batch_size=batch_size)  # fmt: skip
+        res["note"] = (f"{len(scored) - len(use)} scored image(s) without a valid mask left "
+                       f"out ({masks.summary()})" if len(use) < len(scored) else "")  # fmt: skip
+        results["lungs"] = res
+        plots += [("lungs", "lungs.png", lambda p, r=res: figures.plot_lungs(r, p)),
+                  ("lung_examples", "lung_examples.png",
+                   lambda p: figures.plot_lung_examples(imgs, lung, labels, p))]  # fmt: skip
+    if "cam" in checks:
+        cam = cam_in_lungs(a.model, imgs, lung, y, a.classes, limit=cam_images, seed=seed)
+        a.model.to(a.device)
+        if "skipped" not in cam:
+            maps = dict(cam)
+            predicted = [a.classes[p] for p in cam["predicted"]]
+            plots += [("cam_outside", "cam_outside.png", lambda p: figures.plot_cam_outside(
+                           imgs, lung, maps, labels, predicted, p)),
+                      ("cam_shares", "cam_shares.png",
+                       lambda p: figures.plot_cam_shares(maps, a.classes, y, p))]  # fmt: skip
+            cam = {k: v for k, v in cam.items() if k != "maps"}
+            cam["rows"] = [a.records[use[r]].path for r in cam["rows"]]
+        results["cam"] = cam
+    return results, plots
+
+
+def _probes_check(a: _Audited, copies: _Copies, seed: int) -> tuple[dict[str, Any], list[_Plot]]:
+    """Acquisition probes: what the data alone tells of the class (not the model)."""
+    keep = [k for k, r in enumerate(a.records) if r.path not in copies.excluded]
+    probes = acquisition_probes(a.images[a.rows[keep]], [a.records[k].label for k in keep],
+                                a.prepared.report.root, [a.records[k].path for k in keep],
+                                seed=seed)  # fmt: skip
+    if "skipped" in probes:
+        return probes, []
+    best = max(probes["probes"].items(), key=lambda kv: kv[1]["balanced_accuracy"])
+    probes["finding"] = (
+        f"From acquisition alone a linear probe tells the {len(probes['classes'])} "
+        f"classes apart with balanced accuracy up to {best[1]['balanced_accuracy']:.3f} "
+        f"[{best[1]['ci'][0]:.3f}, {best[1]['ci'][1]:.3f}] ({best[0]}; chance "
+        f"{probes['chance']:.3f}; "
+        + ", ".join(f"{k} {v['balanced_accuracy']:.2f}" for k, v in probes["probes"].items())
+        + f"; {probes['n']} images)."
+    )
+    return probes, [("probes", "probes.png", lambda p: figures.plot_probes(probes, p))]
+
+
+def _external_check(a: _Audited, normal: dict[str, Any], y: np.ndarray) -> dict[str, Any]:
+    present = sorted({a.classes[c] for c in y}, key=a.classes.index)
+    ci = normal["accuracy_ci"]
+    return {
+        "classes_present": present,
+        "finding": (
+            f"On {len(y)} images of another dataset ({', '.join(present)} of the model's "
+            f"{len(a.classes)} classes), accuracy {normal['accuracy']:.3f} [{ci[0]:.3f}, "
+            f"{ci[1]:.3f}] and balanced accuracy {normal['balanced_accuracy']:.3f}; where each "
+            "class went is in the table."
+        ),
+    }
+
+
+def _write(out: Path, report: dict[str, Any], plots: list[_Plot]) -> AuditResult:
+    """Every file of the audit: its figures, ``audit.json`` and ``audit.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {key: draw(out / name) for key, name, draw in plots}
+    files["json"] = out / "audit.json"
+    files["markdown"] = out / "audit.md"
+    write_json(files["json"], report)
+    result = AuditResult(out, report, files)
+    atomic_write_text(files["markdown"], audit_markdown(result))
+    return result
+
+
 def run_audit(
     run_dir: str | os.PathLike[str],
     data: str | os.PathLike[str] | None = None,
@@ -112,9 +359,12 @@ def run_audit(
         checks: a subset of :data:`CHECKS`.
         class_map: dataset class -> model class, ``"-"`` for unscored (see ``evaluate``).
         cam_images: Grad-CAM maps at most (spread over the classes; ``None``: all).
+        batch_size: images per forward pass.
+        device: where the model runs (``auto``, ``cpu``, ``cuda``, ``mps``).
         seed: seed of the noise fill, the Grad-CAM subset and the probes' folds.
         masks_from: a lung segmenter run whose masks the lung checks use where the data has
             none (a run trained with ``--masks-from`` always uses its own segmenter).
+        progress: show progress bars.
 
     Raises:
         CheckpointError: the run folder is not a finished run, or the dataset has classes the
@@ -124,230 +374,33 @@ def run_audit(
     if unknown:
         raise ConfigError(f"Unknown audit check(s) {unknown}; choose from {', '.join(CHECKS)}")
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "audit"
-    model, card = load_run_model(run_dir)
-    classes = list(card["classes"])
-    # masks: the segmenter the run trained with, else the one asked for, else the files
-    prep = run_preparation(card, masks_from)
-    size, lungs_mode, provider = prep["image_size"], prep["lungs"], prep["mask_provider"]
-    root = data if data is not None else run_data(card)
-    prepared = prepare_data(
-        root,
-        split_file=None if split == "all" else run_dir / "split.csv",
-        holdout_all=split == "all",
-        progress=progress,
-        **(prep | {"doubtful": "skip"} if split == "all" else prep),
-    )
-    matching = match_classes(prepared.classes, classes, class_map, where=f"the model in {run_dir}")
-    rows = np.array(prepared.split.indices(split), dtype=np.int64)
-    records = [prepared.split.records[i] for i in rows]
-    images = prepared.images.array
-    external = prepared.report.fingerprint() != card["data"]["data_hash"]
-    dev = resolve_device(device)
-    amp = run_precision(card, dev)
-    model.to(dev)
-
-    report: dict[str, Any] = {
-        "run": str(run_dir),
-        "model": card["model"],
-        "weights": card["weights"],
-        "trained_with_lungs": lungs_mode,
-        "data": str(prepared.report.root),
-        "data_hash": prepared.report.fingerprint(),
-        "split": split,
-        "external": external,
-        "class_matching": matching,
-        "checks": {},
-    }
-    if not external and split in ("train", "all"):
-        report["note"] = (
-            f"The {split} split includes the images the model was trained on: its scores here "
-            "are not test scores (the probes, which look at the data, are unaffected)."
-        )
-    # ---- copies of training images: left out on another dataset, reported on the run's own
-    excluded: set[str] = set()
-    if external:
-        whole = prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = find_overlap(run_dir, card, records, whole[rows], progress=progress)
-        excluded = overlap.paths(("train", "val"))
-        copies: dict[str, Any] = overlap.to_dict() | {"excluded": len(excluded)}
-        copies["finding"] = (
-            f"{overlap.summary()}; {len(excluded)} image(s) copying training or validation "
-            "images are left out of every number below."
-        )
-    elif "copies" in checks:
-        found = _own_copies(images, prepared.split, rows)
-        copies = {
-            "n_with_copy": len(found),
-            "pairs": {
-                records[int(k)].path: [prepared.split.records[j].path for j in v]
-                for k, v in found.items()
-            },
-        }
-    scored = np.array(
-        [
-            k
-            for k, r in enumerate(records)
-            if matching[r.label] is not None and r.path not in excluded
-        ],
-        dtype=int,
-    )
-    if not len(scored):
-        raise ConfigError("No audited image can be scored (every class unscored or a copy)")
-    y_all = np.array(
-        [classes.index(matching[r.label]) if matching[r.label] else -1 for r in records]
-    )
-    tta = run_tta(card)
-    probs = predict(model, images[rows], dev, amp, batch_size, tta)
-    y = y_all[scored]
-    normal = classification_metrics(y, probs[scored], classes)
-    report["normal"] = {
-        k: normal[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
-    }
-    report["normal"]["accuracy_ci"] = wilson_interval(round(normal["accuracy"] * len(y)), len(y))
-    report["normal"]["chance"] = chance_accuracy(y)
-    report["routing"] = routing([r.label for r in records], probs.argmax(1), classes)
-    if external:
-        report["checks"]["copies"] = copies
-    elif "copies" in checks:
-        right = probs.argmax(1) == y_all
-        has = np.array([str(k) in found for k in range(len(records))])
-        with_copy = right[has & (y_all >= 0)]
-        without = right[~has & (y_all >= 0)]
-        copies["accuracy_with_copy"] = float(with_copy.mean()) if len(with_copy) else None
-        copies["accuracy_without_copy"] = float(without.mean()) if len(without) else None
-        copies["accuracy_without_copy_ci"] = wilson_interval(int(without.sum()), len(without))
-        copies["finding"] = (
-            f"{len(found)} of {len(records)} {split} images copy a training or validation image "
-            "(exact or near copies)"
-            + (
-                f"; accuracy {copies['accuracy_with_copy']:.3f} on them and "
-                f"{copies['accuracy_without_copy']:.3f} on the rest"
-                if found
-                else ""
-            )
-            + "."
-        )
-        report["checks"]["copies"] = copies
-
-    files: dict[str, Path] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    # ---- lungs removed / lungs only, and where Grad-CAM looks: both need masks
-    wants_masks = [c for c in ("lungs", "cam") if c in checks]
-    if wants_masks:
-        # the masks the data was prepared with (cut to the lungs' boxes with --lungs crop),
-        # else the segmenter's or the mask files
-        masks = prepared.masks
-        if masks is None:
-            read = provider or lung_mask_files
-            masks = read(prepared.report.root, prepared.split.records, size, progress)
-        valid = masks.valid[rows][scored]
-        use = scored[valid]
-        why = None
-        if lungs_mode in ("remove", "only"):
-            why = (
-                f"the model was trained with lungs {lungs_mode}: it never saw the lungs "
-                "the check would hide"
-            )
-        elif not len(use):
-            why = f"needs lung masks; {masks.summary()}"
-        missing_note = (
-            f"{len(scored) - len(use)} scored image(s) without a valid mask left "
-            f"out ({masks.summary()})"
-            if len(use) < len(scored)
-            else ""
-        )
-        m_imgs = images[rows[use]] if len(use) else None
-        m_masks = masks.array[rows[use]] if len(use) else None
-        yy = y_all[use]
-        if "lungs" in checks:
-            if why:
-                report["checks"]["lungs"] = {"skipped": why}
-            else:
-                res = lungs_removed(
-                    model,
-                    m_imgs,
-                    m_masks,
-                    yy,
-                    dev,
-                    amp,
-                    seeds=rows[use] + seed,
-                    batch_size=batch_size,
-                )
-                res["note"] = missing_note
-                report["checks"]["lungs"] = res
-                files["lungs"] = figures.plot_lungs(res, out / "lungs.png")
-                files["lung_examples"] = figures.plot_lung_examples(
-                    m_imgs, m_masks, [classes[c] for c in yy], out / "lung_examples.png"
-                )
-        if "cam" in checks:
-            if why:
-                report["checks"]["cam"] = {"skipped": why}
-            else:
-                cam = cam_in_lungs(model, m_imgs, m_masks, yy, classes, limit=cam_images, seed=seed)
-                model.to(dev)
-                if "skipped" not in cam:
-                    labels = [classes[c] for c in yy]
-                    files["cam_outside"] = figures.plot_cam_outside(
-                        m_imgs,
-                        m_masks,
-                        cam,
-                        labels,
-                        [classes[p] for p in cam["predicted"]],
-                        out / "cam_outside.png",
-                    )
-                    files["cam_shares"] = figures.plot_cam_shares(
-                        cam, classes, yy, out / "cam_shares.png"
-                    )
-                    cam = {k: v for k, v in cam.items() if k != "maps"}
-                    cam["rows"] = [records[use[r]].path for r in cam["rows"]]
-                report["checks"]["cam"] = cam
-    # ---- acquisition probes: the dataset, not the model
+    a = _open(run_dir, data, split, class_map, masks_from, device, progress)
+    report = _header(a, split)
+    copies = _find_copies(a, checks, progress)  # before anything is scored
+    scored = _scored(a, copies)
+    probs = predict(a.model, a.images[a.rows], a.device, a.amp, batch_size, run_tta(a.card))
+    report["normal"] = _normal(a, probs, scored)
+    report["routing"] = routing([r.label for r in a.records], probs.argmax(1), a.classes)
+    plots: list[_Plot] = []
+    if a.external or "copies" in checks:
+        report["checks"]["copies"] = _copies_check(a, copies, probs, split)
+    if "lungs" in checks or "cam" in checks:
+        size = int(a.card["preprocessing"]["image_size"])
+        found, drawn = _lung_checks(a, checks, scored, size, cam_images, batch_size, seed,
+                                    progress)  # fmt: skip
+        report["checks"] |= found
+        plots += drawn
     if "probes" in checks:
-        keep = [k for k, r in enumerate(records) if r.path not in excluded]
-        probes = acquisition_probes(
-            images[rows[keep]],
-            [records[k].label for k in keep],
-            prepared.report.root,
-            [records[k].path for k in keep],
-            seed=seed,
-        )
-        if "skipped" not in probes:
-            best = max(probes["probes"].items(), key=lambda kv: kv[1]["balanced_accuracy"])
-            probes["finding"] = (
-                f"From acquisition alone a linear probe tells the {len(probes['classes'])} "
-                f"classes apart with balanced accuracy up to {best[1]['balanced_accuracy']:.3f} "
-                f"[{best[1]['ci'][0]:.3f}, {best[1]['ci'][1]:.3f}] ({best[0]}; chance "
-                f"{probes['chance']:.3f}; "
-                + ", ".join(
-                    f"{k} {v['balanced_accuracy']:.2f}" for k, v in probes["probes"].items()
-                )
-                + f"; {probes['n']} images)."
-            )
-            files["probes"] = figures.plot_probes(probes, out / "probes.png")
-        report["checks"]["probes"] = probes
+        report["checks"]["probes"], drawn = _probes_check(a, copies, seed)
+        plots += drawn
     if "source" in checks:
-        keep = [k for k, r in enumerate(records) if r.path not in excluded]
-        report["checks"]["source"] = _source_check(model, images[rows[keep]], prepared,
-                                                   rows[keep], dev, seed)  # fmt: skip
-    if external:
-        present = sorted({classes[c] for c in y}, key=classes.index)
-        report["checks"]["external"] = {
-            "classes_present": present,
-            "finding": (
-                f"On {len(y)} images of another dataset ({', '.join(present)} of the model's "
-                f"{len(classes)} classes), accuracy {normal['accuracy']:.3f} "
-                f"[{report['normal']['accuracy_ci'][0]:.3f}, "
-                f"{report['normal']['accuracy_ci'][1]:.3f}] and balanced accuracy "
-                f"{normal['balanced_accuracy']:.3f}; where each class went is in the table."
-            ),
-        }
-    files["json"] = out / "audit.json"
-    files["markdown"] = out / "audit.md"
-    write_json(files["json"], report)
-    result = AuditResult(out, report, files)
-    atomic_write_text(files["markdown"], audit_markdown(result))
-    return result
+        keep = np.array([k for k, r in enumerate(a.records) if r.path not in copies.excluded],
+                        dtype=int)  # fmt: skip
+        report["checks"]["source"] = _source_check(a.model, a.images[a.rows[keep]], a.prepared,
+                                                   a.rows[keep], a.device, seed)  # fmt: skip
+    if a.external:
+        report["checks"]["external"] = _external_check(a, report["normal"], a.labels()[scored])
+    return _write(Path(out) if out is not None else run_dir / "audit", report, plots)
 
 
 def _source_check(model: Any, images: np.ndarray, prepared: PreparedData, rows: np.ndarray,
