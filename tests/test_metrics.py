@@ -40,6 +40,12 @@ def test_absent_class_gives_none_auroc_not_a_crash() -> None:
     probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
     m = classification_metrics(y, probs, CLASSES)
     assert m["per_class"]["c"]["auroc"] is None and m["per_class"]["c"]["support"] == 0
+    # nothing to count is not a score of 0: null, with the reason beside it
+    absent = m["per_class"]["c"]
+    assert absent["recall"] is None and absent["f1"] is None and absent["precision"] is None
+    assert set(absent["why_null"]) == {"recall", "f1", "auroc", "precision"}
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2,
+                                   "auroc": 1.0}  # fmt: skip
     assert m["auroc"] == 1.0
     with pytest.raises(ValueError, match="shape"):
         classification_metrics(y, probs[:, :2], CLASSES)

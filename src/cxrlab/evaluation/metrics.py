@@ -37,6 +37,27 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
     return float(ece)
 
 
+def _class_scores(precision: float, recall: float, f1: float, support: int, predicted: int,
+                  auroc: float | None) -> dict[str, Any]:  # fmt: skip
+    """One class's scores; a score with nothing to count is ``None`` with the reason beside
+    it (``why_null``), never a 0 that reads like a failure."""
+    out: dict[str, Any] = {"precision": float(precision), "recall": float(recall),
+                           "f1": float(f1), "support": support, "auroc": auroc}  # fmt: skip
+    why: dict[str, str] = {}
+    if support == 0:
+        for key in ("recall", "f1", "auroc"):
+            out[key] = None
+            why[key] = "no image of this class was scored"
+    if predicted == 0:
+        out["precision"] = None
+        why["precision"] = "no image was predicted as this class"
+    elif support and auroc is None:
+        why["auroc"] = "needs images of at least two classes"
+    if why:
+        out["why_null"] = why
+    return out
+
+
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
@@ -76,16 +97,9 @@ def classification_metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns about classes absent from y_true
         balanced = float(balanced_accuracy_score(y, pred))
-    per_class = {
-        name: {
-            "precision": float(prec[i]),
-            "recall": float(rec[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "auroc": aurocs[i],
-        }
-        for i, name in enumerate(classes)
-    }
+    per_class = {name: _class_scores(prec[i], rec[i], f1[i], int(support[i]),
+                                     int((pred == i).sum()), aurocs[i])
+                 for i, name in enumerate(classes)}  # fmt: skip
     valid_auroc = [a for a in aurocs.values() if a is not None]
     eps = 1e-7
     clipped = np.clip(probs, eps, 1.0)
