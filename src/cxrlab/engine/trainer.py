@@ -252,35 +252,78 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     ddp.barrier()
     if resume and (out / "metrics.json").exists():
         return _finished(out)
+    device, amp = _runtime(config, ddp)
+    data, batches = _data(config, out, resume, ddp, log)
+    model, freeze = _model(config, out, resume, data, ddp, log)
+    log(
+        f"{config.model} ({model.weights_source}) on {device}"  # type: ignore[attr-defined]
+        f"{' with ' + str(amp).removeprefix('torch.') + ' autocast' if amp else ''}; "
+        f"{len(data.classes)} classes; train/val/test = "
+        + "/".join(str(len(b.indices)) for b in batches)
+        + " images"
+    )
+    log(freeze.summary())
+    _place(model, config, ddp, device, log)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = build_optimizer(config, params)
+    criterion = _loss(config, batches[0], len(data.classes), device)
+    ema = None
+    if config.ema:  # BatchNorm statistics are averaged too
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    state = RunState(history=[])
+    if resume and (out / CHECKPOINT).exists():
+        state = load_checkpoint(out / CHECKPOINT, model, opt, config, ema)
+        if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
+            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+        log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
+    prefix = _frozen_prefix(config, model, freeze, data, batches, ddp, device, amp, log)
+    train_b, val_b = prefix.train_b, prefix.val_b
+    eval_net = prefix.net  # validation runs the averaged weights when there are some
+    if ema is not None:
+        eval_net = (TrainableRest(ema.module, prefix.n_frozen) if prefix.features is not None  # type: ignore[arg-type]
+                    else ema.module)  # fmt: skip
+    if _should_preload(config.preload, device, train_b, val_b):
+        for b in (train_b, val_b):
+            b.preload(device)
+        log(f"Training and validation data preloaded on {device}")
+    forward = _forward(prefix.net, config, ddp, device, log)
+    if ddp.main:
+        _write_config(out, config, device, amp, model, data, train_b, freeze, prefix.note)
+    return _Run(config=config, out=out, ddp=ddp, log=log, device=device, amp=amp, data=data,
+                train_b=train_b, val_b=val_b, test_b=batches[2], model=model, freeze=freeze,
+                net=prefix.net, forward=forward, ema=ema, eval_net=eval_net, params=params,
+                opt=opt, criterion=criterion, state=state, started=started,
+                wall_before=state.wall_seconds, features=prefix.features,
+                n_frozen=prefix.n_frozen)  # fmt: skip
+
+
+def _runtime(config: TrainConfig, ddp: Distributed) -> tuple[torch.device, torch.dtype | None]:
+    """Threads, the device (this process's GPU under torchrun) and the autocast precision."""
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     if ddp.active and device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
-    amp = resolve_precision(config.precision, device)
     if device.type == "cuda":  # one input size for the whole run: let cuDNN time its kernels
         torch.backends.cudnn.benchmark = True
+    return device, resolve_precision(config.precision, device)
 
-    # ---- data: scanned, split and decoded once; a resumed run reuses its own split
+
+def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
+          log: Callable[[str], None]) -> tuple[PreparedData, tuple[ImageBatches, ...]]:  # fmt: skip
+    """The data, scanned, split and decoded once (a resumed run reuses its own split), and
+    its train/val/test batches."""
     split_file = out / "split.csv" if resume else config.split_file
     if not ddp.main:
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
     (train_data, class_map, sources_csv), _ = split_sources(config)
-    data = prepare_data(
-        train_data,
-        class_map=class_map,
-        sources_csv=sources_csv,
-        split_file=split_file,
-        split_seed=config.split_seed,
-        ratios=config.ratios,
-        image_size=config.image_size,
-        split_source=config.split_source,
-        lungs=config.lungs,
-        doubtful=config.doubtful,
-        near_copies=config.near_copies,
-        mask_provider=segmenter_masks(config.masks_from),
-        progress=config.progress,
-    )
+    data = prepare_data(train_data, class_map=class_map, sources_csv=sources_csv,
+                        split_file=split_file, split_seed=config.split_seed,
+                        ratios=config.ratios, image_size=config.image_size,
+                        split_source=config.split_source, lungs=config.lungs,
+                        doubtful=config.doubtful, near_copies=config.near_copies,
+                        mask_provider=segmenter_masks(config.masks_from),
+                        progress=config.progress)  # fmt: skip
     groups, joined = data.split.joined()
     if groups:
         log(f"Split: {groups} near-copy group(s) of {joined} images, each kept in one split")
@@ -295,16 +338,18 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         "val": data.split.indices("val"),
         "test": data.split.indices("test"),
     }
-    train_b, val_b, test_b = (
-        ImageBatches(data.images.array, rows[s], labels, config.batch_size,
-                     drop_single=s == "train")
-        for s in ("train", "val", "test")
-    )  # fmt: skip
-    for name, b in (("train", train_b), ("val", val_b), ("test", test_b)):
+    batches = tuple(ImageBatches(data.images.array, rows[s], labels, config.batch_size,
+                                 drop_single=s == "train") for s in rows)  # fmt: skip
+    for name, b in zip(rows, batches):
         if not len(b.indices):
             raise ConfigError(f"The {name} split is empty; use more images or other --ratios")
+    return data, batches
 
-    # ---- model: weights, head for our classes, freezing
+
+def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp: Distributed,
+           log: Callable[[str], None]) -> tuple[CxrClassifier, FreezeReport]:  # fmt: skip
+    """The model: its weights (drawn from the seed), a head for the data's classes, and the
+    freezing; ``--keep-init`` writes the starting weights."""
     torch.manual_seed(config.seed)
     restoring = resume and (out / CHECKPOINT).exists()  # the checkpoint holds the weights
     model = create_model(
@@ -324,18 +369,16 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     else:
         init_report = None
     model.init_report = init_report  # type: ignore[attr-defined]  # the card's form: a dict
-    weights_source = model.weights_source  # type: ignore[attr-defined]
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
     if config.keep_init and ddp.main and not restoring:
         save_model(out, model, {"model": config.model, "classes": list(data.classes)},
                    file=INIT_FILE)  # fmt: skip
-    log(
-        f"{config.model} ({weights_source}) on {device}"
-        f"{' with ' + str(amp).removeprefix('torch.') + ' autocast' if amp else ''}; "
-        f"{len(data.classes)} classes; train/val/test = "
-        f"{len(train_b.indices)}/{len(val_b.indices)}/{len(test_b.indices)} images"
-    )
-    log(freeze.summary())
+    return model, freeze
+
+
+def _place(model: CxrClassifier, config: TrainConfig, ddp: Distributed, device: torch.device,
+           log: Callable[[str], None]) -> None:  # fmt: skip
+    """The model on its device, in its memory format, with SyncBatchNorm under torchrun."""
     model.to(device)
     cnn = not config.model.startswith(("vit", "timm:vit"))
     # channels_last: +35-50 % CNN throughput on this project's 2-core CPU, standard on GPUs
@@ -348,106 +391,98 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     elif config.sync_bn:  # before the optimizer and the checkpoint see the modules
         n_sync = sync_batchnorm(model, model.frozen_modules, device)
         log(f"SyncBatchNorm: {n_sync} training BatchNorm layers use the global batch")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(config, params)
+
+
+def _loss(config: TrainConfig, train_b: ImageBatches, n_classes: int,
+          device: torch.device) -> nn.Module:  # fmt: skip
+    """Cross-entropy, with class weights for ``--class-balance weighted_loss``."""
     class_weights = None
     if config.class_balance == "weighted_loss":
-        counts = np.bincount(train_b.subset_labels, minlength=len(data.classes))
-        class_weights = torch.tensor(
-            len(counts) and counts.sum() / (len(counts) * counts),
-            dtype=torch.float32,
-            device=device,
-        )
-    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+        counts = np.bincount(train_b.subset_labels, minlength=n_classes)
+        class_weights = torch.tensor(len(counts) and counts.sum() / (len(counts) * counts),
+                                     dtype=torch.float32, device=device)  # fmt: skip
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
-    ema = None
-    if config.ema:  # BatchNorm statistics are averaged too
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-    state = RunState(history=[])
-    if resume and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, model, opt, config, ema)
-        if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
-            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
-        log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
 
-    # ---- a frozen, deterministic prefix runs once per image instead of once per epoch
+@dataclass
+class _Prefix:
+    """What training runs on: the whole model on images, or its trainable rest on the
+    frozen prefix's output computed once per image."""
+
+    net: nn.Module
+    train_b: ImageBatches
+    val_b: ImageBatches
+    n_frozen: int
+    note: str  # why the cache is or is not used
+    features: np.ndarray | None = None
+
+
+def _frozen_prefix(config: TrainConfig, model: CxrClassifier, freeze: FreezeReport,
+                   data: PreparedData, batches: tuple[ImageBatches, ...], ddp: Distributed,
+                   device: torch.device, amp: torch.dtype | None,
+                   log: Callable[[str], None]) -> _Prefix:  # fmt: skip
+    """A frozen, deterministic prefix runs once per image instead of once per epoch."""
+    train_b, val_b = batches[0], batches[1]
     n_frozen = len(freeze.frozen_units)
     cached, why = feature_cache_plan(model, n_frozen, config.augment, config.freeze_bn,
                                      config.feature_cache)  # fmt: skip
-    net: nn.Module = model
-    if cached:
-        t0 = time.perf_counter()
-        if not ddp.main:
-            ddp.barrier()
-        feats = build_frozen_features(
-            model,
-            n_frozen,
-            data.images,
-            device=device,
-            amp=amp,
-            batch_size=max(64, config.batch_size),
-            dtype=config.feature_dtype,
-            progress=config.progress,
-        )
-        train_b, val_b = (
-            ImageBatches(
-                feats.array,
-                b.indices,
-                labels,
-                config.batch_size,
-                drop_single=b.drop_single,
-                add_channel=False,
-            )
-            for b in (train_b, val_b)
-        )
-        if ddp.main:
-            ddp.barrier()
-        net = TrainableRest(model, n_frozen)
-        log(
-            f"Frozen-feature cache: {why}; features {tuple(feats.array.shape[1:])} of "
-            f"{len(feats.array)} images ready in {time.perf_counter() - t0:.1f}s"
-        )
-    elif n_frozen:
-        log(f"Frozen-feature cache not used: {why}")
-    eval_net = net  # validation runs the averaged weights when there are some
-    if ema is not None:
-        eval_net = TrainableRest(ema.module, n_frozen) if cached else ema.module  # type: ignore[arg-type]
-    if _should_preload(config.preload, device, train_b, val_b):
-        for b in (train_b, val_b):
-            b.preload(device)
-        log(f"Training and validation data preloaded on {device}")
+    if not cached:
+        if n_frozen:
+            log(f"Frozen-feature cache not used: {why}")
+        return _Prefix(model, train_b, val_b, n_frozen, f"not used: {why}")
+    t0 = time.perf_counter()
+    if not ddp.main:
+        ddp.barrier()
+    feats = build_frozen_features(model, n_frozen, data.images, device=device, amp=amp,
+                                  batch_size=max(64, config.batch_size),
+                                  dtype=config.feature_dtype, progress=config.progress)  # fmt: skip
+    labels = train_b.labels
+    train_b, val_b = (ImageBatches(feats.array, b.indices, labels, config.batch_size,
+                                   drop_single=b.drop_single, add_channel=False)
+                      for b in (train_b, val_b))  # fmt: skip
+    if ddp.main:
+        ddp.barrier()
+    log(
+        f"Frozen-feature cache: {why}; features {tuple(feats.array.shape[1:])} of "
+        f"{len(feats.array)} images ready in {time.perf_counter() - t0:.1f}s"
+    )
+    return _Prefix(TrainableRest(model, n_frozen), train_b, val_b, n_frozen, why, feats.array)
+
+
+def _forward(net: nn.Module, config: TrainConfig, ddp: Distributed, device: torch.device,
+             log: Callable[[str], None]) -> nn.Module:  # fmt: skip
+    """``net`` as training calls it: DistributedDataParallel under torchrun, compiled with
+    ``--compile``."""
+    forward = net
     if ddp.active:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        forward: nn.Module = DistributedDataParallel(net, device_ids=ids)
+        forward = DistributedDataParallel(net, device_ids=ids)
         log(f"DistributedDataParallel: {ddp.world} processes, each on 1/{ddp.world} of a batch")
-    else:
-        forward = net
-    forward = torch.compile(forward) if config.compile else forward
-    if ddp.main:
-        write_json(
-            out / "config.json",
-            {
-                "config": config.to_dict(),
-                "resolved": {
-                    "device": str(device),
-                    "precision": str(amp or "fp32").removeprefix("torch."),
-                    "weights_source": weights_source,
-                    "initialisation": init_report,
-                    "train_images": len(train_b.indices),
-                    "classes": list(data.classes),
-                    "freeze": freeze.to_dict(),
-                    "frozen_feature_cache": why if cached else f"not used: {why}",
-                    "split_hash": data.split.fingerprint(),
-                    "data_hash": data.report.fingerprint(),
-                    "data_root": str(data.report.root),
-                },
-            },
-        )
-    return _Run(config, out, ddp, log, device, amp, data, train_b, val_b, test_b, model, freeze,
-                net, forward, ema, eval_net, params, opt, criterion, state, started,
-                state.wall_seconds, feats.array if cached else None, n_frozen)  # fmt: skip
+    return torch.compile(forward) if config.compile else forward
+
+
+def _write_config(out: Path, config: TrainConfig, device: torch.device, amp: torch.dtype | None,
+                  model: CxrClassifier, data: PreparedData, train_b: ImageBatches,
+                  freeze: FreezeReport, cache_note: str) -> None:  # fmt: skip
+    """``config.json``: the settings, and what they resolved to on this machine."""
+    write_json(out / "config.json", {
+        "config": config.to_dict(),
+        "resolved": {
+            "device": str(device),
+            "precision": str(amp or "fp32").removeprefix("torch."),
+            "weights_source": model.weights_source,  # type: ignore[attr-defined]
+            "initialisation": model.init_report,  # type: ignore[attr-defined]
+            "train_images": len(train_b.indices),
+            "classes": list(data.classes),
+            "freeze": freeze.to_dict(),
+            "frozen_feature_cache": cache_note,
+            "split_hash": data.split.fingerprint(),
+            "data_hash": data.report.fingerprint(),
+            "data_root": str(data.report.root),
+        },
+    })  # fmt: skip
 
 
 def _fit(run: _Run, on_step: Callable[[int, int, nn.Module], None] | None) -> None:
