@@ -330,27 +330,11 @@ def analyze_reuse(
     paths = [Path(p) for p in runs]
     cards = [load_card(p) for p in paths]  # checked before any model is loaded
     _check_runs(paths, cards)
-    card = cards[0]
-    prepared = prepare_data(
-        data if data is not None else run_data(card),
-        split_file=paths[0] / "split.csv",
-        progress=progress,
-        **run_preparation(card),
-    )
-    labels = np.asarray(prepared.split.labels(), dtype=np.int64)
-    rows = _stratified_rows(np.array(prepared.split.indices(split)), labels, max_images)
-    bank_rows = _stratified_rows(np.array(prepared.split.indices("train")), labels, bank_images)
-    images = prepared.images.array
-    bounds = batch_bounds(len(rows), batch_size)
-    dev = resolve_device(device)
-    y = torch.from_numpy(labels[rows])
+    imgs = _measured_images(paths[0], cards[0], data, split, max_images, bank_images,
+                            batch_size, device, progress)  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-
-    def batch(rs: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(images[rs]))[:, None].to(dev)  # (B,1,H,W)
-
     grams: dict[str, list[torch.Tensor]] = {}  # model key -> per batch (U, n, n)
     table: list[dict[str, Any]] = []
     run_rows: list[dict[str, Any]] = []
@@ -358,124 +342,174 @@ def analyze_reuse(
     for path, name in tqdm(list(zip(paths, _names(paths))), desc="Runs",
                            disable=not progress or None, unit="run"):  # fmt: skip
         run = _load(path, name)  # one run's models in memory at a time
-        model, chain = run.model.to(dev).eval(), run.chain
-        unit_names[run.name] = list(model.unit_names)
-        n_units = len(run.names)
-        shared = _same_prefix(run)
-        if run.init is not None:
-            run.init.to(dev).eval()
-        init_chain = stages(run.init.net, get_spec(run.card["model"]).arch) if run.init else None
-        fresh = _fresh_state(run.card, seed) if reinit and run.init is not None else None
-        init_state = run.init.net.state_dict() if run.init is not None else None
-        own, start = [], []
-        pooled: list[list[torch.Tensor]] = [[] for _ in range(n_units)]
-        correct = 0
-        reset_ok = {"init": np.zeros(n_units), "random": np.zeros(n_units)}
-        for a, b in bounds:
-            x = model.preprocess(batch(rows[a:b]))
-            outs = _run_units(chain, x)
-            own.append(torch.stack([gram(h) for h in outs]))
-            for u, h in enumerate(outs):
-                pooled[u].append(_pool(h).float().cpu())
-            pred = chain[2](chain[1](outs[-1])).argmax(1).cpu()
-            ok = int((pred == y[a:b]).sum())
-            correct += ok
-            if init_chain is not None:
-                h0 = x if shared == 0 else outs[shared - 1]
-                later = _run_units(init_chain, h0, shared) if shared < n_units else []
-                start.append(
-                    torch.stack([gram(h) for h in outs[:shared]] + [gram(h) for h in later])
-                )
-            if fresh is not None and init_state is not None:
-                for u in range(n_units):
-                    h_in = x if u == 0 else outs[u - 1]
-                    for variant, source in (("init", init_state), ("random", fresh)):
-                        if variant == "init" and u < shared:
-                            reset_ok[variant][u] += ok  # an unchanged unit: the same predictions
-                            continue
-                        with _Swap(model, run.names[u], source):
-                            p = _logits(chain, h_in, u).argmax(1).cpu()
-                        reset_ok[variant][u] += int((p == y[a:b]).sum())
-        grams[run.name] = own
-        if start:
-            grams[run.name + "#init"] = start
-        accuracy = correct / len(rows)
-        # k-NN bank: the training images through the same model
-        bank: list[list[torch.Tensor]] = [[] for _ in range(n_units)]
-        for a, b in batch_bounds(len(bank_rows), max(batch_size, 4)):
-            for u, h in enumerate(_run_units(chain, model.preprocess(batch(bank_rows[a:b])))):
-                bank[u].append(_pool(h).float().cpu())
-        yb = torch.from_numpy(labels[bank_rows])
-        knn = [
-            knn_accuracy(
-                torch.cat(bank[u]),
-                yb,
-                torch.cat(pooled[u]),
-                y,
-                k=knn_k,
-                temperature=knn_temperature,
-                num_classes=len(run.card["classes"]),
-            )
-            for u in range(n_units)
-        ]
-        change = weight_change(model, run.init) if run.init is not None else [np.nan] * n_units
-        cka_init = [np.nan] * n_units
-        if start:
-            cka_init = list(np.diag(_cka(own, start)))
-        why_null = {}
-        if run.init is None:
-            why = f"{run.init_note}; train with --keep-init"
-            notes.append(f"{run.name}: {why}: CKA to its initialisation, weight change and "
-                         "re-initialisation left out")  # fmt: skip
-            why_null = dict.fromkeys(("cka_to_init", "weight_change", "reset_to_init_accuracy",
-                                      "reset_to_random_accuracy"), why)  # fmt: skip
-        elif run.init_note:
-            notes.append(f"{run.name}: {run.init_note}")
-        if run.init is not None and fresh is None:
-            why_null |= dict.fromkeys(
-                ("reset_to_init_accuracy", "reset_to_random_accuracy"),
-                "the re-initialisation check was not run (reinit=False)",
-            )
-        cfg = run.card["training"]["config"]
-        info = {
-            "run": run.name,
-            "path": str(run.path),
-            "model": run.card["model"],
-            "init": run.kind,
-            "freeze": cfg.get("freeze", "none"),
-            "train_size": float(cfg.get("train_size", 1.0)),
-            "seed": int(run.card["training"]["seed"]),
-            "accuracy": accuracy,
-            "units_shared_with_init": shared,
-        }
+        unit_names[run.name] = list(run.model.unit_names)
+        m = _measure(run, imgs, reinit, seed)
+        grams[run.name] = m.own
+        if m.start:
+            grams[run.name + "#init"] = m.start
+        knn = _knn(run, imgs, m.pooled, knn_k, knn_temperature, batch_size)
+        info, rows, note = _rows(run, m, knn, len(imgs.rows))
         run_rows.append(info)
-        for u in range(n_units):
-            table.append(
-                {
-                    **{
-                        k: info[k] for k in ("run", "model", "init", "freeze", "train_size", "seed")
-                    },
-                    "unit_index": u,
-                    "unit": run.model.unit_names[u],
-                    "cka_to_init": float(cka_init[u]),
-                    "weight_change": float(change[u]),
-                    "knn_accuracy": knn[u],
-                    "accuracy": accuracy,
-                    "reset_to_init_accuracy": (
-                        reset_ok["init"][u] / len(rows) if fresh is not None else np.nan
-                    ),
-                    "reset_to_random_accuracy": (
-                        reset_ok["random"][u] / len(rows) if fresh is not None else np.nan
-                    ),
-                    **({"why_null": why_null} if why_null else {}),
-                }
-            )
-        del run, model
+        table += rows
+        notes += note
+        del run, m
     pairs = _pairs(unit_names, run_rows, grams)
     summary = transfer_summary(run_rows, seed=seed)
     result = ReuseResult(out, run_rows, table, pairs, summary, notes)
-    write_reuse(result, n_images=len(rows), split=split, bank=len(bank_rows), k=knn_k)
+    write_reuse(result, n_images=len(imgs.rows), split=split, bank=len(imgs.bank_rows), k=knn_k)
     return result
+
+
+@dataclass
+class _Images:
+    """The measured images (the same batches for every model) and the k-NN bank."""
+
+    array: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    bank_rows: np.ndarray
+    bounds: list[tuple[int, int]]
+    device: torch.device
+
+    @property
+    def y(self) -> torch.Tensor:
+        return torch.from_numpy(self.labels[self.rows])
+
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        """``(B, 1, H, W)`` uint8 images of ``rows`` on the device."""
+        return torch.from_numpy(np.ascontiguousarray(self.array[rows]))[:, None].to(self.device)
+
+
+def _measured_images(first: Path, card: dict[str, Any], data: Any, split: str,
+                     max_images: int | None, bank_images: int | None, batch_size: int,
+                     device: str, progress: bool) -> _Images:  # fmt: skip
+    """The runs' data as the first run was trained (size, lungs), and the rows measured."""
+    prepared = prepare_data(
+        data if data is not None else run_data(card),
+        split_file=first / "split.csv",
+        progress=progress,
+        **run_preparation(card),
+    )
+    labels = np.asarray(prepared.split.labels(), dtype=np.int64)
+    rows = _stratified_rows(np.array(prepared.split.indices(split)), labels, max_images)
+    bank_rows = _stratified_rows(np.array(prepared.split.indices("train")), labels, bank_images)
+    return _Images(prepared.images.array, labels, rows, bank_rows,
+                   batch_bounds(len(rows), batch_size), resolve_device(device))  # fmt: skip
+
+
+@dataclass
+class _Measured:
+    """One run's activations on the measured images, and its re-initialisation scores."""
+
+    own: list[torch.Tensor]  # per batch: (U, n, n) Grams of the trained model's units
+    start: list[torch.Tensor]  # the same for its starting weights (empty without them)
+    pooled: list[list[torch.Tensor]]  # per unit, per batch: pooled features (k-NN queries)
+    accuracy: float
+    shared: int  # leading units bit for bit the starting weights
+    reset_ok: dict[str, np.ndarray] | None  # per unit: right answers with it reset
+
+
+def _measure(run: _Loaded, imgs: _Images, reinit: bool, seed: int) -> _Measured:
+    """Every unit's Gram (trained and starting weights), pooled features, accuracy, and the
+    accuracy with each unit reset to its starting or to fresh random weights."""
+    model, chain, y = run.model.to(imgs.device).eval(), run.chain, imgs.y
+    n_units, shared = len(run.names), _same_prefix(run)
+    if run.init is not None:
+        run.init.to(imgs.device).eval()
+    init_chain = stages(run.init.net, get_spec(run.card["model"]).arch) if run.init else None
+    fresh = _fresh_state(run.card, seed) if reinit and run.init is not None else None
+    init_state = run.init.net.state_dict() if run.init is not None else None
+    own, start = [], []
+    pooled: list[list[torch.Tensor]] = [[] for _ in range(n_units)]
+    correct = 0
+    reset_ok = {"init": np.zeros(n_units), "random": np.zeros(n_units)}
+    for a, b in imgs.bounds:
+        x = model.preprocess(imgs.batch(imgs.rows[a:b]))
+        outs = _run_units(chain, x)
+        own.append(torch.stack([gram(h) for h in outs]))
+        for u, h in enumerate(outs):
+            pooled[u].append(_pool(h).float().cpu())
+        pred = chain[2](chain[1](outs[-1])).argmax(1).cpu()
+        ok = int((pred == y[a:b]).sum())
+        correct += ok
+        if init_chain is not None:
+            h0 = x if shared == 0 else outs[shared - 1]
+            later = _run_units(init_chain, h0, shared) if shared < n_units else []
+            start.append(torch.stack([gram(h) for h in outs[:shared]] + [gram(h) for h in later]))
+        if fresh is None or init_state is None:
+            continue
+        for u in range(n_units):
+            h_in = x if u == 0 else outs[u - 1]
+            for variant, source in (("init", init_state), ("random", fresh)):
+                if variant == "init" and u < shared:
+                    reset_ok[variant][u] += ok  # an unchanged unit: the same predictions
+                    continue
+                with _Swap(model, run.names[u], source):
+                    p = _logits(chain, h_in, u).argmax(1).cpu()
+                reset_ok[variant][u] += int((p == y[a:b]).sum())
+    return _Measured(own, start, pooled, correct / len(imgs.rows), shared,
+                     reset_ok if fresh is not None else None)  # fmt: skip
+
+
+def _knn(run: _Loaded, imgs: _Images, pooled: list[list[torch.Tensor]], k: int,
+         temperature: float, batch_size: int) -> list[float]:  # fmt: skip
+    """Per unit, the k-NN probe's accuracy: the training images through the same model as
+    the bank, the measured images as queries."""
+    bank: list[list[torch.Tensor]] = [[] for _ in pooled]
+    for a, b in batch_bounds(len(imgs.bank_rows), max(batch_size, 4)):
+        x = run.model.preprocess(imgs.batch(imgs.bank_rows[a:b]))
+        for u, h in enumerate(_run_units(run.chain, x)):
+            bank[u].append(_pool(h).float().cpu())
+    yb = torch.from_numpy(imgs.labels[imgs.bank_rows])
+    return [knn_accuracy(torch.cat(bank[u]), yb, torch.cat(pooled[u]), imgs.y, k=k,
+                         temperature=temperature, num_classes=len(run.card["classes"]))
+            for u in range(len(pooled))]  # fmt: skip
+
+
+def _rows(run: _Loaded, m: _Measured, knn: list[float],
+          n_images: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:  # fmt: skip
+    """The run's row, its per-unit rows (a missing number null with its reason), notes."""
+    n_units = len(run.names)
+    change = weight_change(run.model, run.init) if run.init is not None else [np.nan] * n_units
+    cka_init = list(np.diag(_cka(m.own, m.start))) if m.start else [np.nan] * n_units
+    notes, why_null = [], {}
+    if run.init is None:
+        why = f"{run.init_note}; train with --keep-init"
+        notes.append(f"{run.name}: {why}: CKA to its initialisation, weight change and "
+                     "re-initialisation left out")  # fmt: skip
+        why_null = dict.fromkeys(("cka_to_init", "weight_change", "reset_to_init_accuracy",
+                                  "reset_to_random_accuracy"), why)  # fmt: skip
+    elif run.init_note:
+        notes.append(f"{run.name}: {run.init_note}")
+    if run.init is not None and m.reset_ok is None:
+        skipped = "the re-initialisation check was not run (reinit=False)"
+        why_null |= dict.fromkeys(("reset_to_init_accuracy", "reset_to_random_accuracy"), skipped)
+    cfg = run.card["training"]["config"]
+    info = {
+        "run": run.name,
+        "path": str(run.path),
+        "model": run.card["model"],
+        "init": run.kind,
+        "freeze": cfg.get("freeze", "none"),
+        "train_size": float(cfg.get("train_size", 1.0)),
+        "seed": int(run.card["training"]["seed"]),
+        "accuracy": m.accuracy,
+        "units_shared_with_init": m.shared,
+    }
+    reset = m.reset_ok or {}
+    rows = [{
+        **{k: info[k] for k in ("run", "model", "init", "freeze", "train_size", "seed")},
+        "unit_index": u,
+        "unit": run.model.unit_names[u],
+        "cka_to_init": float(cka_init[u]),
+        "weight_change": float(change[u]),
+        "knn_accuracy": knn[u],
+        "accuracy": m.accuracy,
+        "reset_to_init_accuracy": reset["init"][u] / n_images if reset else np.nan,
+        "reset_to_random_accuracy": reset["random"][u] / n_images if reset else np.nan,
+        **({"why_null": why_null} if why_null else {}),
+    } for u in range(n_units)]  # fmt: skip
+    return info, rows, notes
 
 
 def _cka(a: list[torch.Tensor], b: list[torch.Tensor]) -> np.ndarray:
