@@ -34,7 +34,7 @@ from ..data import PreparedData, prepare_data
 from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
-from ..engine.evaluate import run_tta
+from ..engine.evaluate import run_tta, scored_positions
 from ..engine.rundir import run_data, run_preparation
 from ..engine.runtime import resolve_device, run_precision
 from ..errors import ConfigError
@@ -184,12 +184,8 @@ def _find_copies(a: _Audited, checks: Sequence[str], progress: bool) -> _Copies:
 
 def _scored(a: _Audited, copies: _Copies) -> np.ndarray:
     """Positions of the audited images that are scored: a model class, not a copy."""
-    scored = np.array([k for k, r in enumerate(a.records)
-                       if a.matching[r.label] is not None and r.path not in copies.excluded],
-                      dtype=int)  # fmt: skip
-    if not len(scored):
-        raise ConfigError("No audited image can be scored (every class unscored or a copy)")
-    return scored
+    found = scored_positions(a.records, a.matching, copies.excluded, a.prepared)
+    return np.array(found, dtype=int)
 
 
 def _normal(a: _Audited, probs: np.ndarray, scored: np.ndarray) -> dict[str, Any]:

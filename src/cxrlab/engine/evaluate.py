@@ -27,6 +27,7 @@ __all__ = [
     "predict_batches",
     "run_probabilities",
     "run_tta",
+    "scored_positions",
     "write_predictions",
 ]
 
@@ -228,24 +229,9 @@ def evaluate_run(
         overlap = find_overlap(run_dir, card, records, whole[rows], progress=progress)
     excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
     # every image is predicted (unscored classes too: where did they go?)
-    dev = resolve_device(device)
-    member_probs, temperatures = [], []
-    for member in members:
-        desc = f"Evaluating {split}" + (f" ({member.name})" if ensemble else "")
-        p, mcard = run_probabilities(member, prepared.images, rows, dev, batch_size=batch_size,
-                                     desc=desc, progress=progress)  # fmt: skip
-        temperatures.append(float(mcard.get("calibration", {}).get("temperature", 1)))
-        member_probs.append(apply_temperature(p, temperatures[-1]) if ensemble else p)
-    probs = np.mean(member_probs, axis=0)
-    scored = [k for k, r in enumerate(records)
-              if matching[r.label] is not None and r.path not in excluded]  # fmt: skip
-    if not scored:
-        raise CheckpointError(
-            f"No image of {prepared.report.root} can be scored: "
-            + ("every class is unscored" if not any(matching.values()) else
-               f"all {len(records)} images of the scored classes copy the run's training or "
-               "validation images" if excluded else "no image of a scored class")
-        )  # fmt: skip
+    probs, temperatures = _member_probabilities(members, prepared, rows, split, ensemble,
+                                                device, batch_size, progress)  # fmt: skip
+    scored = scored_positions(records, matching, excluded, prepared)
     y = np.array([classes.index(matching[records[k].label]) for k in scored])  # type: ignore[arg-type]
     sources = [prepared.split.source_of(rows[k]) for k in scored]
     metrics = classification_metrics(y, probs[scored], classes, sources)
@@ -281,6 +267,41 @@ def evaluate_run(
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def _member_probabilities(members: list[Path], prepared: PreparedData, rows: list[int],
+                          split: str, ensemble: bool, device: str, batch_size: int,
+                          progress: bool) -> tuple[np.ndarray, list[float]]:  # fmt: skip
+    """The probabilities of every image (an ensemble: its members' calibrated probabilities
+    averaged), and each member's temperature."""
+    dev = resolve_device(device)
+    member_probs, temperatures = [], []
+    for member in members:
+        desc = f"Evaluating {split}" + (f" ({member.name})" if ensemble else "")
+        p, mcard = run_probabilities(member, prepared.images, rows, dev, batch_size=batch_size,
+                                     desc=desc, progress=progress)  # fmt: skip
+        temperatures.append(float(mcard.get("calibration", {}).get("temperature", 1)))
+        member_probs.append(apply_temperature(p, temperatures[-1]) if ensemble else p)
+    return np.mean(member_probs, axis=0), temperatures
+
+
+def scored_positions(records: list[Any], matching: dict[str, str | None], excluded: set[str],
+            prepared: PreparedData) -> list[int]:  # fmt: skip
+    """Positions of the images that are scored: a model class, and not a copy.
+
+    Raises:
+        CheckpointError: none is.
+    """
+    scored = [k for k, r in enumerate(records)
+              if matching[r.label] is not None and r.path not in excluded]  # fmt: skip
+    if not scored:
+        raise CheckpointError(
+            f"No image of {prepared.report.root} can be scored: "
+            + ("every class is unscored" if not any(matching.values()) else
+               f"all {len(records)} images of the scored classes copy the run's training or "
+               "validation images" if excluded else "no image of a scored class")
+        )  # fmt: skip
+    return scored
 
 
 #: An "external" set more than this share of whose images copy the run's training or
