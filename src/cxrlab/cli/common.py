@@ -26,6 +26,8 @@ __all__ = [
     "BatchSize",
     "Device",
     "Progress",
+    "ScoreClassMap",
+    "ScoreSplit",
     "Seed",
     "analyze_app",
     "app",
@@ -91,6 +93,18 @@ BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 #: ``--seed``.
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
+#: ``--split`` of the commands that score a run.
+ScoreSplit = Annotated[
+    str, typer.Option(help="test, val, train (the run's split) or all (every image).")
+]
+#: ``--class-map`` of the commands that score a run on another dataset.
+ScoreClassMap = Annotated[
+    str | None,
+    typer.Option(
+        help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-' "
+        "('-': not scored, only where its images went)."
+    ),
+]
 ExternalOpt = Annotated[
     list[str] | None,
     typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import BatchSize, Device, Progress, analyze_app, app
+from .common import BatchSize, Device, Progress, ScoreClassMap, ScoreSplit, analyze_app, app
 
 
 @app.command("evaluate")
@@ -21,20 +21,12 @@ def evaluate_cmd(
         str | None,
         typer.Option(help="Dataset folder (default: the run's own)."),
     ] = None,
-    split: Annotated[
-        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
-    ] = "test",
+    split: ScoreSplit = "test",
     out: Annotated[
         Path | None,
         typer.Option(help="Write the metrics JSON here."),
     ] = None,
-    class_map: Annotated[
-        str | None,
-        typer.Option(
-            help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-' "
-            "('-': not scored, only where its images went)."
-        ),
-    ] = None,
+    class_map: ScoreClassMap = None,
     keep_copies: Annotated[
         bool,
         typer.Option("--keep-copies", help="Score external images that copy training images too."),
@@ -66,17 +58,12 @@ def audit_cmd(
     data: Annotated[
         str | None, typer.Option(help="Dataset to audit on (default: the run's own).")
     ] = None,
-    split: Annotated[
-        str, typer.Option(help="test, val, train (the run's split) or all (every image).")
-    ] = "test",
+    split: ScoreSplit = "test",
     check: Annotated[
         list[str] | None,
         typer.Option(help="Run only this check (copies, lungs, cam, probes, source); repeatable."),
     ] = None,
-    class_map: Annotated[
-        str | None,
-        typer.Option(help="Map dataset classes to the model's: 'COVID-19=COVID,Non-COVID=-'."),
-    ] = None,
+    class_map: ScoreClassMap = None,
     cam_images: Annotated[
         int, typer.Option(help="Grad-CAM maps at most, spread over the classes (0: all).")
     ] = 200,
