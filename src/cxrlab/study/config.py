@@ -334,7 +334,23 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
     analysis = None
     if "analysis" in data:
         analysis = from_dict(AnalysisSettings, dict(data["analysis"]), "[analysis] ")
-    settings = from_dict(StudySettings, dict(data.get("study", {})), "[study] ")
+    settings, overrides = _settings(dict(data.get("study", {})), overrides)
+    train, train_search = _train_table(dict(data.get("train", {})), overrides)
+    entries = data.get("cells")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("The study file needs at least one [[cells]] entry")
+    bases = _bases(entries, train, train_search, reuse=analysis is not None and analysis.reuse)
+    cells = _cells(bases, settings)
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    if "external" in given:  # kept in study.json: plain tables
+        given["external"] = [e.to_dict() for e in given["external"]]
+    return StudyConfig(settings, train, tuple(cells), source, path, given, audit, analysis)
+
+
+def _settings(table: dict[str, Any],
+              overrides: dict[str, Any]) -> tuple[StudySettings, dict[str, Any]]:  # fmt: skip
+    """``[study]`` with the command line's ``--seeds``, ``--data`` and ``--external``."""
+    settings = from_dict(StudySettings, table, "[study] ")
     if isinstance(settings.seeds, int) and settings.seeds < 1:
         raise ConfigError("[study] seeds must be at least 1")
     if overrides.get("seeds") is not None:
@@ -358,8 +374,14 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         given = {e.name: e for e in sets}
         kept = tuple(e for e in settings.external if e.name not in given)
         settings = dataclasses.replace(settings, external=kept + tuple(given.values()))
-    train = dict(data.get("train", {}))
-    train_search = _search_axes(train, "[train] ")
+    return settings, overrides
+
+
+def _train_table(
+    train: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``[train]`` (checked, with ``--epochs`` and ``--masks-from``) and its searched keys."""
+    search = _search_axes(train, "[train] ")
     for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "near_copies",
                       "class_map", "sources_csv", "seed"):  # fmt: skip
         if forbidden in train:
@@ -374,11 +396,21 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         train["masks_from"] = str(overrides["masks_from"])
     # reject unknown keys and bad values early (masks_from serves the cells' lungs axis)
     TrainConfig.from_dict({k: v for k, v in train.items() if k != "masks_from"}, "[train] ")
-    entries = data.get("cells")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("The study file needs at least one [[cells]] entry")
-    seeds = tuple(range(settings.seeds)) if isinstance(settings.seeds, int) else settings.seeds
-    bases: list[tuple[str, str | None, dict[str, Any], int, dict[str, list[Any]]]] = []
+    return train, search
+
+
+#: Keys that define a cell (its id and row), never searched.
+_DEFINING = ("model", "weights", "freeze", "lungs", "seed", "data", "split_file", "split_seed",
+             "ratios", "split_source", "label", "train_size", "holdout_source")  # fmt: skip
+#: A cell's base: (id without seed, label, options, its [[cells]] index, searched keys).
+_Base = tuple[str, Any, dict[str, Any], int, dict[str, list[Any]]]
+
+
+def _bases(entries: list[Any], train: dict[str, Any], train_search: dict[str, list[Any]], *,
+           reuse: bool) -> list[_Base]:  # fmt: skip
+    """Every ``[[cells]]`` entry expanded into its cells (one per combination), with ids and
+    row labels; cells of one model told apart by their other options."""
+    bases: list[_Base] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         if "model" not in entry:
@@ -386,46 +418,15 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
         entry = dict(entry)
         search = train_search | _search_axes(entry, f"[[cells]] #{index + 1} ")
         for key in search:
-            if key in ("model", "weights", "freeze", "lungs", "seed", "data", "split_file",
-                       "split_seed", "ratios", "split_source", "label", "train_size",
-                       "holdout_source"):  # fmt: skip
+            if key in _DEFINING:
                 raise ConfigError(f"[[cells]] #{index + 1} {key}: cannot be searched (it "
                                   "defines the cell, not its training)")  # fmt: skip
         for combo in _expand(entry, index):
-            label = combo.pop("label", None)
-            named = ("model", "weights", "freeze", "lungs", "train_size", "holdout_source")
-            extra = {k: v for k, v in combo.items() if k not in named}  # hashed into the id
-            if combo.get("holdout_source") == "none":  # the axis's cell that holds none out
-                combo.pop("holdout_source")
-            options = train | combo
-            if options.get("lungs", "keep") == "keep":  # masks are not used: not settings
-                options.pop("masks_from", None)
-                options.pop("doubtful", None)
-            if analysis is not None and analysis.reuse:
-                options["keep_init"] = True  # the reuse analysis reads the starting weights
-            options.setdefault("weights", "imagenet")
-            options.setdefault("freeze", "none")
-            digest = ""
-            if extra:
-                blob = json.dumps(extra, sort_keys=True, default=str).encode()
-                digest = "-" + hashlib.blake2b(blob, digest_size=3).hexdigest()
-            lungs = {"remove": "-nolungs", "only": "-lungsonly", "crop": "-lungcrop"}.get(
-                options.get("lungs", "keep"), ""
-            )
-            size = float(options.get("train_size", 1.0))
-            held = options.get("holdout_source")
-            base_id = (f"{options['model']}-{_tag(options['weights'], options['freeze'])}"
-                       f"{lungs}{_size_tag(size)}{f'-no{held}' if held else ''}"
-                       f"{digest}")  # fmt: skip
-            if base_id in seen:
-                raise ConfigError(f"Cell {base_id} appears twice in the study file")
-            seen.add(base_id)
-            if label is None:
-                label = arm_label(options["weights"], options["freeze"],
-                                  options.get("lungs", "keep"), size, held)  # fmt: skip
-                if extra:  # told apart below if another cell gets the same label
-                    label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
-            bases.append((base_id, label, options, index, search))
+            base = _base(combo, train, index, search, reuse)
+            if base[0] in seen:
+                raise ConfigError(f"Cell {base[0]} appears twice in the study file")
+            seen.add(base[0])
+            bases.append(base)
     # cells of one model that differ only in other options must not share a table row
     plain = Counter((o["model"], lab[0] if isinstance(lab, tuple) else lab)
                     for _, lab, o, _, _ in bases)  # fmt: skip
@@ -434,20 +435,60 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
             name, extras = label
             label = f"{name} ({extras})" if plain[(options["model"], name)] > 1 else name
             bases[k] = (base_id, label, options, index, search)
-    # seed-major order: every cell's first seed finishes before any second seed starts
+    return bases
+
+
+def _base(combo: dict[str, Any], train: dict[str, Any], index: int,
+          search: dict[str, list[Any]], reuse: bool) -> _Base:  # fmt: skip
+    """One combination of a ``[[cells]]`` entry: its id (the named options, and a digest of
+    the others), its label and its training options."""
+    label = combo.pop("label", None)
+    named = ("model", "weights", "freeze", "lungs", "train_size", "holdout_source")
+    extra = {k: v for k, v in combo.items() if k not in named}  # hashed into the id
+    if combo.get("holdout_source") == "none":  # the axis's cell that holds none out
+        combo.pop("holdout_source")
+    options = train | combo
+    if options.get("lungs", "keep") == "keep":  # masks are not used: not settings
+        options.pop("masks_from", None)
+        options.pop("doubtful", None)
+    if reuse:
+        options["keep_init"] = True  # the reuse analysis reads the starting weights
+    options.setdefault("weights", "imagenet")
+    options.setdefault("freeze", "none")
+    digest = ""
+    if extra:
+        blob = json.dumps(extra, sort_keys=True, default=str).encode()
+        digest = "-" + hashlib.blake2b(blob, digest_size=3).hexdigest()
+    lungs = {"remove": "-nolungs", "only": "-lungsonly", "crop": "-lungcrop"}.get(
+        options.get("lungs", "keep"), ""
+    )
+    size = float(options.get("train_size", 1.0))
+    held = options.get("holdout_source")
+    base_id = (f"{options['model']}-{_tag(options['weights'], options['freeze'])}"
+               f"{lungs}{_size_tag(size)}{f'-no{held}' if held else ''}{digest}")  # fmt: skip
+    if label is None:
+        label = arm_label(options["weights"], options["freeze"], options.get("lungs", "keep"),
+                          size, held)  # fmt: skip
+        if extra:  # told apart by _bases if another cell gets the same label
+            label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+    return base_id, label, options, index, search
+
+
+def _cells(bases: list[_Base], settings: StudySettings) -> list[Cell]:
+    """Every cell, seed-major: every cell's first seed finishes before any second seed
+    starts; a searched cell becomes one trial cell per candidate."""
+    seeds = tuple(range(settings.seeds)) if isinstance(settings.seeds, int) else settings.seeds
+    shared = settings.source_options() | {
+        "data": settings.data, "split_seed": settings.split_seed, "ratios": settings.ratios,
+        "split_source": settings.split_source, "near_copies": settings.near_copies,
+    }  # fmt: skip
     cells: list[Cell] = []
     for seed in seeds:
         for base_id, label, options, index, search in bases:
             trials = [dict(zip(search, combo)) for combo in itertools.product(*search.values())]
             for trial in trials or [{}]:
-                cfg = TrainConfig.from_dict(
-                    options | trial | settings.source_options()
-                    | {"data": settings.data, "split_seed": settings.split_seed,
-                                       "ratios": settings.ratios,
-                                       "split_source": settings.split_source,
-                                       "near_copies": settings.near_copies, "seed": seed},
-                    f"[[cells]] #{index + 1} ",
-                )  # fmt: skip
+                cfg = TrainConfig.from_dict(options | trial | shared | {"seed": seed},
+                                            f"[[cells]] #{index + 1} ")  # fmt: skip
                 tag = f"-{_trial_tag(trial)}" if trial else ""
                 cells.append(Cell(
                     id=f"{base_id}{tag}-s{seed}",
@@ -455,10 +496,7 @@ def _parse(data: dict[str, Any], source: str, path: Path | None,
                     model=options["model"], seed=seed, config=cfg,
                     selects=f"{base_id}-s{seed}" if trial else None, trial=trial,
                 ))  # fmt: skip
-    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
-    if "external" in given:  # kept in study.json: plain tables
-        given["external"] = [e.to_dict() for e in given["external"]]
-    return StudyConfig(settings, train, tuple(cells), source, path, given, audit, analysis)
+    return cells
 
 
 def load_study_config(
