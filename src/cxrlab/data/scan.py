@@ -173,6 +173,80 @@ def _probe(path: Path, max_pixels: int) -> list[Any]:
     return [int(gray.shape[1]), int(gray.shape[0]), pixel_hash(gray)]
 
 
+def _files(layout: DatasetLayout) -> tuple[list[tuple[str, Path, str]], dict[str, str]]:
+    """Every file of the class folders as ``(relative path, path, class)``, sorted, and the
+    dataset's own split of each file it splits."""
+    files: list[tuple[str, Path, str]] = []
+    own_split: dict[str, str] = {}
+    for cls in layout.classes:
+        for f in cls.files():
+            rel = f.relative_to(layout.root).as_posix()
+            files.append((rel, f, cls.name))
+            if cls.split is not None:
+                own_split[rel] = cls.split
+    files.sort(key=lambda t: t[0])
+    return files, own_split
+
+
+def _probe_files(root: Path, files: list[tuple[str, Path, str]], max_pixels: int,
+                 workers: int | None, use_cache: bool,
+                 progress: bool) -> dict[str, list[Any]]:  # fmt: skip
+    """Per file, ``[size, mtime, *probe]``: decoded once, or read from the scan cache when
+    the file is unchanged since (the cache is then brought up to date)."""
+    cache_path = _scan_cache_path(root)
+    cached = _load_scan_cache(cache_path) if use_cache else {}
+    results: dict[str, list[Any]] = {}
+    todo: list[tuple[str, Path, list[int]]] = []
+    for rel, path, _ in files:
+        try:
+            st = path.stat()
+            key = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            key = [-1, -1]
+        hit = cached.get(rel)
+        if hit is not None and hit[:2] == key:
+            results[rel] = hit
+        else:
+            todo.append((rel, path, key))
+    if not todo:
+        return results
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        probes = pool.map(lambda t: _probe(t[1], max_pixels), todo)
+        bar = tqdm(probes, total=len(todo), desc="Scanning images", unit="img",
+                   disable=not progress or None, leave=False)  # fmt: skip
+        for (rel, _, key), res in zip(todo, bar):
+            results[rel] = key + res
+    if use_cache:
+        payload = {"version": _SCAN_CACHE_VERSION, "root": str(root), "files": results}
+        try:
+            atomic_write_text(cache_path, json.dumps(payload))
+        except OSError as e:
+            warnings.warn(f"Could not write the scan cache {cache_path}: {e}", stacklevel=3)
+    return results
+
+
+def _same_pixels(valid: list[ImageRecord]) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Groups of files with identical pixels: copies within one class, and conflicts (one
+    image under several classes)."""
+    by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in valid:
+        by_hash[r.hash].append(r)
+    duplicates: list[list[str]] = []
+    conflicts: list[dict[str, Any]] = []
+    for h, group in by_hash.items():
+        if len(group) < 2:
+            continue
+        labels = sorted({r.label for r in group})
+        if len(labels) > 1:
+            conflicts.append({"hash": h, "classes": labels, "paths": [r.path for r in group]})
+        else:
+            duplicates.append([r.path for r in group])
+    duplicates.sort()
+    conflicts.sort(key=lambda c: c["paths"])
+    return duplicates, conflicts
+
+
 def scan_dataset(
     root: str | os.PathLike[str],
     *,
@@ -202,53 +276,8 @@ def scan_dataset(
         {'COVID': 3616, 'Lung_Opacity': 6012, 'Normal': 10192, 'Viral Pneumonia': 1345}
     """
     layout: DatasetLayout = find_layout(root)
-    files: list[tuple[str, Path, str]] = []  # (relative path, absolute path, label)
-    own_split: dict[str, str] = {}
-    for cls in layout.classes:
-        for f in cls.files():
-            rel = f.relative_to(layout.root).as_posix()
-            files.append((rel, f, cls.name))
-            if cls.split is not None:
-                own_split[rel] = cls.split
-    files.sort(key=lambda t: t[0])
-
-    cache_path = _scan_cache_path(layout.root)
-    cached = _load_scan_cache(cache_path) if use_cache else {}
-    results: dict[str, list[Any]] = {}
-    todo: list[tuple[str, Path, list[int]]] = []
-    for rel, path, _ in files:
-        try:
-            st = path.stat()
-            key = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            key = [-1, -1]
-        hit = cached.get(rel)
-        if hit is not None and hit[:2] == key:
-            results[rel] = hit
-        else:
-            todo.append((rel, path, key))
-
-    if todo:
-        workers = workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            probes = pool.map(lambda t: _probe(t[1], max_pixels), todo)
-            bar = tqdm(
-                probes,
-                total=len(todo),
-                desc="Scanning images",
-                unit="img",
-                disable=not progress or None,
-                leave=False,
-            )
-            for (rel, _, key), res in zip(todo, bar):
-                results[rel] = key + res
-        if use_cache:
-            payload = {"version": _SCAN_CACHE_VERSION, "root": str(layout.root), "files": results}
-            try:
-                atomic_write_text(cache_path, json.dumps(payload))
-            except OSError as e:
-                warnings.warn(f"Could not write the scan cache {cache_path}: {e}", stacklevel=2)
-
+    files, own_split = _files(layout)
+    results = _probe_files(layout.root, files, max_pixels, workers, use_cache, progress)
     valid: list[ImageRecord] = []
     invalid: list[InvalidFile] = []
     for rel, _, label in files:
@@ -257,24 +286,8 @@ def scan_dataset(
             invalid.append(InvalidFile(rel, res[1]))
         else:
             valid.append(ImageRecord(rel, label, int(res[0]), int(res[1]), str(res[2])))
-
-    by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
-    for r in valid:
-        by_hash[r.hash].append(r)
-    duplicates: list[list[str]] = []
-    conflicts: list[dict[str, Any]] = []
-    conflicted: set[str] = set()
-    for h, group in by_hash.items():
-        if len(group) < 2:
-            continue
-        labels = sorted({r.label for r in group})
-        if len(labels) > 1:
-            conflicts.append({"hash": h, "classes": labels, "paths": [r.path for r in group]})
-            conflicted.update(r.path for r in group)
-        else:
-            duplicates.append([r.path for r in group])
-    duplicates.sort()
-    conflicts.sort(key=lambda c: c["paths"])
+    duplicates, conflicts = _same_pixels(valid)
+    conflicted = {p for c in conflicts for p in c["paths"]}
     records = [r for r in valid if r.path not in conflicted]
     counts = Counter(r.label for r in records)
     empty = [c for c in layout.class_names if counts.get(c, 0) == 0]
