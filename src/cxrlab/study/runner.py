@@ -277,6 +277,69 @@ def _split_for(cell: Cell, shared: PreparedData, out: Path) -> Path:
     return path
 
 
+def _write_study(study: StudyConfig, out: Path) -> None:
+    """``study.toml`` as given and ``study.json``: the settings and every expanded cell."""
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if study.source:
+        atomic_write_text(out / "study.toml", study.source)
+    write_json(out / "study.json", {
+        "settings": study.settings.__dict__
+        | {"external": [e.to_dict() for e in study.settings.external]},
+        "train": study.train, "overrides": study.overrides,
+        "cells": [{"id": c.id, "label": c.label, "model": c.model, "seed": c.seed,
+                   "config": c.config.to_dict()} for c in study.cells],
+    })  # fmt: skip
+
+
+def _shared_split(study: StudyConfig, out: Path, progress: bool) -> PreparedData:
+    """The study's data and its one split (``split.csv``), made or checked before any cell
+    starts."""
+    first = study.cells[0].config
+    return prepare_data(first.data, class_map=first.class_map, sources_csv=first.sources_csv,
+                        split_file=out / "split.csv", split_seed=first.split_seed,
+                        ratios=first.ratios, split_source=first.split_source,
+                        near_copies=first.near_copies, image_size=first.image_size,
+                        progress=progress)  # fmt: skip
+
+
+def _run_cell(study: StudyConfig, cell: Cell, out: Path, shared: PreparedData,
+              externals: _Externals, log: str | None, progress: bool) -> str:  # fmt: skip
+    """Train one cell (or resume it), audit it and score it on the external sets, as far as
+    still needed: ``"ran"``, ``"skipped"`` (already done) or ``"busy"`` (another process)."""
+    run_dir = out / "runs" / cell.id
+    _check_same_settings(cell, run_dir)
+    trained = (run_dir / "metrics.json").exists()
+    if trained and not _needs_audit(study, run_dir) and not externals.missing(cell, run_dir):
+        return "skipped"
+    lock = out / "runs" / f"{cell.id}.lock"
+    if not _claim(lock):
+        tqdm.write(f"{cell.id}: running in another process ({lock.read_text()}); skipped")
+        return "busy"
+    try:
+        if not trained:
+            resume = (run_dir / CHECKPOINT).exists()
+            if run_dir.exists() and not resume:
+                shutil.rmtree(run_dir)  # started but not one epoch done: start again
+            tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
+            cfg = cell.config.replace(split_file=str(_split_for(cell, shared, out)),
+                                      progress=progress)  # fmt: skip
+            if log is not None:
+                cfg = cfg.replace(log=log)
+            if cfg.log not in ("", "none"):  # one place per study: HParams compares cells
+                cfg = cfg.replace(
+                    log_dir=cfg.log_dir or str(out / "tracking"),
+                    log_name=cell.id,
+                    log_experiment=cfg.log_experiment or study.settings.name,
+                )
+            train(cfg, run_dir, resume=resume)
+        if _needs_audit(study, run_dir):
+            _audit_cell(study, run_dir, progress)
+        externals.evaluate(cell, run_dir)
+    finally:
+        lock.unlink(missing_ok=True)
+    return "skipped" if trained else "ran"
+
+
 def run_study(
     study: StudyConfig,
     out: str | os.PathLike[str],
@@ -308,78 +371,20 @@ def run_study(
             "--data PATH/TO/COVID-19_Radiography_Dataset"
         )
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    if study.source:
-        atomic_write_text(out / "study.toml", study.source)
-    write_json(out / "study.json", {
-        "settings": study.settings.__dict__
-        | {"external": [e.to_dict() for e in study.settings.external]},
-        "train": study.train, "overrides": study.overrides,
-        "cells": [{"id": c.id, "label": c.label, "model": c.model, "seed": c.seed,
-                   "config": c.config.to_dict()} for c in study.cells],
-    })  # fmt: skip
-    first = study.cells[0].config
-    # one split for every cell, made (or checked) before any cell starts
-    shared = prepare_data(
-        first.data,
-        class_map=first.class_map,
-        sources_csv=first.sources_csv,
-        split_file=out / "split.csv",
-        split_seed=first.split_seed,
-        ratios=first.ratios,
-        split_source=first.split_source,
-        near_copies=first.near_copies,
-        image_size=first.image_size,
-        progress=progress,
-    )
+    _write_study(study, out)
+    shared = _shared_split(study, out, progress)  # one split for every cell, made first
     externals = _Externals(study, shared, progress)
-
     todo = select_cells(study.cells, cells, shard)
-    ran, skipped, busy = [], [], []
+    done: dict[str, list[str]] = {"ran": [], "skipped": [], "busy": []}
     bar = tqdm(todo, desc=f"study {study.settings.name}", unit="cell",
                disable=not progress or None)  # fmt: skip
     for cell in bar:
         bar.set_postfix_str(cell.id)
-        run_dir = out / "runs" / cell.id
-        _check_same_settings(cell, run_dir)
-        trained = (run_dir / "metrics.json").exists()
-        if (trained and not _needs_audit(study, run_dir)
-                and not externals.missing(cell, run_dir)):  # fmt: skip
-            skipped.append(cell.id)
-            continue
-        lock = out / "runs" / f"{cell.id}.lock"
-        if not _claim(lock):
-            tqdm.write(f"{cell.id}: running in another process ({lock.read_text()}); skipped")
-            busy.append(cell.id)
-            continue
-        try:
-            if trained:
-                skipped.append(cell.id)
-            else:
-                resume = (run_dir / CHECKPOINT).exists()
-                if run_dir.exists() and not resume:
-                    shutil.rmtree(run_dir)  # started but not one epoch done: start again
-                tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
-                split_file = _split_for(cell, shared, out)
-                cfg = cell.config.replace(split_file=str(split_file), progress=progress)
-                if log is not None:
-                    cfg = cfg.replace(log=log)
-                if cfg.log not in ("", "none"):  # one place per study: HParams compares cells
-                    cfg = cfg.replace(
-                        log_dir=cfg.log_dir or str(out / "tracking"),
-                        log_name=cell.id,
-                        log_experiment=cfg.log_experiment or study.settings.name,
-                    )
-                train(cfg, run_dir, resume=resume)
-                ran.append(cell.id)
-            if _needs_audit(study, run_dir):
-                _audit_cell(study, run_dir, progress)
-            externals.evaluate(cell, run_dir)
-        finally:
-            lock.unlink(missing_ok=True)
+        done[_run_cell(study, cell, out, shared, externals, log, progress)].append(cell.id)
     if study.audit is not None and "probes" in study.audit.checks:
         _probe_data(study, out, progress)
     finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
     if study.analysis is not None and study.analysis.reuse and finished == len(study.cells):
         _analyze(study, out, progress)
-    return StudyProgress(out, len(study.cells), finished, ran, skipped, busy)
+    return StudyProgress(out, len(study.cells), finished, done["ran"], done["skipped"],
+                         done["busy"])  # fmt: skip
