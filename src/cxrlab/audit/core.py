@@ -451,7 +451,15 @@ def audit_markdown(result: AuditResult) -> str:
     for key, finding in result.findings.items():
         lines.append(f"- **{_TITLES.get(key, key)}**: {finding}")
     lines.append("")
-    lungs = r["checks"].get("lungs", {})
+    checks = r["checks"]
+    lines += _lungs_markdown(checks.get("lungs", {})) + _cam_markdown(checks.get("cam", {}))
+    lines += _probes_markdown(checks.get("probes", {})) + _source_markdown(checks.get("source", {}))
+    lines += _routing_markdown(r)
+    return "\n".join(lines) + "\n"
+
+
+def _lungs_markdown(lungs: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "variants" in lungs:
         lines += [
             "## Lungs removed / lungs only",
@@ -466,7 +474,11 @@ def audit_markdown(result: AuditResult) -> str:
             f"{o['accuracy_ci'][1]:.3f}] | {o['balanced_accuracy']:.3f} | 100 % | - |"
         )
         for name, v in lungs["variants"].items():
-            kept = "n/a" if not np.isfinite(v["retained"]) else f"{v['retained'] * 100:.0f} %"
+            kept = (
+                "n/a"
+                if v["retained"] is None or not np.isfinite(v["retained"])
+                else f"{v['retained'] * 100:.0f} %"
+            )
             lines.append(
                 f"| {name} | {v['accuracy']:.3f} [{v['accuracy_ci'][0]:.3f}, "
                 f"{v['accuracy_ci'][1]:.3f}] | {v['balanced_accuracy']:.3f} | {kept} | "
@@ -475,7 +487,11 @@ def audit_markdown(result: AuditResult) -> str:
         if lungs.get("note"):
             lines += ["", lungs["note"]]
         lines += ["", "![lungs](lungs.png)", "", "![examples](lung_examples.png)", ""]
-    cam = r["checks"].get("cam", {})
+    return lines
+
+
+def _cam_markdown(cam: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "per_class" in cam:
         lines += [
             "## Where the explanation falls",
@@ -489,7 +505,11 @@ def audit_markdown(result: AuditResult) -> str:
                 f", {v['share_ci'][1] * 100:.0f}] | {v['lung_area'] * 100:.0f} % |"
             )
         lines += ["", "![shares](cam_shares.png)", "", "![outside](cam_outside.png)", ""]
-    probes = r["checks"].get("probes", {})
+    return lines
+
+
+def _probes_markdown(probes: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "probes" in probes:
         lines += [
             "## Acquisition probes",
@@ -511,7 +531,11 @@ def audit_markdown(result: AuditResult) -> str:
             "![probes](probes.png)",
             "",
         ]
-    source = r["checks"].get("source", {})
+    return lines
+
+
+def _source_markdown(source: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "balanced_accuracy" in source:
         recall = ", ".join(f"{c} {x:.2f}" for c, x in source["per_class_recall"].items())
         lines += [
@@ -524,6 +548,11 @@ def audit_markdown(result: AuditResult) -> str:
             f"{source['folds']}-fold stratified cross-validation.",
             "",
         ]
+    return lines
+
+
+def _routing_markdown(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## Where the images went",
         "",
@@ -537,4 +566,4 @@ def audit_markdown(result: AuditResult) -> str:
         lines.append(
             f"| {name} | " + " | ".join(f"{v / total:.0%} ({v})" for v in row.values()) + " |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
