@@ -116,21 +116,7 @@ def render_html(
         parts += [f"<li><b>{html.escape(c)}</b>: {html.escape(w)}</li>" for c, w in failed]
         parts.append("</ul><p class='muted'>Every comparison that uses one of these training "
                      "types carries a caution.</p>")  # fmt: skip
-    parts.append("<h2>Which differences are real?</h2><ul>")
-    for c in comparisons:
-        cls = {"significant": "sig", "not significant": "ns", "not established": "ne"}[c.status]
-        parts.append(f'<li><span class="{cls}">{c.status}</span>: {html.escape(c.verdict())}</li>')
-    parts.append(f"</ul><p class='muted'>{html.escape(COMPARISON_METHOD)}</p>")
-    if advice := seed_advice(comparisons):
-        parts.append(f"<p>{html.escape(advice)}</p>")
-    if "comparison_plot" in figures:
-        parts.append(
-            _img(
-                figures["comparison_plot"],
-                "Each comparison: interval over seeds and "
-                "images, image-only interval, and the seed-level differences",
-            )
-        )
+    parts += _comparisons_section(comparisons, figures)
     if external and external[0]:
         parts += _external_section(*external, figures)
     if audits:
@@ -146,6 +132,40 @@ def render_html(
     ):
         if key in figures:
             parts.append(_img(figures[key], caption))
+    parts += _runs_section(study, results, study_dir)
+    body = "\n".join(parts)
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cxrlab: "
+        f"{html.escape(s.name)}</title><style>{_CSS}</style></head><body>{body}"
+        "</body></html>\n"
+    )
+
+
+def _comparisons_section(comparisons: list[Comparison], figures: dict[str, Path]) -> list[str]:
+    """The paired comparisons' verdicts, the method and the comparison figure."""
+    parts: list[str] = []
+    parts.append("<h2>Which differences are real?</h2><ul>")
+    for c in comparisons:
+        cls = {"significant": "sig", "not significant": "ns", "not established": "ne"}[c.status]
+        parts.append(f'<li><span class="{cls}">{c.status}</span>: {html.escape(c.verdict())}</li>')
+    parts.append(f"</ul><p class='muted'>{html.escape(COMPARISON_METHOD)}</p>")
+    if advice := seed_advice(comparisons):
+        parts.append(f"<p>{html.escape(advice)}</p>")
+    if "comparison_plot" in figures:
+        parts.append(
+            _img(
+                figures["comparison_plot"],
+                "Each comparison: interval over seeds and "
+                "images, image-only interval, and the seed-level differences",
+            )
+        )
+    return parts
+
+
+def _runs_section(study: StudyConfig, results: StudyResults, study_dir: Path) -> list[str]:
+    """Every run's curves and confusion matrix, the results table, the configuration and
+    the provenance (hashes, versions)."""
+    parts: list[str] = []
     parts.append("<h2>Every run</h2>")
     for r in results.rows:
         run = study_dir / "runs" / r["cell"]
@@ -172,12 +192,7 @@ def render_html(
             ["split seed / ratios", f"{card['data']['split_seed']} / {card['data']['ratios']}"],
             *[[k, v] for k, v in card["versions"].items()],
         ]))  # fmt: skip
-    body = "\n".join(parts)
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cxrlab: "
-        f"{html.escape(s.name)}</title><style>{_CSS}</style></head><body>{body}"
-        "</body></html>\n"
-    )
+    return parts
 
 
 def _external_section(externals: list[ExternalResults], comparisons: dict[str, list[Comparison]],
