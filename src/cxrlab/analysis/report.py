@@ -113,20 +113,10 @@ def unit_digest(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any) -> str:
-    """The analysis in words and tables."""
-    lines = [
-        "# Feature reuse: why pretraining helps",
-        "",
-        f"{len(result.runs)} run(s), measured on {context.get('n_images', '?')} "
-        f"{context.get('split', 'test')} images (the same for every model); k-NN bank: "
-        f"{context.get('bank', '?')} training images, k = {context.get('k', '?')}. "
-        "WT = ImageNet weights, ST = statistics transfer (each tensor redrawn from the "
-        "pretrained tensor's mean and std), RI = random init, TF<K> = first K units "
-        "pretrained.",
-        "",
-    ]
-    if result.summary:
+def _summary_markdown(summary: list[dict[str, Any]]) -> list[str]:
+    """What pretraining adds, and the share of it statistics transfer recovers."""
+    lines: list[str] = []
+    if summary:
         lines += [
             "## What pretraining adds, and how much of it the weight statistics alone give",
             "",
@@ -138,7 +128,7 @@ def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any)
             "| ST share of the gain |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for s in result.summary:
+        for s in summary:
             cells = []
             for kind in ("WT", "ST", "RI"):
                 acc = s.get(f"{kind}_accuracy")
@@ -164,7 +154,13 @@ def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any)
             "replication).",
             "",
         ]
-    digest = unit_digest(result.table)
+    return lines
+
+
+def _units_markdown(table: list[dict[str, Any]]) -> list[str]:
+    """Per unit, in a few numbers: CKA to the start, change, criticality, k-NN."""
+    lines: list[str] = []
+    digest = unit_digest(table)
     if digest:
         lines += [
             "## Per unit, in a few numbers",
@@ -196,6 +192,23 @@ def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any)
                 f"{d['best_knn_unit']} ({_pct(d['best_knn'])}) | {_pct(d['knn_last'])} |"
             )
         lines.append("")
+    return lines
+
+
+def reuse_markdown(result: ReuseResult, figures: dict[str, str], **context: Any) -> str:
+    """The analysis in words and tables."""
+    lines = [
+        "# Feature reuse: why pretraining helps",
+        "",
+        f"{len(result.runs)} run(s), measured on {context.get('n_images', '?')} "
+        f"{context.get('split', 'test')} images (the same for every model); k-NN bank: "
+        f"{context.get('bank', '?')} training images, k = {context.get('k', '?')}. "
+        "WT = ImageNet weights, ST = statistics transfer (each tensor redrawn from the "
+        "pretrained tensor's mean and std), RI = random init, TF<K> = first K units "
+        "pretrained.",
+        "",
+    ]
+    lines += _summary_markdown(result.summary) + _units_markdown(result.table)
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
     captions = {
