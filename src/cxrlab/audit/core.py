@@ -242,20 +242,20 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: i
     plots: list[_Plot] = []
     # the masks the data was prepared with (cut to the lungs' boxes with --lungs crop), else
     # the segmenter's or the mask files
-    masks = a.prepared.masks
-    if masks is None:
-        read = a.mask_provider or lung_mask_files
-        masks = read(a.prepared.report.root, a.prepared.split.records, size, progress)
-    use = scored[masks.valid[a.rows][scored]]
-    why = None
     if a.lungs_mode in ("remove", "only"):
         why = (f"the model was trained with lungs {a.lungs_mode}: it never saw the lungs the "
                "check would hide")  # fmt: skip
-    elif not len(use):
-        why = f"needs lung masks; {masks.summary()}"
-    if why:
         return {c: {"skipped": why} for c in ("lungs", "cam") if c in checks}, plots
-    imgs, lung = a.images[a.rows[use]], masks.array[a.rows[use]]
+    masks, at = a.prepared.masks, a.rows  # ``at``: each audited image's row in ``masks``
+    if masks is None:  # mask files or the segmenter, for the audited images only
+        read = a.mask_provider or lung_mask_files
+        masks = read(a.prepared.report.root, a.records, size, progress)
+        at = np.arange(len(a.rows))
+    use = scored[masks.valid[at][scored]]
+    if not len(use):
+        why = f"needs lung masks; {masks.summary()}"
+        return {c: {"skipped": why} for c in ("lungs", "cam") if c in checks}, plots
+    imgs, lung = a.images[a.rows[use]], masks.array[at[use]]
     y = a.labels()[use]
     labels = [a.classes[c] for c in y]
     if "lungs" in checks:
