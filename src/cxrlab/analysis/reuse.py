@@ -177,10 +177,7 @@ def rebuild_init(card: dict[str, Any]) -> tuple[CxrClassifier | None, str]:
         return None, f"no {INIT_FILE}, and its card records no seed and weights to rebuild them"
     seed = int(training["seed"])
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)  # the trainer's draw: seed, then the model
-            init = create_model(card["model"], len(card["classes"]), weights, seed=seed,
-                                image_size=int(card["preprocessing"]["image_size"]))  # fmt: skip
+        init = _draw(card, weights, seed)
     except CxrlabError as e:
         return None, f"no {INIT_FILE}, and its starting weights cannot be rebuilt here: {e}"
     source = init.weights_source  # type: ignore[attr-defined]
@@ -240,17 +237,18 @@ class _Swap:
                 t.copy_(s)
 
 
-def _fresh_state(card: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
-    """A fresh random initialisation of the run's architecture (for the random re-init)."""
+def _draw(card: dict[str, Any], weights: str, seed: int) -> CxrClassifier:
+    """The run's architecture with ``weights``, drawn as training draws it (the seed, then
+    the model), without touching the global random state."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = create_model(
-            card["model"],
-            len(card["classes"]),
-            "none",
-            image_size=int(card["preprocessing"]["image_size"]),
-        ).net
-    return net.state_dict()
+        return create_model(card["model"], len(card["classes"]), weights, seed=seed,
+                            image_size=int(card["preprocessing"]["image_size"]))  # fmt: skip
+
+
+def _fresh_state(card: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """A fresh random initialisation of the run's architecture (for the random re-init)."""
+    return _draw(card, "none", seed).net.state_dict()
 
 
 def _stratified_rows(rows: np.ndarray, labels: np.ndarray, limit: int | None) -> np.ndarray:

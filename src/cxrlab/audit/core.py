@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ class _Audited:
     def images(self) -> np.ndarray:
         return self.prepared.images.array
 
+    @cached_property
     def labels(self) -> np.ndarray:
         """Each audited image's model class index, ``-1`` where it is not scored."""
         m = self.matching
@@ -122,6 +124,11 @@ class _Copies:
     excluded: set[str]  # on another dataset: left out of every number
     found: dict[str, list[int]]  # on the run's own data: per audited position, its copies
     overlap: Any = None  # on another dataset: the overlap found
+
+    def kept(self, records: Sequence[Any]) -> np.ndarray:
+        """Positions of the audited images that are not left out as copies."""
+        return np.array([k for k, r in enumerate(records) if r.path not in self.excluded],
+                        dtype=int)  # fmt: skip
 
 
 def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None,
@@ -190,7 +197,7 @@ def _scored(a: _Audited, copies: _Copies) -> np.ndarray:
 
 def _normal(a: _Audited, probs: np.ndarray, scored: np.ndarray) -> dict[str, Any]:
     """The model's score on the audited images as they are."""
-    y = a.labels()[scored]
+    y = a.labels[scored]
     m = classification_metrics(y, probs[scored], a.classes)
     out = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")}
     out["accuracy_ci"] = wilson_interval(round(m["accuracy"] * len(y)), len(y))
@@ -206,7 +213,7 @@ def _copies_check(a: _Audited, copies: _Copies, probs: np.ndarray, split: str) -
             "finding": f"{copies.overlap.summary()}; {len(excluded)} image(s) copying training "
             "or validation images are left out of every number below.",
         }
-    found, y_all = copies.found, a.labels()
+    found, y_all = copies.found, a.labels
     right = probs.argmax(1) == y_all
     has = np.array([str(k) in found for k in range(len(a.records))])
     with_copy, without = right[has & (y_all >= 0)], right[~has & (y_all >= 0)]
@@ -234,7 +241,7 @@ def _copies_check(a: _Audited, copies: _Copies, probs: np.ndarray, split: str) -
 _Plot = tuple[str, str, Callable[[Path], Path]]
 
 
-def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: int,
+def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray,
                  cam_images: int | None, batch_size: int, seed: int,
                  progress: bool) -> tuple[dict[str, Any], list[_Plot]]:  # fmt: skip
     """Lungs removed / lungs only, and where Grad-CAM looks: both need lung masks."""
@@ -249,6 +256,7 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: i
     masks, at = a.prepared.masks, a.rows  # ``at``: each audited image's row in ``masks``
     if masks is None:  # mask files or the segmenter, for the audited images only
         read = a.mask_provider or lung_mask_files
+        size = int(a.card["preprocessing"]["image_size"])  # the run's input size
         masks = read(a.prepared.report.root, a.records, size, progress)
         at = np.arange(len(a.rows))
     use = scored[masks.valid[at][scored]]
@@ -256,7 +264,7 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: i
         why = f"needs lung masks; {masks.summary()}"
         return {c: {"skipped": why} for c in ("lungs", "cam") if c in checks}, plots
     imgs, lung = a.images[a.rows[use]], masks.array[at[use]]
-    y = a.labels()[use]
+    y = a.labels[use]
     labels = [a.classes[c] for c in y]
     if "lungs" in checks:
         res = lungs_removed(a.model, imgs, lung, y, a.device, a.amp, seeds=a.rows[use] + seed,
@@ -285,7 +293,7 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray, size: i
 
 def _probes_check(a: _Audited, copies: _Copies, seed: int) -> tuple[dict[str, Any], list[_Plot]]:
     """Acquisition probes: what the data alone tells of the class (not the model)."""
-    keep = [k for k, r in enumerate(a.records) if r.path not in copies.excluded]
+    keep = copies.kept(a.records)
     probes = acquisition_probes(a.images[a.rows[keep]], [a.records[k].label for k in keep],
                                 a.prepared.report.root, [a.records[k].path for k in keep],
                                 seed=seed)  # fmt: skip
@@ -381,8 +389,7 @@ def run_audit(
     if a.external or "copies" in checks:
         report["checks"]["copies"] = _copies_check(a, copies, probs, split)
     if "lungs" in checks or "cam" in checks:
-        size = int(a.card["preprocessing"]["image_size"])
-        found, drawn = _lung_checks(a, checks, scored, size, cam_images, batch_size, seed,
+        found, drawn = _lung_checks(a, checks, scored, cam_images, batch_size, seed,
                                     progress)  # fmt: skip
         report["checks"] |= found
         plots += drawn
@@ -390,12 +397,11 @@ def run_audit(
         report["checks"]["probes"], drawn = _probes_check(a, copies, seed)
         plots += drawn
     if "source" in checks:
-        keep = np.array([k for k, r in enumerate(a.records) if r.path not in copies.excluded],
-                        dtype=int)  # fmt: skip
+        keep = copies.kept(a.records)
         report["checks"]["source"] = _source_check(a.model, a.images[a.rows[keep]], a.prepared,
                                                    a.rows[keep], a.device, seed)  # fmt: skip
     if a.external:
-        report["checks"]["external"] = _external_check(a, report["normal"], a.labels()[scored])
+        report["checks"]["external"] = _external_check(a, report["normal"], a.labels[scored])
     return _write(Path(out) if out is not None else run_dir / "audit", report, plots)
 
 

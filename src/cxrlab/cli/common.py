@@ -36,6 +36,7 @@ __all__ = [
     "data_app",
     "external_sets",
     "parse_ratios",
+    "parse_values",
     "segment_app",
     "study_app",
     "with_config_options",
@@ -143,17 +144,25 @@ def external_sets(external: list[str] | None, maps: list[str] | None) -> tuple:
     return sets
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.15,0.15"`` -> ``(0.7, 0.15, 0.15)``."""
+def parse_values(text: str, kinds: tuple[type, ...], flag: str, example: str) -> tuple:
+    """``"0.7,0.15,0.15"`` -> ``(0.7, 0.15, 0.15)``: one comma-separated value per type in
+    ``kinds``; a wrong count or value is one line naming ``--flag``."""
     try:
-        parts = tuple(float(p) for p in text.split(","))
+        parts = tuple(kind(p) for kind, p in zip(kinds, text.split(",")))
     except ValueError:
         parts = ()
-    if len(parts) != 3:
+    if len(parts) != len(kinds) or len(text.split(",")) != len(kinds):
+        count = {2: "two", 3: "three"}.get(len(kinds), str(len(kinds)))
+        what = "numbers" if all(k in (int, float) for k in kinds) else "values"
         raise CxrlabError(
-            f"--ratios must be three comma-separated numbers like 0.7,0.15,0.15, got {text!r}"
+            f"--{flag} must be {count} comma-separated {what} like {example}, got {text!r}"
         )
-    return parts  # type: ignore[return-value]
+    return parts
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> ``(0.7, 0.15, 0.15)``."""
+    return parse_values(text, (float, float, float), "ratios", "0.7,0.15,0.15")
 
 
 # ------------------------------------------------------------- the command line from a config
@@ -193,12 +202,14 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
 def config_from_options(cls: type, options: dict[str, Any], section: str = "") -> Any:
     """The config ``cls`` from parsed :func:`config_parameters` values (unknown keys refused)."""
     hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     values = {}
     for name, value in options.items():
         hint = hints.get(name)
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if origin is tuple and not (args and args[-1] is Ellipsis):
-            value = parse_ratios(value) if name == "ratios" else tuple(value.split(","))
+        if origin is tuple and not (args and args[-1] is Ellipsis):  # "a,b,c"
+            example = _cli_type(hint, defaults[name])[1]
+            value = parse_values(value, args, name.replace("_", "-"), example)
         elif origin is tuple:
             value = tuple(value or ())
         elif isinstance(value, list):  # one value or several
