@@ -38,9 +38,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
-from ..engine.rundir import INIT_FILE, load_card, load_run_model, run_data, run_preparation
+from ..engine.card import RunCard
+from ..engine.rundir import INIT_FILE, load_card, load_run_model
 from ..engine.runtime import resolve_device
+from ..engine.scoring import open_run
 from ..errors import ConfigError, CxrlabError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.stages import stages
@@ -62,13 +63,10 @@ __all__ = [
 KIND_NAMES = {"WT": "weight transfer", "ST": "statistics transfer", "RI": "random init"}
 
 
-def init_kind(card: dict[str, Any]) -> str:
+def init_kind(card: RunCard) -> str:
     """``WT`` (ImageNet weights), ``ST`` (statistics transfer), ``RI`` (random init),
     ``TF<K>`` (transfusion, first K units pretrained) or ``file``, from a model card."""
-    text = str(card.get("training", {}).get("config", {}).get("weights", ""))
-    if not text:
-        text = str(card.get("weights", "")).split(" ")[0]
-    ws = parse_weights(text)
+    ws = parse_weights(card.training.config.weights)
     return {"imagenet": "WT", "stats": "ST", "none": "RI", "file": "file"}.get(
         ws.kind, f"TF{ws.keep}"
     )
@@ -135,7 +133,7 @@ def _pool(h: torch.Tensor) -> torch.Tensor:
 class _Loaded:
     path: Path
     name: str  # short id for tables: the folder name
-    card: dict[str, Any]
+    card: RunCard
     model: CxrClassifier
     init: CxrClassifier | None
     kind: str
@@ -146,10 +144,10 @@ class _Loaded:
 
 def _load(path: Path, name: str) -> _Loaded:
     model, card = load_run_model(path)
-    chain = stages(model.net, get_spec(card["model"]).arch)
+    chain = stages(model.net, get_spec(card.model).arch)
     if chain is None:
         raise ConfigError(
-            f"{path}: cxrlab cannot split {card['model']} into units for a layer analysis"
+            f"{path}: cxrlab cannot split {card.model} into units for a layer analysis"
         )
     note = None
     if (path / INIT_FILE).is_file():
@@ -159,7 +157,7 @@ def _load(path: Path, name: str) -> _Loaded:
     run = _Loaded(
         path, path.name, card, model, init, init_kind(card), chain, unit_tensor_names(model), note
     )
-    frozen = len((card.get("freeze") or {}).get("frozen_units") or [])
+    frozen = len(card.freeze.frozen_units)
     if init is not None and note is not None and _same_prefix(run) < frozen:
         run.init = None  # its frozen units must be the rebuilt weights, bit for bit
         run.init_note = (f"no {INIT_FILE}, and weights rebuilt from its seed differ from its "
@@ -167,25 +165,21 @@ def _load(path: Path, name: str) -> _Loaded:
     return run
 
 
-def rebuild_init(card: dict[str, Any]) -> tuple[CxrClassifier | None, str]:
+def rebuild_init(card: RunCard) -> tuple[CxrClassifier | None, str]:
     """The weights a run started from, drawn again from its card (the model, its ImageNet or
     statistics-transfer weights, its seed), as training drew them, for a run trained without
     ``--keep-init``; or ``None`` and why they cannot be rebuilt here."""
-    training = card.get("training") or {}
-    weights = (training.get("config") or {}).get("weights")
-    if weights is None or "seed" not in training:
-        return None, f"no {INIT_FILE}, and its card records no seed and weights to rebuild them"
-    seed = int(training["seed"])
+    weights, seed = card.training.config.weights, card.seed
     try:
         init = _draw(card, weights, seed)
     except CxrlabError as e:
         return None, f"no {INIT_FILE}, and its starting weights cannot be rebuilt here: {e}"
     source = init.weights_source  # type: ignore[attr-defined]
-    if source != card.get("weights"):
-        return None, (f"no {INIT_FILE}; its starting weights came from {card.get('weights')!r}, "
+    if source != card.weights:
+        return None, (f"no {INIT_FILE}; its starting weights came from {card.weights!r}, "
                       f"rebuilt they would come from {source!r}")  # fmt: skip
     drawn = init.init_report  # type: ignore[attr-defined]
-    if (drawn.to_dict() if drawn is not None else None) != card.get("initialisation"):
+    if drawn != card.initialisation:
         return None, f"no {INIT_FILE}, and a new draw does not match its recorded initialisation"
     return init, f"no {INIT_FILE}: starting weights rebuilt from its seed {seed} and {weights!r}"
 
@@ -237,16 +231,16 @@ class _Swap:
                 t.copy_(s)
 
 
-def _draw(card: dict[str, Any], weights: str, seed: int) -> CxrClassifier:
+def _draw(card: RunCard, weights: str, seed: int) -> CxrClassifier:
     """The run's architecture with ``weights``, drawn as training draws it (the seed, then
     the model), without touching the global random state."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return create_model(card["model"], len(card["classes"]), weights, seed=seed,
-                            image_size=int(card["preprocessing"]["image_size"]))  # fmt: skip
+        return create_model(card.model, len(card.classes), weights, seed=seed,
+                            image_size=card.image_size)  # fmt: skip
 
 
-def _fresh_state(card: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+def _fresh_state(card: RunCard, seed: int) -> dict[str, torch.Tensor]:
     """A fresh random initialisation of the run's architecture (for the random re-init)."""
     return _draw(card, "none", seed).net.state_dict()
 
@@ -263,16 +257,12 @@ def _stratified_rows(rows: np.ndarray, labels: np.ndarray, limit: int | None) ->
     return np.array(sorted(set(keep)), dtype=np.int64)
 
 
-def _check_runs(paths: list[Path], cards: list[dict[str, Any]]) -> None:
+def _check_runs(paths: list[Path], cards: list[RunCard]) -> None:
     for path, card in zip(paths[1:], cards[1:]):
-        for what, key in (
-            ("test split", ("data", "split_hash")),
-            ("input size", ("preprocessing", "image_size")),
-            ("class list", ("classes",)),
-        ):
-            a, b = cards[0], card
-            for k in key:
-                a, b = a[k], b[k]
+        for what, key in (("test split", lambda c: c.data.split_hash),
+                          ("input size", lambda c: c.image_size),
+                          ("class list", lambda c: list(c.classes))):  # fmt: skip
+            a, b = key(cards[0]), key(card)
             if a != b:
                 raise ConfigError(
                     f"{paths[0]} and {path} differ in their {what} ({a} vs {b}): a "
@@ -328,8 +318,8 @@ def analyze_reuse(
     paths = [Path(p) for p in runs]
     cards = [load_card(p) for p in paths]  # checked before any model is loaded
     _check_runs(paths, cards)
-    imgs = _measured_images(paths[0], cards[0], data, split, max_images, bank_images,
-                            batch_size, device, progress)  # fmt: skip
+    imgs = _measured_images(paths[0], data, split, max_images, bank_images, batch_size, device,
+                            progress)  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -378,16 +368,12 @@ class _Images:
         return torch.from_numpy(np.ascontiguousarray(self.array[rows]))[:, None].to(self.device)
 
 
-def _measured_images(first: Path, card: dict[str, Any], data: Any, split: str,
-                     max_images: int | None, bank_images: int | None, batch_size: int,
-                     device: str, progress: bool) -> _Images:  # fmt: skip
+def _measured_images(first: Path, data: Any, split: str, max_images: int | None,
+                     bank_images: int | None, batch_size: int, device: str,
+                     progress: bool) -> _Images:  # fmt: skip
     """The runs' data as the first run was trained (size, lungs), and the rows measured."""
-    prepared = prepare_data(
-        data if data is not None else run_data(card),
-        split_file=first / "split.csv",
-        progress=progress,
-        **run_preparation(card),
-    )
+    # the run's own split (not every image): its training images are the k-NN bank
+    prepared = open_run(first).prepare(data, "train", progress=progress)
     labels = np.asarray(prepared.split.labels(), dtype=np.int64)
     rows = _stratified_rows(np.array(prepared.split.indices(split)), labels, max_images)
     bank_rows = _stratified_rows(np.array(prepared.split.indices("train")), labels, bank_images)
@@ -414,7 +400,7 @@ def _measure(run: _Loaded, imgs: _Images, reinit: bool, seed: int) -> _Measured:
     n_units, shared = len(run.names), _same_prefix(run)
     if run.init is not None:
         run.init.to(imgs.device).eval()
-    init_chain = stages(run.init.net, get_spec(run.card["model"]).arch) if run.init else None
+    init_chain = stages(run.init.net, get_spec(run.card.model).arch) if run.init else None
     fresh = _fresh_state(run.card, seed) if reinit and run.init is not None else None
     init_state = run.init.net.state_dict() if run.init is not None else None
     own, start = [], []
@@ -460,7 +446,7 @@ def _knn(run: _Loaded, imgs: _Images, pooled: list[list[torch.Tensor]], k: int,
             bank[u].append(_pool(h).float().cpu())
     yb = torch.from_numpy(imgs.labels[imgs.bank_rows])
     return [knn_accuracy(torch.cat(bank[u]), yb, torch.cat(pooled[u]), imgs.y, k=k,
-                         temperature=temperature, num_classes=len(run.card["classes"]))
+                         temperature=temperature, num_classes=len(run.card.classes))
             for u in range(len(pooled))]  # fmt: skip
 
 
@@ -482,15 +468,15 @@ def _rows(run: _Loaded, m: _Measured, knn: list[float],
     if run.init is not None and m.reset_ok is None:
         skipped = "the re-initialisation check was not run (reinit=False)"
         why_null |= dict.fromkeys(("reset_to_init_accuracy", "reset_to_random_accuracy"), skipped)
-    cfg = run.card["training"]["config"]
+    cfg = run.card.training.config
     info = {
         "run": run.name,
         "path": str(run.path),
-        "model": run.card["model"],
+        "model": run.card.model,
         "init": run.kind,
-        "freeze": cfg.get("freeze", "none"),
-        "train_size": float(cfg.get("train_size", 1.0)),
-        "seed": int(run.card["training"]["seed"]),
+        "freeze": cfg.freeze,
+        "train_size": float(cfg.train_size),
+        "seed": run.card.seed,
         "accuracy": m.accuracy,
         "units_shared_with_init": m.shared,
     }

@@ -140,7 +140,7 @@ class ServedModel:
     # ---------------------------------------------------------------- model card
     def summary(self) -> dict[str, Any]:
         """The facts the app and ``GET /api/models`` show about this model."""
-        card = self.predictor.card
+        card = self.predictor.card_data()
         source = self.source
         metrics = _read_json(source / "metrics.json") if source.is_dir() else None
         audit = source / "audit" / "audit.md" if source.is_dir() else None
@@ -207,7 +207,7 @@ class ServedModel:
         cal = s["calibration"] or {}
         member_t = [
             m.get("temperature")
-            for m in self.predictor.card.get("members", [])
+            for m in self.predictor.card_data().get("members", [])
             if isinstance(m, dict)
         ]
         if self.predictor.members:

@@ -31,16 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import PreparedData, prepare_data
+from ..data import PreparedData
 from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..engine import load_run_model
-from ..engine.evaluate import run_tta, scored_positions
-from ..engine.rundir import run_data, run_preparation
+from ..engine.card import RunCard
+from ..engine.evaluate import scored_positions
 from ..engine.runtime import resolve_device, run_precision
+from ..engine.scoring import ScoringRun, open_run
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
-from ..evaluation.external import find_overlap, match_classes, routing
+from ..evaluation.external import match_classes, routing
 from ..evaluation.intervals import wilson_interval
 from ..utils import atomic_write_text, write_json
 from . import figures
@@ -93,7 +94,8 @@ class _Audited:
 
     run_dir: Path
     model: Any
-    card: dict[str, Any]
+    card: RunCard
+    run: ScoringRun
     classes: list[str]
     prepared: PreparedData
     rows: np.ndarray  # the audited images' rows in ``prepared``
@@ -133,35 +135,30 @@ class _Copies:
 
 def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None,
           masks_from: Any, device: str, progress: bool) -> _Audited:  # fmt: skip
-    """Load the run and prepare the images as the run was trained (size, lungs mode)."""
+    """Load the run and prepare the images as the run was trained (size, lungs mode; masks
+    from the segmenter the run trained with, else the one asked for, else the files)."""
     model, card = load_run_model(run_dir)
-    classes = list(card["classes"])
-    # masks: the segmenter the run trained with, else the one asked for, else the files
-    prep = run_preparation(card, masks_from)
-    prepared = prepare_data(
-        data if data is not None else run_data(card),
-        split_file=None if split == "all" else run_dir / "split.csv",
-        holdout_all=split == "all",
-        progress=progress,
-        **(prep | {"doubtful": "skip"} if split == "all" else prep),
-    )
-    matching = match_classes(prepared.classes, classes, class_map, where=f"the model in {run_dir}")
+    run = open_run(run_dir)
+    prepared = run.prepare(data, split, masks_from=masks_from, progress=progress)
+    matching = match_classes(prepared.classes, run.classes, class_map,
+                             where=f"the model in {run_dir}")  # fmt: skip
     rows = np.array(prepared.split.indices(split), dtype=np.int64)
     dev = resolve_device(device)
     model.to(dev)
     return _Audited(
-        run_dir, model, card, classes, prepared, rows,
+        run_dir, model, card, run, run.classes, prepared, rows,
         [prepared.split.records[i] for i in rows], matching,
-        prepared.report.fingerprint() != card["data"]["data_hash"], prep["lungs"],
-        prep["mask_provider"], dev, run_precision(card, dev),
+        not run.is_own_data(prepared), run.lungs,
+        run.preparation(masks_from)["mask_provider"], dev,
+        run_precision(card.training.precision, dev),
     )  # fmt: skip
 
 
 def _header(a: _Audited, split: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "run": str(a.run_dir),
-        "model": a.card["model"],
-        "weights": a.card["weights"],
+        "model": a.card.model,
+        "weights": a.card.weights,
         "trained_with_lungs": a.lungs_mode,
         "data": str(a.prepared.report.root),
         "data_hash": a.prepared.report.fingerprint(),
@@ -183,7 +180,7 @@ def _find_copies(a: _Audited, checks: Sequence[str], progress: bool) -> _Copies:
     on its own, audited images that copy a training or validation image."""
     if a.external:
         whole = a.prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = find_overlap(a.run_dir, a.card, a.records, whole[a.rows], progress=progress)
+        overlap = a.run.copies(a.records, whole[a.rows], progress=progress)
         return _Copies(overlap.paths(("train", "val")), {}, overlap)
     found = _own_copies(a.images, a.prepared.split, a.rows) if "copies" in checks else {}
     return _Copies(set(), found)
@@ -256,7 +253,7 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray,
     masks, at = a.prepared.masks, a.rows  # ``at``: each audited image's row in ``masks``
     if masks is None:  # mask files or the segmenter, for the audited images only
         read = a.mask_provider or lung_mask_files
-        size = int(a.card["preprocessing"]["image_size"])  # the run's input size
+        size = a.run.image_size
         masks = read(a.prepared.report.root, a.records, size, progress)
         at = np.arange(len(a.rows))
     use = scored[masks.valid[at][scored]]
@@ -382,7 +379,7 @@ def run_audit(
     report = _header(a, split)
     copies = _find_copies(a, checks, progress)  # before anything is scored
     scored = _scored(a, copies)
-    probs = predict(a.model, a.images[a.rows], a.device, a.amp, batch_size, run_tta(a.card))
+    probs = predict(a.model, a.images[a.rows], a.device, a.amp, batch_size, a.card.tta)
     report["normal"] = _normal(a, probs, scored)
     report["routing"] = routing([r.label for r in a.records], probs.argmax(1), a.classes)
     plots: list[_Plot] = []

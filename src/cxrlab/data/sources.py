@@ -218,48 +218,64 @@ def combine_sources(sources: Sequence[Source], out: str | os.PathLike[str] | Non
     links: list[tuple[str, Path, str]] = []  # (view path, origin, source)
     used: set[str] = set()
     spelled: dict[str, tuple[str, str]] = {}  # normalised class -> (spelling, source)
-    counts: dict[str, dict[str, int]] = {}
-    for src in sources:
-        layout = find_layout(src.root, min_classes=1)
-        present = {c.name for c in layout.classes}
-        for name in src.class_map:
-            if name not in present:
-                raise DataError(
-                    f"The class map of source {src.name!r} names {name!r}, which it does not "
-                    f"have (its classes: {', '.join(sorted(present))})"
-                )
-        finer = _finer_sources(src)
-        meta = _metadata_sources(src, layout.root) if src.finer == METADATA else {}
-        seen_rel: set[str] = set()
-        mine: Counter[str] = Counter()
-        for folder in layout.classes:
-            target = src.class_map.get(folder.name, folder.name)
-            if target == DROP:
-                continue
-            norm = re.sub(r"[\s_\-.]+", "", target).lower()
-            first = spelled.setdefault(norm, (target, src.name))
-            if first[0] != target:
-                raise DataError(
-                    f"Sources name one class two ways: {first[0]!r} ({first[1]}) and "
-                    f"{target!r} ({src.name}); map them to one name with --class-map"
-                )
-            for f in folder.files():
-                rel = f.relative_to(layout.root).as_posix()
-                seen_rel.add(rel)
-                source = finer.get(rel) or meta.get(f.stem.lower()) or src.name
-                links.append((f"{target}/images/{_flat(src.name, rel, used)}", f.resolve(),
-                              source))  # fmt: skip
-                mine[target] += 1
-        if not mine:
-            raise DataError(f"Source {src.name!r} has no image left after its class map")
-        missing = sorted(set(finer) - seen_rel)
-        if missing:
+    counts = {src.name: _link_source(src, links, used, spelled) for src in sources}
+    _write_view(view, links, {"key": key, "sources": [s.to_dict() for s in sources],
+                              "images": counts})  # fmt: skip
+    return view
+
+
+def _link_source(src: Source, links: list[tuple[str, Path, str]], used: set[str],
+                 spelled: dict[str, tuple[str, str]]) -> dict[str, int]:  # fmt: skip
+    """Add ``src``'s images to ``links`` under their mapped classes; its images per class.
+
+    Raises:
+        DataError: see :func:`combine_sources`.
+    """
+    layout = find_layout(src.root, min_classes=1)
+    present = {c.name for c in layout.classes}
+    for name in src.class_map:
+        if name not in present:
             raise DataError(
-                f"The sources CSV of {src.name!r} names {len(missing)} file(s) that "
-                f"{src.name} does not have (first: {missing[0]}; paths are relative to "
-                f"{layout.root})"
+                f"The class map of source {src.name!r} names {name!r}, which it does not "
+                f"have (its classes: {', '.join(sorted(present))})"
             )
-        counts[src.name] = dict(sorted(mine.items()))
+    finer = _finer_sources(src)
+    meta = _metadata_sources(src, layout.root) if src.finer == METADATA else {}
+    seen_rel: set[str] = set()
+    mine: Counter[str] = Counter()
+    for folder in layout.classes:
+        target = src.class_map.get(folder.name, folder.name)
+        if target == DROP:
+            continue
+        norm = re.sub(r"[\s_\-.]+", "", target).lower()
+        first = spelled.setdefault(norm, (target, src.name))
+        if first[0] != target:
+            raise DataError(
+                f"Sources name one class two ways: {first[0]!r} ({first[1]}) and "
+                f"{target!r} ({src.name}); map them to one name with --class-map"
+            )
+        for f in folder.files():
+            rel = f.relative_to(layout.root).as_posix()
+            seen_rel.add(rel)
+            source = finer.get(rel) or meta.get(f.stem.lower()) or src.name
+            links.append((f"{target}/images/{_flat(src.name, rel, used)}", f.resolve(),
+                          source))  # fmt: skip
+            mine[target] += 1
+    if not mine:
+        raise DataError(f"Source {src.name!r} has no image left after its class map")
+    missing = sorted(set(finer) - seen_rel)
+    if missing:
+        raise DataError(
+            f"The sources CSV of {src.name!r} names {len(missing)} file(s) that "
+            f"{src.name} does not have (first: {missing[0]}; paths are relative to "
+            f"{layout.root})"
+        )
+    return dict(sorted(mine.items()))
+
+
+def _write_view(view: Path, links: list[tuple[str, Path, str]], spec: dict[str, Any]) -> None:
+    """Write the view atomically: links (or copies) to the images, the sources CSV and the
+    spec (which says what the view was built from)."""
     tmp = view.with_name(f".{view.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel, origin, _ in links:
@@ -274,12 +290,10 @@ def combine_sources(sources: Sequence[Source], out: str | os.PathLike[str] | Non
     w.writerow(["path", "source", "origin"])
     w.writerows([rel, source, str(origin)] for rel, origin, source in links)
     atomic_write_text(tmp / SOURCES_FILE, buf.getvalue())
-    spec = {"key": key, "sources": [s.to_dict() for s in sources], "images": counts}
     atomic_write_text(tmp / _SPEC_FILE, json.dumps(spec, indent=2) + "\n")
     shutil.rmtree(view, ignore_errors=True)
     view.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, view)
-    return view
 
 
 def _flat(source: str, rel: str, used: set[str]) -> str:
@@ -341,12 +355,10 @@ def confounds(table: Mapping[str, Mapping[str, int]]) -> list[str]:
     return out
 
 
-def data_root(record: Mapping[str, Any]) -> str:
-    """The folder a run's images came from, from its card's ``data`` record; a view of
-    several sources that is no longer in the cache is built again from the sources the
-    record names."""
-    root = str(record["root"])
-    built_from = (record.get("sources") or {}).get("built_from")
+def data_root(root: str, built_from: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The folder a run's images came from (its card's data root); a view of several
+    sources (``built_from``, as :func:`view_sources` records them) that is no longer in the
+    cache is built again from them."""
     if built_from and not Path(root).is_dir():
         return str(combine_sources([Source(**s) for s in built_from], out=root))
     return root

@@ -15,15 +15,21 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from ..errors import CheckpointError
 from ..utils import write_json
-from .rundir import CARD_FILE, load_card
+from .card import CARD_FILE, ENSEMBLE_FORMAT, EnsembleCard, RunCard, read_card
+from .rundir import load_card
 
-__all__ = ["ENSEMBLE_FORMAT", "is_ensemble", "member_dirs", "write_ensemble"]
-
-ENSEMBLE_FORMAT = "cxrlab-ensemble/1"
+__all__ = [
+    "ENSEMBLE_FORMAT",
+    "check_members",
+    "expand_members",
+    "is_ensemble",
+    "member_dirs",
+    "read_ensemble",
+    "write_ensemble",
+]
 
 
 def is_ensemble(path: str | os.PathLike[str]) -> bool:
@@ -32,14 +38,25 @@ def is_ensemble(path: str | os.PathLike[str]) -> bool:
         card = json.loads((Path(path) / CARD_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return card.get("format") == ENSEMBLE_FORMAT
+    return isinstance(card, dict) and card.get("format") == ENSEMBLE_FORMAT
+
+
+def read_ensemble(path: str | os.PathLike[str]) -> EnsembleCard:
+    """An ensemble folder's card.
+
+    Raises:
+        CheckpointError: the folder is not an ensemble cxrlab can read.
+    """
+    card = read_card(Path(path) / CARD_FILE)
+    if not isinstance(card, EnsembleCard):
+        raise CheckpointError(f"{path} is a run folder, not an ensemble")
+    return card
 
 
 def member_dirs(path: str | os.PathLike[str]) -> list[Path]:
     """The member run folders of an ensemble folder (relative paths resolved against it)."""
     path = Path(path)
-    card = json.loads((path / CARD_FILE).read_text())
-    dirs = [(path / m["path"]).resolve() for m in card["members"]]
+    dirs = [(path / m.path).resolve() for m in read_ensemble(path).members]
     missing = [d for d in dirs if not (d / CARD_FILE).is_file()]
     if missing:
         raise CheckpointError(
@@ -56,6 +73,26 @@ def expand_members(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+def check_members(runs: Sequence[Path], cards: Sequence[RunCard]) -> None:
+    """Refuse runs that cannot be averaged: other classes, input sizes, data splits or lungs
+    modes than the first.
+
+    Raises:
+        CheckpointError: naming the first difference.
+    """
+    first = cards[0]
+    for run, card in zip(runs[1:], cards[1:]):
+        for what, key in (("classes", lambda c: c.classes),
+                          ("input size", lambda c: c.image_size),
+                          ("split", lambda c: c.data.split_hash),
+                          ("lungs mode", lambda c: c.lungs)):  # fmt: skip
+            if key(card) != key(first):
+                raise CheckpointError(
+                    f"{run} has other {what} ({key(card)}) than {runs[0]} ({key(first)}); "
+                    "ensemble members must share classes, input size, split and lungs mode"
+                )
+
+
 def write_ensemble(
     members: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], description: str = ""
 ) -> Path:
@@ -70,56 +107,12 @@ def write_ensemble(
     if not runs:
         raise CheckpointError("An ensemble needs at least one run folder")
     cards = [load_card(r) for r in runs]
-    first = cards[0]
-    for run, card in zip(runs[1:], cards[1:]):
-        for what, key in (("classes", lambda c: c["classes"]),
-                          ("input size", lambda c: c["preprocessing"]["image_size"]),
-                          ("split", lambda c: c["data"]["split_hash"]),
-                          ("lungs mode", lambda c: c["data"].get("lungs", "keep"))):  # fmt: skip
-            if key(card) != key(first):
-                raise CheckpointError(
-                    f"{run} has other {what} ({key(card)}) than {runs[0]} ({key(first)}); "
-                    "ensemble members must share classes, input size, split and lungs mode"
-                )
+    check_members(runs, cards)
     out.mkdir(parents=True, exist_ok=True)
-
-    def rel(p: Path) -> str:
-        return os.path.relpath(p.resolve(), out.resolve())
-
-    card = {
-        "format": ENSEMBLE_FORMAT,
-        "description": description or f"the average of {len(runs)} runs' probabilities",
-        "members": [
-            {
-                "path": rel(r),
-                "model": c["model"],
-                "weights": c["weights"],
-                "freeze": c["freeze"].get("policy"),
-                "seed": c["training"]["seed"],
-                "best_val_loss": c["training"]["best_val_loss"],
-                "test_accuracy": c["training"].get("test_accuracy"),
-                "temperature": c.get("calibration", {}).get("temperature", 1.0),
-            }
-            for r, c in zip(runs, cards)
-        ],
-        "model": "+".join(dict.fromkeys(c["model"] for c in cards)),
-        "architecture": "+".join(dict.fromkeys(c["architecture"] for c in cards)),
-        "classes": first["classes"],
-        "preprocessing": first["preprocessing"],
-        "data": first["data"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(out / CARD_FILE, card)
+    paths = [os.path.relpath(r.resolve(), out.resolve()) for r in runs]
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    card = EnsembleCard.of_runs(cards, paths, description, created)
+    write_json(out / CARD_FILE, card.to_dict())
     if (runs[0] / "split.csv").is_file():
         shutil.copyfile(runs[0] / "split.csv", out / "split.csv")
     return out
-
-
-def ensemble_card(sources: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
-    """The card describing ``sources`` as one model: an ensemble's own, or a run's."""
-    if len(sources) == 1 and not is_ensemble(sources[0]):
-        return load_card(sources[0])
-    if len(sources) == 1:
-        return json.loads((Path(sources[0]) / CARD_FILE).read_text())
-    return {"format": ENSEMBLE_FORMAT, **load_card(expand_members(sources)[0]),
-            "members": [{"path": str(p)} for p in expand_members(sources)]}  # fmt: skip

@@ -12,21 +12,22 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import DecodedImages, PreparedData, prepare_data
+from ..data import DecodedImages, PreparedData
 from ..errors import CheckpointError
 from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
 from ..utils import write_json
 from .batches import ImageBatches, tta_views
-from .rundir import load_run_model, run_data, run_preparation
+from .card import RunCard
+from .rundir import load_run_model
 from .runtime import autocast, resolve_device, run_precision
+from .scoring import open_run
 
 __all__ = [
     "NOT_EXTERNAL_SHARE",
     "evaluate_run",
     "predict_batches",
     "run_probabilities",
-    "run_tta",
     "scored_positions",
     "write_predictions",
 ]
@@ -82,11 +83,6 @@ def predict_batches(
     return torch.cat(probs).numpy(), torch.cat(ys).numpy(), loss_sum / n
 
 
-def run_tta(card: dict[str, Any]) -> bool:
-    """Whether a run's model is evaluated with test-time augmentation (its ``--tta``)."""
-    return bool(card.get("training", {}).get("config", {}).get("tta", False))
-
-
 def write_predictions(
     path: str | os.PathLike[str],
     paths: list[str],
@@ -120,7 +116,7 @@ def run_probabilities(
     batch_size: int = 64,
     desc: str = "",
     progress: bool = False,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, RunCard]:
     """A finished run's probabilities for ``rows`` of ``images``, as its own test computed
     them: its precision, its test-time augmentation, and, where it freezes a prefix of the
     backbone, the frozen-feature cache (:mod:`.features`), so a frozen prefix runs once per
@@ -134,21 +130,19 @@ def run_probabilities(
 
     model, card = load_run_model(member)
     model.to(device)
-    amp, tta = run_precision(card, device), run_tta(card)
-    cfg = card.get("training", {}).get("config", {})
-    n_frozen = len(card.get("freeze", {}).get("frozen_units", []))
+    amp, tta = run_precision(card.training.precision, device), card.tta
+    cfg = card.training.config
+    n_frozen = len(card.freeze.frozen_units)
     net: torch.nn.Module = model
     source, add_channel = images.array, True
     if n_frozen and not tta:
-        bn = cfg.get("freeze_bn", "frozen")
-        apply_freeze(model, card["freeze"]["policy"], bn)
+        apply_freeze(model, card.freeze.policy, cfg.freeze_bn)
         # at test time nothing random runs before the cut, whatever the training augmented
-        mode = cfg.get("feature_cache", "auto")
-        cached, _ = feature_cache_plan(model, n_frozen, "none", bn, mode)
+        cached, _ = feature_cache_plan(model, n_frozen, "none", cfg.freeze_bn, cfg.feature_cache)
         if cached:
             feats = build_frozen_features(model, n_frozen, images, device=device, amp=amp,
                                           batch_size=max(64, batch_size),
-                                          dtype=cfg.get("feature_dtype", "float32"),
+                                          dtype=cfg.feature_dtype,
                                           progress=progress)  # fmt: skip
             net, source, add_channel = TrainableRest(model, n_frozen), feats.array, False
     labels = np.zeros(len(images), dtype=np.int64)
@@ -208,29 +202,25 @@ def evaluate_run(
         CheckpointError: the dataset has a class the model does not know and no mapping, or
             no image can be scored.
     """
-    from ..evaluation.external import find_overlap, match_classes, routing
-    from .ensemble import ensemble_card, expand_members, is_ensemble
+    from ..evaluation.external import match_classes, routing
 
-    sources = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
-    run_dir = Path(sources[0])  # a run folder, or an ensemble folder holding the split
-    members = expand_members(sources)
-    card = ensemble_card(sources)
-    ensemble = len(members) > 1 or is_ensemble(run_dir)
-    prepared = _prepare(run_dir, card, data, split, progress)
-    classes = list(card["classes"])
+    run = open_run(run_dir)
+    prepared = run.prepare(data, split, progress=progress)
+    classes, ensemble = run.classes, run.ensemble
     matching = match_classes(prepared.classes, classes, class_map,
-                             where=f"the model in {run_dir}")  # fmt: skip
+                             where=f"the model in {run.path}")  # fmt: skip
     rows = prepared.split.indices(split)
     records = [prepared.split.records[i] for i in rows]
-    external = prepared.report.fingerprint() != card["data"]["data_hash"]
+    external = not run.is_own_data(prepared)
     overlap = None
     if external:
         whole = prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = find_overlap(run_dir, card, records, whole[rows], progress=progress)
+        overlap = run.copies(records, whole[rows], progress=progress)
     excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
     # every image is predicted (unscored classes too: where did they go?)
-    probs, temperatures = _member_probabilities(members, prepared, rows, split, ensemble,
-                                                device, batch_size, progress)  # fmt: skip
+    probs, temperatures = _member_probabilities(list(run.members), prepared, rows, split,
+                                                ensemble, device, batch_size,
+                                                progress)  # fmt: skip
     scored = scored_positions(records, matching, excluded, prepared)
     y = np.array([classes.index(matching[records[k].label]) for k in scored])  # type: ignore[arg-type]
     sources = [prepared.split.source_of(rows[k]) for k in scored]
@@ -254,7 +244,7 @@ def evaluate_run(
         metrics["temperature"] = temperatures[0]
         metrics["ece_calibrated"] = expected_calibration_error(calibrated, y)
     if ensemble:
-        metrics["members"] = [str(m) for m in members]
+        metrics["members"] = [str(m) for m in run.members]
     if overlap is not None:
         copies = overlap.paths(("train", "val"))
         metrics["overlap"] = overlap.to_dict()
@@ -280,7 +270,7 @@ def _member_probabilities(members: list[Path], prepared: PreparedData, rows: lis
         desc = f"Evaluating {split}" + (f" ({member.name})" if ensemble else "")
         p, mcard = run_probabilities(member, prepared.images, rows, dev, batch_size=batch_size,
                                      desc=desc, progress=progress)  # fmt: skip
-        temperatures.append(float(mcard.get("calibration", {}).get("temperature", 1)))
+        temperatures.append(mcard.temperature)
         member_probs.append(apply_temperature(p, temperatures[-1]) if ensemble else p)
     return np.mean(member_probs, axis=0), temperatures
 
@@ -307,31 +297,3 @@ def scored_positions(records: list[Any], matching: dict[str, str | None], exclud
 #: An "external" set more than this share of whose images copy the run's training or
 #: validation images is flagged ``not_external``: its numbers are partly a memory test.
 NOT_EXTERNAL_SHARE = 0.2
-
-
-def _prepare(run_dir: Path, card: dict[str, Any],
-             data: str | os.PathLike[str] | PreparedData | None, split: str,
-             progress: bool) -> PreparedData:  # fmt: skip
-    """The images to score, prepared as the run's were (its size and lungs mode, masks from
-    its segmenter). Every image of other data (``split="all"``) without a valid lung mask is
-    left out and counted, whatever the run did with its own."""
-    prep = run_preparation(card)
-    size, lungs = prep["image_size"], prep["lungs"]
-    if isinstance(data, PreparedData):
-        if data.images.size != size or data.lungs != lungs:
-            raise CheckpointError(
-                f"The data was prepared at {data.images.size} px with lungs {data.lungs!r}; "
-                f"the run in {run_dir} needs {size} px with lungs {lungs!r}"
-            )
-        return data
-    root = data if data is not None else run_data(card)
-    if split == "all":
-        return prepare_data(root, holdout_all=True, progress=progress,
-                            **(prep | {"doubtful": "skip"}))  # fmt: skip
-    manifest = run_dir / "split.csv"
-    if not manifest.is_file():
-        raise CheckpointError(
-            f"{run_dir} has no split.csv; use --split all to evaluate on every image of --data"
-        )
-    # the run's own split, checked image by image against the data
-    return prepare_data(root, split_file=manifest, progress=progress, **prep)

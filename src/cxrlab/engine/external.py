@@ -26,8 +26,10 @@ from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError, ConfigError, CxrlabError
 from ..evaluation.external import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
+from .card import RunCard
 from .evaluate import evaluate_run
-from .rundir import MODEL_FILE, load_card, run_preparation, run_segmenter, segmenter_masks
+from .rundir import MODEL_FILE, load_card
+from .scoring import open_run, segmenter_masks
 
 __all__ = [
     "EXTERNAL_DIR",
@@ -146,28 +148,38 @@ def prepare_external(
         CxrlabError: the folder is missing or holds no usable images, or a class is neither
             a model class nor mapped (one line naming it and the model's classes).
     """
+    _check_folder(ext)
+    prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
+                            mask_provider=segmenter_masks(masks_from), doubtful="skip",
+                            progress=progress)  # fmt: skip
+    _check_classes(ext, prepared, classes)
+    return prepared
+
+
+def _check_folder(ext: ExternalSet) -> None:
+    """Refuse a set without a data folder, or whose folder does not exist."""
     if not ext.data:
         raise ConfigError(
             f"External set {ext.name!r} names no data folder: give --external {ext.name}=PATH"
         )
     if not Path(ext.data).exists():
         raise ConfigError(f"External set {ext.name!r}: {ext.data} does not exist")
-    prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
-                            mask_provider=segmenter_masks(masks_from), doubtful="skip",
-                            progress=progress)  # fmt: skip
+
+
+def _check_classes(ext: ExternalSet, prepared: PreparedData, classes: Iterable[str]) -> None:
+    """Refuse a set with a class that is neither a model class nor mapped."""
     match_classes(prepared.classes, list(classes), dict(ext.class_map),
                   where=f"the study's models (external set {ext.name!r})")  # fmt: skip
-    return prepared
 
 
-def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: dict[str, Any]) -> str:
+def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: RunCard) -> str:
     """What an external result depends on: the set's images and class map, the run's model."""
     model = run_dir / MODEL_FILE
     size = str(model.stat().st_size) if model.exists() else ""
-    created = str(card.get("created", ""))  # a retrained run is a new model
+    created = card.created  # a retrained run is a new model
     cmap = json.dumps(dict(sorted(ext.class_map.items())))
     parts = [data_hash, cmap, size, created]
-    if card.get("data", {}).get("lungs", "keep") != "keep":
+    if card.lungs != "keep":
         # results of such runs from before copies were found on whole images are stale
         parts.append("copies-on-whole-images")
     return hash_strings(parts)
@@ -225,14 +237,14 @@ def evaluate_external(
         CheckpointError: the set is the run's own training data.
     """
     run_dir = Path(run_dir)
+    run = open_run(run_dir)
     card = load_card(run_dir)
-    if prepared is None:
-        prep = run_preparation(card)
-        prepared = prepare_external(ext, card["classes"], image_size=prep["image_size"],
-                                    lungs=prep["lungs"], masks_from=run_segmenter(card),
-                                    progress=progress)  # fmt: skip
+    if prepared is None:  # the set prepared as the run's own images were
+        _check_folder(ext)
+        prepared = run.prepare(ext.data, "all", progress=progress)
+        _check_classes(ext, prepared, run.classes)
     data_hash = prepared.report.fingerprint()
-    if data_hash == card["data"]["data_hash"]:
+    if data_hash == card.data.data_hash:
         raise CheckpointError(
             f"External set {ext.name!r} ({ext.data}) is the data {run_dir} was trained on; an "
             "external set must be other data (score the run's own test split with "

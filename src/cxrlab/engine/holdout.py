@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..utils import write_json
 from .config import TrainConfig
 from .evaluate import evaluate_run
-from .rundir import load_card, run_preparation
+from .scoring import open_run
 
 __all__ = ["HOLDOUT_FILE", "score_holdout", "split_sources"]
 
@@ -69,12 +69,11 @@ def score_holdout(
     if not held:
         return None
     run_dir = Path(run_dir)
-    card = load_card(run_dir)
     data, class_map, sources_csv = held
     prepared = prepare_data(
         data, class_map=class_map, sources_csv=sources_csv, split_seed=config.split_seed,
         ratios=config.ratios, near_copies=config.near_copies, progress=progress,
-        **(run_preparation(card) | {"doubtful": "skip"}),
+        **(open_run(run_dir).preparation() | {"doubtful": "skip"}),
     )  # fmt: skip
     out: dict[str, Any] = {"source": config.holdout_source}
     for split in ("val", "test"):

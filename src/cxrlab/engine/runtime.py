@@ -67,10 +67,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def run_precision(card: dict[str, Any], device: torch.device) -> torch.dtype | None:
-    """The autocast dtype a finished run was trained and tested with (from its card), so
-    that re-evaluating it reproduces its own numbers; fp32 where the device has no bf16."""
-    trained = str(card.get("training", {}).get("precision", "fp32"))
+def run_precision(trained: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a finished run that was trained and tested in ``trained`` (its
+    card's ``training.precision``), so that re-evaluating it reproduces its own numbers;
+    fp32 where the device has no bf16."""
     if trained not in ("bfloat16", "bf16"):
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -17,7 +17,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..utils import atomic_write_text, write_json
 from .batches import ImageBatches, augment_batch, sampling_strata, step_generator
+from .card import Calibration, RunCard
 from .checkpoint import (
     CHECKPOINT,
     RunState,
@@ -60,9 +61,10 @@ from .rundir import (
     build_card,
     load_run_model,
     save_model,
-    segmenter_masks,
+    save_weights,
 )
 from .runtime import autocast, resolve_device, resolve_precision
+from .scoring import segmenter_masks
 from .tracking import Tracker, open_trackers, require_trackers
 
 __all__ = ["TrainResult", "train"]
@@ -86,7 +88,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, float]]
-    card: dict[str, Any]
+    card: RunCard
 
 
 def _log(message: str) -> None:
@@ -371,8 +373,7 @@ def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp
     model.init_report = init_report  # type: ignore[attr-defined]  # the card's form: a dict
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
     if config.keep_init and ddp.main and not restoring:
-        save_model(out, model, {"model": config.model, "classes": list(data.classes)},
-                   file=INIT_FILE)  # fmt: skip
+        save_weights(out, model, config.model, data.classes, file=INIT_FILE)
     return model, freeze
 
 
@@ -506,7 +507,7 @@ def _train_epoch(
 ) -> float:
     """One epoch of optimisation steps from ``state.step`` on; returns the last lr."""
     config, state, ddp = run.config, run.state, run.ddp
-    epoch, device = state.epoch, run.device
+    epoch = state.epoch
     total_steps = steps * config.epochs
     run.model.train()
     order = run.train_b.order(config.seed, epoch, run.strata)
@@ -525,38 +526,11 @@ def _train_epoch(
         lr = lr_at(config, state, epoch * steps + state.step, total_steps, steps)
         for group in run.opt.param_groups:
             group["lr"] = lr
-        gen = step_generator(config.seed, epoch, state.step)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
-        x = x.to(device, non_blocking=True).float()  # (B, 1, H, W) in 0..255
-        y = y.to(device, non_blocking=True)
-        if config.augment != "none":
-            x = augment_batch(x, gen, config.augment)
-        with autocast(device, run.amp):
-            logits = run.forward(x)  # (B, K)
-        loss = run.criterion(logits.float(), y)
-        if ddp.active:  # DDP averages over ranks: weight by this rank's share
-            n_global = min(config.batch_size, len(order) - state.step * config.batch_size)
-            loss_for_grad = loss * (ddp.world * len(y) / n_global)
-        else:
-            loss_for_grad = loss
-        (nonfinite,) = ddp.any(not bool(torch.isfinite(loss)))
-        if nonfinite:
-            raise TrainingError(
-                f"The loss became {loss.item()} at epoch {epoch + 1}, step "
-                f"{state.step + 1}; stopped. The last good checkpoint is kept in "
-                f"{run.out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
-            )
-        run.opt.zero_grad(set_to_none=True)
-        loss_for_grad.backward()
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(run.params, config.grad_clip)
-        run.opt.step()
-        if run.ema is not None:
-            run.ema.update_parameters(run.model)
+        loss, correct, n = _step(run, x, y, len(order))
         state.step += 1
-        state.loss_sum += loss.item() * len(y)
-        state.correct += int((logits.argmax(1) == y).sum())
-        state.seen += len(y)
+        state.loss_sum += loss * n
+        state.correct += correct
+        state.seen += n
         bar.update(1)
         elapsed = state.seconds + time.perf_counter() - t0
         bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", lr=f"{lr:.2e}",
@@ -565,21 +539,70 @@ def _train_epoch(
             on_step(epoch, state.step, run.model)
         (stopping_now,) = ddp.any(stop["stop"])
         if stopping_now:
-            state.seconds += time.perf_counter() - t0
-            state.loss_sum, state.correct, state.seen = ddp.sum(
-                state.loss_sum, state.correct, state.seen
-            )
-            if ddp.main:
-                state.wall_seconds = run.wall_seconds()
-                save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, config, run.ema)
             bar.close()
-            raise TrainingInterrupted(
-                f"Stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved in "
-                f"{run.out}. Continue with the same command plus --resume"
-            )
+            _interrupt(run, t0)
     bar.close()
     state.seconds += time.perf_counter() - t0
     return lr
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, n_order: int) -> tuple[float, int, int]:
+    """One optimisation step on a batch (augmented with the step's own seed): the batch's
+    mean loss, correct predictions and size.
+
+    Raises:
+        TrainingError: the loss is not finite (on any rank).
+    """
+    config, state, ddp, device = run.config, run.state, run.ddp, run.device
+    gen = step_generator(config.seed, state.epoch, state.step)
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout
+    x = x.to(device, non_blocking=True).float()  # (B, 1, H, W) in 0..255
+    y = y.to(device, non_blocking=True)
+    if config.augment != "none":
+        x = augment_batch(x, gen, config.augment)
+    with autocast(device, run.amp):
+        logits = run.forward(x)  # (B, K)
+    loss = run.criterion(logits.float(), y)
+    if ddp.active:  # DDP averages over ranks: weight by this rank's share
+        n_global = min(config.batch_size, n_order - state.step * config.batch_size)
+        loss_for_grad = loss * (ddp.world * len(y) / n_global)
+    else:
+        loss_for_grad = loss
+    (nonfinite,) = ddp.any(not bool(torch.isfinite(loss)))
+    if nonfinite:
+        raise TrainingError(
+            f"The loss became {loss.item()} at epoch {state.epoch + 1}, step "
+            f"{state.step + 1}; stopped. The last good checkpoint is kept in "
+            f"{run.out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
+        )
+    run.opt.zero_grad(set_to_none=True)
+    loss_for_grad.backward()
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+    run.opt.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+    return loss.item(), int((logits.argmax(1) == y).sum()), len(y)
+
+
+def _interrupt(run: _Run, t0: float) -> None:
+    """Stop in the middle of an epoch: save a checkpoint to resume from, then raise.
+
+    Raises:
+        TrainingInterrupted: always.
+    """
+    state = run.state
+    state.seconds += time.perf_counter() - t0
+    state.loss_sum, state.correct, state.seen = run.ddp.sum(
+        state.loss_sum, state.correct, state.seen
+    )
+    if run.ddp.main:
+        state.wall_seconds = run.wall_seconds()
+        save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, run.config, run.ema)
+    raise TrainingInterrupted(
+        f"Stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved in "
+        f"{run.out}. Continue with the same command plus --resume"
+    )
 
 
 def _end_epoch(run: _Run, lr: float) -> None:
@@ -651,7 +674,8 @@ def _finish(run: _Run) -> TrainResult:
     sources = [data.split.source_of(i) for i in run.test_b.indices]
     metrics = classification_metrics(yt, probs, data.classes, sources)
     if config.calibrate:
-        card["calibration"] = metrics["calibration"] = _calibrate(run, best, probs, yt)
+        metrics["calibration"] = _calibrate(run, best, probs, yt)
+        card = card.replace(calibration=Calibration(**metrics["calibration"]))
     test_paths = [data.split.records[i].path for i in run.test_b.indices]
     write_predictions(out / "predictions.csv", test_paths, yt, probs, data.classes)
     history = state.history or []
@@ -666,7 +690,7 @@ def _finish(run: _Run) -> TrainResult:
             "wall_seconds": run.wall_seconds(),  # data, features, training, testing; all sessions
         }
     )
-    card["training"]["test_accuracy"] = metrics["accuracy"]
+    card = card.replace(training=replace(card.training, test_accuracy=metrics["accuracy"]))
     save_model(out, best, card)
     write_json(out / "metrics.json", metrics)
     weights = run.model.weights_source.split(" ")[0]  # type: ignore[attr-defined]

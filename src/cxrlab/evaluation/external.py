@@ -134,40 +134,34 @@ class Overlap:
 
 
 def find_overlap(
-    run_dir: str | os.PathLike[str],
-    card: dict[str, Any],
+    split_file: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    image_size: int,
     records: Sequence[Any],
     pixels: np.ndarray,
     *,
     progress: bool = False,
 ) -> Overlap:
-    """Images of another dataset that copy one of the run's images.
+    """Images of another dataset that copy one of a run's images.
 
     Args:
-        run_dir: the run folder (its ``split.csv`` lists the run's images and hashes).
-        card: the run's model card (where its data lives, the image size).
+        split_file: the run's ``split.csv`` (it lists the run's images and hashes).
+        root: the folder of the run's images.
+        image_size: the run's input size (both sides are compared at it).
         records: the other dataset's images (``path``, ``hash``).
         pixels: their decoded ``(N, H, W)`` uint8 whole images (no lungs mode applied: the
             run's images are compared whole), row-aligned with ``records``.
     """
     from ..data import decoded_images, load_split
-    from ..data.sources import data_root
 
-    manifest = Path(run_dir) / "split.csv"
-    if not manifest.is_file():
-        return Overlap(note=f"{run_dir} has no split.csv")
-    split = load_split(manifest)
+    split = load_split(split_file)
     by_hash: dict[str, tuple[str, str]] = {}
     for r, s in zip(split.records, split.assignment):
         by_hash.setdefault(r.hash, (r.path, s))
     exact = [(rec.path, *by_hash[rec.hash]) for rec in records if rec.hash in by_hash]
     overlap = Overlap(exact=exact)
-    root = Path(card["data"]["root"])
     try:
-        root = Path(data_root(card["data"]))  # a view of sources is built again if gone
-        own = decoded_images(
-            root, split.records, int(card["preprocessing"]["image_size"]), progress=progress
-        )
+        own = decoded_images(Path(root), split.records, image_size, progress=progress)
     except Exception as e:  # the run's data may live on another machine
         overlap.note = f"the run's images at {root} cannot be read ({e})"
         return overlap

@@ -20,7 +20,6 @@ from torch import nn
 
 from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
 from ..engine import load_run_model
-from ..engine.evaluate import run_tta
 from ..engine.rundir import require_whole_images
 from ..errors import CxrlabError
 from ..utils import strict_json, write_json
@@ -85,47 +84,19 @@ def export_model(
     ``run_dir`` may be an ensemble folder or several run folders: the exported model then
     averages the members' calibrated probabilities.
     """
-    from ..engine.ensemble import ensemble_card, expand_members
+    from ..engine.scoring import open_run
 
     if fmt not in FORMATS:
         raise CxrlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    sources = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
-    members = expand_members(sources)
-    card = ensemble_card(sources)
-    wrapped = []
-    for member in members:
-        m, mcard = load_run_model(member)
-        require_whole_images(mcard, member, "an exported model")
-        t = float(mcard.get("calibration", {}).get("temperature", 1.0))
-        wrapped.append(_WithSoftmax(m.cpu(), t))
-    model = (wrapped[0] if len(wrapped) == 1 else _Average(wrapped)).eval()
-    temperature = wrapped[0].temperature if len(wrapped) == 1 else None
-    size = int(card["preprocessing"]["image_size"])
+    run = open_run(run_dir)
+    model, temperature = _probabilities_model(run)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pixels = _check_images(size)
+    pixels = _check_images(run.image_size)
     x = torch.from_numpy(pixels)[:, None]  # (N, 1, H, W) uint8
     with torch.no_grad():
         reference = model(x).numpy()
-    if fmt == "onnx":
-        _export_onnx(model, x, out)
-        _embed_metadata(out, _onnx_metadata(card, size, temperature))
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": pixels[:, None]})[0]
-    elif fmt == "exported":
-        with torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
-        torch.export.save(program, str(out))
-        with torch.no_grad():
-            got = torch.export.load(str(out)).module()(x).numpy()
-    else:
-        with torch.no_grad():
-            scripted = torch.jit.trace(model, x[:1])
-        scripted.save(str(out))
-        with torch.no_grad():
-            got = torch.jit.load(str(out))(x).numpy()
+    got = _export(fmt, model, x, out, _onnx_metadata(run, temperature))
     diff = float(np.abs(np.asarray(got) - reference).max())
     if not diff <= TOLERANCE:
         out.unlink(missing_ok=True)
@@ -133,39 +104,82 @@ def export_model(
             f"The {fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE}) "
             "in its probabilities; nothing was written"
         )
-    pre = card["preprocessing"]
-    meta = {
-        "format": fmt, "model": card["model"], "architecture": card["architecture"],
-        "classes": card["classes"],
-        "input": {"name": "image", "shape": ["N", 1, size, size], "dtype": "uint8",
-                  "description": "grayscale X-ray, 0..255, resized to the square size "
-                                 f"({pre.get('resize', 'bilinear')}); normalisation is inside "
-                                 "the model"},
-        "output": {"name": "probabilities", "shape": ["N", len(card["classes"])],
-                   "dtype": "float32"},
-        "normalisation": {"channel_mode": pre["channel_mode"], "mean": pre["mean"],
-                          "std": pre["std"], "formula": "(x / 255 - mean) / std per channel"},
-        "calibration": {"temperature": temperature,
-                        "note": "applied inside the exported model (logits / T, per member)"},
-        "members": [str(m.resolve()) for m in members],
-        "test_time_augmentation": {"run_uses_it": run_tta(card),
-                                   "note": "the exported model scores one view per image"},
-        "parity": {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE},
-        "source_run": str(Path(sources[0]).resolve()),
-    }  # fmt: skip
+    meta = _description(run, fmt, temperature)
+    meta["parity"] = {"images": len(pixels), "max_abs_diff": diff, "tolerance": TOLERANCE}
     write_json(out.with_suffix(".json"), meta)
     return meta
 
 
-def _onnx_metadata(card: dict[str, Any], size: int, temperature: float | None) -> dict[str, str]:
+def _probabilities_model(run: Any) -> tuple[nn.Module, float | None]:
+    """The run's (or its members' averaged) calibrated probabilities as one module, and the
+    temperature of a single run (``None`` for an ensemble: one per member).
+
+    Raises:
+        CheckpointError: a member trained on images with lungs removed, kept or cropped.
+    """
+    wrapped = []
+    for member in run.members:
+        m, card = load_run_model(member)
+        require_whole_images(card, member, "an exported model")
+        wrapped.append(_WithSoftmax(m.cpu(), card.temperature))
+    model = (wrapped[0] if len(wrapped) == 1 else _Average(wrapped)).eval()
+    return model, (wrapped[0].temperature if len(wrapped) == 1 else None)
+
+
+def _export(fmt: str, model: nn.Module, x: torch.Tensor, out: Path,
+            onnx_meta: dict[str, str]) -> np.ndarray:  # fmt: skip
+    """Write ``model`` to ``out`` in ``fmt`` and return what the written file computes for
+    ``x`` (read back with that format's own runtime)."""
+    if fmt == "onnx":
+        _export_onnx(model, x, out)
+        _embed_metadata(out, onnx_meta)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"image": x.numpy()})[0])
+    with torch.no_grad():
+        if fmt == "exported":
+            program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
+            torch.export.save(program, str(out))
+            return torch.export.load(str(out)).module()(x).numpy()
+        scripted = torch.jit.trace(model, x[:1])
+        scripted.save(str(out))
+        return torch.jit.load(str(out))(x).numpy()
+
+
+def _description(run: Any, fmt: str, temperature: float | None) -> dict[str, Any]:
+    """The sidecar JSON: what the exported file takes and returns, and where it came from."""
+    card, size, pre = run.card, run.image_size, run.card.preprocessing
+    return {
+        "format": fmt, "model": card.model, "architecture": card.architecture,
+        "classes": list(card.classes),
+        "input": {"name": "image", "shape": ["N", 1, size, size], "dtype": "uint8",
+                  "description": "grayscale X-ray, 0..255, resized to the square size "
+                                 f"({pre.resize or 'bilinear'}); normalisation is inside "
+                                 "the model"},
+        "output": {"name": "probabilities", "shape": ["N", len(card.classes)],
+                   "dtype": "float32"},
+        "normalisation": {"channel_mode": pre.channel_mode, "mean": list(pre.mean),
+                          "std": list(pre.std), "formula": "(x / 255 - mean) / std per channel"},
+        "calibration": {"temperature": temperature,
+                        "note": "applied inside the exported model (logits / T, per member)"},
+        "members": [str(m.resolve()) for m in run.members],
+        "test_time_augmentation": {"run_uses_it": any(c.tta for c in run.member_cards),
+                                   "note": "the exported model scores one view per image"},
+        "source_run": str(run.path.resolve()),
+    }  # fmt: skip
+
+
+def _onnx_metadata(run: Any, temperature: float | None) -> dict[str, str]:
     """What :class:`~cxrlab.infer.Predictor` needs to use the file alone, as ONNX strings."""
+    card = run.card.to_dict()
     summary = {k: card.get(k) for k in ("format", "model", "architecture", "classes",
                                         "preprocessing", "weights", "members", "description")
                if card.get(k) is not None}  # fmt: skip
     summary["calibration"] = {"temperature": temperature}
     return {
-        "cxrlab.classes": json.dumps(list(card["classes"])),
-        "cxrlab.image_size": str(size),
+        "cxrlab.classes": json.dumps(list(run.classes)),
+        "cxrlab.image_size": str(run.image_size),
         "cxrlab.card": json.dumps(strict_json(summary), allow_nan=False),
     }
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..data import load_gray8, resize_gray8, to_gray8
 from ..engine.batches import tta_views
-from ..engine.evaluate import run_tta
+from ..engine.card import Card
 from ..engine.runtime import resolve_device
 from ..errors import CheckpointError
 
@@ -54,7 +54,8 @@ class Predictor:
         masks_from: str | os.PathLike[str] | None = None,
         doubtful: str = "skip",
     ) -> None:
-        from ..engine.ensemble import ensemble_card, expand_members, is_ensemble
+        from ..engine.ensemble import is_ensemble
+        from ..engine.scoring import open_run
 
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         self.source = Path(sources[0])
@@ -62,34 +63,41 @@ class Predictor:
         self.model: torch.nn.Module | None = None
         self.members: list[Predictor] = []
         self.lungs: Any = None  # the run's lung preprocessing (segment.apply.RunLungs)
+        #: the run's or ensemble's card (:mod:`cxrlab.engine.card`); an ONNX file's summary
+        self.card: Card | dict[str, Any]
         if len(sources) > 1 or is_ensemble(self.source):
+            run = open_run(sources)
             self.members = [Predictor(m, device, masks_from=masks_from, doubtful=doubtful)
-                            for m in expand_members(sources)]  # fmt: skip
+                            for m in run.members]  # fmt: skip
             self.lungs = self._shared_lungs()
-            self.card = ensemble_card(sources)
-            self.classes = list(self.members[0].classes)
-            self.image_size = self.members[0].image_size
+            self.card = run.card
+            self.classes = run.classes
+            self.image_size = run.image_size
             self.device = self.members[0].device
         elif self.source.suffix == ".onnx":
             self._init_onnx()
         else:
             from ..engine import load_run_model
-            from ..engine.rundir import run_lungs
 
-            self.model, self.card = load_run_model(self.source)
-            self.lungs = run_lungs(self.card, self.source, masks_from=masks_from,
-                                   doubtful=doubtful)  # fmt: skip
+            run = open_run(self.source)
+            self.model, card = load_run_model(self.source)
+            self.card = card
+            self.lungs = run.whole_image_lungs(masks_from=masks_from, doubtful=doubtful)
             self.device = resolve_device(device)
             self.model.to(self.device).eval()
-            self.classes: list[str] = list(self.card["classes"])
-            self.image_size = int(self.card["preprocessing"]["image_size"])
+            self.classes: list[str] = list(card.classes)
+            self.image_size = card.image_size
             # temperature scaling fitted on the run's validation split (1: none)
-            self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
-            self.tta = run_tta(self.card)  # test-time augmentation, if the run tests with it
+            self.temperature = card.temperature
+            self.tta = card.tta  # test-time augmentation, if the run tests with it
+
+    def card_data(self) -> dict[str, Any]:
+        """The model card as JSON data (an ONNX file: the summary it carries)."""
+        return self.card if isinstance(self.card, dict) else self.card.to_dict()
 
     def _shared_lungs(self) -> Any:
         """The members' lung preprocessing, which they must share (one input for all)."""
-        ways = {(m.card["data"].get("lungs", "keep"), str(m.lungs.segmenter) if m.lungs else "")
+        ways = {(m.lungs.lungs if m.lungs else "keep", str(m.lungs.segmenter) if m.lungs else "")
                 for m in self.members}  # fmt: skip
         if len(ways) > 1:
             raise CheckpointError(

@@ -9,13 +9,13 @@ folder is an ensemble folder (:mod:`cxrlab.engine.ensemble`) that ``predict``, `
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ..engine.ensemble import write_ensemble
+from ..engine.rundir import load_card
 from .config import StudyConfig
 
 __all__ = ["FINAL_DIR", "write_final"]
@@ -24,7 +24,7 @@ FINAL_DIR = "final"
 
 
 def _val_loss(run: Path) -> float:
-    return float(json.loads((run / "model_card.json").read_text())["training"]["best_val_loss"])
+    return float(load_card(run).training.best_val_loss)
 
 
 def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path) -> Path | None:

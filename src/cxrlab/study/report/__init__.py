@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...analysis.figures import plot_by_size
 from ...data.split import load_split
+from ...engine.ensemble import read_ensemble
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
@@ -100,9 +101,9 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     summary = summary_markdown(study, results, comparisons, audit_lines,
                                external_markdown(externals, external_cmp), split)  # fmt: skip
     if "final" in files:
-        card = json.loads((files["final"] / "model_card.json").read_text())
+        final = read_ensemble(files["final"])
         summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"
-                    f" {card['description']}.\n")  # fmt: skip
+                    f" {final.description}.\n")  # fmt: skip
     for title, lines in reuse_sections(study_dir)[:1]:  # the transfer summary
         summary += (
             f"\n## Feature reuse: {title}\n"

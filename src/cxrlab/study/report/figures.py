@@ -13,6 +13,7 @@ import torch
 
 from ...data import load_gray8, resize_gray8
 from ...data.split import load_split
+from ...engine.rundir import load_card
 from ..config import StudyConfig
 from .results import Comparison, StudyResults, summarise, table_groups
 
@@ -105,8 +106,8 @@ def _stem_features(run_dir: Path, image: np.ndarray) -> np.ndarray:
     from ...engine import load_run_model
 
     model, card = load_run_model(run_dir)
-    size = int(card["preprocessing"]["image_size"])
-    module = model.net.get_submodule(_stem_module(card["model"]) or "")
+    size = card.image_size
+    module = model.net.get_submodule(_stem_module(card.model) or "")
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
     try:
@@ -164,6 +165,4 @@ def plot_feature_maps(study: StudyConfig, results: StudyResults, out_dir: Path,
 
 
 def _data_root(run_dir: Path) -> str:
-    import json
-
-    return json.loads((run_dir / "model_card.json").read_text())["data"]["root"]
+    return load_card(run_dir).data.root

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from ...engine.card import CARD_FILE, RunCard
+from ...engine.rundir import load_card
 from ..config import StudyConfig
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
 from .external import ExternalResults, external_markdown, external_table
@@ -187,10 +188,10 @@ def _runs_section(study: StudyConfig, results: StudyResults, study_dir: Path) ->
     card = _first_card(study_dir, results)
     if card:
         parts.append(_table(["", ""], [
-            ["data root", card["data"]["root"]], ["data hash", card["data"]["data_hash"]],
-            ["split hash", card["data"]["split_hash"]],
-            ["split seed / ratios", f"{card['data']['split_seed']} / {card['data']['ratios']}"],
-            *[[k, v] for k, v in card["versions"].items()],
+            ["data root", card.data.root], ["data hash", card.data.data_hash],
+            ["split hash", card.data.split_hash],
+            ["split seed / ratios", f"{card.data.split_seed} / {list(card.data.ratios)}"],
+            *[[k, v] for k, v in card.versions.items()],
         ]))  # fmt: skip
     return parts
 
@@ -286,9 +287,9 @@ def _markdown_table(lines: list[str]) -> str:
     return (_table(cells[0], cells[1:]) if cells else "") + note
 
 
-def _first_card(study_dir: Path, results: StudyResults) -> dict | None:
+def _first_card(study_dir: Path, results: StudyResults) -> RunCard | None:
     for r in results.rows:
-        path = study_dir / "runs" / r["cell"] / "model_card.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        run = study_dir / "runs" / r["cell"]
+        if (run / CARD_FILE).exists():
+            return load_card(run)
     return None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...data.split import Split, train_size_label
+from ...engine.rundir import load_card
 from ..config import StudyConfig
 from ..stats import (
     holm,
@@ -200,7 +201,7 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             missing.append(cell.id)
             continue
         m = json.loads((run / "metrics.json").read_text())
-        card = json.loads((run / "model_card.json").read_text())
+        card = load_card(run)
         preds = _read_predictions(run / "predictions.csv")
         if not cell.config.holdout_source:  # a cell holding a source out tests on fewer
             paths = paths or sorted(preds)
@@ -213,8 +214,8 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
             "train_size": cell.config.train_size, "train_images": m.get("train_images"),
             "arm": cell.label.removesuffix(f", {train_size_label(cell.config.train_size)}"),
             "chosen": ", ".join(f"{k}={v}" for k, v in cell.trial.items()),
-            "trainable_params": card["freeze"]["trainable_params"],
-            "total_params": card["freeze"]["total_params"],
+            "trainable_params": card.freeze.trainable_params,
+            "total_params": card.freeze.total_params,
             "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"),
             "train_seconds": round(float(m.get("train_seconds", 0.0)), 2),
             "wall_seconds": round(float(m.get("wall_seconds", 0.0)), 2), "n_test": m["n"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from ...engine.rundir import load_card
+from ...errors import CheckpointError
 from ..config import without_seed
 
 __all__ = ["plot_trials", "select_trial", "trials_csv", "validation_scores"]
@@ -36,13 +37,13 @@ def validation_scores(run_dir: Path) -> dict[str, float] | None:
     if not (run_dir / "metrics.json").exists():
         return None
     try:
-        card = json.loads((run_dir / "model_card.json").read_text())
-        best = int(card["training"]["best_epoch"])
+        card = load_card(run_dir)
+        best = int(card.training.best_epoch)
         with open(run_dir / "history.csv", newline="") as f:
             row = next(r for r in csv.DictReader(f) if int(float(r["epoch"])) == best)
-    except (OSError, ValueError, KeyError, StopIteration):
+    except (CheckpointError, OSError, ValueError, KeyError, StopIteration):
         return None
-    return {"val_loss": float(card["training"]["best_val_loss"]),
+    return {"val_loss": float(card.training.best_val_loss),
             "val_acc": float(row["val_acc"]), "best_epoch": float(best)}  # fmt: skip
 
 

@@ -1,0 +1,222 @@
+"""A run opened for scoring: one way to know what a model needs before it sees an image.
+
+:func:`open_run` opens a run folder, an ensemble folder or several run folders as one
+:class:`ScoringRun`: its members, classes, input size, lungs mode, segmenter, training data
+and split. ``evaluate``, the audit, the reuse analysis, external evaluation, ``predict`` and
+``serve`` all prepare images through it, so a run trained with ``--lungs remove`` is scored
+on images with their lungs removed wherever it is scored, and "no image can be scored" is
+one error everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import PreparedData, prepare_data
+from ..errors import CheckpointError
+from .card import Card, DataRecord, EnsembleCard, RunCard
+from .ensemble import expand_members, is_ensemble, read_ensemble
+from .rundir import load_card
+
+__all__ = ["ScoringRun", "open_run", "segmenter_masks"]
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """A run, an ensemble or several runs, as a model to score images with.
+
+    Attributes:
+        path: the run folder, or the ensemble folder (either holds ``split.csv``); for
+            several run folders, the first.
+        card: the run's card, or the ensemble's (several run folders: made on the fly).
+        members: the run folders whose probabilities are averaged (one for a single run).
+        member_cards: their cards, in the same order.
+    """
+
+    path: Path
+    card: Card
+    members: tuple[Path, ...]
+    member_cards: tuple[RunCard, ...]
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether the members' calibrated probabilities are averaged (else a single run is
+        scored on its own probabilities, like its ``metrics.json``)."""
+        return isinstance(self.card, EnsembleCard)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    @property
+    def data(self) -> DataRecord:
+        """What the (first) member trained on: its data, split and lungs."""
+        return self.card.data
+
+    @property
+    def lungs(self) -> str:
+        return self.data.lungs
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / "split.csv"
+
+    def data_root(self) -> str:
+        """The folder the run's images came from; a view of several sources that is no
+        longer in the cache is built again from the sources the card names."""
+        from ..data.sources import data_root
+
+        return data_root(self.data.root, (self.data.sources or {}).get("built_from"))
+
+    def preparation(self, masks_from: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Keyword arguments of :func:`~cxrlab.data.prepare_data` that prepare images as the
+        run's were: its input size, lungs mode and rule for images without a valid mask, and
+        masks from the segmenter it trained with (else ``masks_from``, else mask files)."""
+        segmenter = self.data.segmenter or (str(masks_from) if masks_from else None)
+        return {
+            "image_size": self.image_size,
+            "lungs": self.lungs,
+            "doubtful": self.data.doubtful,
+            "mask_provider": segmenter_masks(segmenter),
+        }
+
+    def prepare(
+        self,
+        data: str | os.PathLike[str] | PreparedData | None = None,
+        split: str = "test",
+        *,
+        masks_from: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> PreparedData:
+        """The images to score, prepared as the run's were (its size and lungs mode).
+
+        Args:
+            data: a dataset folder (default: the run's own), or data already prepared at
+                the run's size and lungs mode (an external set scored for many runs).
+            split: ``test``/``val``/``train`` of the run's saved split (checked against the
+                data image by image), or ``all``: every image of ``data``, where every image
+                without a valid lung mask is left out and counted, whatever the run did.
+            masks_from: a segmenter for a run trained on mask files.
+
+        Raises:
+            CheckpointError: prepared data of another size or lungs mode; a split of a run
+                folder without ``split.csv``.
+        """
+        prep = self.preparation(masks_from)
+        if isinstance(data, PreparedData):
+            if data.images.size != self.image_size or data.lungs != self.lungs:
+                raise CheckpointError(
+                    f"The data was prepared at {data.images.size} px with lungs "
+                    f"{data.lungs!r}; the run in {self.path} needs {self.image_size} px with "
+                    f"lungs {self.lungs!r}"
+                )
+            return data
+        root = data if data is not None else self.data_root()
+        if split == "all":
+            return prepare_data(root, holdout_all=True, progress=progress,
+                                **(prep | {"doubtful": "skip"}))  # fmt: skip
+        if not self.split_file.is_file():
+            raise CheckpointError(
+                f"{self.path} has no split.csv; score every image of the data instead "
+                "(split 'all', --split all)"
+            )
+        return prepare_data(root, split_file=self.split_file, progress=progress, **prep)
+
+    def is_own_data(self, prepared: PreparedData) -> bool:
+        """Whether ``prepared`` holds the very images the run trained on."""
+        return prepared.report.fingerprint() == self.data.data_hash
+
+    def copies(self, records: Sequence[Any], whole: np.ndarray, *, progress: bool = False) -> Any:
+        """Images of other data (``records``, their ``whole`` decoded images) that copy one
+        of the run's images (:class:`~cxrlab.evaluation.external.Overlap`)."""
+        from ..evaluation.external import Overlap, find_overlap
+
+        if not self.split_file.is_file():
+            return Overlap(note=f"{self.path} has no split.csv")
+        try:
+            root = self.data_root()
+        except Exception as e:  # the run's data may live on another machine
+            return Overlap(note=f"the run's images at {self.data.root} cannot be read ({e})")
+        return find_overlap(self.split_file, root, self.image_size, records, whole,
+                            progress=progress)  # fmt: skip
+
+    def whole_image_lungs(
+        self, *, masks_from: str | os.PathLike[str] | None = None, doubtful: str = "skip"
+    ) -> Any:
+        """The lung preprocessing the run needs on whole images
+        (:class:`~cxrlab.segment.apply.RunLungs`), or ``None`` for a run that keeps them.
+
+        The masks come from ``masks_from`` (a segmenter run) or else from the segmenter the
+        run was trained with.
+
+        Raises:
+            CheckpointError: the run was trained on mask files and no segmenter is given;
+                the recorded segmenter is gone or has changed since.
+        """
+        if self.lungs == "keep":
+            return None
+        from ..segment.apply import RunLungs, segmenter_id
+
+        recorded = self.data.masks_from or {}
+        segmenter = masks_from or self.data.segmenter
+        fix = "pass --masks-from SEGMENTER (a 'cxrlab segment train' run) to make the masks"
+        if not segmenter:
+            raise CheckpointError(
+                f"{self.path} was trained with --lungs {self.lungs} on mask files, and whole "
+                f"images have none: {fix}"
+            )
+        if not Path(segmenter).is_dir():
+            raise CheckpointError(f"{self.path}'s lung segmenter {segmenter} does not exist: {fix}")
+        if not masks_from and segmenter_id(segmenter)["weights"] != recorded.get("weights"):
+            raise CheckpointError(
+                f"{self.path}'s lung segmenter {segmenter} has other weights than when the run "
+                "was trained; pass --masks-from with it to use it anyway"
+            )
+        return RunLungs(self.lungs, segmenter, self.image_size, doubtful)
+
+
+def open_run(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ScoringRun:
+    """Open a run folder, an ensemble folder, or several run or ensemble folders (one
+    ensemble of all their runs) for scoring.
+
+    Raises:
+        CheckpointError: a folder that is not a finished run or ensemble; several runs that
+            do not share classes, input size, split and lungs mode.
+    """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise CheckpointError("No run folder to score")
+    path = Path(sources[0])
+    members = tuple(expand_members(sources))
+    cards = tuple(load_card(m) for m in members)
+    card: Card
+    if len(sources) == 1 and is_ensemble(path):
+        card = read_ensemble(path)
+    elif len(members) > 1:
+        from .ensemble import check_members
+
+        check_members(members, cards)
+        card = EnsembleCard.of_runs(list(cards), [str(m) for m in members])
+    else:
+        card = cards[0]
+    return ScoringRun(path, card, members, cards)
+
+
+def segmenter_masks(segmenter: str | os.PathLike[str] | None) -> Any:
+    """A ``mask_provider`` for :func:`~cxrlab.data.prepare_data` that runs ``segmenter``, or
+    ``None`` (the mask files beside the images)."""
+    if not segmenter:
+        return None
+    from ..segment.apply import mask_provider
+
+    return mask_provider(segmenter)
