@@ -190,6 +190,27 @@ def _pick(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.array(picked))
 
 
+def _cam_shares(
+    model: CxrClassifier, images: np.ndarray, masks: np.ndarray, rows: np.ndarray, batch_size: int
+) -> tuple[list[float], list[float], list[np.ndarray], list[int]]:
+    """Per image of ``rows``: the share of its Grad-CAM mass (predicted class) inside the
+    lungs, the lungs' share of the image, the map (float16) and the predicted class."""
+    from ..infer.cam import gradcam
+
+    model = model.cpu().eval()
+    shares, areas, maps, preds = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        with torch.no_grad():
+            pred = model(torch.from_numpy(np.ascontiguousarray(images[batch]))[:, None]).argmax(1)
+        cams = gradcam(model, images[batch], pred.tolist())  # (B, H, W) in [0, 1]
+        shares += mass_inside(cams, masks[batch]).tolist()
+        areas += [float(m.mean()) for m in masks[batch]]
+        maps += [cam.astype(np.float16) for cam in cams]
+        preds += pred.tolist()
+    return shares, areas, maps, preds
+
+
 def cam_in_lungs(
     model: CxrClassifier,
     images: np.ndarray,
@@ -212,24 +233,14 @@ def cam_in_lungs(
         "shares", "maps"}`` (``rows``/``shares``/``maps`` for the figures), or
         ``{"skipped": reason}`` when Grad-CAM has no layer to explain for this model.
     """
-    from ..infer.cam import gradcam, target_layer
+    from ..infer.cam import target_layer
 
     try:
         target_layer(model)
     except CxrlabError as e:
         return {"skipped": str(e)}
     rows = _pick(y, limit, seed)
-    model = model.cpu().eval()
-    shares, areas, maps, preds = [], [], [], []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        with torch.no_grad():
-            pred = model(torch.from_numpy(np.ascontiguousarray(images[batch]))[:, None]).argmax(1)
-        cams = gradcam(model, images[batch], pred.tolist())  # (B, H, W) in [0, 1]
-        shares += mass_inside(cams, masks[batch]).tolist()
-        areas += [float(m.mean()) for m in masks[batch]]
-        maps += [cam.astype(np.float16) for cam in cams]
-        preds += pred.tolist()
+    shares, areas, maps, preds = _cam_shares(model, images, masks, rows, batch_size)
     share, area = np.array(shares), np.array(areas)
     ok = np.isfinite(share)
 

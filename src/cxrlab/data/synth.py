@@ -117,7 +117,17 @@ def draw_phantom_with_mask(
     s = rng.uniform(0.9, 1.05)
     x = (x - rng.uniform(-0.05, 0.05)) / s
     y = (y - rng.uniform(-0.05, 0.05)) / s
+    img, lungs, lung_masks = _anatomy(rng, x, y, size)
+    # Severity: from obvious to nearly invisible, so the task is learnable but not trivial.
+    sev = frng.uniform(min_severity, 1.0) ** 1.5
+    img += _finding(label, frng, x, y, lungs, lung_masks, size, sev)
+    return _acquire(img, lungs, rng, size, label, shortcut)
 
+
+def _anatomy(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, float, float]]]:
+    """A healthy chest: ``(image, soft lung fields, per lung (field, centre x, half-width))``."""
     img = np.full_like(x, 0.06)
     body = _ellipse(x, y, 0, 0.08, 0.86, 1.0, edge=0.04)
     img += 0.42 * body
@@ -150,11 +160,15 @@ def draw_phantom_with_mask(
     # Faint vascular markings in every class, so "has streaks" alone is not a finding.
     vessels = _smooth_noise(rng, size, 24)
     img += 0.025 * np.abs(vessels) * lungs
+    return img, lungs, lung_masks
 
-    # Severity: from obvious to nearly invisible, so the task is learnable but not trivial.
-    sev = frng.uniform(min_severity, 1.0) ** 1.5
+
+def _finding(label: str, frng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+             lungs: np.ndarray, lung_masks: list[tuple[np.ndarray, float, float]],
+             size: int, sev: float) -> np.ndarray:  # fmt: skip
+    """The class's finding at severity ``sev``, inside the lung fields (zero for Normal)."""
     finding = np.zeros_like(x)
-    if label == "COVID":
+    if label == "COVID":  # peripheral ground-glass blobs, both lungs
         for m, cx, ax in lung_masks:
             side = np.sign(cx)
             for _ in range(frng.integers(3, 6)):
@@ -166,7 +180,7 @@ def draw_phantom_with_mask(
                     * m
                 )
         finding = 0.16 * sev * np.minimum(finding, 1.5)
-    elif label == "Lung_Opacity":
+    elif label == "Lung_Opacity":  # one dense textured region in one lung
         m, cx, ax = lung_masks[frng.integers(0, 2)]
         by = frng.choice([-0.4, -0.1, 0.2]) + frng.uniform(-0.05, 0.05)
         region = _ellipse(
@@ -180,7 +194,7 @@ def draw_phantom_with_mask(
         )
         texture = 0.85 + 0.15 * _smooth_noise(frng, size, 16)
         finding = 0.30 * sev * region * texture * m
-    elif label == "Viral Pneumonia":
+    elif label == "Viral Pneumonia":  # perihilar streaks and reticular texture
         pattern = np.zeros_like(x)
         for m, cx, _ in lung_masks:
             hx, hy = cx * 0.55, -0.05
@@ -191,9 +205,13 @@ def draw_phantom_with_mask(
         reticular = np.clip(_smooth_noise(frng, size, 40), 0, None)
         perihilar = np.exp(-np.abs(x) / 0.35) * lungs
         finding = 0.14 * sev * (pattern + 0.8 * reticular * perihilar)
-    img += finding
+    return finding
 
-    # Acquisition nuisances.
+
+def _acquire(img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, size: int,
+             label: str, shortcut: str | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Acquisition nuisances (exposure, noise, rotation, the side marker) and the lung mask
+    rotated with the image: ``(image, mask)`` uint8."""
     img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
     img += rng.normal(0, rng.uniform(0.008, 0.03), img.shape)

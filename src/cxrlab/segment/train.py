@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import from_dict
@@ -115,27 +116,9 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
     images, ref = data.images.array, masks.array
     history, best, started = [], (-1.0, 0), time.perf_counter()
     for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(rows["train"]), generator=step_generator(config.seed, epoch, -1))
-        train_rows = np.asarray(rows["train"])[order.numpy()]
-        t0, loss_sum, n = time.perf_counter(), 0.0, 0
-        batches = range(0, len(train_rows), config.batch_size)
-        for step, start in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
-                                          disable=not config.progress or None)):  # fmt: skip
-            idx = np.sort(train_rows[start : start + config.batch_size])
-            if len(idx) < 2:
-                continue  # BatchNorm cannot train on one image
-            x = torch.from_numpy(np.asarray(images[idx])).unsqueeze(1).float().to(device)
-            y = torch.from_numpy(np.asarray(ref[idx])).unsqueeze(1).float().to(device)
-            if config.augment != "none":
-                x, y = augment_pair(x, y, step_generator(config.seed, epoch, step), config.augment)
-            logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            n += len(idx)
+        t0 = time.perf_counter()
+        loss_sum, n = _segmenter_epoch(model, opt, images, ref, rows["train"], config, epoch,
+                                       device)  # fmt: skip
         sched.step()
         probs = predict_probs(model, images, rows["val"], config.batch_size)
         val = float(np.mean([_raw_dice(p, ref[i]) for p, i in zip(probs, rows["val"])]))
@@ -170,6 +153,35 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
                f"{test['overall']['iou']['mean']:.4f}  HD95 {test['overall']['hd95']['mean']:.2f}"
                f" px on {test['overall']['n']} images -> {out}")  # fmt: skip
     return card
+
+
+def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.ndarray,
+                     ref: np.ndarray, train: list[int], config: SegmentConfig, epoch: int,
+                     device: torch.device) -> tuple[float, int]:  # fmt: skip
+    """One epoch over the training images with valid masks, in a seeded order, each batch
+    augmented with its own seed: ``(summed loss, images seen)``."""
+    model.train()
+    order = torch.randperm(len(train), generator=step_generator(config.seed, epoch, -1))
+    train_rows = np.asarray(train)[order.numpy()]
+    loss_sum, n = 0.0, 0
+    batches = range(0, len(train_rows), config.batch_size)
+    for step, start in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False,
+                                      disable=not config.progress or None)):  # fmt: skip
+        idx = np.sort(train_rows[start : start + config.batch_size])
+        if len(idx) < 2:
+            continue  # BatchNorm cannot train on one image
+        x = torch.from_numpy(np.asarray(images[idx])).unsqueeze(1).float().to(device)
+        y = torch.from_numpy(np.asarray(ref[idx])).unsqueeze(1).float().to(device)
+        if config.augment != "none":
+            x, y = augment_pair(x, y, step_generator(config.seed, epoch, step), config.augment)
+        logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * len(idx)
+        n += len(idx)
+    return loss_sum, n
 
 
 def _raw_dice(prob: np.ndarray, ref: np.ndarray) -> float:
