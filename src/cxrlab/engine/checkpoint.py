@@ -121,7 +121,7 @@ def load_checkpoint(
     except Exception as e:
         raise CheckpointError(
             f"Cannot read the checkpoint {path} ({type(e).__name__}); "
-            "start a new run with another --out"
+            "start a new run in another folder (out, --out)"
         ) from e
     diff = cfg.differences(payload["config"])
     if diff:
@@ -129,7 +129,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"Cannot resume: the checkpoint in {path.parent} was made with "
             f"{k}={then!r}, now {k}={now!r} ({len(diff)} setting(s) "
-            "differ); resume with the same options or use another --out"
+            "differ); resume with the same settings, or train in another folder (out, --out)"
         )
     try:
         model.load_state_dict(payload["model"])
@@ -148,8 +148,9 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
     finished = (out / "metrics.json").exists()
     interrupted = (out / CHECKPOINT).exists()
     if not resume and (finished or interrupted):
-        what = "a finished run" if finished else "an interrupted run (continue it with --resume)"
-        raise ConfigError(f"{out} already holds {what}; choose another --out")
+        what = ("a finished run" if finished else
+                "an interrupted run (continue it with resume=True, --resume)")  # fmt: skip
+        raise ConfigError(f"{out} already holds {what}; choose another folder (out, --out)")
     if resume and not interrupted and not finished and (out / "config.json").exists():
         raise CheckpointError(f"{out} has no {CHECKPOINT} to resume from; start a new run")
     out.mkdir(parents=True, exist_ok=True)

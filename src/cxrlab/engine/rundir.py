@@ -135,7 +135,8 @@ def load_run_model(
     if not weights.is_file() and file == INIT_FILE:
         raise CheckpointError(
             f"{run_dir} has no {INIT_FILE}: the weights it started from were not kept. "
-            "Train it again with --keep-init (in a study: [analysis] reuse = true)"
+            "Train it again with keep_init=True (--keep-init; in a study: [analysis] reuse = "
+            "true)"
         )
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has a model card but no {file}")

@@ -128,7 +128,7 @@ class ScoringRun:
         if not self.split_file.is_file():
             raise CheckpointError(
                 f"{self.path} has no split.csv; score every image of the data instead "
-                "(split 'all', --split all)"
+                "(split='all', --split all)"
             )
         return prepare_data(root, split_file=self.split_file, progress=progress, **prep)
 

@@ -344,7 +344,10 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
                                  drop_single=s == "train") for s in rows)  # fmt: skip
     for name, b in zip(rows, batches):
         if not len(b.indices):
-            raise ConfigError(f"The {name} split is empty; use more images or other --ratios")
+            raise ConfigError(
+                f"The {name} split is empty; use more images or other split ratios "
+                "(ratios, --ratios)"
+            )
     return data, batches
 
 
@@ -573,7 +576,8 @@ def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, n_order: int) -> tuple[fl
         raise TrainingError(
             f"The loss became {loss.item()} at epoch {state.epoch + 1}, step "
             f"{state.step + 1}; stopped. The last good checkpoint is kept in "
-            f"{run.out} (best model: {MODEL_FILE}). Try a lower --lr or --grad-clip 1"
+            f"{run.out} (best model: {MODEL_FILE}). Try a lower learning rate (lr, --lr) or "
+            "gradient clipping (grad_clip=1, --grad-clip 1)"
         )
     run.opt.zero_grad(set_to_none=True)
     loss_for_grad.backward()
@@ -601,7 +605,7 @@ def _interrupt(run: _Run, t0: float) -> None:
         save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, run.config, run.ema)
     raise TrainingInterrupted(
         f"Stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved in "
-        f"{run.out}. Continue with the same command plus --resume"
+        f"{run.out}. Continue it with the same settings and resume=True (--resume)"
     )
 
 
