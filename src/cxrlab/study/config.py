@@ -109,6 +109,9 @@ class StudySettings:
     bootstrap: int = 2000  # paired-bootstrap resamples
     select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
     final: Literal["none", "best", "ensemble"] = "none"  # write <study>/final/ (see .final)
+    #: what chooses the final training type: its validation loss, or the validation NLL of
+    #: the sources its leave-one-source-out cells held out (see .final)
+    final_by: Literal["val_loss", "holdout_val_nll"] = "val_loss"
 
     def source_options(self) -> dict[str, tuple[str, ...]]:
         """``class_map`` and ``sources_csv`` as :class:`~cxrlab.engine.TrainConfig` takes

@@ -4,7 +4,14 @@ With ``[study] final = "best"`` the training type with the lowest mean validatio
 its seeds is chosen, and its seed with the lowest validation loss becomes the final model;
 with ``final = "ensemble"`` all seeds of that training type are averaged. Either way the
 folder is an ensemble folder (:mod:`cxrlab.engine.ensemble`) that ``predict``, ``evaluate``,
-``export`` and ``serve`` accept like a run folder. The choice reads validation losses only.
+``export`` and ``serve`` accept like a run folder. The choice reads validation data only.
+
+Only cells trained on all the study's data are candidates; a cell that holds a source out
+is not. With ``final_by = "holdout_val_nll"`` a training type is scored instead by how its
+leave-one-source-out cells did on the held-out sources' own validation splits (their
+``holdout.json``): the mean validation NLL over seeds, on the held-out sources that every
+candidate held out (so that all are compared on the same images). That chooses a recipe for
+data from elsewhere; training types without such cells are not candidates.
 """
 
 from __future__ import annotations
@@ -33,19 +40,60 @@ def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path)
     target = study_dir / FINAL_DIR
     if mode == "none" or not rows:
         return None
+    cells = {c.id: c for c in study.cells}
     arms: dict[tuple[str, str], list[tuple[float, Path]]] = defaultdict(list)
+    kinds: dict[str, tuple[str, str]] = {}  # training type -> its arm
     for r in rows:
+        cell = cells.get(r["cell"])
+        if cell is not None and cell.config.holdout_source:
+            continue  # only runs trained on all the data can be the final model
         run = study_dir / "runs" / r["cell"]
         arms[(r["model"], r["label"])].append((_val_loss(run), run))
-    (model, label), runs = min(arms.items(),
-                               key=lambda kv: sum(v for v, _ in kv[1]) / len(kv[1]))  # fmt: skip
-    mean = sum(v for v, _ in runs) / len(runs)
+        if cell is not None:
+            kinds[_training_type(cell)] = (r["model"], r["label"])
+    if study.settings.final_by == "holdout_val_nll":
+        scores, how = _holdout_scores(study, rows, kinds)
+    else:
+        scores = {arm: sum(v for v, _ in runs) / len(runs) for arm, runs in arms.items()}
+        how = "the lowest mean validation loss"
+    if not scores:
+        return None
+    (model, label) = min(scores, key=lambda arm: scores[arm])
+    runs = arms[(model, label)]
     members = [min(runs)[1]] if mode == "best" else [r for _, r in sorted(runs)]
     what = "its best seed" if mode == "best" else f"all {len(members)} seeds averaged"
     if target.exists():
         shutil.rmtree(target)
     return write_ensemble(
         members, target,
-        f"{model}, {label}: the training type with the lowest mean validation loss "
-        f"({mean:.4f} over {len(runs)} seeds); {what}",
+        f"{model}, {label}: the training type with {how} ({scores[(model, label)]:.4f}); "
+        f"{what}",
     )  # fmt: skip
+
+
+def _training_type(cell: Any) -> str:
+    """What a cell trains, whatever its seed and held-out source."""
+    return repr(cell.config.replace(seed=0, holdout_source=None))
+
+
+def _holdout_scores(study: StudyConfig, rows: list[dict[str, Any]],
+                    kinds: dict[str, tuple[str, str]]) -> tuple[dict[Any, float], str]:  # fmt: skip
+    """Per arm trained on all the data, the mean validation NLL of its leave-one-source-out
+    cells on the sources they held out, over the held-out sources every such arm held out
+    (empty when no arm has such cells)."""
+    cells = {c.id: c for c in study.cells}
+    nll: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cell = cells.get(r["cell"])
+        value = r.get("holdout_val_nll")
+        if cell is None or not cell.config.holdout_source or value in (None, ""):
+            continue
+        arm = kinds.get(_training_type(cell))
+        if arm is not None:
+            nll[arm][cell.config.holdout_source].append(float(value))
+    shared = set.intersection(*(set(by) for by in nll.values())) if nll else set()
+    if not shared:
+        return {}, ""
+    scores = {arm: sum(v for s in shared for v in by[s]) / sum(len(by[s]) for s in shared)
+              for arm, by in nll.items()}  # fmt: skip
+    return scores, f"the lowest mean validation NLL on held-out {', '.join(sorted(shared))}"
