@@ -57,7 +57,7 @@ class FreezePolicy:
         k = int(self.value)
         if k > n_units:
             raise ConfigError(
-                f"--freeze last:{k} asks for more blocks than the model has "
+                f"freeze='last:{k}' (--freeze last:{k}) asks for more blocks than the model has "
                 f"({n_units}, stem included)"
             )
         return n_units - k
@@ -81,7 +81,8 @@ def parse_freeze(text: str | float | FreezePolicy) -> FreezePolicy:
     if f == 0.0:
         return FreezePolicy("none")
     raise ConfigError(
-        f"--freeze must be none, head, a fraction in (0, 1) such as 0.5, or last:K; got {text!r}"
+        "freeze (--freeze) must be none, head, a fraction in (0, 1) such as 0.5, or last:K; "
+        f"got {text!r}"
     )
 
 
@@ -139,7 +140,9 @@ def apply_freeze(
     """
     policy = parse_freeze(policy)
     if bn not in BN_MODES:
-        raise ConfigError(f"--freeze-bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+        raise ConfigError(
+            f"freeze_bn (--freeze-bn) must be one of {', '.join(BN_MODES)}, got {bn!r}"
+        )
     n_frozen = policy.frozen_units(len(model.units))
     frozen_params = {p for unit in model.units[:n_frozen] for p in unit}
     for name, param in model.net.named_parameters():

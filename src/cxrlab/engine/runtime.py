@@ -33,9 +33,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError as e:
         raise ConfigError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use auto")
+        raise ConfigError(
+            "device='cuda' (--device cuda) was asked for but no CUDA GPU is visible; use 'auto'"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps was asked for but MPS is not available; use auto")
+        raise ConfigError(
+            "device='mps' (--device mps) was asked for but MPS is not available; use 'auto'"
+        )
     return device
 
 

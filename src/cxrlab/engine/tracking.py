@@ -51,7 +51,7 @@ def parse_log(text: str | None) -> tuple[str, ...]:
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         raise ConfigError(
-            f"--log {text!r}: unknown tracker {unknown[0]!r}; choose from "
+            f"log={text!r} (--log): unknown tracker {unknown[0]!r}; choose from "
             f"{', '.join(TRACKERS)} (comma-separated) or none"
         )
     return tuple(dict.fromkeys(names))
@@ -69,7 +69,7 @@ def require_trackers(log: str | None) -> None:
                 import sqlalchemy  # noqa: F401  (MLflow's local SQLite store)
         except ImportError as e:
             raise CxrlabError(
-                f"--log {name} needs {e.name or name}: pip install 'cxrlab[{name}]'"
+                f"log={name!r} (--log {name}) needs {e.name or name}: pip install 'cxrlab[{name}]'"
             ) from e
 
 
@@ -111,7 +111,8 @@ class TensorBoardTracker(Tracker):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise CxrlabError(
-                "--log tensorboard needs TensorBoard: pip install 'cxrlab[tensorboard]'"
+                "log='tensorboard' (--log tensorboard) needs TensorBoard: "
+                "pip install 'cxrlab[tensorboard]'"
             ) from e
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
@@ -163,13 +164,16 @@ class MLflowTracker(Tracker):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError as e:
-            raise CxrlabError("--log mlflow needs MLflow: pip install 'cxrlab[mlflow]'") from e
+            raise CxrlabError(
+                "log='mlflow' (--log mlflow) needs MLflow: pip install 'cxrlab[mlflow]'"
+            ) from e
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)  # opens (or creates) the store
         except ImportError as e:
             raise CxrlabError(
-                f"--log mlflow needs {e.name} for its store: pip install 'cxrlab[mlflow]'"
+                f"log='mlflow' (--log mlflow) needs {e.name} for its store: "
+                "pip install 'cxrlab[mlflow]'"
             ) from e
         self.uri = uri
         state_path = run_dir / STATE_FILE

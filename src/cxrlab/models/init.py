@@ -65,8 +65,8 @@ def parse_weights(text: str) -> WeightsSpec:
         return WeightsSpec("transfusion", keep=int(m.group(1)))
     if s.startswith("imagenet:"):
         raise ConfigError(
-            f"--weights {s}: after 'imagenet:' give how many leading units keep their "
-            "pretrained weights (imagenet:4)"
+            f"weights={s!r} (--weights {s}): after 'imagenet:' give how many leading units "
+            "keep their pretrained weights (imagenet:4)"
         )
     return WeightsSpec("file", path=s)
 
@@ -118,7 +118,7 @@ def statistics_transfer(
     """
     if not 0 <= keep <= len(units):
         raise ConfigError(
-            f"--weights imagenet:{keep}: this model has {len(units)} units "
+            f"weights='imagenet:{keep}' (--weights): this model has {len(units)} units "
             f"({unit_names[0]} ... {unit_names[-1]}); choose 0..{len(units)}"
         )
     gen = torch.Generator().manual_seed(_SEED_SALT + int(seed))

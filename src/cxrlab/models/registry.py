@@ -236,7 +236,8 @@ def create_model(
     ws = parse_weights(wname)
     if ws.kind == "file" and not Path(wname).expanduser().is_file():
         raise ConfigError(
-            "--weights must be 'imagenet', 'none', 'stats', 'imagenet:K' or an existing file; "
+            "weights (--weights) must be 'imagenet', 'none', 'stats', 'imagenet:K' or an existing "
+            "file; "
             f"{wname!r} is none of these"
         )
     if spec.fixed_size and image_size != spec.fixed_size and ws.pretrained:
