@@ -139,7 +139,8 @@ def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None
     from the segmenter the run trained with, else the one asked for, else the files)."""
     model, card = load_run_model(run_dir)
     run = open_run(run_dir)
-    prepared = run.prepare(data, split, masks_from=masks_from, progress=progress)
+    prep = run.preparation(masks_from)  # the segmenter's masks serve the lung checks too
+    prepared = run.prepare(data, split, preparation=prep, progress=progress)
     matching = match_classes(prepared.classes, run.classes, class_map,
                              where=f"the model in {run_dir}")  # fmt: skip
     rows = np.array(prepared.split.indices(split), dtype=np.int64)
@@ -149,7 +150,7 @@ def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None
         run_dir, model, card, run, run.classes, prepared, rows,
         [prepared.split.records[i] for i in rows], matching,
         not run.is_own_data(prepared), run.lungs,
-        run.preparation(masks_from)["mask_provider"], dev,
+        prep["mask_provider"], dev,
         run_precision(card.training.precision, dev),
     )  # fmt: skip
 

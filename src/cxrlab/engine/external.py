@@ -238,7 +238,9 @@ def evaluate_external(
     """
     run_dir = Path(run_dir)
     run = open_run(run_dir)
-    card = load_card(run_dir)
+    card = run.card
+    if not isinstance(card, RunCard):
+        raise CheckpointError(f"{run_dir} is an ensemble folder, not one run")
     if prepared is None:  # the set prepared as the run's own images were
         _check_folder(ext)
         prepared = run.prepare(ext.data, "all", progress=progress)

@@ -23,7 +23,6 @@ from ..data import RESIZE_METHOD, PreparedData
 from ..errors import CheckpointError
 from ..freeze import FreezeReport
 from ..models import CxrClassifier, create_model, get_spec
-from ..models.init import InitReport
 from ..utils import write_json
 from .card import CARD_FILE, CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
 from .config import TrainConfig
@@ -191,7 +190,7 @@ def build_card(
         classes=tuple(data.classes),
         preprocessing=dataclasses.replace(model.preprocess_config, resize=RESIZE_METHOD),
         weights=model.weights_source,  # type: ignore[attr-defined]
-        initialisation=_init_report(getattr(model, "init_report", None)),
+        initialisation=getattr(model, "init_report", None),
         freeze=freeze,
         data=DataRecord(
             root=str(data.report.root),
@@ -219,11 +218,6 @@ def build_card(
         versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def _init_report(report: InitReport | dict[str, Any] | None) -> InitReport | None:
-    """What an initialisation redrew (read back from a resumed run's config as a dict)."""
-    return InitReport(**report) if isinstance(report, dict) else report
 
 
 def _sources(data: PreparedData) -> dict[str, Any] | None:

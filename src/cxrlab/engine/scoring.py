@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError
+from ..evaluation.external import Overlap, find_overlap
 from .card import Card, DataRecord, EnsembleCard, RunCard
 from .ensemble import expand_members, is_ensemble, read_ensemble
 from .rundir import load_card
@@ -95,7 +96,7 @@ class ScoringRun:
         data: str | os.PathLike[str] | PreparedData | None = None,
         split: str = "test",
         *,
-        masks_from: str | os.PathLike[str] | None = None,
+        preparation: dict[str, Any] | None = None,
         progress: bool = True,
     ) -> PreparedData:
         """The images to score, prepared as the run's were (its size and lungs mode).
@@ -106,13 +107,14 @@ class ScoringRun:
             split: ``test``/``val``/``train`` of the run's saved split (checked against the
                 data image by image), or ``all``: every image of ``data``, where every image
                 without a valid lung mask is left out and counted, whatever the run did.
-            masks_from: a segmenter for a run trained on mask files.
+            preparation: what :meth:`preparation` returned, where the caller needs its
+                mask provider too (a segmenter is then loaded once); by default
+                ``preparation()``.
 
         Raises:
             CheckpointError: prepared data of another size or lungs mode; a split of a run
                 folder without ``split.csv``.
         """
-        prep = self.preparation(masks_from)
         if isinstance(data, PreparedData):
             if data.images.size != self.image_size or data.lungs != self.lungs:
                 raise CheckpointError(
@@ -121,6 +123,7 @@ class ScoringRun:
                     f"lungs {self.lungs!r}"
                 )
             return data
+        prep = preparation if preparation is not None else self.preparation()
         root = data if data is not None else self.data_root()
         if split == "all":
             return prepare_data(root, holdout_all=True, progress=progress,
@@ -136,11 +139,11 @@ class ScoringRun:
         """Whether ``prepared`` holds the very images the run trained on."""
         return prepared.report.fingerprint() == self.data.data_hash
 
-    def copies(self, records: Sequence[Any], whole: np.ndarray, *, progress: bool = False) -> Any:
+    def copies(
+        self, records: Sequence[Any], whole: np.ndarray, *, progress: bool = False
+    ) -> Overlap:
         """Images of other data (``records``, their ``whole`` decoded images) that copy one
-        of the run's images (:class:`~cxrlab.evaluation.external.Overlap`)."""
-        from ..evaluation.external import Overlap, find_overlap
-
+        of the run's images."""
         if not self.split_file.is_file():
             return Overlap(note=f"{self.path} has no split.csv")
         try:

@@ -38,6 +38,7 @@ from ..evaluation import (
 from ..evaluation.calibration import apply_temperature, fit_temperature, nll, plot_reliability
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
+from ..models.init import InitReport
 from ..utils import atomic_write_text, write_json
 from .batches import ImageBatches, augment_batch, sampling_strata, step_generator
 from .card import Calibration, RunCard
@@ -367,13 +368,10 @@ def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp
     if restoring:  # describe the weights the run started from, not the placeholder
         first = json.loads((out / "config.json").read_text())["resolved"]
         model.weights_source = first["weights_source"]  # type: ignore[attr-defined]
-        init_report = first.get("initialisation")
+        saved = first.get("initialisation")
+        model.init_report = InitReport(**saved) if saved else None  # type: ignore[attr-defined]
     elif (drawn := model.init_report) is not None:  # type: ignore[attr-defined]
         log(f"Initialisation: {drawn.summary()}")
-        init_report = drawn.to_dict()
-    else:
-        init_report = None
-    model.init_report = init_report  # type: ignore[attr-defined]  # the card's form: a dict
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
     if config.keep_init and ddp.main and not restoring:
         save_weights(out, model, config.model, data.classes, file=INIT_FILE)
@@ -477,7 +475,7 @@ def _write_config(out: Path, config: TrainConfig, device: torch.device, amp: tor
             "device": str(device),
             "precision": str(amp or "fp32").removeprefix("torch."),
             "weights_source": model.weights_source,  # type: ignore[attr-defined]
-            "initialisation": model.init_report,  # type: ignore[attr-defined]
+            "initialisation": init.to_dict() if (init := model.init_report) else None,  # type: ignore[attr-defined]
             "train_images": len(train_b.indices),
             "classes": list(data.classes),
             "freeze": freeze.to_dict(),

@@ -21,6 +21,7 @@ from torch import nn
 from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
 from ..engine import load_run_model
 from ..engine.rundir import require_whole_images
+from ..engine.scoring import ScoringRun, open_run
 from ..errors import CxrlabError
 from ..utils import strict_json, write_json
 
@@ -84,8 +85,6 @@ def export_model(
     ``run_dir`` may be an ensemble folder or several run folders: the exported model then
     averages the members' calibrated probabilities.
     """
-    from ..engine.scoring import open_run
-
     if fmt not in FORMATS:
         raise CxrlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = open_run(run_dir)
@@ -110,7 +109,7 @@ def export_model(
     return meta
 
 
-def _probabilities_model(run: Any) -> tuple[nn.Module, float | None]:
+def _probabilities_model(run: ScoringRun) -> tuple[nn.Module, float | None]:
     """The run's (or its members' averaged) calibrated probabilities as one module, and the
     temperature of a single run (``None`` for an ensemble: one per member).
 
@@ -147,7 +146,7 @@ def _export(fmt: str, model: nn.Module, x: torch.Tensor, out: Path,
         return torch.jit.load(str(out))(x).numpy()
 
 
-def _description(run: Any, fmt: str, temperature: float | None) -> dict[str, Any]:
+def _description(run: ScoringRun, fmt: str, temperature: float | None) -> dict[str, Any]:
     """The sidecar JSON: what the exported file takes and returns, and where it came from."""
     card, size, pre = run.card, run.image_size, run.card.preprocessing
     return {
@@ -170,7 +169,7 @@ def _description(run: Any, fmt: str, temperature: float | None) -> dict[str, Any
     }  # fmt: skip
 
 
-def _onnx_metadata(run: Any, temperature: float | None) -> dict[str, str]:
+def _onnx_metadata(run: ScoringRun, temperature: float | None) -> dict[str, str]:
     """What :class:`~cxrlab.infer.Predictor` needs to use the file alone, as ONNX strings."""
     card = run.card.to_dict()
     summary = {k: card.get(k) for k in ("format", "model", "architecture", "classes",

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..engine.ensemble import write_ensemble
 from ..engine.rundir import load_card
-from .config import StudyConfig
+from .config import Cell, StudyConfig
 
 __all__ = ["FINAL_DIR", "write_final"]
 
@@ -52,7 +52,7 @@ def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path)
         if cell is not None:
             kinds[_training_type(cell)] = (r["model"], r["label"])
     if study.settings.final_by == "holdout_val_nll":
-        scores, how = _holdout_scores(study, rows, kinds)
+        scores, how = _holdout_scores(cells, rows, kinds)
     else:
         scores = {arm: sum(v for v, _ in runs) / len(runs) for arm, runs in arms.items()}
         how = "the lowest mean validation loss"
@@ -60,28 +60,28 @@ def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path)
         return None
     (model, label) = min(scores, key=lambda arm: scores[arm])
     runs = arms[(model, label)]
+    over = f" over {len(runs)} seeds" if study.settings.final_by == "val_loss" else ""
     members = [min(runs)[1]] if mode == "best" else [r for _, r in sorted(runs)]
     what = "its best seed" if mode == "best" else f"all {len(members)} seeds averaged"
     if target.exists():
         shutil.rmtree(target)
     return write_ensemble(
         members, target,
-        f"{model}, {label}: the training type with {how} ({scores[(model, label)]:.4f}); "
+        f"{model}, {label}: the training type with {how} ({scores[(model, label)]:.4f}{over}); "
         f"{what}",
     )  # fmt: skip
 
 
-def _training_type(cell: Any) -> str:
+def _training_type(cell: Cell) -> str:
     """What a cell trains, whatever its seed and held-out source."""
     return repr(cell.config.replace(seed=0, holdout_source=None))
 
 
-def _holdout_scores(study: StudyConfig, rows: list[dict[str, Any]],
+def _holdout_scores(cells: dict[str, Cell], rows: list[dict[str, Any]],
                     kinds: dict[str, tuple[str, str]]) -> tuple[dict[Any, float], str]:  # fmt: skip
     """Per arm trained on all the data, the mean validation NLL of its leave-one-source-out
     cells on the sources they held out, over the held-out sources every such arm held out
     (empty when no arm has such cells)."""
-    cells = {c.id: c for c in study.cells}
     nll: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cell = cells.get(r["cell"])
