@@ -133,7 +133,7 @@ class _Run:
     model: CxrClassifier
     freeze: FreezeReport
     net: nn.Module  # the model, or only its trainable rest on cached frozen features
-    forward: nn.Module  # ``net`` as called in training (DDP- and compile-wrapped)
+    forward: Callable[[torch.Tensor], torch.Tensor]  # ``net`` as training calls it (DDP, compile)
     ema: AveragedModel | None  # the moving average of the weights (--ema), or None
     eval_net: nn.Module  # what validation runs: ``net``, or the same over the averaged weights
     params: list[nn.Parameter]
@@ -452,7 +452,7 @@ def _frozen_prefix(config: TrainConfig, model: CxrClassifier, freeze: FreezeRepo
 
 
 def _forward(net: nn.Module, config: TrainConfig, ddp: Distributed, device: torch.device,
-             log: Callable[[str], None]) -> nn.Module:  # fmt: skip
+             log: Callable[[str], None]) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
     """``net`` as training calls it: DistributedDataParallel under torchrun, compiled with
     ``--compile``."""
     forward = net
@@ -462,7 +462,35 @@ def _forward(net: nn.Module, config: TrainConfig, ddp: Distributed, device: torc
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(net, device_ids=ids)
         log(f"DistributedDataParallel: {ddp.world} processes, each on 1/{ddp.world} of a batch")
-    return torch.compile(forward) if config.compile else forward
+    return CompiledOrEager(forward, log) if config.compile else forward
+
+
+class CompiledOrEager:
+    """``torch.compile(net)``, or ``net`` itself from the first call on which compiling
+    fails (no C++ compiler, an unsupported platform or operator), with one line saying so.
+
+    A failed compilation runs nothing, so the same batch is then run eagerly: training goes
+    on as it would have without ``compile``.
+    """
+
+    def __init__(self, net: nn.Module, log: Callable[[str], None]) -> None:
+        from torch._dynamo.exc import BackendCompilerFailed  # Inductor's errors included
+
+        self.net, self.log, self._failed = net, log, BackendCompilerFailed
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = torch.compile(net)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except self._failed as e:
+                cause = getattr(e, "inner_exception", None) or e.__cause__ or e
+                text = str(cause).strip().splitlines()
+                reason = f"{type(cause).__name__}: {text[0] if text else ''}"[:200]
+                self.log(f"torch.compile is unavailable here ({reason}); training without it, "
+                         "as with compile=False (no --compile)")  # fmt: skip
+                self.compiled = None
+        return self.net(x)
 
 
 def _write_config(out: Path, config: TrainConfig, device: torch.device, amp: torch.dtype | None,
