@@ -407,3 +407,22 @@ def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
     assert torch.equal(a, batches.augment_batch(x, seeded(), "acquisition"))
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
     assert not torch.equal(a, batches.augment_batch(x, seeded(), "xray"))
+
+
+def test_auto_precision_follows_the_cpu_and_a_onednn_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrlab.engine import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert runtime.resolve_precision("auto", cpu) == torch.bfloat16
+    for limit, native in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                          ("AVX512_CORE_AMX", True), ("ALL", True)):  # fmt: skip
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+        assert runtime.cpu_supports_bf16() is native, limit
+        assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16 if native else None)
+    assert runtime.resolve_precision("bf16", cpu) == torch.bfloat16  # asked for: kept
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert runtime.resolve_precision("auto", cpu) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from typing import Any
 
@@ -18,6 +19,10 @@ __all__ = [
     "run_precision",
     "versions",
 ]
+
+
+#: ``ONEDNN_MAX_CPU_ISA`` values (and their prefixes) that keep oneDNN's bf16 instructions.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AMX", "AVX10", "ALL")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,8 +51,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX).
 
-    Without them, bf16 autocast on the CPU is emulated and usually slower than fp32.
+    Without them, bf16 autocast on the CPU is emulated and usually slower than fp32. A
+    limit on oneDNN's instruction set below AVX512-BF16 (``ONEDNN_MAX_CPU_ISA=AVX2``, as
+    when a newer CPU stands in for an AVX2-only one) counts as not having them: the
+    convolutions then run without bf16 instructions.
     """
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and not any(isa in limit for isa in _ONEDNN_BF16_ISAS):
+        return False
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # older torch
