@@ -462,15 +462,15 @@ def _forward(net: nn.Module, config: TrainConfig, ddp: Distributed, device: torc
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(net, device_ids=ids)
         log(f"DistributedDataParallel: {ddp.world} processes, each on 1/{ddp.world} of a batch")
-    return CompiledOrEager(forward, log) if config.compile else forward
+    return _CompiledOrEager(forward, log) if config.compile else forward
 
 
-class CompiledOrEager:
+class _CompiledOrEager:
     """``torch.compile(net)``, or ``net`` itself from the first call on which compiling
     fails (no C++ compiler, an unsupported platform or operator), with one line saying so.
 
-    A failed compilation runs nothing, so the same batch is then run eagerly: training goes
-    on as it would have without ``compile``.
+    A graph is compiled before it runs, so a failure leaves the batch unseen, and it is run
+    again eagerly: training goes on as it would have without ``compile``.
     """
 
     def __init__(self, net: nn.Module, log: Callable[[str], None]) -> None:
