@@ -2,8 +2,9 @@
 at several input sizes, with where the time goes.
 
 The step is the recipe's own (``configs/strong.toml`` by default): its augmentation, the
-model's preprocessing, autocast at the recipe's precision, channels_last, label-smoothed
-cross-entropy, backward, its optimizer and the EMA update of the weights. Synthetic uint8
+model's preprocessing, channels_last, label-smoothed cross-entropy, backward, its optimizer
+and the EMA update of the weights, at ``--precision`` (fp32 by default: what ``auto``
+resolves to on a CPU without native bf16). Synthetic uint8
 images, so the figure is the model's and the CPU's. Prints the CPU's flags and the
 instruction set in effect: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` restricts
 ATen, oneDNN and Inductor's generated code to AVX2 on a newer CPU (an emulation of an
@@ -103,17 +104,15 @@ class StepTimer:
     def __init__(self, model_name: str, cfg, size: int, amp, *, compiled: bool) -> None:
         import torch
         from torch import nn
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        from cxrlab.engine.optim import build_optimizer
+        from cxrlab.engine.optim import build_ema, build_optimizer
         from cxrlab.models import create_model
 
         self.model = create_model(model_name, 4, "none", image_size=size)
         self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compiled else self.model
         self.opt = build_optimizer(cfg, list(self.model.parameters()))
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
-                                  use_buffers=True) if cfg.ema else None)  # fmt: skip
+        self.ema = build_ema(cfg, self.model)
         self.loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(0, 256, (cfg.batch_size, 1, size, size), dtype=torch.uint8,

@@ -6,11 +6,12 @@ import math
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import RunState
 from .config import TrainConfig
 
-__all__ = ["build_optimizer", "lr_at"]
+__all__ = ["build_ema", "build_optimizer", "lr_at"]
 
 
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -26,6 +27,14 @@ def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
         weight_decay=cfg.weight_decay,
         nesterov=cfg.momentum > 0,
     )
+
+
+def build_ema(cfg: TrainConfig, model: nn.Module) -> AveragedModel | None:
+    """The moving average of ``model``'s weights (``ema``, ``--ema``), BatchNorm statistics
+    included; ``None`` without ``ema``."""
+    if not cfg.ema:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
 def lr_at(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..data import PreparedData, prepare_data
@@ -55,7 +55,7 @@ from .distributed import Distributed, init_distributed, sync_batchnorm
 from .evaluate import predict_batches, write_predictions
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .holdout import score_holdout, split_sources
-from .optim import build_optimizer, lr_at
+from .optim import build_ema, build_optimizer, lr_at
 from .rundir import (
     INIT_FILE,
     MODEL_FILE,
@@ -270,9 +270,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(config, params)
     criterion = _loss(config, batches[0], len(data.classes), device)
-    ema = None
-    if config.ema:  # BatchNorm statistics are averaged too
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    ema = build_ema(config, model)
     state = RunState(history=[])
     if resume and (out / CHECKPOINT).exists():
         state = load_checkpoint(out / CHECKPOINT, model, opt, config, ema)
