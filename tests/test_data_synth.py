@@ -39,6 +39,19 @@ def test_synth_is_deterministic_and_in_kaggle_layout(tmp_path: Path, capsys) -> 
     assert report.class_counts() == dict.fromkeys(report.classes, 3)
 
 
+def test_drawing_in_worker_processes_writes_the_same_files(tmp_path: Path) -> None:
+    """Large sets are drawn by several processes; each image has its own generator, so the
+    files (images and masks) are byte for byte those of one process."""
+    kw = dict(per_class=50, seed=2, size=32, masks=True, progress=False)
+    write_synthetic_dataset(tmp_path / "one", workers=1, **kw)
+    write_synthetic_dataset(tmp_path / "two", workers=2, **kw)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    assert len(one) == 400 and one == two
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
+               for f in one)  # fmt: skip
+
+
 def test_same_seed_same_patient_finding_only_in_the_lungs() -> None:
     # With one seed, each class draws the same patient; the finding is the only difference.
     for i in range(6):
