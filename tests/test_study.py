@@ -160,6 +160,36 @@ def test_sharded_study_and_changed_settings(phantoms: Path, tmp_path: Path, caps
     assert "--data" in capsys.readouterr().err
 
 
+def test_cells_run_in_parallel_processes_as_they_run_alone(phantoms: Path, tmp_path: Path,
+                                                            capfd) -> None:  # fmt: skip
+    """``--jobs 2`` runs two cells at once, one torch thread each: every cell trains exactly
+    as it does alone with one thread, and each output line names its cell."""
+    import torch
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_STUDY.format(data=phantoms).replace("seeds = 2", "seeds = 1"))
+    assert main(["study", "run", str(cfg), "--out", str(tmp_path / "p"), "--jobs", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    text = capfd.readouterr().out
+    assert "Running 2 cells, 2 at a time (1 CPU thread(s) each)" in text
+    ids = sorted(d.name for d in (tmp_path / "p" / "runs").iterdir())
+    assert len(ids) == 2 and "2/2 cells finished" in text and "Report:" in text
+    for cell_id in ids:
+        assert f"[{cell_id}] == {cell_id}" in text
+        assert re.search(rf"^\[{cell_id}\] test: accuracy", text, re.M)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_study(parse_study_config(cfg.read_text()), tmp_path / "s", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for cell_id in ids:
+        alone = (tmp_path / "s" / "runs" / cell_id / "history.csv").read_text().splitlines()
+        parallel = (tmp_path / "p" / "runs" / cell_id / "history.csv").read_text().splitlines()
+        assert [r.split(",")[:5] for r in parallel] == [r.split(",")[:5] for r in alone]
+    assert main(["study", "run", str(cfg), "--out", str(tmp_path / "p"), "--jobs", "0"]) == 2
+
+
 def test_summary_table_layout_like_the_original() -> None:
     rows, correct = [], {}
     rng = np.random.default_rng(0)

@@ -40,6 +40,14 @@ def study_run(
         str | None,
         typer.Option(help="Run only shard i/n of the cells (1-based), e.g. 2/4."),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cells run at once, each in its own process with its share of the CPU "
+            "cores (overrides [study] jobs; default 1).",
+        ),
+    ] = None,
     progress: Progress = True,
     log: Annotated[
         str | None,
@@ -62,7 +70,9 @@ def study_run(
     study = load_study_config(config, data=data, epochs=epochs, seeds=seeds, external=sets,
                               masks_from=masks_from)  # fmt: skip
     out = out or Path("runs") / study.settings.name
-    done = run_study(study, out, cells=cell or (), shard=shard, progress=progress, log=log)
+    done = run_study(
+        study, out, cells=cell or (), shard=shard, progress=progress, log=log, jobs=jobs
+    )
     typer.echo(
         f"{done.finished}/{done.total} cells finished in {out} (ran {len(done.ran)}, "
         f"already done {len(done.skipped)}, busy elsewhere {len(done.busy)})"

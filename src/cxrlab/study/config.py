@@ -112,6 +112,7 @@ class StudySettings:
     #: what chooses the final training type: its validation loss, or the validation NLL of
     #: the sources its leave-one-source-out cells held out (see .final)
     final_by: Literal["val_loss", "holdout_val_nll"] = "val_loss"
+    jobs: int = 1  # cells run at once, each in its own process (see .runner)
 
     def source_options(self) -> dict[str, tuple[str, ...]]:
         """``class_map`` and ``sources_csv`` as :class:`~cxrlab.engine.TrainConfig` takes
@@ -356,6 +357,8 @@ def _settings(table: dict[str, Any],
     settings = from_dict(StudySettings, table, "[study] ")
     if isinstance(settings.seeds, int) and settings.seeds < 1:
         raise ConfigError("[study] seeds must be at least 1")
+    if settings.jobs < 1:
+        raise ConfigError("[study] jobs must be at least 1")
     if overrides.get("seeds") is not None:
         settings = dataclasses.replace(settings, seeds=int(overrides["seeds"]))
     if overrides.get("data") is not None:

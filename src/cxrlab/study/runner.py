@@ -12,15 +12,23 @@ Folder layout (``OUT``)::
 Re-running the same command skips finished cells and resumes an interrupted one from its
 checkpoint; an external set added to a finished study is scored without retraining.
 ``cell`` and ``shard`` select a subset, so several processes or machines can share one
-folder: each cell is claimed with a lock file before it runs.
+folder: each cell is claimed with a lock file before it runs. ``jobs`` runs several cells at
+once on one machine, each in its own process with its share of the CPU cores: small cells
+(the demo's 64 px images) use two cores better as two one-thread cells than as one
+two-thread cell (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import multiprocessing
 import os
 import shutil
 import socket
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,7 @@ from ..engine import train
 from ..engine.checkpoint import CHECKPOINT
 from ..engine.external import ExternalSet
 from ..errors import ConfigError, CxrlabError
+from ..freeze import parse_freeze
 from ..utils import atomic_write_text, write_json
 from .config import Cell, StudyConfig
 
@@ -203,10 +212,11 @@ class _Externals:
     every cell scored on each (see :mod:`cxrlab.engine.external`). A set that cannot be
     read is one line, once, and the study goes on with the others."""
 
-    def __init__(self, study: StudyConfig, shared: PreparedData, progress: bool) -> None:
+    def __init__(self, study: StudyConfig, classes: Sequence[str], own: str,
+                 progress: bool) -> None:  # fmt: skip
         self.sets = study.settings.external
-        self.classes = list(shared.classes)
-        self.own = shared.report.fingerprint()
+        self.classes = list(classes)
+        self.own = own  # the fingerprint of the study's own data
         self.progress = progress
         self.failed: dict[str, str] = {}
         self._prepared: dict[tuple[str, int, str, str], PreparedData] = {}
@@ -277,6 +287,90 @@ def _split_for(cell: Cell, shared: PreparedData, out: Path) -> Path:
     return path
 
 
+def _cpu_cores() -> int:
+    """Cores this process may use (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _run_parallel(study: StudyConfig, todo: list[Cell], out: Path, splits: dict[str, Path],
+                  classes: Sequence[str], own: str, log: str | None, jobs: int,
+                  progress: bool) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """Run ``todo`` ``jobs`` cells at a time in worker processes; yield ``(cell id, outcome)``
+    as cells finish. The first error stops the cells not yet started and is raised."""
+    threads = max(1, _cpu_cores() // jobs)
+    tqdm.write(f"Running {len(todo)} cells, {jobs} at a time ({threads} CPU thread(s) each)")
+    order = sorted(todo, key=_expected_cost, reverse=True)  # less idle time at the end
+    context = multiprocessing.get_context("spawn")  # a clean torch in every worker
+    bar = tqdm(total=len(todo), desc=f"study {study.settings.name}", unit="cell",
+               disable=not progress or None)  # fmt: skip
+    with bar, ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                  initargs=(threads,)) as pool:  # fmt: skip
+        pending = {
+            pool.submit(_run_cell_in_worker, study, cell, out, splits[cell.id], classes, own,
+                        log): cell.id
+            for cell in order
+        }  # fmt: skip
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                cell_id = pending.pop(future)
+                if future.exception() is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()  # type: ignore[misc]
+                bar.update()
+                yield cell_id, future.result()
+
+
+def _expected_cost(cell: Cell) -> float:
+    """A rough size of a cell's training, to start the longest first: epochs times the part
+    of the network that runs forward and backward every epoch (a frozen part's features are
+    computed once; a head alone costs next to nothing)."""
+    policy = parse_freeze(cell.config.freeze)
+    share = {"none": 1.0, "head": 0.05, "fraction": 1.0 - policy.value}.get(policy.kind, 0.5)
+    return cell.config.epochs * share
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class _Prefixed(io.TextIOBase):
+    """A text stream that writes every line to ``target`` with ``prefix`` in front."""
+
+    def __init__(self, target: io.TextIOBase, prefix: str) -> None:
+        self.target, self.prefix, self.buffer = target, prefix, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.target.write(f"{self.prefix}{line}\n")
+        self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.write("\n")
+
+
+def _run_cell_in_worker(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
+                        classes: Sequence[str], own: str, log: str | None) -> str:  # fmt: skip
+    """One cell in a worker process; its output lines start with ``[<cell id>]``."""
+    prefix = f"[{cell.id}] "
+    with contextlib.redirect_stdout(_Prefixed(sys.stdout, prefix)) as o, \
+            contextlib.redirect_stderr(_Prefixed(sys.stderr, prefix)) as e:  # fmt: skip
+        try:
+            externals = _Externals(study, classes, own, progress=False)
+            return _run_cell(study, cell, out, split_file, externals, log, progress=False)
+        finally:
+            o.flush()
+            e.flush()
+
+
 def _write_study(study: StudyConfig, out: Path) -> None:
     """``study.toml`` as given and ``study.json``: the settings and every expanded cell."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -302,7 +396,7 @@ def _shared_split(study: StudyConfig, out: Path, progress: bool) -> PreparedData
                         progress=progress)  # fmt: skip
 
 
-def _run_cell(study: StudyConfig, cell: Cell, out: Path, shared: PreparedData,
+def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
               externals: _Externals, log: str | None, progress: bool) -> str:  # fmt: skip
     """Train one cell (or resume it), audit it and score it on the external sets, as far as
     still needed: ``"ran"``, ``"skipped"`` (already done) or ``"busy"`` (another process)."""
@@ -321,7 +415,7 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, shared: PreparedData,
             if run_dir.exists() and not resume:
                 shutil.rmtree(run_dir)  # started but not one epoch done: start again
             tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
-            cfg = cell.config.replace(split_file=str(_split_for(cell, shared, out)),
+            cfg = cell.config.replace(split_file=str(split_file),
                                       progress=progress)  # fmt: skip
             if log is not None:
                 cfg = cfg.replace(log=log)
@@ -348,6 +442,7 @@ def run_study(
     shard: str | None = None,
     progress: bool = True,
     log: str | None = None,
+    jobs: int | None = None,
 ) -> StudyProgress:
     """Run (or continue) the study's cells in ``out``.
 
@@ -360,6 +455,9 @@ def run_study(
         log: trackers for every cell (overrides ``[train] log``); they write to
             ``<out>/tracking`` (TensorBoard: one folder per cell id; MLflow: ``mlflow.db``,
             the study's name as experiment).
+        jobs: cells run at once, each in its own process with ``cores // jobs`` torch
+            threads (default: ``[study] jobs``, else 1). Their output lines carry the cell
+            id; the longest cells start first.
     """
     if log is not None:  # a bad or missing tracker fails before any data is prepared
         from ..engine.tracking import require_trackers
@@ -373,14 +471,23 @@ def run_study(
     out = Path(out)
     _write_study(study, out)
     shared = _shared_split(study, out, progress)  # one split for every cell, made first
-    externals = _Externals(study, shared, progress)
     todo = select_cells(study.cells, cells, shard)
+    splits = {cell.id: _split_for(cell, shared, out) for cell in todo}
+    classes, own = shared.classes, shared.report.fingerprint()
     done: dict[str, list[str]] = {"ran": [], "skipped": [], "busy": []}
-    bar = tqdm(todo, desc=f"study {study.settings.name}", unit="cell",
-               disable=not progress or None)  # fmt: skip
-    for cell in bar:
-        bar.set_postfix_str(cell.id)
-        done[_run_cell(study, cell, out, shared, externals, log, progress)].append(cell.id)
+    jobs = min(jobs or study.settings.jobs, len(todo)) or 1
+    if jobs > 1:
+        for cell_id, outcome in _run_parallel(study, todo, out, splits, classes, own, log,
+                                              jobs, progress):  # fmt: skip
+            done[outcome].append(cell_id)
+    else:
+        externals = _Externals(study, classes, own, progress)
+        bar = tqdm(todo, desc=f"study {study.settings.name}", unit="cell",
+                   disable=not progress or None)  # fmt: skip
+        for cell in bar:
+            bar.set_postfix_str(cell.id)
+            outcome = _run_cell(study, cell, out, splits[cell.id], externals, log, progress)
+            done[outcome].append(cell.id)
     if study.audit is not None and "probes" in study.audit.checks:
         _probe_data(study, out, progress)
     finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
