@@ -75,6 +75,30 @@ def test_run_folder_contents(phantoms: Path, tmp_path: Path) -> None:
     assert again["accuracy"] == m["accuracy"] and again["confusion_matrix"] == m["confusion_matrix"]
 
 
+def test_evaluate_at_another_input_size(phantoms: Path, tmp_path: Path) -> None:
+    """``image_size`` tests a run at another size (FixRes's test-time half): the images are
+    prepared at that size, the model sees them, and a fixed-size model is refused."""
+    from types import SimpleNamespace
+
+    from cxrlab.engine.evaluate import _check_any_size
+    from cxrlab.errors import CheckpointError
+
+    train(tiny(phantoms), tmp_path / "run")
+    own = evaluate_run(tmp_path / "run", split="val", progress=False)
+    same = evaluate_run(tmp_path / "run", split="val", image_size=32, progress=False)
+    larger = evaluate_run(tmp_path / "run", split="val", image_size=48, progress=False)
+    assert own["image_size"] == same["image_size"] == 32 and larger["image_size"] == 48
+    assert same["nll"] == own["nll"] and larger["nll"] != own["nll"]
+    assert larger["n"] == own["n"]
+    vit = SimpleNamespace(member_cards=[SimpleNamespace(model="vit_tiny")], classes=["a", "b"],
+                          image_size=32)  # fmt: skip
+    _check_any_size(vit, 32)
+    with pytest.raises(CheckpointError, match="takes only the input size it was trained at"):
+        _check_any_size(vit, 48)
+    with pytest.raises(CheckpointError, match="at least 32"):
+        _check_any_size(vit, 16)
+
+
 def test_resume_after_sigterm_matches_uninterrupted(phantoms: Path, tmp_path: Path) -> None:
     cfg = tiny(phantoms, augment="light", scheduler="cosine", warmup_epochs=1, epochs=3)
     full = train(cfg, tmp_path / "full")

@@ -33,6 +33,13 @@ def evaluate_cmd(
     ] = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Test at this input size instead of the run's (a lower-resolution model may "
+            "score better at a higher one); choose it on --split val."
+        ),
+    ] = None,
     progress: Progress = True,
 ) -> None:
     """Metrics of a trained model (or ensemble) on its test split or on another dataset."""
@@ -43,7 +50,7 @@ def evaluate_cmd(
     source = run_dir if len(run_dir) > 1 else run_dir[0]
     m = evaluate_run(source, data, split=split, out=out, batch_size=batch_size, device=device,
                      class_map=parse_class_map(class_map), exclude_copies=not keep_copies,
-                     progress=progress)  # fmt: skip
+                     image_size=image_size, progress=progress)  # fmt: skip
     typer.echo(format_evaluation(m))
     if out:
         typer.echo(f"Wrote {out}")

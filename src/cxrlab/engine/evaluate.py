@@ -163,6 +163,7 @@ def evaluate_run(
     class_map: dict[str, str] | None = None,
     exclude_copies: bool = True,
     predictions: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of a finished run's model on a dataset.
@@ -188,6 +189,10 @@ def evaluate_run(
             perceptual signature, and reported in ``overlap``).
         predictions: write the scored images' predictions here (CSV, see
             :func:`write_predictions`; labels are the model classes they map to).
+        image_size: test at this input size instead of the run's (a convolutional network
+            takes any size; a model trained at a lower resolution may score better tested
+            at a higher one: Touvron et al. 2019, "Fixing the train-test resolution
+            discrepancy"). Choose it on the validation split.
 
     Returns:
         :func:`~cxrlab.evaluation.classification_metrics` over the scored images, plus
@@ -200,12 +205,16 @@ def evaluate_run(
 
     Raises:
         CheckpointError: the dataset has a class the model does not know and no mapping, or
-            no image can be scored.
+            no image can be scored; ``image_size`` for a model of fixed input size.
     """
     from ..evaluation.external import match_classes, routing
 
     run = open_run(run_dir)
-    prepared = run.prepare(data, split, progress=progress)
+    preparation = None
+    if image_size is not None and image_size != run.image_size:
+        _check_any_size(run, image_size)
+        preparation = run.preparation() | {"image_size": image_size}
+    prepared = run.prepare(data, split, preparation=preparation, progress=progress)
     classes, ensemble = run.classes, run.ensemble
     matching = match_classes(prepared.classes, classes, class_map,
                              where=f"the model in {run.path}")  # fmt: skip
@@ -228,6 +237,7 @@ def evaluate_run(
     metrics.update(
         {
             "split": split,
+            "image_size": prepared.images.size,
             "data_root": str(prepared.report.root),
             "data_hash": prepared.report.fingerprint(),
             "external": external,
@@ -257,6 +267,24 @@ def evaluate_run(
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def _check_any_size(run: Any, image_size: int) -> None:
+    """Refuse a test size other than the training size for a model that takes one size."""
+    from ..models import create_model
+
+    if image_size < 32:
+        raise CheckpointError(f"--image-size must be at least 32 pixels, got {image_size}")
+    model = run.member_cards[0].model
+    net = create_model(model, len(run.classes), "none", image_size=run.image_size)
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 1, image_size, image_size))  # grey, as the model takes
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{model} takes only the input size it was trained at ({run.image_size} px), not "
+            f"{image_size} px: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def _member_probabilities(members: list[Path], prepared: PreparedData, rows: list[int],
