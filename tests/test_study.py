@@ -80,8 +80,7 @@ def test_select_cells_by_id_and_shard() -> None:
     assert sorted(c.id for s in shards for c in s) == sorted(c.id for c in cells)
     assert not set(shards[0]) & set(shards[1])
     prefix = select_cells(cells, ["efficientnet_lite0-in1k-head"])
-    assert [c.id for c in prefix] == ["efficientnet_lite0-in1k-head-s0",
-                                      "efficientnet_lite0-in1k-head-s1"]  # fmt: skip
+    assert [c.id for c in prefix] == [f"efficientnet_lite0-in1k-head-s{i}" for i in range(3)]
     with pytest.raises(ConfigError, match="No cell"):
         select_cells(cells, ["resnet99"])
     for bad in ("0/2", "3/2", "x"):
