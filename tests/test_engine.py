@@ -99,6 +99,25 @@ def test_evaluate_at_another_input_size(phantoms: Path, tmp_path: Path) -> None:
         _check_any_size(vit, 16)
 
 
+def test_a_run_still_training_is_not_scored(phantoms: Path, tmp_path: Path) -> None:
+    """While a run trains, its folder already holds a card and the best epoch's weights; a
+    command that scores, predicts or audits it refuses in one line instead of silently
+    using the half-trained model."""
+    import shutil
+
+    import cxrlab
+    from cxrlab.errors import CheckpointError
+
+    train(tiny(phantoms), tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "busy")
+    (tmp_path / "busy" / "metrics.json").unlink()
+    (tmp_path / "busy" / "checkpoint.pt").write_bytes(b"")
+    for use in (lambda r: evaluate_run(r, progress=False), load_run_model, cxrlab.load):
+        with pytest.raises(CheckpointError, match="has not finished training"):
+            use(tmp_path / "busy")
+    assert evaluate_run(tmp_path / "run", progress=False)["n"] == 4
+
+
 def test_resume_after_sigterm_matches_uninterrupted(phantoms: Path, tmp_path: Path) -> None:
     cfg = tiny(phantoms, augment="light", scheduler="cosine", warmup_epochs=1, epochs=3)
     full = train(cfg, tmp_path / "full")

@@ -25,6 +25,7 @@ from ..freeze import FreezeReport
 from ..models import CxrClassifier, create_model, get_spec
 from ..utils import write_json
 from .card import CARD_FILE, CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
+from .checkpoint import CHECKPOINT
 from .config import TrainConfig
 from .runtime import versions
 
@@ -36,6 +37,7 @@ __all__ = [
     "build_card",
     "load_card",
     "load_run_model",
+    "require_finished",
     "require_whole_images",
     "save_model",
     "save_weights",
@@ -116,19 +118,39 @@ def require_whole_images(card: RunCard, run: str | os.PathLike[str], what: str) 
         )
 
 
+def require_finished(run_dir: str | os.PathLike[str]) -> None:
+    """Refuse a run whose training has not finished: while it trains (or after it was
+    stopped) its folder already holds a card and the best epoch's weights so far.
+
+    Raises:
+        CheckpointError: the folder holds a training checkpoint and no ``metrics.json``.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).is_file() and not (run_dir / "metrics.json").is_file():
+        raise CheckpointError(
+            f"{run_dir} has not finished training ({CHECKPOINT}, no metrics.json): its model "
+            "is only the best epoch so far. Run the same 'cxrlab train' (or 'cxrlab study "
+            "run') command again to finish it; it resumes where it stopped"
+        )
+
+
 def load_run_model(
-    run_dir: str | os.PathLike[str], *, file: str = MODEL_FILE
+    run_dir: str | os.PathLike[str], *, file: str = MODEL_FILE, finished: bool = True
 ) -> tuple[CxrClassifier, RunCard]:
     """Rebuild a run's model from its card and load its weights (no unpickling).
 
     ``file="init.safetensors"`` loads the weights the run started from instead (written by
-    ``--keep-init``).
+    ``--keep-init``). ``finished=False`` also loads the best epoch of a run still training
+    (the trainer's own test does).
 
     Raises:
-        CheckpointError: the card or weights are missing, or the weights belong to another
-            model or class list than the card describes.
+        CheckpointError: the card or weights are missing, the weights belong to another
+            model or class list than the card describes, or (``finished``) the run has not
+            finished training.
     """
     run_dir = Path(run_dir)
+    if finished:
+        require_finished(run_dir)
     card = load_card(run_dir)
     weights = run_dir / file
     if not weights.is_file() and file == INIT_FILE:

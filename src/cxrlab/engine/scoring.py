@@ -23,7 +23,7 @@ from ..errors import CheckpointError
 from ..evaluation.external import Overlap, find_overlap
 from .card import Card, DataRecord, EnsembleCard, RunCard
 from .ensemble import expand_members, is_ensemble, read_ensemble
-from .rundir import load_card
+from .rundir import load_card, require_finished
 
 __all__ = ["ScoringRun", "open_run", "segmenter_masks"]
 
@@ -201,6 +201,8 @@ def open_run(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
         raise CheckpointError("No run folder to score")
     path = Path(sources[0])
     members = tuple(expand_members(sources))
+    for member in members:
+        require_finished(member)
     cards = tuple(load_card(m) for m in members)
     card: Card
     if len(sources) == 1 and is_ensemble(path):

@@ -693,7 +693,7 @@ def _finish(run: _Run) -> TrainResult:
         ddp.barrier()
         ddp.close()
         return _finished(out, quiet=True)
-    best, card = load_run_model(out)
+    best, card = load_run_model(out, finished=False)  # metrics.json comes after the test
     best.to(run.device)
     test_net, test_b = _best_on(run, best, run.test_b.indices)
     probs, yt, test_loss = predict_batches(test_net, test_b, run.device, run.amp,
