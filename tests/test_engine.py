@@ -159,7 +159,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantoms: Path, tmp_path:
     with pytest.raises(TrainingError, match="loss became nan at epoch 2"):
         train(tiny(phantoms), tmp_path / "run", on_step=poison)
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
-    model, _ = load_run_model(tmp_path / "run")  # the best model of epoch 1 is intact
+    with pytest.raises(CheckpointError, match="has not finished training"):
+        load_run_model(tmp_path / "run")  # scorers refuse a run that stopped
+    model, _ = load_run_model(tmp_path / "run", finished=False)  # epoch 1's best is intact
     assert torch.isfinite(model.net.fc.weight).all()
 
 
