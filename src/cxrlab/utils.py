@@ -40,6 +40,13 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "cxrlab"
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity, where the OS tells it; else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def hash_strings(items: Iterable[str], digest_size: int = 16) -> str:
     """A stable hex digest of an ordered sequence of strings."""
     h = hashlib.blake2b(digest_size=digest_size)

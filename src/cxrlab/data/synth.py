@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..utils import usable_cpus
 from .layout import COVID_RADIOGRAPHY_CLASSES
 
 __all__ = ["SHORTCUTS", "draw_phantom", "draw_phantom_with_mask", "write_synthetic_dataset"]
@@ -299,7 +300,7 @@ def write_synthetic_dataset(
         for ci in range(len(COVID_RADIOGRAPHY_CLASSES))
         for i in range(1, per_class + 1)
     ]
-    workers = min(workers or os.cpu_count() or 1, 8, max(1, len(jobs) // _PER_WORKER))
+    workers = min(workers or usable_cpus(), 8, max(1, len(jobs) // _PER_WORKER))
     bar = tqdm(total=len(jobs), desc="Drawing phantoms", unit="img",
                disable=not progress or None, leave=False)  # fmt: skip
     with bar:

@@ -270,21 +270,22 @@ def evaluate_run(
 
 
 def _check_any_size(run: Any, image_size: int) -> None:
-    """Refuse a test size other than the training size for a model that takes one size."""
+    """Refuse a test size other than the training size for a model that takes one size
+    (every model of an ensemble is tried)."""
     from ..models import create_model
 
     if image_size < 32:
         raise CheckpointError(f"--image-size must be at least 32 pixels, got {image_size}")
-    model = run.member_cards[0].model
-    net = create_model(model, len(run.classes), "none", image_size=run.image_size)
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 1, image_size, image_size))  # grey, as the model takes
-    except (AssertionError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{model} takes only the input size it was trained at ({run.image_size} px), not "
-            f"{image_size} px: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+    for model in dict.fromkeys(card.model for card in run.member_cards):
+        net = create_model(model, len(run.classes), "none", image_size=run.image_size)
+        try:
+            with torch.no_grad():
+                net.eval()(torch.zeros(1, 1, image_size, image_size))  # grey, as models take
+        except (AssertionError, RuntimeError, ValueError) as e:
+            raise CheckpointError(
+                f"{model} takes only the input size it was trained at ({run.image_size} px), "
+                f"not {image_size} px: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
 
 
 def _member_probabilities(members: list[Path], prepared: PreparedData, rows: list[int],

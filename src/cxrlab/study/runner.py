@@ -40,7 +40,7 @@ from ..engine.checkpoint import CHECKPOINT
 from ..engine.external import ExternalSet
 from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
-from ..utils import atomic_write_text, write_json
+from ..utils import atomic_write_text, usable_cpus, write_json
 from .config import Cell, StudyConfig
 
 __all__ = ["StudyProgress", "parse_shard", "run_study", "select_cells"]
@@ -287,31 +287,21 @@ def _split_for(cell: Cell, shared: PreparedData, out: Path) -> Path:
     return path
 
 
-def _cpu_cores() -> int:
-    """Cores this process may use (its affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _run_parallel(study: StudyConfig, todo: list[Cell], out: Path, splits: dict[str, Path],
                   classes: Sequence[str], own: str, log: str | None, jobs: int,
                   progress: bool) -> Iterator[tuple[str, str]]:  # fmt: skip
     """Run ``todo`` ``jobs`` cells at a time in worker processes; yield ``(cell id, outcome)``
     as cells finish. The first error stops the cells not yet started and is raised."""
-    threads = max(1, _cpu_cores() // jobs)
+    threads = max(1, usable_cpus() // jobs)
     tqdm.write(f"Running {len(todo)} cells, {jobs} at a time ({threads} CPU thread(s) each)")
     order = sorted(todo, key=_expected_cost, reverse=True)  # less idle time at the end
     context = multiprocessing.get_context("spawn")  # a clean torch in every worker
     bar = tqdm(total=len(todo), desc=f"study {study.settings.name}", unit="cell",
                disable=not progress or None)  # fmt: skip
     with bar, ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                  initargs=(threads,)) as pool:  # fmt: skip
-        pending = {
-            pool.submit(_run_cell_in_worker, study, cell, out, splits[cell.id], classes, own,
-                        log): cell.id
-            for cell in order
-        }  # fmt: skip
+                                  initargs=(threads, study, classes, own)) as pool:  # fmt: skip
+        pending = {pool.submit(_run_cell_in_worker, cell, out, splits[cell.id], log): cell.id
+                   for cell in order}  # fmt: skip
         while pending:
             finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
             for future in finished:
@@ -323,6 +313,14 @@ def _run_parallel(study: StudyConfig, todo: list[Cell], out: Path, splits: dict[
                 yield cell_id, future.result()
 
 
+def _finished(study: StudyConfig, cell: Cell, out: Path) -> bool:
+    """Whether a cell has nothing left to do that can be told without preparing external
+    sets: trained and audited, in a study without external sets."""
+    run_dir = out / "runs" / cell.id
+    return ((run_dir / "metrics.json").exists() and not _needs_audit(study, run_dir)
+            and not study.settings.external)  # fmt: skip
+
+
 def _expected_cost(cell: Cell) -> float:
     """A rough size of a cell's training, to start the longest first: epochs times the part
     of the network that runs forward and backward every epoch (a frozen part's features are
@@ -332,10 +330,17 @@ def _expected_cost(cell: Cell) -> float:
     return cell.config.epochs * share
 
 
-def _init_worker(threads: int) -> None:
+#: A worker process's study and its external sets, set once by :func:`_init_worker`, so a
+#: set is prepared once per worker, not once per cell.
+_worker: dict[str, object] = {}
+
+
+def _init_worker(threads: int, study: StudyConfig, classes: Sequence[str], own: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _worker["study"] = study
+    _worker["externals"] = _Externals(study, classes, own, progress=False)
 
 
 class _Prefixed(io.TextIOBase):
@@ -357,15 +362,15 @@ class _Prefixed(io.TextIOBase):
             self.write("\n")
 
 
-def _run_cell_in_worker(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
-                        classes: Sequence[str], own: str, log: str | None) -> str:  # fmt: skip
+def _run_cell_in_worker(cell: Cell, out: Path, split_file: Path, log: str | None) -> str:
     """One cell in a worker process; its output lines start with ``[<cell id>]``."""
+    study, externals = _worker["study"], _worker["externals"]
     prefix = f"[{cell.id}] "
     with contextlib.redirect_stdout(_Prefixed(sys.stdout, prefix)) as o, \
             contextlib.redirect_stderr(_Prefixed(sys.stderr, prefix)) as e:  # fmt: skip
         try:
-            externals = _Externals(study, classes, own, progress=False)
-            return _run_cell(study, cell, out, split_file, externals, log, progress=False)
+            return _run_cell(study, cell, out, split_file, externals, log,  # type: ignore[arg-type]
+                             progress=False)  # fmt: skip
         finally:
             o.flush()
             e.flush()
@@ -476,6 +481,11 @@ def run_study(
     classes, own = shared.classes, shared.report.fingerprint()
     done: dict[str, list[str]] = {"ran": [], "skipped": [], "busy": []}
     jobs = min(jobs or study.settings.jobs, len(todo)) or 1
+    if jobs > 1:  # finished cells are skipped here: no worker starts for a finished study
+        already = [c for c in todo if _finished(study, c, out)]
+        done["skipped"] += [c.id for c in already]
+        todo = [c for c in todo if c not in already]
+        jobs = min(jobs, len(todo))
     if jobs > 1:
         for cell_id, outcome in _run_parallel(study, todo, out, splits, classes, own, log,
                                               jobs, progress):  # fmt: skip
