@@ -127,8 +127,18 @@ def test_phantoms_count_is_chosen_by_name(tmp_path: Path, monkeypatch) -> None:
     )
     assert resolve_data("phantoms:10") == root  # generated once, then reused
     assert resolve_data(tmp_path / "x") == tmp_path / "x"  # a folder stays a folder
-    for bad in ("phantoms:", "phantoms:ten", "phantoms:-5", "phantoms:9"):
+    for bad in ("phantoms:", "phantoms:ten", "phantoms:-5", "phantoms:9", "phantoms:@128"):
         with pytest.raises(DataError, match="phantoms:N"):
+            resolve_data(bad)
+    # @SIZE: drawn at that size, in a cache folder of its own
+    small = resolve_data("phantoms:10@64")
+    assert small != root
+    report = scan_dataset(small, progress=False)
+    assert len(report.records) == 40
+    assert {(r.width, r.height) for r in report.records} == {(64, 64)}
+    assert {(r.width, r.height) for r in scan_dataset(root, progress=False).records} == {(256, 256)}
+    for bad in ("phantoms:10@", "phantoms:10@32", "phantoms:10@2000", "phantoms:10@big"):
+        with pytest.raises(DataError, match="phantoms:N@SIZE"):
             resolve_data(bad)
     # a real folder of that name wins over the phantoms, and says so
     monkeypatch.chdir(tmp_path)

@@ -43,9 +43,10 @@ class TrainConfig:
     cross-entropy, 10 epochs, 224 px.
 
     Data:
-        data: dataset folder, or ``"phantoms"`` (``"phantoms:N"``: N per class) for the
-            embedded synthetic phantoms; or several sources (``[NAME=]PATH`` each), trained
-            on as one dataset that records each image's source (:mod:`cxrlab.data.sources`).
+        data: dataset folder, or ``"phantoms"`` (``"phantoms:N[@SIZE]"``: N per class, drawn
+            SIZE px wide) for the embedded synthetic phantoms; or several sources
+            (``[NAME=]PATH`` each), trained on as one dataset that records each image's
+            source (:mod:`cxrlab.data.sources`).
         class_map: each source's class map, ``NAME=FROM=TO,...`` (``TO`` may merge classes
             or be ``-`` to drop one; with one source ``FROM=TO,...``).
         sources_csv: ``NAME=FILE``: a CSV of ``path,source`` naming finer sources (hospitals,
@@ -142,8 +143,8 @@ class TrainConfig:
     # ---- data
     data: str | tuple[str, ...] = option(
         "phantoms",
-        "Dataset folder, or 'phantoms' / 'phantoms:N' (synthetic, N per class); repeat as "
-        "[NAME=]PATH to train on several sources.", panel=_D)  # fmt: skip
+        "Dataset folder, or 'phantoms' / 'phantoms:N[@SIZE]' (synthetic, N per class, SIZE "
+        "px wide); repeat as [NAME=]PATH to train on several sources.", panel=_D)  # fmt: skip
     class_map: tuple[str, ...] = option(
         (), "A source's class map: NAME=FROM=TO,... (TO '-' drops a class); repeatable.", panel=_D
     )
