@@ -13,6 +13,7 @@ AVX2-only CPU: same kernels, not the same memory system).
     python benchmarks/finetune_step.py --sizes 224,192,160 --compile
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/finetune_step.py
     python benchmarks/finetune_step.py --profile --sizes 224   # the top operators
+    python benchmarks/finetune_step.py --sizes 224 --batches 16,32,64
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main() -> None:
     p.add_argument("--recipe", default=str(ROOT / "configs" / "strong.toml"),
                    help="a study file; its first cell's settings make the step")  # fmt: skip
     p.add_argument("--sizes", default="224,160", help="input sizes, comma-separated")
+    p.add_argument("--batches", default="",
+                   help="batch sizes, comma-separated (default: the recipe's)")  # fmt: skip
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                    help="fp32 is what 'auto' resolves to on a CPU without native bf16")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="also time torch.compile's step")
@@ -76,32 +79,34 @@ def main() -> None:
     print(machine_line(torch.get_num_threads()))
     print(cpu_line())
     print(f"# {cell.model}, {Path(args.recipe).name}: {cfg.optimizer} lr {cfg.lr}, augment "
-          f"{cfg.augment}, label smoothing {cfg.label_smoothing}, ema {cfg.ema}; batch "
+          f"{cfg.augment}, label smoothing {cfg.label_smoothing}, ema {cfg.ema}; its batch "
           f"{cfg.batch_size}; {str(amp or 'fp32').removeprefix('torch.')}; median of "
           f"{args.steps} steps")  # fmt: skip
     modes = ("eager", "compiled") if args.compile else ("eager",)
-    for size in (int(s) for s in args.sizes.split(",")):
-        for mode in modes:
-            timer = StepTimer(cell.model, cfg, size, amp, compiled=mode == "compiled")
-            t0 = time.perf_counter()
-            for i in range(args.warmup):
-                timer.step(i)
-            first = time.perf_counter() - t0
-            parts = [timer.step(args.warmup + i) for i in range(args.steps)]
-            med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-            total = sum(med.values())
-            split = "  ".join(f"{k} {v * 1000:.0f}" for k, v in med.items())
-            ips = cfg.batch_size / total
-            print(f"{size:>4} px  {mode:<8} {ips:6.1f} img/s  step {total * 1000:.0f} ms "
-                  f"({split} ms)  warm-up {first:.0f} s", flush=True)  # fmt: skip
-            if args.profile and mode == "eager":
-                timer.profile()
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [cfg.batch_size]
+    sizes = (int(s) for s in args.sizes.split(","))
+    for size, batch, mode in itertools.product(sizes, batches, modes):
+        timer = StepTimer(cell.model, cfg, size, amp, compiled=mode == "compiled", batch=batch)
+        t0 = time.perf_counter()
+        for i in range(args.warmup):
+            timer.step(i)
+        first = time.perf_counter() - t0
+        parts = [timer.step(args.warmup + i) for i in range(args.steps)]
+        med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+        total = sum(med.values())
+        split = "  ".join(f"{k} {v * 1000:.0f}" for k, v in med.items())
+        ips = batch / total
+        print(f"{size:>4} px  batch {batch:<3} {mode:<8} {ips:6.1f} img/s  "
+              f"step {total * 1000:.0f} ms ({split} ms)  warm-up {first:.0f} s",
+              flush=True)  # fmt: skip
+        if args.profile and mode == "eager":
+            timer.profile()
 
 
 class StepTimer:
     """One model, optimizer and EMA, stepped on one synthetic batch; times each part."""
 
-    def __init__(self, model_name: str, cfg, size: int, amp, *, compiled: bool) -> None:
+    def __init__(self, model_name: str, cfg, size: int, amp, *, compiled: bool, batch: int) -> None:
         import torch
         from torch import nn
 
@@ -115,9 +120,8 @@ class StepTimer:
         self.ema = build_ema(cfg, self.model)
         self.loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randint(0, 256, (cfg.batch_size, 1, size, size), dtype=torch.uint8,
-                               generator=g)  # fmt: skip
-        self.y = torch.randint(0, 4, (cfg.batch_size,), generator=g)
+        self.x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=g)
+        self.y = torch.randint(0, 4, (batch,), generator=g)
         self.cfg, self.amp = cfg, amp
 
     def step(self, i: int) -> dict[str, float]:
