@@ -52,8 +52,8 @@ _DEMO_PER_CLASS, _DEMO_SEED, _DEMO_SIZE = 150, 0, 256
 #: Fewest phantoms per class a ``phantoms:N`` may ask for: a split needs some of each class
 #: in validation and test.
 _DEMO_MIN_PER_CLASS = 10
-#: The sizes ``phantoms:N@SIZE`` may draw at: below 64 px a phantom's ribs and lesions blur
-#: into each other; above 1024 px drawing takes longer than any demo should.
+#: The sizes ``phantoms:N@SIZE`` may draw at: from the smallest input any config trains at
+#: to where one phantom takes about half a second to draw.
 _DEMO_MIN_SIZE, _DEMO_MAX_SIZE = 64, 1024
 
 
