@@ -364,3 +364,59 @@ def test_trials_figure_has_one_panel_per_cell_with_a_line_per_seed(tmp_path: Pat
     out = plot_trials(trials, "val_loss", tmp_path / "trials.png")
     width = Image.open(out).size[0]
     assert width == round(3.4 * 2 * 110)  # two cells, not four cell-seed panels
+
+
+def test_final_rules_score_on_validation_here_elsewhere_and_both() -> None:
+    """final_by: the validation loss on the study's data, the held-out sources' validation
+    NLL (over the sources every candidate held out), or the mean of the two; each rule picks
+    the arm its numbers say, computed by hand below."""
+    from cxrlab.study.final import final_scores
+
+    def study(final_by: str):
+        return parse_study_config(f"""
+[study]
+name = "pick"
+data = ["A=a", "B=b", "C=c"]
+seeds = 2
+final = "ensemble"
+final_by = "{final_by}"
+[[cells]]
+model = "resnet18"
+weights = "none"
+label = "fits"
+holdout_source = ["none", "B", "C"]
+[[cells]]
+model = "resnet18"
+weights = "none"
+label = "travels"
+lr = 1e-4
+holdout_source = ["none", "B"]
+""")
+
+    cells = study("val_loss").cells
+    val = {"fits": (0.10, 0.14), "travels": (0.30, 0.26)}  # on the study's own data
+    held = {("fits", "B"): (0.60, 0.40), ("fits", "C"): (0.05, 0.05),
+            ("travels", "B"): (0.20, 0.30)}  # fmt: skip
+    rows, val_losses = [], {}
+    for c in cells:
+        label = c.label.removesuffix(f", without {c.config.holdout_source}")
+        row = {"cell": c.id, "model": c.model, "label": c.label, "holdout_val_nll": ""}
+        if c.config.holdout_source:
+            row["holdout_val_nll"] = held[(label, c.config.holdout_source)][c.seed]
+        else:
+            val_losses[c.id] = val[label][c.seed]
+        rows.append(row)
+    arm = {name: ("resnet18", name) for name in val}
+
+    scores, how = final_scores(study("val_loss"), rows, val_losses)
+    assert scores == pytest.approx({arm["fits"]: 0.12, arm["travels"]: 0.28})
+    assert how == "the lowest mean validation loss"
+    # held out: only B was held out by both, so C does not count (fits: 0.50, travels: 0.25)
+    scores, how = final_scores(study("holdout_val_nll"), rows, val_losses)
+    assert scores == pytest.approx({arm["fits"]: 0.50, arm["travels"]: 0.25})
+    assert how == "the lowest mean validation NLL on held-out B"
+    # both: fits (0.12 + 0.50) / 2 = 0.31, travels (0.28 + 0.25) / 2 = 0.265
+    scores, how = final_scores(study("val_and_holdout"), rows, val_losses)
+    assert scores == pytest.approx({arm["fits"]: 0.31, arm["travels"]: 0.265})
+    assert how.endswith("validation NLL on held-out B")
+    assert min(scores, key=scores.get) == arm["travels"]

@@ -109,9 +109,9 @@ class StudySettings:
     bootstrap: int = 2000  # paired-bootstrap resamples
     select: Literal["val_loss", "val_acc"] = "val_loss"  # how a search picks its candidate
     final: Literal["none", "best", "ensemble"] = "none"  # write <study>/final/ (see .final)
-    #: what chooses the final training type: its validation loss, or the validation NLL of
-    #: the sources its leave-one-source-out cells held out (see .final)
-    final_by: Literal["val_loss", "holdout_val_nll"] = "val_loss"
+    #: what chooses the final training type: its validation loss, the validation NLL of
+    #: the sources its leave-one-source-out cells held out, or the mean of both (see .final)
+    final_by: Literal["val_loss", "holdout_val_nll", "val_and_holdout"] = "val_loss"
     jobs: int = 1  # cells run at once, each in its own process (see .runner)
 
     def source_options(self) -> dict[str, tuple[str, ...]]:

@@ -11,7 +11,11 @@ is not. With ``final_by = "holdout_val_nll"`` a training type is scored instead 
 leave-one-source-out cells did on the held-out sources' own validation splits (their
 ``holdout.json``): the mean validation NLL over seeds, on the held-out sources that every
 candidate held out (so that all are compared on the same images). That chooses a recipe for
-data from elsewhere; training types without such cells are not candidates.
+data from elsewhere; training types without such cells are not candidates. With
+``final_by = "val_and_holdout"`` a training type is scored by the mean of the two, its
+validation loss on the study's own data and its held-out validation NLL: a recipe must do
+well both where it was trained and where it was not (two recipes that tie elsewhere are told
+apart by how well they fit here).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ..engine.ensemble import write_ensemble
 from ..engine.rundir import load_card
 from .config import Cell, StudyConfig
 
-__all__ = ["FINAL_DIR", "write_final"]
+__all__ = ["FINAL_DIR", "final_scores", "write_final"]
 
 FINAL_DIR = "final"
 
@@ -41,27 +45,17 @@ def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path)
     if mode == "none" or not rows:
         return None
     cells = {c.id: c for c in study.cells}
-    arms: dict[tuple[str, str], list[tuple[float, Path]]] = defaultdict(list)
-    kinds: dict[str, tuple[str, str]] = {}  # training type -> its arm
-    for r in rows:
-        cell = cells.get(r["cell"])
-        if cell is not None and cell.config.holdout_source:
-            continue  # only runs trained on all the data can be the final model
-        run = study_dir / "runs" / r["cell"]
-        arms[(r["model"], r["label"])].append((_val_loss(run), run))
-        if cell is not None:
-            kinds[_training_type(cell)] = (r["model"], r["label"])
-    if study.settings.final_by == "holdout_val_nll":
-        scores, how = _holdout_scores(cells, rows, kinds)
-    else:
-        scores = {arm: sum(v for v, _ in runs) / len(runs) for arm, runs in arms.items()}
-        how = "the lowest mean validation loss"
+    runs = {r["cell"]: study_dir / "runs" / r["cell"] for r in rows
+            if not _holds_out(cells.get(r["cell"]))}  # fmt: skip
+    val_losses = {cell: _val_loss(run) for cell, run in runs.items()}
+    scores, how = final_scores(study, rows, val_losses)
     if not scores:
         return None
     (model, label) = min(scores, key=lambda arm: scores[arm])
-    runs = arms[(model, label)]
-    over = f" over {len(runs)} seeds" if study.settings.final_by == "val_loss" else ""
-    members = [min(runs)[1]] if mode == "best" else [r for _, r in sorted(runs)]
+    chosen = sorted((val_losses[c], runs[c]) for r in rows if (c := r["cell"]) in runs
+                    and (r["model"], r["label"]) == (model, label))  # fmt: skip
+    over = f" over {len(chosen)} seeds" if study.settings.final_by == "val_loss" else ""
+    members = [chosen[0][1]] if mode == "best" else [r for _, r in chosen]
     what = "its best seed" if mode == "best" else f"all {len(members)} seeds averaged"
     if target.exists():
         shutil.rmtree(target)
@@ -70,6 +64,39 @@ def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path)
         f"{model}, {label}: the training type with {how} ({scores[(model, label)]:.4f}{over}); "
         f"{what}",
     )  # fmt: skip
+
+
+def final_scores(
+    study: StudyConfig, rows: list[dict[str, Any]], val_losses: dict[str, float]
+) -> tuple[dict[tuple[str, str], float], str]:
+    """Each candidate training type, as ``(model, label)``, with the score ``final_by``
+    gives it (lower is better), and how it was scored. ``val_losses`` holds the validation
+    loss of each run trained on all the data, by cell id; held-out NLLs come from ``rows``
+    (``holdout_val_nll``)."""
+    cells = {c.id: c for c in study.cells}
+    arms: dict[tuple[str, str], list[float]] = defaultdict(list)
+    kinds: dict[str, tuple[str, str]] = {}  # training type -> its arm
+    for r in rows:
+        cell = cells.get(r["cell"])
+        if _holds_out(cell) or r["cell"] not in val_losses:
+            continue  # only runs trained on all the data can be the final model
+        arms[(r["model"], r["label"])].append(val_losses[r["cell"]])
+        if cell is not None:
+            kinds[_training_type(cell)] = (r["model"], r["label"])
+    here = {arm: sum(v) / len(v) for arm, v in arms.items()}
+    by = study.settings.final_by
+    if by == "val_loss":
+        return here, "the lowest mean validation loss"
+    held, how = _holdout_scores(cells, rows, kinds)
+    if by == "holdout_val_nll" or not held:
+        return held, how
+    both = {arm: (here[arm] + held[arm]) / 2 for arm in held}
+    return both, (f"the lowest mean of its validation loss and its validation NLL on held-out "
+                  f"{how.rpartition('held-out ')[2]}")  # fmt: skip
+
+
+def _holds_out(cell: Cell | None) -> bool:
+    return cell is not None and bool(cell.config.holdout_source)
 
 
 def _training_type(cell: Cell) -> str:
