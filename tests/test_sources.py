@@ -420,6 +420,24 @@ holdout_source = ["none", "B"]
     assert ids[1] not in report.results.correct  # other test images: not paired
 
 
+def test_a_named_cell_that_holds_a_source_out_is_its_own_row() -> None:
+    """A cell's own label gets ", without B" when it holds B out: it tests on other images,
+    so the summary must not average it with the cell trained on every source."""
+    from cxrlab.study import parse_study_config
+
+    study = parse_study_config("""
+[study]
+name = "loso"
+data = ["A=a", "B=b"]
+[[cells]]
+model = "resnet18"
+weights = "none"
+label = "Mine"
+holdout_source = ["none", "B"]
+""")
+    assert [c.label for c in study.cells] == ["Mine", "Mine, without B"]
+
+
 def test_finer_sources_from_the_release_metadata(two_sources, tmp_path, monkeypatch,
                                                  capsys) -> None:  # fmt: skip
     """--sources-csv NAME=metadata reads the Kaggle release's <Class>.metadata.xlsx: each

@@ -477,6 +477,8 @@ def _base(combo: dict[str, Any], train: dict[str, Any], index: int,
                           size, held)  # fmt: skip
         if extra:  # told apart by _bases if another cell gets the same label
             label = (label, ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+    elif held:  # a cell that holds a source out tests on other images: never the same row
+        label = f"{label}, without {held}"
     return base_id, label, options, index, search
 
 
