@@ -87,12 +87,12 @@ def final_scores(
     by = study.settings.final_by
     if by == "val_loss":
         return here, "the lowest mean validation loss"
-    held, how = _holdout_scores(cells, rows, kinds)
+    held, sources = _holdout_scores(cells, rows, kinds)
+    on = f"validation NLL on held-out {', '.join(sources)}"
     if by == "holdout_val_nll" or not held:
-        return held, how
+        return held, f"the lowest mean {on}"
     both = {arm: (here[arm] + held[arm]) / 2 for arm in held}
-    return both, (f"the lowest mean of its validation loss and its validation NLL on held-out "
-                  f"{how.rpartition('held-out ')[2]}")  # fmt: skip
+    return both, f"the lowest mean of its validation loss and its {on}"
 
 
 def _holds_out(cell: Cell | None) -> bool:
@@ -104,11 +104,12 @@ def _training_type(cell: Cell) -> str:
     return repr(cell.config.replace(seed=0, holdout_source=None))
 
 
-def _holdout_scores(cells: dict[str, Cell], rows: list[dict[str, Any]],
-                    kinds: dict[str, tuple[str, str]]) -> tuple[dict[Any, float], str]:  # fmt: skip
+def _holdout_scores(
+    cells: dict[str, Cell], rows: list[dict[str, Any]], kinds: dict[str, tuple[str, str]]
+) -> tuple[dict[Any, float], list[str]]:
     """Per arm trained on all the data, the mean validation NLL of its leave-one-source-out
     cells on the sources they held out, over the held-out sources every such arm held out
-    (empty when no arm has such cells)."""
+    (empty when no arm has such cells); and those sources."""
     nll: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cell = cells.get(r["cell"])
@@ -120,7 +121,7 @@ def _holdout_scores(cells: dict[str, Cell], rows: list[dict[str, Any]],
             nll[arm][cell.config.holdout_source].append(float(value))
     shared = set.intersection(*(set(by) for by in nll.values())) if nll else set()
     if not shared:
-        return {}, ""
+        return {}, []
     scores = {arm: sum(v for s in shared for v in by[s]) / sum(len(by[s]) for s in shared)
               for arm, by in nll.items()}  # fmt: skip
-    return scores, f"the lowest mean validation NLL on held-out {', '.join(sorted(shared))}"
+    return scores, sorted(shared)
