@@ -126,6 +126,7 @@ class _Copies:
     excluded: set[str]  # on another dataset: left out of every number
     found: dict[str, list[int]]  # on the run's own data: per audited position, its copies
     overlap: Any = None  # on another dataset: the overlap found
+    patients: int = 0  # on another dataset: images left out as other images of seen patients
 
     def kept(self, records: Sequence[Any]) -> np.ndarray:
         """Positions of the audited images that are not left out as copies."""
@@ -179,10 +180,9 @@ def _header(a: _Audited, split: str) -> dict[str, Any]:
 def _find_copies(a: _Audited, checks: Sequence[str], progress: bool) -> _Copies:
     """On another dataset, copies of the run's training images (left out of every number);
     on its own, audited images that copy a training or validation image."""
-    if a.external:
-        whole = a.prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = a.run.copies(a.records, whole[a.rows], progress=progress)
-        return _Copies(overlap.paths(("train", "val")), {}, overlap)
+    if a.external:  # copies, and other images of patients the run saw
+        seen = a.run.not_held_out(a.prepared, a.rows, progress=progress)
+        return _Copies(seen.paths, {}, seen.overlap, len(seen.patients))
     found = _own_copies(a.images, a.prepared.split, a.rows) if "copies" in checks else {}
     return _Copies(set(), found)
 
@@ -205,11 +205,14 @@ def _normal(a: _Audited, probs: np.ndarray, scored: np.ndarray) -> dict[str, Any
 
 def _copies_check(a: _Audited, copies: _Copies, probs: np.ndarray, split: str) -> dict[str, Any]:
     if copies.overlap is not None:
-        excluded = copies.excluded
+        n_copies = len(copies.excluded) - copies.patients
+        same = (f" and {copies.patients} other image(s) of patients the run saw"
+                if copies.patients else "")  # fmt: skip
         return copies.overlap.to_dict() | {
-            "excluded": len(excluded),
-            "finding": f"{copies.overlap.summary()}; {len(excluded)} image(s) copying training "
-            "or validation images are left out of every number below.",
+            "excluded": len(copies.excluded),
+            "excluded_patients": copies.patients,
+            "finding": f"{copies.overlap.summary()}; {n_copies} image(s) copying training "
+            f"or validation images{same} are left out of every number below.",
         }
     found, y_all = copies.found, a.labels
     right = probs.argmax(1) == y_all

@@ -57,15 +57,24 @@ def data_split(
         bool,
         typer.Option(help="Keep near copies (re-saved, re-sized, re-cropped) in one split."),
     ] = True,
+    patients: Annotated[
+        str | None,
+        typer.Option(
+            help="Patient rule: kermany, re:PATTERN, FILE.csv[#COLUMN] or none (default: "
+            "Kermany file names where they appear); each patient's images stay in one split."
+        ),
+    ] = None,
 ) -> None:
     """Write a reproducible, stratified train/val/test manifest."""
     from ..data import make_split, near_copy_groups, scan_dataset
+    from ..data.patients import patient_ids
     from ..data.summary import format_split_counts
 
     report = scan_dataset(root)
     groups = near_copy_groups(report) if near_copies and not holdout_all else None
+    who = patient_ids(report.root, [r.path for r in report.records], [patients] if patients else [])
     split = make_split(report, ratios=parse_ratios(ratios), seed=seed, holdout_all=holdout_all,
-                       groups=groups)  # fmt: skip
+                       groups=groups, patients=who)  # fmt: skip
     split.save(out)
     typer.echo(format_split_counts(split))
     typer.echo(f"Wrote {out} (split hash {split.fingerprint()})")

@@ -22,6 +22,7 @@ from .masks import (
     crop_to_lungs,
     decoded_masks,
 )
+from .patients import patient_ids
 from .scan import ImageRecord, ScanReport, scan_dataset
 from .split import Split, load_split, make_split
 from .synth import DATASET_DIRNAME, write_synthetic_dataset
@@ -213,6 +214,7 @@ def prepare_data(
     split_source: str = "auto",
     lungs: str = "keep",
     near_copies: bool = True,
+    patients: Sequence[str] = (),
     mask_provider: MaskProvider | None = None,
     doubtful: str = "refuse",
     progress: bool = True,
@@ -241,6 +243,11 @@ def prepare_data(
         near_copies: a newly drawn split keeps near copies (re-saved, re-sized, re-cropped
             images of one radiograph) in one split, like exact copies; ``False`` groups exact
             copies only. A loaded split is used as it was made.
+        patients: each source's patient rule, ``[NAME=]RULE`` (see
+            :mod:`cxrlab.data.patients`; default: the Kermany file naming wherever names
+            follow it). A newly drawn split keeps each patient's images in one split and
+            records every image's patient (held-out and external scoring leave out images of
+            patients a run saw). A loaded split keeps the patients it recorded.
         mask_provider: where lung masks come from when ``lungs`` needs them:
             ``(root, records, size, progress) -> DecodedMasks`` (a segmenter's predictions,
             :func:`cxrlab.segment.apply.predicted_masks`); default: the mask files beside the
@@ -272,7 +279,7 @@ def prepare_data(
     made = not (split_file is not None and Path(split_file).exists() and not holdout_all)
     if made:
         split = _draw_split(report, ratios, split_seed, holdout_all, split_source, near_copies,
-                            progress)  # fmt: skip
+                            patients, progress)  # fmt: skip
     else:
         split = load_split(split_file, report)  # type: ignore[arg-type]
     # drawn on every image, then without those left out: the split is the one runs that keep
@@ -309,13 +316,15 @@ def _scan(root: Path, progress: bool) -> ScanReport:
 
 def _draw_split(report: ScanReport, ratios: tuple[float, float, float], seed: int,
                 holdout_all: bool, split_source: str, near_copies: bool,
-                progress: bool) -> Split:  # fmt: skip
-    """A new split: the dataset's own folders, or a stratified draw keeping copies whole."""
+                patients: Sequence[str], progress: bool) -> Split:  # fmt: skip
+    """A new split: the dataset's own folders, or a stratified draw keeping copies and
+    patients whole."""
     folders = split_source == "folders" or (split_source == "auto" and report.source_splits)
     grouped = near_copies and not holdout_all and not folders and report.records
     groups = near_copy_groups(report, progress=progress) if grouped else None
+    who = patient_ids(report.root, [r.path for r in report.records], patients)
     return make_split(report, ratios=ratios, seed=seed, holdout_all=holdout_all,
-                      use_folders=bool(folders), groups=groups)  # fmt: skip
+                      use_folders=bool(folders), groups=groups, patients=who)  # fmt: skip
 
 
 def _with_lungs(data: PreparedData, progress: bool) -> PreparedData:

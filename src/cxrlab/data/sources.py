@@ -50,6 +50,7 @@ __all__ = [
     "data_root",
     "parse_sources",
     "read_sources",
+    "view_origins",
 ]
 
 #: A class map's target that leaves a class out.
@@ -362,3 +363,30 @@ def data_root(root: str, built_from: Sequence[Mapping[str, Any]] | None = None) 
     if built_from and not Path(root).is_dir():
         return str(combine_sources([Source(**s) for s in built_from], out=root))
     return root
+
+
+def view_origins(root: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """``{path: (source, path relative to the source's folder)}`` of a view's images (empty
+    for a plain dataset folder). The source is the one the view was built from (not a finer
+    one); where its folder has moved, the path is the linked file's name alone."""
+    root = Path(root)
+    path = root / SOURCES_FILE
+    specs = view_sources(root)
+    if not path.is_file() or not specs:
+        return {}
+    folders = {str(s["name"]): Path(str(s["root"])) for s in specs}
+    resolved = {n: f.resolve() for n, f in folders.items()}
+    by_length = sorted(folders, key=len, reverse=True)  # "a_b" before "a"
+    out: dict[str, tuple[str, str]] = {}
+    for r in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+        flat = r["path"].rsplit("/", 1)[-1]
+        name = next((n for n in by_length if flat.startswith(f"{n}__")), None)
+        if name is None:
+            continue
+        origin = Path(r["origin"])
+        try:
+            rel = origin.relative_to(resolved[name]).as_posix()
+        except ValueError:
+            rel = origin.name
+        out[r["path"]] = (name, rel)
+    return out

@@ -10,6 +10,8 @@ Exact duplicates (same pixels) always land in the same split, and so do near cop
 same radiograph re-saved, re-sized or re-cropped, found by perceptual signature, see
 :func:`~cxrlab.data.dedup.copy_groups`) when the split is given its copy groups: a test image
 then has no copy in training. The manifest's ``group`` column names each image's group.
+Images of one patient (:mod:`cxrlab.data.patients`) go into one split as well, joined with
+their copies' groups; the ``patient`` column names each image's patient where it is known.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..utils import atomic_write_text, hash_strings
+from .patients import group_units
 from .scan import ImageRecord, ScanReport
 
 __all__ = ["SPLITS", "Split", "load_split", "make_split", "train_size_label"]
 
 SPLITS = ("train", "val", "test")
-_HEADER = ("path", "label", "width", "height", "hash", "group", "source", "split")
+_HEADER = ("path", "label", "width", "height", "hash", "group", "source", "split", "patient")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class Split:
             grouped with its exact copies only (its hash), as manifests before groups were.
         sources: each record's data source (:meth:`ScanReport.source_of`); empty when not
             known (a manifest written before sources were recorded, read without data).
+        patients: each record's patient (``""`` where not known,
+            :func:`~cxrlab.data.patients.patient_ids`); empty when no patient is known (or
+            the manifest came before patients were recorded). A drawn split keeps each
+            patient's images in one split.
     """
 
     classes: tuple[str, ...]
@@ -60,6 +67,37 @@ class Split:
     source: str = "stratified"
     groups: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+
+    def patient(self, i: int) -> str:
+        """Record ``i``'s patient (``""`` when not known)."""
+        return self.patients[i] if self.patients else ""
+
+    def patient_summary(self) -> dict[str, int]:
+        """How patients shaped the split: ``patients`` known, the ``images`` they cover,
+        ``grouped_patients`` with several images (each kept in one split) and their
+        ``grouped_images``, and ``across`` patients whose images lie in more than one split
+        (0 for a drawn split; a dataset's own folders or an old manifest may have some)."""
+        where: dict[str, set[str]] = defaultdict(set)
+        sizes: dict[str, int] = defaultdict(int)
+        for i, s in enumerate(self.assignment):
+            p = self.patient(i)
+            if p:
+                where[p].add(s)
+                sizes[p] += 1
+        grouped = [p for p, n in sizes.items() if n > 1]
+        return {
+            "patients": len(sizes),
+            "images": sum(sizes.values()),
+            "grouped_patients": len(grouped),
+            "grouped_images": sum(sizes[p] for p in grouped),
+            "across": sum(len(s) > 1 for s in where.values()),
+        }
+
+    def patients_in(self, splits: tuple[str, ...] = ("train", "val")) -> set[str]:
+        """The known patients with an image in ``splits``."""
+        return {self.patient(i) for i, s in enumerate(self.assignment)
+                if s in splits and self.patient(i)}  # fmt: skip
 
     def source_of(self, i: int) -> str:
         """Record ``i``'s source (``""`` when not known)."""
@@ -89,6 +127,7 @@ class Split:
             assignment=tuple(self.assignment[i] for i in keep),
             groups=tuple(self.groups[i] for i in keep) if self.groups else (),
             sources=tuple(self.sources[i] for i in keep) if self.sources else (),
+            patients=tuple(self.patients[i] for i in keep) if self.patients else (),
         )
 
     def indices(self, split: str) -> list[int]:
@@ -165,7 +204,7 @@ class Split:
         w.writerow(_HEADER)
         for i, (r, s) in enumerate(zip(self.records, self.assignment)):
             w.writerow([r.path, r.label, r.width, r.height, r.hash, self.group(i),
-                        self.source_of(i), s])  # fmt: skip
+                        self.source_of(i), s, self.patient(i)])  # fmt: skip
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -216,6 +255,7 @@ def make_split(
     holdout_all: bool = False,
     use_folders: bool = False,
     groups: Mapping[str, str] | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> Split:
     """Assign every valid image of ``report`` to train, val or test, stratified by class.
 
@@ -229,6 +269,11 @@ def make_split(
             then not used.
         groups: image path -> copy group (:func:`~cxrlab.data.dedup.copy_groups`); each group
             goes whole into one split. Default: exact copies (the same hash) only.
+        patients: image path -> patient (:func:`~cxrlab.data.patients.patient_ids`; images
+            not named have no known patient); each patient's images, with their copy
+            groups, go whole into one split. Recorded in the split either way (a folder
+            split keeps its folders, and :meth:`Split.patient_summary` counts the patients
+            it splits).
 
     Raises:
         DataError: a class has no valid images, the ratios are invalid, or ``use_folders``
@@ -241,7 +286,7 @@ def make_split(
             "remove the folder ('cxrlab data scan' lists invalid files)"
         )
     if use_folders and not holdout_all:
-        return _folder_split(report)
+        return _with_patients(_folder_split(report), patients)
     if holdout_all:
         ratios = (0.0, 0.0, 1.0)
     ratios = tuple(float(r) for r in ratios)  # type: ignore[assignment]
@@ -251,8 +296,9 @@ def make_split(
         )
     records = sorted(report.records, key=lambda r: r.path)
     keys = [groups.get(r.path, r.hash) if groups else r.hash for r in records]
+    units = group_units([r.path for r in records], keys, patients) if patients else keys
     members: dict[str, list[ImageRecord]] = defaultdict(list)
-    for r, k in zip(records, keys):
+    for r, k in zip(records, units):
         members[k].append(r)
     counts: dict[str, int] = defaultdict(int)
     for r in records:
@@ -291,7 +337,21 @@ def make_split(
         ratios=ratios,  # type: ignore[arg-type]
         groups=tuple(keys) if groups else (),
         sources=tuple(report.source_of(r.path) for r in records),
+        patients=_patient_column(records, patients),
     )
+
+
+def _patient_column(records: tuple[ImageRecord, ...] | list[ImageRecord],
+                    patients: Mapping[str, str] | None) -> tuple[str, ...]:  # fmt: skip
+    """Each record's patient, or ``()`` when none is known."""
+    if not patients:
+        return ()
+    column = tuple(patients.get(r.path, "") for r in records)
+    return column if any(column) else ()
+
+
+def _with_patients(split: Split, patients: Mapping[str, str] | None) -> Split:
+    return dataclasses.replace(split, patients=_patient_column(split.records, patients))
 
 
 def _folder_split(report: ScanReport) -> Split:
@@ -343,6 +403,7 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
         assignment = tuple(r["split"] for r in rows)
         groups = tuple(r.get("group") or rec.hash for r, rec in zip(rows, records))
         sources = tuple(r.get("source") or "" for r in rows)
+        patients = tuple(r.get("patient") or "" for r in rows)
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(f"Split file {path} is malformed ({e}); re-create it") from e
     bad = {s for s in assignment if s not in SPLITS} | {
@@ -364,4 +425,4 @@ def load_split(path: str | os.PathLike[str], report: ScanReport | None = None) -
     source = meta.get("source", "stratified")
     return Split(classes, records, assignment, seed, ratios, source,  # type: ignore[arg-type]
                  groups if any(g != r.hash for g, r in zip(groups, records)) else (),
-                 sources)  # fmt: skip
+                 sources, patients if any(patients) else ())  # fmt: skip

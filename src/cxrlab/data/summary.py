@@ -81,4 +81,11 @@ def format_split_counts(split: Split) -> str:
     if split.groups or groups:
         text += (f"\nNear copies: {groups} group(s) of {images} images joined, each kept in one "
                  "split (the manifest's group column)")  # fmt: skip
+    who = split.patient_summary()
+    if who["patients"]:
+        text += (f"\nPatients: {who['images']} images of {who['patients']} known patients; "
+                 f"{who['grouped_patients']} with several images ({who['grouped_images']} "
+                 "images), each patient in one split (the manifest's patient column)")  # fmt: skip
+        if who["across"]:
+            text += f"; {who['across']} patients span splits (the dataset's own split)"
     return text

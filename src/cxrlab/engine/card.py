@@ -79,6 +79,8 @@ class DataRecord:
     doubtful: str = "refuse"  # the rule for images without a valid lung mask
     left_out: int = 0  # images without a valid lung mask, left out
     sources: dict[str, Any] | None = None  # several sources: built_from and images per cell
+    # known patients (cxrlab.data.Split.patient_summary) and the rules given; None: none known
+    patients: dict[str, Any] | None = None
 
     @property
     def segmenter(self) -> str | None:

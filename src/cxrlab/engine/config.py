@@ -62,6 +62,13 @@ class TrainConfig:
         near_copies: a newly drawn split keeps near copies (one radiograph re-saved,
             re-sized or re-cropped, found by perceptual signature) in one split, as it keeps
             exact copies; ``False`` groups exact copies only.
+        patients: each source's patient rule, ``[NAME=]RULE``: ``kermany`` (the Kermany et
+            al. file names, ``person124_virus_238.jpeg``), ``re:PATTERN`` (a regular
+            expression on the file name), ``FILE.csv[#COLUMN]`` (a CSV of path and patient)
+            or ``none``. A source without one gets the Kermany naming wherever its file names
+            follow it. A newly drawn split keeps each patient's images in one split, and
+            held-out and external scoring leave out images of patients the run saw
+            (:mod:`cxrlab.data.patients`).
         image_size: square input size in pixels.
         train_size: train on part of the training split: a fraction in (0, 1] of each class,
             or a whole count per class (``50``). Stratified and nested (the 10 % lies inside
@@ -165,6 +172,10 @@ class TrainConfig:
     near_copies: bool = option(
         True, "Keep near copies (re-saved, re-sized, re-cropped images) in one split.", panel=_D
     )
+    patients: tuple[str, ...] = option(
+        (),
+        "A source's patient rule: [NAME=]kermany|re:PATTERN|FILE.csv[#COLUMN]|none; default: "
+        "Kermany file names where they appear. Repeatable.", panel=_D)  # fmt: skip
     image_size: int = option(224, "Input size (px).", panel=_D)
     train_size: float = option(
         1.0,

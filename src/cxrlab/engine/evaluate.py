@@ -186,7 +186,8 @@ def evaluate_run(
             (``COVID-19`` is ``COVID``). A dataset may hold only some of the model's classes.
         exclude_copies: on another dataset, leave out of the metrics every image that copies
             one of the run's training or validation images (found by content hash and
-            perceptual signature, and reported in ``overlap``).
+            perceptual signature, and reported in ``overlap``), and every image of a patient
+            the run saw (:meth:`~cxrlab.engine.scoring.ScoringRun.seen_patients`).
         predictions: write the scored images' predictions here (CSV, see
             :func:`write_predictions`; labels are the model classes they map to).
         image_size: test at this input size instead of the run's (a convolutional network
@@ -199,7 +200,8 @@ def evaluate_run(
         ``class_matching``, ``routing`` (where the images of each dataset class went, scored
         or not), ``external``, ``ece_calibrated`` (a single run with a temperature: the ECE
         of its calibrated probabilities) and, for another dataset, ``overlap``,
-        ``excluded_copies``, ``copy_share`` (the share of its images that copy the run's
+        ``excluded_copies``, ``excluded_patients`` (other images of patients the run saw),
+        ``copy_share`` (the share of its images that copy the run's
         training or validation images) and ``not_external`` (that share is above
         :data:`NOT_EXTERNAL_SHARE`).
 
@@ -221,11 +223,8 @@ def evaluate_run(
     rows = prepared.split.indices(split)
     records = [prepared.split.records[i] for i in rows]
     external = not run.is_own_data(prepared)
-    overlap = None
-    if external:
-        whole = prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = run.copies(records, whole[rows], progress=progress)
-    excluded = overlap.paths(("train", "val")) if overlap is not None and exclude_copies else set()
+    seen = run.not_held_out(prepared, rows, progress=progress) if external else None
+    excluded = seen.paths if seen is not None and exclude_copies else set()
     # every image is predicted (unscored classes too: where did they go?)
     probs, temperatures = _member_probabilities(list(run.members), prepared, rows, split,
                                                 ensemble, device, batch_size,
@@ -255,11 +254,11 @@ def evaluate_run(
         metrics["ece_calibrated"] = expected_calibration_error(calibrated, y)
     if ensemble:
         metrics["members"] = [str(m) for m in run.members]
-    if overlap is not None:
-        copies = overlap.paths(("train", "val"))
-        metrics["overlap"] = overlap.to_dict()
-        metrics["excluded_copies"] = len(excluded)
-        metrics["copy_share"] = len(copies) / max(1, len(records))
+    if seen is not None:
+        metrics["overlap"] = seen.overlap.to_dict()
+        metrics["excluded_copies"] = len(seen.copies) if exclude_copies else 0
+        metrics["excluded_patients"] = len(seen.patients) if exclude_copies else 0
+        metrics["copy_share"] = len(seen.copies) / max(1, len(records))
         metrics["not_external"] = metrics["copy_share"] > NOT_EXTERNAL_SHARE
     if predictions is not None:
         write_predictions(predictions, [records[k].path for k in scored], y, probs[scored],
@@ -318,7 +317,8 @@ def scored_positions(records: list[Any], matching: dict[str, str | None], exclud
             f"No image of {prepared.report.root} can be scored: "
             + ("every class is unscored" if not any(matching.values()) else
                f"all {len(records)} images of the scored classes copy the run's training or "
-               "validation images" if excluded else "no image of a scored class")
+               "validation images or show their patients" if excluded else
+               "no image of a scored class")
         )  # fmt: skip
     return scored
 

@@ -172,8 +172,10 @@ def _check_classes(ext: ExternalSet, prepared: PreparedData, classes: Iterable[s
                   where=f"the study's models (external set {ext.name!r})")  # fmt: skip
 
 
-def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: RunCard) -> str:
-    """What an external result depends on: the set's images and class map, the run's model."""
+def _key(ext: ExternalSet, prepared: PreparedData, run_dir: Path, card: RunCard) -> str:
+    """What an external result depends on: the set's images, class map and known patients,
+    the run's model."""
+    data_hash = prepared.report.fingerprint()
     model = run_dir / MODEL_FILE
     size = str(model.stat().st_size) if model.exists() else ""
     created = card.created  # a retrained run is a new model
@@ -182,6 +184,8 @@ def _key(ext: ExternalSet, data_hash: str, run_dir: Path, card: RunCard) -> str:
     if card.lungs != "keep":
         # results of such runs from before copies were found on whole images are stale
         parts.append("copies-on-whole-images")
+    if prepared.split.patients:  # results from before patients were left out are stale
+        parts.append("patients:" + hash_strings(prepared.split.patients))
     return hash_strings(parts)
 
 
@@ -192,7 +196,7 @@ def is_current(run_dir: str | os.PathLike[str], ext: ExternalSet, prepared: Prep
         return False
     stored = read_external(run_dir, ext.name)
     return stored is not None and stored.get("key") == _key(
-        ext, prepared.report.fingerprint(), Path(run_dir), load_card(run_dir)
+        ext, prepared, Path(run_dir), load_card(run_dir)
     )
 
 
@@ -252,7 +256,7 @@ def evaluate_external(
             "external set must be other data (score the run's own test split with "
             "'cxrlab evaluate')"
         )
-    key = _key(ext, data_hash, run_dir, card)
+    key = _key(ext, prepared, run_dir, card)
     cached = read_external(run_dir, ext.name)
     if cached is not None and cached.get("key") == key:
         return cached, False
@@ -281,7 +285,9 @@ def describe_result(result: Mapping[str, Any]) -> str:
     text = (f"external {name}: accuracy {result['accuracy']:.4f}  macro-F1 "
             f"{result['macro_f1']:.4f}  AUROC {result['auroc'] or float('nan'):.4f}  ECE "
             f"{result['ece']:.4f} on {result['n']} images ({result.get('excluded_copies', 0)} "
-            "copies of training/validation images left out)")  # fmt: skip
+            "copies of training/validation images"
+            + (f" and {result['excluded_patients']} images of their patients"
+               if result.get("excluded_patients") else "") + " left out)")  # fmt: skip
     if result.get("not_external"):
         text += f"  NOT EXTERNAL: {result['copy_share']:.0%} of its images copy the run's data"
     return text

@@ -27,18 +27,21 @@ __all__ = ["HOLDOUT_FILE", "score_holdout", "split_sources"]
 HOLDOUT_FILE = "holdout.json"
 
 
-def split_sources(
-    config: TrainConfig,
-) -> tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], tuple[tuple[str, ...], ...]]:
-    """``(training, held)``: each ``(data, class_map, sources_csv)``, the held-out source's
-    apart from the rest (``held`` is empty without ``holdout_source``).
+#: What :func:`split_sources` returns for each side: ``(data, class_map, sources_csv,
+#: patients)``.
+SourceParts = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def split_sources(config: TrainConfig) -> tuple[SourceParts, SourceParts | tuple[()]]:
+    """``(training, held)``: each ``(data, class_map, sources_csv, patients)``, the
+    held-out source's apart from the rest (``held`` is empty without ``holdout_source``).
 
     Raises:
         ConfigError: ``holdout_source`` names no source of ``data``, or leaves none to train
             on.
     """
     data = (config.data,) if isinstance(config.data, str) else tuple(config.data)
-    whole = (data, config.class_map, config.sources_csv)
+    whole = (data, config.class_map, config.sources_csv, config.patients)
     name = config.holdout_source
     if not name:
         return whole, ()
@@ -56,8 +59,10 @@ def split_sources(
 
     kept = tuple(d for d, n in zip(data, names) if n != name)
     held = tuple(d for d, n in zip(data, names) if n == name)
-    return ((kept, part(config.class_map, False), part(config.sources_csv, False)),
-            (held, part(config.class_map, True), part(config.sources_csv, True)))  # fmt: skip
+    return ((kept, part(config.class_map, False), part(config.sources_csv, False),
+             part(config.patients, False)),
+            (held, part(config.class_map, True), part(config.sources_csv, True),
+             part(config.patients, True)))  # fmt: skip
 
 
 def score_holdout(
@@ -69,10 +74,11 @@ def score_holdout(
     if not held:
         return None
     run_dir = Path(run_dir)
-    data, class_map, sources_csv = held
+    data, class_map, sources_csv, patients = held
     prepared = prepare_data(
         data, class_map=class_map, sources_csv=sources_csv, split_seed=config.split_seed,
-        ratios=config.ratios, near_copies=config.near_copies, progress=progress,
+        ratios=config.ratios, near_copies=config.near_copies, patients=patients,
+        progress=progress,
         **(open_run(run_dir).preparation() | {"doubtful": "skip"}),
     )  # fmt: skip
     out: dict[str, Any] = {"source": config.holdout_source}

@@ -227,6 +227,7 @@ def build_card(
             doubtful=cfg.doubtful,
             left_out=len(data.left_out),  # images without a valid lung mask, skipped
             sources=_sources(data),
+            patients=_patients(data, cfg),
         ),
         training=TrainingRecord(
             seed=cfg.seed,
@@ -263,3 +264,12 @@ def _segmenter(masks_from: str | None) -> dict[str, Any] | None:
     from ..segment.apply import segmenter_id
 
     return segmenter_id(masks_from)
+
+
+def _patients(data: PreparedData, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The card's record of the split's patients (how many known, grouped, across splits)
+    and the rules given; ``None`` when no image's patient is known."""
+    summary = data.split.patient_summary()
+    if not summary["patients"]:
+        return None
+    return summary | {"rules": list(cfg.patients) or ["auto"]}

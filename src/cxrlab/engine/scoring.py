@@ -25,7 +25,28 @@ from .card import Card, DataRecord, EnsembleCard, RunCard
 from .ensemble import expand_members, is_ensemble, read_ensemble
 from .rundir import load_card, require_finished
 
-__all__ = ["ScoringRun", "open_run", "segmenter_masks"]
+__all__ = ["NotHeldOut", "ScoringRun", "open_run", "segmenter_masks"]
+
+
+@dataclass(frozen=True)
+class NotHeldOut:
+    """Images of other data that are not held out from a run: copies of its training or
+    validation images, and other images of patients it trained or validated on.
+
+    Attributes:
+        overlap: every copy of a run image found (train, val and test).
+        copies: paths that copy a training or validation image.
+        patients: paths of other images of a patient the run saw (not in ``copies``).
+    """
+
+    overlap: Overlap
+    copies: frozenset[str]
+    patients: frozenset[str]
+
+    @property
+    def paths(self) -> set[str]:
+        """Every path to leave out of a held-out number."""
+        return set(self.copies | self.patients)
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,39 @@ class ScoringRun:
             return Overlap(note=f"the run's images at {self.data.root} cannot be read ({e})")
         return find_overlap(self.split_file, root, self.image_size, records, whole,
                             progress=progress)  # fmt: skip
+
+    def not_held_out(
+        self, prepared: PreparedData, rows: Sequence[int], *, progress: bool = False
+    ) -> NotHeldOut:
+        """Which of ``prepared``'s images at ``rows`` (other data than the run's) are not
+        held out from it: copies of its training or validation images (exact and near, on
+        whole images) and other images of the patients it saw (:meth:`seen_patients`)."""
+        records = [prepared.split.records[i] for i in rows]
+        whole = prepared.whole_images(progress).array  # copies are of whole radiographs
+        overlap = self.copies(records, whole[list(rows)], progress=progress)
+        copies = overlap.paths(("train", "val"))
+        patients = self.seen_patients(prepared, rows, copies) - copies
+        return NotHeldOut(overlap, frozenset(copies), frozenset(patients))
+
+    def seen_patients(
+        self, prepared: PreparedData, rows: Sequence[int], copies: set[str]
+    ) -> set[str]:
+        """Paths of ``prepared``'s images at ``rows`` (other data) whose patient the run saw:
+        a patient with an image in the run's training or validation split (patients are
+        keyed so that one patient has one key in every folder named the same way, see
+        :mod:`cxrlab.data.patients`), or one whose image here copies a run image
+        (``copies``: the patient's other radiographs are not held out either)."""
+        split = prepared.split
+        if not split.patients:
+            return set()
+        seen: set[str] = set()
+        if self.split_file.is_file():
+            from ..data import load_split
+
+            seen = load_split(self.split_file).patients_in(("train", "val"))
+        seen |= {split.patient(i) for i in rows if split.records[i].path in copies}
+        return {split.records[i].path for i in rows
+                if split.patient(i) and split.patient(i) in seen}  # fmt: skip
 
     def whole_image_lungs(
         self, *, masks_from: str | os.PathLike[str] | None = None, doubtful: str = "skip"

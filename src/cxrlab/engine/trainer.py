@@ -317,8 +317,9 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
     split_file = out / "split.csv" if resume else config.split_file
     if not ddp.main:
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
-    (train_data, class_map, sources_csv), _ = split_sources(config)
+    (train_data, class_map, sources_csv, patients), _ = split_sources(config)
     data = prepare_data(train_data, class_map=class_map, sources_csv=sources_csv,
+                        patients=patients,
                         split_file=split_file, split_seed=config.split_seed,
                         ratios=config.ratios, image_size=config.image_size,
                         split_source=config.split_source, lungs=config.lungs,
@@ -328,6 +329,13 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
     groups, joined = data.split.joined()
     if groups:
         log(f"Split: {groups} near-copy group(s) of {joined} images, each kept in one split")
+    who = data.split.patient_summary()
+    if who["patients"]:
+        log(f"Split: {who['images']} images of {who['patients']} known patients; "
+            f"{who['grouped_patients']} patients with several images ({who['grouped_images']} "
+            "images) each kept in one split"
+            + (f"; {who['across']} patients span splits (the split was not drawn here)"
+               if who["across"] else ""))  # fmt: skip
     if data.masks is not None:
         log(f"Lungs {config.lungs}: {data.masks.summary()}")
     if ddp.main:

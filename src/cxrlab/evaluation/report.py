@@ -38,6 +38,11 @@ def format_evaluation(m: dict[str, Any]) -> str:
                 f"{m['excluded_copies']} image(s) that copy training or validation images are "
                 "left out of the numbers below (--keep-copies to score them)"
             )
+        if m.get("excluded_patients"):
+            lines.append(
+                f"{m['excluded_patients']} other image(s) of patients the run trained or "
+                "validated on are left out too (--keep-copies to score them)"
+            )
     auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.4f}"
     lines.append(
         f"{m['split']}: n={m['n']}  accuracy {m['accuracy']:.4f}  balanced "

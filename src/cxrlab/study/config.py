@@ -99,6 +99,8 @@ class StudySettings:
     data: str | tuple[str, ...] = "phantoms"  # a folder, or several sources ([NAME=]PATH)
     class_map: dict[str, Any] = dataclasses.field(default_factory=dict)  # per source
     sources_csv: dict[str, str] = dataclasses.field(default_factory=dict)  # per source
+    # per source: a patient rule (cxrlab.data.patients; default: Kermany names where found)
+    patients: dict[str, str] = dataclasses.field(default_factory=dict)
     seeds: int | tuple[int, ...] = 1
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -115,14 +117,16 @@ class StudySettings:
     jobs: int = 1  # cells run at once, each in its own process (see .runner)
 
     def source_options(self) -> dict[str, tuple[str, ...]]:
-        """``class_map`` and ``sources_csv`` as :class:`~cxrlab.engine.TrainConfig` takes
-        them (``NAME=FROM=TO,...`` and ``NAME=FILE``)."""
+        """``class_map``, ``sources_csv`` and ``patients`` as
+        :class:`~cxrlab.engine.TrainConfig` takes them (``NAME=FROM=TO,...``, ``NAME=FILE``
+        and ``NAME=RULE``)."""
         maps = []
         for name, m in self.class_map.items():
             text = m if isinstance(m, str) else ",".join(f"{k}={v}" for k, v in m.items())
             maps.append(f"{name}={text}")
         return {"class_map": tuple(maps),
-                "sources_csv": tuple(f"{k}={v}" for k, v in self.sources_csv.items())}  # fmt: skip
+                "sources_csv": tuple(f"{k}={v}" for k, v in self.sources_csv.items()),
+                "patients": tuple(f"{k}={v}" for k, v in self.patients.items())}  # fmt: skip
 
     def __post_init__(self) -> None:
         from ..engine.external import ExternalSet, external_sets
@@ -389,7 +393,7 @@ def _train_table(
     """``[train]`` (checked, with ``--epochs`` and ``--masks-from``) and its searched keys."""
     search = _search_axes(train, "[train] ")
     for forbidden in ("data", "split_file", "split_seed", "ratios", "split_source", "near_copies",
-                      "class_map", "sources_csv", "seed"):  # fmt: skip
+                      "class_map", "sources_csv", "patients", "seed"):  # fmt: skip
         if forbidden in train:
             raise ConfigError(
                 f"[train] {forbidden} is set by the study; move it to [study]"

@@ -395,9 +395,10 @@ def _shared_split(study: StudyConfig, out: Path, progress: bool) -> PreparedData
     starts."""
     first = study.cells[0].config
     return prepare_data(first.data, class_map=first.class_map, sources_csv=first.sources_csv,
-                        split_file=out / "split.csv", split_seed=first.split_seed,
-                        ratios=first.ratios, split_source=first.split_source,
-                        near_copies=first.near_copies, image_size=first.image_size,
+                        patients=first.patients, split_file=out / "split.csv",
+                        split_seed=first.split_seed, ratios=first.ratios,
+                        split_source=first.split_source, near_copies=first.near_copies,
+                        image_size=first.image_size,
                         progress=progress)  # fmt: skip
 
 
