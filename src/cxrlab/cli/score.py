@@ -131,3 +131,45 @@ def analyze_reuse_cmd(
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"Wrote {out / 'reuse.md'} ({len(result.runs)} runs)")
+
+
+@app.command("shift")
+def shift_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="The new images: class folders, or one folder of a site's unlabelled images "
+            "(DIR/site/*.png)."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the report here (JSON; Markdown and a figure beside it)."),
+    ] = None,
+    class_map: ScoreClassMap = None,
+    signal: Annotated[
+        str,
+        typer.Option(help="ood_score's signal: combined, mahalanobis, knn, signature, confidence."),
+    ] = "combined",
+    test: Annotated[str, typer.Option(help="Batch two-sample test: ks, mmd or c2st.")] = "ks",
+    keep: Annotated[
+        float, typer.Option(help="Share of the run's validation images a threshold keeps.")
+    ] = 0.95,
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the power draws and intervals.")] = 0,
+    progress: Progress = True,
+) -> None:
+    """Does new data look like the run's, and how accurate will the run be there (no labels
+    needed)? Per-image scores, a batch test, the class mix and an accuracy estimate."""
+    from ..engine.runtime import resolve_device
+    from ..evaluation.external import parse_class_map
+    from ..shift import format_shift, shift_report, write_shift_report
+
+    r = shift_report(run_dir, data, class_map=parse_class_map(class_map), signal=signal,
+                     test=test, keep=keep, device=str(resolve_device(device)), seed=seed,
+                     progress=progress)  # fmt: skip
+    typer.echo(format_shift(r))
+    if out:
+        for path in write_shift_report(r, out):
+            typer.echo(f"Wrote {path}")

@@ -217,6 +217,7 @@ def prepare_data(
     patients: Sequence[str] = (),
     mask_provider: MaskProvider | None = None,
     doubtful: str = "refuse",
+    min_classes: int = 2,
     progress: bool = True,
 ) -> PreparedData:
     """Scan ``data``, load or make the split, and return it with the decoded-image cache.
@@ -255,6 +256,8 @@ def prepare_data(
         doubtful: what ``lungs`` does with an image without a valid mask (missing, empty,
             or judged doubtful): ``refuse`` (raise) or ``skip`` (leave it out before the
             split, with a warning; listed in ``left_out``).
+        min_classes: the fewest class folders ``data`` may have (1: one folder of a site's
+            images, as ``cxrlab shift`` reads them).
         progress: show progress bars.
 
     Raises:
@@ -267,7 +270,7 @@ def prepare_data(
         raise DataError(f"lungs must be one of {', '.join(LUNG_MODES)}, got {lungs!r}")
     if doubtful not in DOUBTFUL:
         raise DataError(f"doubtful must be one of {', '.join(DOUBTFUL)}, got {doubtful!r}")
-    report = _scan(resolve_data(data, class_map, sources_csv), progress)
+    report = _scan(resolve_data(data, class_map, sources_csv), progress, min_classes)
     masks, left_out = None, ()
     if lungs != "keep":  # before the split: what is left out is known before it is drawn
         masks = (mask_provider or lung_mask_files)(report.root, report.records, image_size,
@@ -295,9 +298,9 @@ def prepare_data(
     return _with_lungs(PreparedData(report, split, images, masks, lungs, left_out), progress)
 
 
-def _scan(root: Path, progress: bool) -> ScanReport:
+def _scan(root: Path, progress: bool, min_classes: int = 2) -> ScanReport:
     """The dataset's scan, with a warning for files it left out."""
-    report = scan_dataset(root, progress=progress)
+    report = scan_dataset(root, progress=progress, min_classes=min_classes)
     if report.invalid:
         first = report.invalid[0]
         warnings.warn(

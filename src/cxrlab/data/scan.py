@@ -254,6 +254,7 @@ def scan_dataset(
     workers: int | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    min_classes: int = 2,
 ) -> ScanReport:
     """Find the classes under ``root``, decode every image once, and report what is usable.
 
@@ -263,6 +264,8 @@ def scan_dataset(
         workers: decoding threads (default: number of CPUs).
         use_cache: reuse per-file results of earlier scans for unchanged files.
         progress: show a progress bar.
+        min_classes: the fewest class folders a dataset may have (1: a site's unlabelled
+            images in one folder, see :func:`~cxrlab.data.layout.find_layout`).
 
     Returns:
         A :class:`ScanReport`. Invalid files never raise: they are listed with a reason.
@@ -275,7 +278,7 @@ def scan_dataset(
         >>> report.class_counts()  # doctest: +SKIP
         {'COVID': 3616, 'Lung_Opacity': 6012, 'Normal': 10192, 'Viral Pneumonia': 1345}
     """
-    layout: DatasetLayout = find_layout(root)
+    layout: DatasetLayout = find_layout(root, min_classes=min_classes)
     files, own_split = _files(layout)
     results = _probe_files(layout.root, files, max_pixels, workers, use_cache, progress)
     valid: list[ImageRecord] = []

@@ -1,0 +1,244 @@
+"""``cxrlab shift``: does a set of new images look like a run's data, and how will it do there?
+
+:func:`shift_report` reads a folder of new images (class folders, or one folder of a site's
+unlabelled images), prepares them as the run's were, leaves out copies of the run's
+training and validation images and other images of its patients (as every held-out score
+does), and reports:
+
+* per image: every signal's score, the chosen signal's ``ood_score`` and ``ood`` (above the
+  threshold fitted on the run's validation images at the keep rate);
+* the share of images flagged, against the ``1 - keep`` expected in distribution;
+* a two-sample test of the set against the run's validation images (statistic, p-value,
+  ``shift_detected`` at ``alpha``) and its power on random batches of 10 to 200 images;
+* the predicted class mix, the class mix estimated by black-box shift estimation, and the
+  training one;
+* the accuracy estimated without labels (ATC) with its interval, and where the folders name
+  classes the model knows, the true accuracy beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, CxrlabError
+from ..utils import atomic_write_text, write_json
+from .batch import TESTS, class_mix, detection_power, estimated_accuracy, two_sample_test
+from .reference import COMBINED, DEFAULT_KEEP, Detector, image_evidence, reference
+from .signals import SIGNALS
+
+__all__ = ["DEFAULT_SIGNAL", "format_shift", "shift_report", "write_shift_report"]
+
+#: The signal behind ``ood_score`` unless another is asked for.
+DEFAULT_SIGNAL = COMBINED
+
+
+def _labels(classes: list[str], dataset_classes: tuple[str, ...],
+            class_map: dict[str, str] | None) -> dict[str, int | None]:  # fmt: skip
+    """Each dataset class's model class index, or ``None`` (unlabelled: a site's folder)."""
+    from ..evaluation.external import match_classes
+
+    out: dict[str, int | None] = {}
+    for c in dataset_classes:
+        cmap = {c: class_map[c]} if class_map and c in class_map else None
+        try:
+            target = match_classes([c], classes, cmap)[c]
+        except CheckpointError:
+            target = None
+        out[c] = classes.index(target) if target is not None else None
+    return out
+
+
+def shift_report(
+    run_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    class_map: dict[str, str] | None = None,
+    signal: str = DEFAULT_SIGNAL,
+    test: str = "ks",
+    keep: float = DEFAULT_KEEP,
+    alpha: float = 0.05,
+    power_repeats: int = 30,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The shift report of ``data`` against the run in ``run_dir`` (see the module docstring).
+
+    Raises:
+        CxrlabError: the run is not one finished run; the folder holds no image; every image
+            copies the run's data; an unknown signal or test.
+    """
+    from ..engine.rundir import load_run_model
+    from ..engine.scoring import open_run
+
+    if signal not in (*SIGNALS, COMBINED):
+        raise CxrlabError(f"Unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}, "
+                          f"{COMBINED}")  # fmt: skip
+    if test not in TESTS:
+        raise CxrlabError(f"Unknown test {test!r}; choose one of {', '.join(TESTS)}")
+    run = open_run(run_dir)
+    ref = reference(run_dir, device=device, progress=progress)
+    detector = Detector.fit(ref, keep)
+    prep = run.preparation() | {"doubtful": "skip", "min_classes": 1}
+    prepared = run.prepare(data, "all", preparation=prep, progress=progress)
+    rows = list(range(len(prepared.split.records)))
+    if run.is_own_data(prepared):
+        raise CheckpointError(f"{data} is the data {run_dir} trained on; give other images")
+    seen = run.not_held_out(prepared, rows, progress=progress)
+    keep_rows = np.array([i for i in rows if prepared.split.records[i].path not in seen.paths])
+    if not len(keep_rows):
+        raise CheckpointError(
+            f"Every image of {data} copies {run_dir}'s training or validation images, or "
+            "shows one of its patients: nothing is new there"
+        )
+    model, card = load_run_model(run_dir)
+    ev = image_evidence(model, prepared.images.array[keep_rows], card.temperature, device=device)
+    scores = detector.scores(ev)
+    ood = scores[signal] > detector.thresholds[signal]
+    records = [prepared.split.records[i] for i in keep_rows]
+    to_label = _labels(run.classes, prepared.classes, class_map)
+    y = np.array([-1 if to_label[r.label] is None else to_label[r.label] for r in records])
+    ref_probs, ref_feats = ref.val.probs, ref.val.features
+    stat, p = (two_sample_test(test)(ref_probs, ev.probs, seed=seed) if test == "ks" else
+               two_sample_test(test)(ref_feats, ev.features, seed=seed))  # fmt: skip
+    new_side = ev.probs if test == "ks" else ev.features
+    ref_side = ref_probs if test == "ks" else ref_feats
+    power = detection_power(two_sample_test(test), ref_side, new_side, repeats=power_repeats,
+                            alpha=alpha, seed=seed)  # fmt: skip
+    k = len(run.classes)
+    train_mix = np.bincount(ref.train_labels, minlength=k) / len(ref.train_labels)
+    predicted = np.bincount(ev.probs.argmax(1), minlength=k) / len(ev.probs)
+    mix = class_mix(ref_probs, ref.val_labels, ev.probs)
+    est = estimated_accuracy(ref_probs, ref.val_labels, ev.probs, seed=seed)
+    labelled = y >= 0
+    right = ev.probs.argmax(1)[labelled] == y[labelled]
+    per_signal = {
+        s: {
+            "flagged_share": float((v > detector.thresholds[s]).mean()),
+            "threshold": detector.thresholds[s],
+            "median": float(np.median(v)),
+            "val_median": float(np.median(detector.val_scores[s])),
+        }
+        for s, v in scores.items()
+    }
+    batch = {
+        "test": test,
+        "statistic": stat,
+        "p_value": p,
+        "alpha": alpha,
+        "shift_detected": bool(p < alpha),
+        "reference": "validation",
+        "n_reference": len(ref.val_labels),
+    }
+    images = [
+        {
+            "path": r.path,
+            "ood_score": float(scores[signal][j]),
+            "ood": bool(ood[j]),
+            "pred": run.classes[int(ev.probs[j].argmax())],
+            **{f"score_{s}": float(v[j]) for s, v in scores.items()},
+        }
+        for j, r in enumerate(records)
+    ]
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "data": str(prepared.report.root),
+        "n": len(records),
+        "left_out": {"copies": len(seen.copies), "patients": len(seen.patients)},
+        "signal": signal,
+        "keep": keep,
+        "threshold": detector.thresholds[signal],
+        "flagged_share": float(ood.mean()),
+        "expected_flagged_share": 1 - keep,
+        "signals": per_signal,
+        "two_sample": batch | power,
+        "class_mix": {
+            "classes": list(run.classes),
+            "training": train_mix.tolist(),
+            "predicted": predicted.tolist(),
+            "estimated": mix.tolist(),
+        },
+        "estimated_accuracy": est["estimate"],
+        "estimated_accuracy_ci": est["ci"],
+        "estimated_accuracy_method": est["method"],
+        "true_accuracy": float(right.mean()) if labelled.any() else None,
+        "n_labelled": int(labelled.sum()),
+        "images": images,
+        "_plot": {"val": detector.val_scores[signal], "new": scores[signal]},
+    }
+    return result
+
+
+def format_shift(r: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    two = r["two_sample"]
+    mix = r["class_mix"]
+    lines = [
+        f"# Shift report: {r['data']}",
+        "",
+        f"Run: {r['run']}. {r['n']} new images scored ({r['left_out']['copies']} copies of the "
+        f"run's training or validation images and {r['left_out']['patients']} other images of "
+        "its patients left out).",
+        "",
+        f"- **Flagged as unlike the training data** ({r['signal']} signal): "
+        f"{r['flagged_share']:.1%} of images, against {r['expected_flagged_share']:.0%} of "
+        "the run's validation images.",
+        f"- **Batch test** ({two['test']}, against {two['n_reference']} validation images): "
+        f"statistic {two['statistic']:.4g}, p = {two['p_value']:.3g}: "
+        + ("**shift detected**" if two["shift_detected"] else "no shift detected")
+        + f" at alpha {two['alpha']}. Smallest batch flagged 80 % of the time: "
+        + (f"{two['min_batch']} images" if two["min_batch"] else "none up to the set's size")
+        + ".",
+        f"- **Accuracy estimated without labels** (ATC): {r['estimated_accuracy']:.3f} "
+        f"[{r['estimated_accuracy_ci'][0]:.3f}, {r['estimated_accuracy_ci'][1]:.3f}]"
+        + (f"; true accuracy on the {r['n_labelled']} labelled images: "
+           f"{r['true_accuracy']:.3f}" if r["true_accuracy"] is not None else "")
+        + ".",
+        "",
+        "| class | training mix | predicted here | estimated here (BBSE) |",
+        "|---|---|---|---|",
+        *(f"| {c} | {a:.3f} | {b:.3f} | {e:.3f} |" for c, a, b, e in
+          zip(mix["classes"], mix["training"], mix["predicted"], mix["estimated"])),
+        "",
+        "| signal | flagged | threshold | median here | median on validation |",
+        "|---|---|---|---|---|",
+        *(f"| {s} | {v['flagged_share']:.1%} | {v['threshold']:.4g} | {v['median']:.4g} | "
+          f"{v['val_median']:.4g} |" for s, v in r["signals"].items()),
+        "",
+        "Power of the batch test on random batches: "
+        + ", ".join(f"{n}: {p:.0%}" for n, p in two["power"].items()) + ".",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_shift_report(r: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
+    """Write ``out`` (JSON), the Markdown beside it and a figure of the scores; the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot = r.get("_plot", {})
+    write_json(out, {k: v for k, v in r.items() if k != "_plot"})
+    md = out.with_suffix(".md")
+    atomic_write_text(md, format_shift(r))
+    fig_path = out.with_suffix(".png")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    both = np.r_[plot["val"], plot["new"]]
+    bins = np.linspace(both.min(), both.max(), 40)
+    ax.hist(plot["val"], bins=bins, alpha=0.6, density=True, label="run's validation images")
+    ax.hist(plot["new"], bins=bins, alpha=0.6, density=True, label="new images")
+    ax.axvline(r["threshold"], color="k", ls="--", lw=1, label=f"threshold (keep {r['keep']:.0%})")
+    ax.set_xlabel(f"{r['signal']} score (higher: further from the training data)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(fig_path, dpi=120)
+    plt.close(fig)
+    return [out, md, fig_path]
