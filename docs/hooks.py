@@ -22,6 +22,7 @@ PACKAGES = (
     "cxrlab.segment",
     "cxrlab.infer",
     "cxrlab.audit",
+    "cxrlab.shift",
     "cxrlab.analysis",
     "cxrlab.study",
 )

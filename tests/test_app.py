@@ -101,7 +101,12 @@ def test_service_answers_like_the_predictor_and_survives_bad_files(models, uploa
     # the CSV: one row per file and model, errors in their own column
     rows = service.to_csv(outcomes).splitlines()
     assert rows[0] == ("file,model,pred,p_COVID,p_Lung_Opacity,p_Normal,p_Viral Pneumonia,"
-                       "error")  # fmt: skip
+                       "error,ood_score,ood")  # fmt: skip
+    # the run gives its shift score and flag; the ONNX export cannot, and leaves them empty
+    torch_out, onnx_out = by_name[GOOD[0]].outputs
+    assert torch_out.ood_score is not None and isinstance(torch_out.ood, bool)
+    assert onnx_out.ood_score is None and onnx_out.ood is None
+    assert {"ood_score", "ood"} <= set(torch_out.to_dict())
     assert len(rows) == 1 + 2 * len(GOOD) + len(BAD)
     assert any(r.startswith("bomb,,,") and "decompression bomb" in r for r in rows)
     # the page: one block per file, the models side by side, the CAM inline, text escaped

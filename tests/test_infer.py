@@ -61,6 +61,13 @@ def test_predict_files_folders_globs_and_bad_file(run: Path, inputs: Path, tmp_p
     assert "broken.png: " in err and "missing.png: no such file" in err
     rows = _read(out)
     assert len(rows) == 4  # a0..a2 and deep/b
+    # every column it had, and the shift score and flag last
+    with open(out, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["path", "pred", "p_COVID", "p_Lung_Opacity", "p_Normal",
+                              "p_Viral Pneumonia", "ood_score", "ood"]  # fmt: skip
+    assert all(float(r["ood_score"]) >= 0 and r["ood"] in ("0", "1") for r in table)
+    assert "look unlike the run's training data" in err
     for probs in rows.values():
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and len(probs) == 4
     # the Python API gives the same numbers as the CLI
@@ -177,6 +184,10 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
             main(["predict", str(run), str(inputs / "deep"), "--out", str(tmp_path / "t.csv")]) == 0
         )
         onnx_probs, torch_probs = _read(tmp_path / "o.csv"), _read(tmp_path / "t.csv")
+        # an export carries no shift reference: its ood columns stay empty, and it says why
+        assert "ood_score left empty: an ONNX export" in capsys.readouterr().err
+        with open(tmp_path / "o.csv", newline="") as f:
+            assert {(r["ood_score"], r["ood"]) for r in csv.DictReader(f)} == {("", "")}
         for path in torch_probs:
             assert onnx_probs[path] == pytest.approx(torch_probs[path], abs=1e-4)
         # one self-contained file: no external weights beside it, and it loads alone
@@ -250,6 +261,10 @@ def test_ensembles_average_their_members(run: Path, inputs: Path, tmp_path: Path
     meta = export_model(ens, "onnx", tmp_path / "ens.onnx")
     assert meta["parity"]["max_abs_diff"] <= 1e-4 and len(meta["members"]) == 2
     assert main(["predict", str(run), str(images[0]), "--with", str(twin)]) == 0
+    # an ensemble's shift score: its members' mean, flagged at its own validation threshold
+    score, flag = both.ood(np.stack([both.to_pixels(i) for i in images]))
+    a, _ = single.ood(np.stack([single.to_pixels(i) for i in images]))
+    assert score.shape == flag.shape == (len(images),) and np.allclose(score, a)  # twin = run
     assert main(["evaluate", str(run), str(twin), "--no-progress"]) == 0
     assert "Ensemble of 2 runs" in capsys.readouterr().out
     assert main(["predict", str(ens), str(images[0]), "--cam", str(tmp_path / "c")]) == 2

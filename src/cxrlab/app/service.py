@@ -54,6 +54,8 @@ class ModelOutput:
     cam_class: str | None = None
     cam_png: bytes | None = None  # the Grad-CAM overlay as a PNG, when computed
     note: str = ""  # why there is no Grad-CAM, for example
+    ood_score: float | None = None  # how far from the training data (cxrlab.shift); None: n/a
+    ood: bool | None = None  # past the run's threshold: unlike what the model trained on
 
     @property
     def predicted(self) -> str:
@@ -65,6 +67,8 @@ class ModelOutput:
             "predicted": self.predicted,
             "probabilities": self.probs,
             "cam_class": self.cam_class,
+            "ood_score": self.ood_score,
+            "ood": self.ood,
         }
         if self.note:
             out["note"] = self.note
@@ -116,6 +120,9 @@ class ServedModel:
         with self.lock:
             probs = self.predictor.predict_pixels(pixels[None])[0]
             out = ModelOutput(self.name, {c: float(p) for c, p in zip(self.classes, probs)})
+            shift = self.predictor.ood(pixels[None])
+            if shift is not None:
+                out.ood_score, out.ood = float(shift[0][0]), bool(shift[1][0])
             if not cam:
                 return out
             target = out.predicted if cam_class is None else cam_class
@@ -367,14 +374,17 @@ class ModelService:
         return [self.classify_file(path, name, cam, cam_class) for name, path in files]
 
     def to_csv(self, outcomes: Sequence[ImageOutcome]) -> str:
-        """One row per file and model: the prediction and every class probability."""
+        """One row per file and model: the prediction, every class probability, and last
+        the shift score and flag (empty where a model cannot give them)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "model", "pred", *(f"p_{c}" for c in self.classes), "error"])
+        w.writerow(["file", "model", "pred", *(f"p_{c}" for c in self.classes), "error",
+                    "ood_score", "ood"])  # fmt: skip
         for o in outcomes:
             if o.error is not None:
-                w.writerow([o.file, "", "", *([""] * len(self.classes)), o.error])
+                w.writerow([o.file, "", "", *([""] * len(self.classes)), o.error, "", ""])
             for m in o.outputs:
                 probs = [f"{m.probs[c]:.6f}" if c in m.probs else "" for c in self.classes]
-                w.writerow([o.file, m.model, m.predicted, *probs, ""])
+                shift = ["", ""] if m.ood is None else [f"{m.ood_score:.6f}", int(m.ood)]
+                w.writerow([o.file, m.model, m.predicted, *probs, "", *shift])
         return buf.getvalue()

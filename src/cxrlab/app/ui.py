@@ -48,6 +48,8 @@ CSS = """
 .cxr-bar-value {width:48px; text-align:right; font-variant-numeric:tabular-nums}
 .cxr-cam {width:100%; max-width:320px; margin-top:6px; image-rendering:auto}
 .cxr-note {font-size:0.8em; color:#777}
+.cxr-ood {font-size:0.85em; color:#8a4b00; background:#fff4e0; border-left:3px solid #e08a00;
+          padding:4px 6px; margin:4px 0}
 .cxr-error {color:#a01010; font-weight:600}
 """
 
@@ -92,8 +94,14 @@ def results_html(outcomes: Sequence[ImageOutcome]) -> str:
                 col = [
                     f'<div class="cxr-model-name">{html.escape(m.model)}</div>',
                     f'<div class="cxr-pred">{html.escape(m.predicted)}</div>',
-                    _bars(m.probs, m.predicted),
                 ]
+                if m.ood:
+                    col.append(
+                        '<div class="cxr-ood" role="alert">Unlike the images this model was '
+                        f"trained on (shift score {m.ood_score:.2f}): its answer here is less "
+                        "trustworthy than its test scores suggest.</div>"
+                    )
+                col.append(_bars(m.probs, m.predicted))
                 if m.cam_png is not None:
                     data = base64.b64encode(m.cam_png).decode("ascii")
                     alt = f"Grad-CAM for {m.cam_class}"

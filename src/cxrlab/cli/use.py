@@ -39,6 +39,13 @@ def predict_cmd(
     device: Device = "auto",
     masks_from: MasksFrom = None,
     doubtful: Doubtful = "skip",
+    ood: Annotated[
+        bool,
+        typer.Option(
+            help="Add ood_score and ood (1: unlike the run's training data, see 'cxrlab "
+            "shift') as the CSV's last columns; --no-ood leaves them empty and runs faster."
+        ),
+    ] = True,
     progress: Progress = True,
 ) -> None:
     """Predict classes of X-rays; exit status 3 if any file was skipped.
@@ -48,11 +55,18 @@ def predict_cmd(
 
     predictor = load([model, *also] if also else model, device=device, masks_from=masks_from,
                      doubtful=doubtful)  # fmt: skip
-    result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out)
+    result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out,
+                           ood=ood)  # fmt: skip
     if out is None:
         typer.echo(result.to_csv(), nl=False)
     else:
         typer.echo(f"Wrote {len(result.paths)} predictions to {out}")
+    if result.ood_note:
+        typer.echo(f"ood_score left empty: {result.ood_note}", err=True)
+    elif result.ood:
+        flagged = sum(result.ood)
+        typer.echo(f"{flagged} of {len(result.ood)} image(s) look unlike the run's training "
+                   "data (ood = 1): its answers there are less trustworthy", err=True)  # fmt: skip
     if cam is not None:
         _write_cams(predictor, result, cam, cam_class)
     for path, reason in result.skipped:

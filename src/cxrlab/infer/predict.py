@@ -29,13 +29,23 @@ class Predictions:
     paths: list[str] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    #: per image, how far it lies from the training data and whether it is flagged
+    #: (:meth:`Predictor.ood`); empty when not computed
+    ood_scores: list[float] = field(default_factory=list)
+    ood: list[bool] = field(default_factory=list)
+    #: why there are no ood scores, where asked for
+    ood_note: str = ""
 
     def to_csv(self) -> str:
+        """``path, pred, p_<class>...`` and, last, ``ood_score, ood`` (empty where they could
+        not be computed)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "pred", *(f"p_{c}" for c in self.classes)])
-        for path, p in zip(self.paths, self.probs):
-            w.writerow([path, self.classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p)])
+        w.writerow(["path", "pred", *(f"p_{c}" for c in self.classes), "ood_score", "ood"])
+        for k, (path, p) in enumerate(zip(self.paths, self.probs)):
+            shift = ([f"{self.ood_scores[k]:.6f}", int(self.ood[k])] if self.ood_scores
+                     else ["", ""])  # fmt: skip
+            w.writerow([path, self.classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p), *shift])
         return buf.getvalue()
 
 
@@ -80,8 +90,10 @@ def predict_paths(
     batch_size: int = 32,
     progress: bool = True,
     out: str | os.PathLike[str] | None = None,
+    ood: bool = True,
 ) -> Predictions:
-    """Predict every image among ``items``; unreadable files are skipped with the reason."""
+    """Predict every image among ``items``; unreadable files are skipped with the reason.
+    With ``ood``, each image also gets its shift score and flag (:meth:`Predictor.ood`)."""
     paths, missing = collect_inputs(items)
     result = Predictions(predictor.classes, skipped=list(missing))
     batch: list[tuple[str, np.ndarray]] = []
@@ -90,7 +102,12 @@ def predict_paths(
 
     def flush() -> None:
         if batch:
-            probs = predictor.predict_pixels(np.stack([px for _, px in batch]))
+            pixels = np.stack([px for _, px in batch])
+            probs = predictor.predict_pixels(pixels)
+            shift = predictor.ood(pixels) if ood else None
+            if shift is not None:
+                result.ood_scores.extend(float(v) for v in shift[0])
+                result.ood.extend(bool(v) for v in shift[1])
             result.paths.extend(p for p, _ in batch)
             result.probs.extend(probs)
             bar.update(len(batch))
@@ -106,6 +123,10 @@ def predict_paths(
             if len(batch) >= batch_size:
                 flush()
         flush()
+    if ood and predictor.ood_note:
+        result.ood_scores.clear()
+        result.ood.clear()
+        result.ood_note = predictor.ood_note
     if out is not None:
         atomic_write_text(out, result.to_csv())
     return result

@@ -23,7 +23,7 @@ from ..data import load_gray8, resize_gray8, to_gray8
 from ..engine.batches import tta_views
 from ..engine.card import Card
 from ..engine.runtime import resolve_device
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CxrlabError
 
 __all__ = ["Predictor", "load"]
 
@@ -65,6 +65,9 @@ class Predictor:
         self.lungs: Any = None  # the run's lung preprocessing (segment.apply.RunLungs)
         #: the run's or ensemble's card (:mod:`cxrlab.engine.card`); an ONNX file's summary
         self.card: Card | dict[str, Any]
+        self._ood: Any = None  # the shift scorer (cxrlab.shift.reference.OodScorer), once made
+        #: why this predictor gives no ``ood_score`` ("" while none was asked for or it gives)
+        self.ood_note = ""
         if len(sources) > 1 or is_ensemble(self.source):
             run = open_run(sources)
             self.members = [Predictor(m, device, masks_from=masks_from, doubtful=doubtful)
@@ -182,6 +185,33 @@ class Predictor:
         with torch.no_grad():
             probs = [(self.model(v).float() / self.temperature).softmax(dim=1) for v in views]
         return torch.stack(probs).mean(0).cpu().numpy()
+
+    def ood(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ood_score, ood)`` of ``(B, H, W)`` uint8 model inputs: how far each image lies
+        from the run's training data (higher: further; see :mod:`cxrlab.shift`) and whether
+        it is past the threshold that keeps 95 % of the run's validation images. ``None``
+        where it cannot be told (an ONNX export, or a run whose data cannot be read to make
+        its reference): :attr:`ood_note` says why."""
+        if self.ood_note:
+            return None
+        members = self.members or [self]
+        if self._ood is None:
+            from ..shift.reference import OodScorer
+
+            if any(m.model is None for m in members):
+                self.ood_note = ("an ONNX export carries no reference for shift detection; "
+                                 "give the run folder for ood_score")  # fmt: skip
+                return None
+            try:
+                self._ood = OodScorer.for_runs([m.source for m in members], device=self.device)
+            except CxrlabError as e:
+                self.ood_note = f"no shift reference for {self.source}: {e}"
+                return None
+        from ..shift.reference import image_evidence
+
+        evidence = [image_evidence(m.model, pixels, m.temperature, device=m.device)
+                    for m in members]  # fmt: skip
+        return self._ood.score(evidence)
 
     def predict(self, image: ImageLike) -> dict[str, float]:
         """Probability of every class for one image (path, PIL image or array)."""

@@ -33,6 +33,7 @@ __all__ = [
     "REFERENCE_DIR",
     "Detector",
     "ImageEvidence",
+    "OodScorer",
     "Reference",
     "image_evidence",
     "reference",
@@ -104,7 +105,7 @@ def image_evidence(
     logits = []
     try:
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8))
             logits.append(model(x[:, None].to(device)).float().cpu())
     finally:
         handle.remove()
@@ -239,3 +240,31 @@ def _combined(raw: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray]) -> n
     shares = [np.searchsorted(np.sort(val[s]), raw[s], side="left") / len(val[s])
               for s in ("mahalanobis", "knn", "signature")]  # fmt: skip
     return np.max(shares, axis=0)
+
+
+@dataclass(frozen=True)
+class OodScorer:
+    """``ood_score`` and ``ood`` of new images for one run or an ensemble of runs that share
+    a split: each member's ``combined`` signal averaged over the members, flagged above the
+    keep-rate quantile of the same average on the validation images (one member: its own
+    threshold)."""
+
+    detectors: tuple[Detector, ...]
+    threshold: float
+    keep: float
+
+    @classmethod
+    def for_runs(cls, runs: list[Path], keep: float = DEFAULT_KEEP, *, device: str = "cpu",
+                 progress: bool = False) -> OodScorer:  # fmt: skip
+        """Raises: CheckpointError: a run's reference cannot be made (its data unreadable)."""
+        detectors = tuple(Detector.fit(reference(r, device=device, progress=progress), keep)
+                          for r in runs)  # fmt: skip
+        val = [d.val_scores[COMBINED] for d in detectors]
+        if len({len(v) for v in val}) > 1:
+            raise CheckpointError("The ensemble's members were validated on different images")
+        return cls(detectors, keep_threshold(np.mean(val, axis=0), keep), keep)
+
+    def score(self, evidence: list[ImageEvidence]) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, flags)`` from each member's evidence of the same images."""
+        s = np.mean([d.scores(e)[COMBINED] for d, e in zip(self.detectors, evidence)], axis=0)
+        return s, s > self.threshold
