@@ -375,6 +375,13 @@ def test_leave_one_source_out(two_sources, tmp_path, monkeypatch, capsys) -> Non
         + held["test"].get("excluded_copies", 0)
     )
     assert total <= 7
+    # and its shift report: the signals against the run's own test images, the batch test
+    shift = held["test"]["shift"]
+    assert "error" not in shift, shift
+    assert shift["n"] == held["test"]["n"] and shift["split"] == "test"
+    assert set(shift["signals"]) == {"mahalanobis", "knn", "signature", "confidence", "combined"}
+    assert all(0 <= v["auroc"] <= 1 for v in shift["signals"].values())
+    assert shift["control"]["true_accuracy"] is not None and "images" not in shift
     assert "held-out source B (test" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="holdout_source 'C' is not one of the sources"):
         train(cfg.replace(holdout_source="C"), tmp_path / "bad")

@@ -4,7 +4,9 @@ With ``holdout_source`` a run trains on the other sources of ``data`` and afterw
 the held-out source on its own validation and test splits (drawn with the run's split seed
 and ratios), leaving out copies of the run's training and validation images first. The
 held-out validation split is a fair signal for choosing a recipe that travels; its test
-split, never used to choose anything, says how far the chosen recipe got. Results go to
+split, never used to choose anything, says how far the chosen recipe got. Each split also
+gets its shift report (:mod:`cxrlab.shift`: would the run have flagged the source it never
+saw, and how close its accuracy estimate without labels came). Results go to
 ``<run>/holdout.json``.
 """
 
@@ -65,6 +67,19 @@ def split_sources(config: TrainConfig) -> tuple[SourceParts, SourceParts | tuple
              part(config.patients, True)))  # fmt: skip
 
 
+def _shift(run_dir: Path, prepared: Any, split: str, progress: bool) -> dict[str, Any]:
+    """Would the run have seen the held-out source coming? The shift report of its split
+    (:mod:`cxrlab.shift`), without per-image rows; ``{"error": ...}`` where it cannot be
+    made."""
+    from ..errors import CxrlabError
+    from ..shift.report import shift_report, shift_summary
+
+    try:
+        return shift_summary(shift_report(run_dir, prepared, split=split, progress=progress))
+    except CxrlabError as e:
+        return {"error": str(e)}
+
+
 def score_holdout(
     run_dir: str | os.PathLike[str], config: TrainConfig, *, progress: bool = True
 ) -> dict[str, Any] | None:
@@ -85,6 +100,7 @@ def score_holdout(
     for split in ("val", "test"):
         m = evaluate_run(run_dir, data=prepared, split=split, progress=progress)
         m.pop("routing_paths", None)
+        m["shift"] = _shift(run_dir, prepared, split, progress)
         out[split] = m
     write_json(run_dir / HOLDOUT_FILE, out)
     return out

@@ -41,7 +41,7 @@ __all__ = [
 
 #: Where a run keeps its reference: ``<run>/shift/``.
 REFERENCE_DIR = "shift"
-_ARRAYS, _META, _VERSION = "reference.safetensors", "reference.json", 1
+_ARRAYS, _META, _VERSION = "reference.safetensors", "reference.json", 2
 #: The share of in-distribution (validation) images a threshold keeps unflagged.
 DEFAULT_KEEP = 0.95
 #: The signal that combines the others: each signal's score as its share of validation
@@ -72,6 +72,9 @@ class Reference:
     val: ImageEvidence
     val_labels: np.ndarray
     classes: tuple[str, ...]
+    #: the run's test images: an in-distribution control, never used to fit or threshold
+    test: ImageEvidence | None = None
+    test_labels: np.ndarray | None = None
 
 
 def signatures(images: np.ndarray) -> np.ndarray:
@@ -128,7 +131,8 @@ def _key(run_dir: Path, card: Any) -> str:
 def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
               progress: bool = True) -> Reference:  # fmt: skip
     """The run's reference, read from ``<run>/shift/`` or computed there from its own data
-    and split (the run's data must be readable then).
+    and split (the run's data must be readable then). It also keeps the run's test images'
+    evidence, as an in-distribution control for reports (never to fit or threshold).
 
     Raises:
         CheckpointError: not a finished single run, or its data cannot be read.
@@ -156,12 +160,13 @@ def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
     model, card = load_run_model(run_dir)
     prepared = run.prepare(None, "val", progress=progress)
     labels = np.asarray(prepared.split.labels(), dtype=np.int64)
-    rows = {s: np.asarray(prepared.split.indices(s)) for s in ("train", "val")}
+    rows = {s: np.asarray(prepared.split.indices(s)) for s in ("train", "val", "test")}
     if not len(rows["val"]) or len(rows["train"]) < 2:
         raise CheckpointError(f"{run_dir}'s split has too few training or validation images")
     images = prepared.images.array
     t = card.temperature
-    ev = {s: image_evidence(model, images[r], t, device=device) for s, r in rows.items()}
+    ev = {s: image_evidence(model, images[r], t, device=device)
+          for s, r in rows.items() if len(r)}  # fmt: skip
     arrays = {
         "train_features": ev["train"].features.astype(np.float16),
         "train_signatures": ev["train"].signatures,
@@ -172,6 +177,13 @@ def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
         "val_probs": ev["val"].probs.astype(np.float32),
         "val_labels": labels[rows["val"]],
     }
+    if len(rows["test"]):
+        arrays |= {
+            "test_features": ev["test"].features.astype(np.float16),
+            "test_signatures": ev["test"].signatures,
+            "test_probs": ev["test"].probs.astype(np.float32),
+            "test_labels": labels[rows["test"]],
+        }
     folder.mkdir(exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / _ARRAYS))
     atomic_write_text(meta_path, json.dumps({"key": key, "classes": list(run.classes),
@@ -184,7 +196,9 @@ def _from_arrays(a: Mapping[str, np.ndarray], classes: tuple[str, ...]) -> Refer
         return ImageEvidence(a[f"{s}_features"].astype(np.float32), a[f"{s}_signatures"],
                              a[f"{s}_probs"])  # fmt: skip
 
-    return Reference(part("train"), a["train_labels"], part("val"), a["val_labels"], classes)
+    test = part("test") if "test_features" in a else None
+    return Reference(part("train"), a["train_labels"], part("val"), a["val_labels"], classes,
+                     test, a.get("test_labels"))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,32 @@ from typing import Any
 
 import numpy as np
 
+from ..data import PreparedData
 from ..errors import CheckpointError, CxrlabError
 from ..utils import atomic_write_text, write_json
 from .batch import TESTS, class_mix, detection_power, estimated_accuracy, two_sample_test
-from .reference import COMBINED, DEFAULT_KEEP, Detector, image_evidence, reference
-from .signals import SIGNALS
+from .reference import (
+    COMBINED,
+    DEFAULT_KEEP,
+    Detector,
+    ImageEvidence,
+    Reference,
+    image_evidence,
+    reference,
+)
+from .signals import SIGNALS, detection_auroc
 
-__all__ = ["DEFAULT_SIGNAL", "format_shift", "shift_report", "write_shift_report"]
+__all__ = [
+    "DEFAULT_SIGNAL",
+    "POWER_SIZES",
+    "format_shift",
+    "shift_report",
+    "shift_summary",
+    "write_shift_report",
+]
 
+#: The batch sizes whose detection and false-alarm rates a report gives.
+POWER_SIZES = (10, 25, 50, 100)
 #: The signal behind ``ood_score`` unless another is asked for.
 DEFAULT_SIGNAL = COMBINED
 
@@ -54,19 +72,28 @@ def _labels(classes: list[str], dataset_classes: tuple[str, ...],
 
 def shift_report(
     run_dir: str | os.PathLike[str],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | PreparedData,
     *,
+    split: str = "all",
     class_map: dict[str, str] | None = None,
     signal: str = DEFAULT_SIGNAL,
     test: str = "ks",
     keep: float = DEFAULT_KEEP,
     alpha: float = 0.05,
+    sizes: tuple[int, ...] = POWER_SIZES,
     power_repeats: int = 30,
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The shift report of ``data`` against the run in ``run_dir`` (see the module docstring).
+
+    Args:
+        data: a folder of new images (class folders, or one folder of a site's images), or
+            data already prepared as the run's images were (a held-out source's split).
+        split: with prepared data, the part of its split to judge (``all``: every image).
+        sizes: the batch sizes whose detection rate is reported (and the in-distribution
+            false-alarm rate, on batches of the run's own test images).
 
     Raises:
         CxrlabError: the run is not one finished run; the folder holds no image; every image
@@ -83,17 +110,21 @@ def shift_report(
     run = open_run(run_dir)
     ref = reference(run_dir, device=device, progress=progress)
     detector = Detector.fit(ref, keep)
-    prep = run.preparation() | {"doubtful": "skip", "min_classes": 1}
-    prepared = run.prepare(data, "all", preparation=prep, progress=progress)
-    rows = list(range(len(prepared.split.records)))
+    if not isinstance(data, PreparedData):
+        prep = run.preparation() | {"doubtful": "skip", "min_classes": 1}
+        data = run.prepare(data, "all", preparation=prep, progress=progress)
+        split = "all"
+    prepared = run.prepare(data)  # checks the size and lungs mode of prepared data
+    rows = prepared.split.indices(split)
     if run.is_own_data(prepared):
-        raise CheckpointError(f"{data} is the data {run_dir} trained on; give other images")
+        raise CheckpointError(f"{prepared.report.root} is the data {run_dir} trained on; give "
+                              "other images")  # fmt: skip
     seen = run.not_held_out(prepared, rows, progress=progress)
     keep_rows = np.array([i for i in rows if prepared.split.records[i].path not in seen.paths])
     if not len(keep_rows):
         raise CheckpointError(
-            f"Every image of {data} copies {run_dir}'s training or validation images, or "
-            "shows one of its patients: nothing is new there"
+            f"Every image of {prepared.report.root} copies {run_dir}'s training or validation "
+            "images, or shows one of its patients: nothing is new there"
         )
     model, card = load_run_model(run_dir)
     ev = image_evidence(model, prepared.images.array[keep_rows], card.temperature, device=device)
@@ -102,38 +133,10 @@ def shift_report(
     records = [prepared.split.records[i] for i in keep_rows]
     to_label = _labels(run.classes, prepared.classes, class_map)
     y = np.array([-1 if to_label[r.label] is None else to_label[r.label] for r in records])
-    ref_probs, ref_feats = ref.val.probs, ref.val.features
-    stat, p = (two_sample_test(test)(ref_probs, ev.probs, seed=seed) if test == "ks" else
-               two_sample_test(test)(ref_feats, ev.features, seed=seed))  # fmt: skip
-    new_side = ev.probs if test == "ks" else ev.features
-    ref_side = ref_probs if test == "ks" else ref_feats
-    power = detection_power(two_sample_test(test), ref_side, new_side, repeats=power_repeats,
-                            alpha=alpha, seed=seed)  # fmt: skip
-    k = len(run.classes)
-    train_mix = np.bincount(ref.train_labels, minlength=k) / len(ref.train_labels)
-    predicted = np.bincount(ev.probs.argmax(1), minlength=k) / len(ev.probs)
-    mix = class_mix(ref_probs, ref.val_labels, ev.probs)
-    est = estimated_accuracy(ref_probs, ref.val_labels, ev.probs, seed=seed)
     labelled = y >= 0
     right = ev.probs.argmax(1)[labelled] == y[labelled]
-    per_signal = {
-        s: {
-            "flagged_share": float((v > detector.thresholds[s]).mean()),
-            "threshold": detector.thresholds[s],
-            "median": float(np.median(v)),
-            "val_median": float(np.median(detector.val_scores[s])),
-        }
-        for s, v in scores.items()
-    }
-    batch = {
-        "test": test,
-        "statistic": stat,
-        "p_value": p,
-        "alpha": alpha,
-        "shift_detected": bool(p < alpha),
-        "reference": "validation",
-        "n_reference": len(ref.val_labels),
-    }
+    est = estimated_accuracy(ref.val.probs, ref.val_labels, ev.probs, seed=seed)
+    k = len(run.classes)
     images = [
         {
             "path": r.path,
@@ -147,6 +150,7 @@ def shift_report(
     result: dict[str, Any] = {
         "run": str(run_dir),
         "data": str(prepared.report.root),
+        "split": split,
         "n": len(records),
         "left_out": {"copies": len(seen.copies), "patients": len(seen.patients)},
         "signal": signal,
@@ -154,23 +158,86 @@ def shift_report(
         "threshold": detector.thresholds[signal],
         "flagged_share": float(ood.mean()),
         "expected_flagged_share": 1 - keep,
-        "signals": per_signal,
-        "two_sample": batch | power,
+        "signals": _signal_table(detector, scores, ref, seed),
+        "two_sample": _batch(ref, ev, test, alpha, sizes, power_repeats, seed),
         "class_mix": {
             "classes": list(run.classes),
-            "training": train_mix.tolist(),
-            "predicted": predicted.tolist(),
-            "estimated": mix.tolist(),
+            "training": (
+                np.bincount(ref.train_labels, minlength=k) / len(ref.train_labels)
+            ).tolist(),
+            "predicted": (np.bincount(ev.probs.argmax(1), minlength=k) / len(ev.probs)).tolist(),
+            "estimated": class_mix(ref.val.probs, ref.val_labels, ev.probs).tolist(),
         },
         "estimated_accuracy": est["estimate"],
         "estimated_accuracy_ci": est["ci"],
         "estimated_accuracy_method": est["method"],
         "true_accuracy": float(right.mean()) if labelled.any() else None,
         "n_labelled": int(labelled.sum()),
+        "control": _control(ref, test, alpha, sizes, power_repeats, seed),
         "images": images,
         "_plot": {"val": detector.val_scores[signal], "new": scores[signal]},
     }
     return result
+
+
+def _signal_table(detector: Detector, scores: dict[str, np.ndarray], ref: Reference,
+                  seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per signal: the share flagged, its threshold, medians, and where the run has test
+    images, the share of them flagged and how well the signal tells the new images from
+    them (``auroc``: new images against in-distribution ones never used to fit it)."""
+    control = detector.scores(ref.test) if ref.test is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    for s, v in scores.items():
+        row: dict[str, Any] = {
+            "flagged_share": float((v > detector.thresholds[s]).mean()),
+            "threshold": detector.thresholds[s],
+            "median": float(np.median(v)),
+            "val_median": float(np.median(detector.val_scores[s])),
+        }
+        if control is not None:
+            row["test_flagged_share"] = float((control[s] > detector.thresholds[s]).mean())
+            row["auroc"] = detection_auroc(control[s], v)
+        out[s] = row
+    return out
+
+
+def _sides(ref: Reference, ev: ImageEvidence, test: str) -> tuple[np.ndarray, np.ndarray]:
+    """What ``test`` compares: probabilities (``ks``) or features, reference then new."""
+    if test == "ks":
+        return ref.val.probs, ev.probs
+    return ref.val.features, ev.features
+
+
+def _batch(ref: Reference, ev: ImageEvidence, test: str, alpha: float, sizes: tuple[int, ...],
+           repeats: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """The two-sample test of the whole set against the validation images, and its power."""
+    fn = two_sample_test(test)
+    a, b = _sides(ref, ev, test)
+    stat, p = fn(a, b, seed=seed)
+    out = {"test": test, "statistic": stat, "p_value": p, "alpha": alpha,
+           "shift_detected": bool(p < alpha), "reference": "validation",
+           "n_reference": len(ref.val_labels)}  # fmt: skip
+    return out | detection_power(fn, a, b, sizes, repeats=repeats, alpha=alpha, seed=seed)
+
+
+def _control(ref: Reference, test: str, alpha: float, sizes: tuple[int, ...], repeats: int,
+             seed: int) -> dict[str, Any] | None:  # fmt: skip
+    """The same on the run's own test images (in distribution): how often the batch test
+    raises a false alarm, and how close the accuracy estimate comes where the truth is
+    known."""
+    if ref.test is None or ref.test_labels is None:
+        return None
+    a, b = _sides(ref, ref.test, test)
+    alarms = detection_power(two_sample_test(test), a, b, sizes, repeats=repeats, alpha=alpha,
+                             seed=seed)  # fmt: skip
+    est = estimated_accuracy(ref.val.probs, ref.val_labels, ref.test.probs, seed=seed)
+    return {
+        "n": len(ref.test_labels),
+        "false_alarm": alarms["power"],
+        "estimated_accuracy": est["estimate"],
+        "estimated_accuracy_ci": est["ci"],
+        "true_accuracy": float((ref.test.probs.argmax(1) == ref.test_labels).mean()),
+    }
 
 
 def format_shift(r: dict[str, Any]) -> str:
@@ -204,15 +271,41 @@ def format_shift(r: dict[str, Any]) -> str:
         *(f"| {c} | {a:.3f} | {b:.3f} | {e:.3f} |" for c, a, b, e in
           zip(mix["classes"], mix["training"], mix["predicted"], mix["estimated"])),
         "",
-        "| signal | flagged | threshold | median here | median on validation |",
-        "|---|---|---|---|---|",
-        *(f"| {s} | {v['flagged_share']:.1%} | {v['threshold']:.4g} | {v['median']:.4g} | "
+        "| signal | flagged here | flagged on the run's test images | AUROC, here vs test "
+        "images | threshold | median here | median on validation |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {s} | {v['flagged_share']:.1%} | {_pct(v.get('test_flagged_share'))} | "
+          f"{_num(v.get('auroc'))} | {v['threshold']:.4g} | {v['median']:.4g} | "
           f"{v['val_median']:.4g} |" for s, v in r["signals"].items()),
         "",
-        "Power of the batch test on random batches: "
+        "Batch test flags random batches of these images (power): "
         + ", ".join(f"{n}: {p:.0%}" for n, p in two["power"].items()) + ".",
     ]  # fmt: skip
+    control = r.get("control")
+    if control:
+        lines += [
+            f"On batches of the run's own test images (in distribution, {control['n']} "
+            "images) it raises a false alarm: "
+            + ", ".join(f"{n}: {p:.0%}" for n, p in control["false_alarm"].items())
+            + f". There, the accuracy estimated without labels is "
+            f"{control['estimated_accuracy']:.3f} [{control['estimated_accuracy_ci'][0]:.3f}, "
+            f"{control['estimated_accuracy_ci'][1]:.3f}] against a true "
+            f"{control['true_accuracy']:.3f}.",
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def shift_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """A report without its per-image rows (what a held-out source's scores keep)."""
+    return {k: v for k, v in r.items() if k not in ("images", "_plot")}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def write_shift_report(r: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
@@ -225,7 +318,7 @@ def write_shift_report(r: dict[str, Any], out: str | os.PathLike[str]) -> list[P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = r.get("_plot", {})
-    write_json(out, {k: v for k, v in r.items() if k != "_plot"})
+    write_json(out, {k: v for k, v in r.items() if k != "_plot"})  # the images kept
     md = out.with_suffix(".md")
     atomic_write_text(md, format_shift(r))
     fig_path = out.with_suffix(".png")
