@@ -23,6 +23,7 @@ PACKAGES = (
     "cxrlab.infer",
     "cxrlab.audit",
     "cxrlab.shift",
+    "cxrlab.adapt",
     "cxrlab.analysis",
     "cxrlab.study",
 )

@@ -173,3 +173,47 @@ def shift_cmd(
     if out:
         for path in write_shift_report(r, out):
             typer.echo(f"Wrote {path}")
+
+
+@app.command("adapt")
+def adapt_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab train'.")],
+    data: Annotated[
+        str,
+        typer.Option(help="The site's images: class folders, or one folder of its images."),
+    ],
+    out: Annotated[Path, typer.Option(help="The adapted run's folder (new).")],
+    labels: Annotated[
+        int, typer.Option(help="Labelled site images per class (only 0 is built so far).")
+    ] = 0,
+    method: Annotated[
+        str,
+        typer.Option(help="bn (BatchNorm statistics), prior (class priors by EM) or bn+prior."),
+    ] = "bn",
+    class_map: ScoreClassMap = None,
+    test_share: Annotated[
+        float, typer.Option(help="Share of the site kept for scoring, never read to adapt.")
+    ] = 0.5,
+    split_seed: Annotated[int, typer.Option(help="Seed of the site's pool/test split.")] = 0,
+    device: Device = "auto",
+    progress: Progress = True,
+) -> None:
+    """Adapt a run to a new site with the site's own unlabelled images; writes a new run."""
+    from ..adapt import adapt_run
+    from ..engine.runtime import resolve_device
+    from ..evaluation.external import parse_class_map
+
+    result = adapt_run(run_dir, data, out, class_map=parse_class_map(class_map), labels=labels,
+                       method=method, test_share=test_share, split_seed=split_seed,
+                       device=str(resolve_device(device)), progress=progress)  # fmt: skip
+    rec = result.record
+    typer.echo(f"Adapted {run_dir} to {rec['adaptation']['site']} ({method}) with "
+               f"{rec['adaptation']['pool']} site images; wrote {result.run_dir}")  # fmt: skip
+    before, after = rec["site_test"]["before"], rec["site_test"]["after"]
+    if before and after:
+        typer.echo(f"site test ({before['n']} images it never read): accuracy "
+                   f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 "
+                   f"{before['macro_f1']:.4f} -> {after['macro_f1']:.4f}, ECE "
+                   f"{before['ece']:.4f} -> {after['ece']:.4f}")  # fmt: skip
+    else:
+        typer.echo("The site's images carry no class the model knows: no score before/after")

@@ -34,6 +34,7 @@ __all__ = [
     "CARD_FILE",
     "CARD_FORMAT",
     "ENSEMBLE_FORMAT",
+    "AdaptationRecord",
     "Calibration",
     "DataRecord",
     "EnsembleCard",
@@ -95,6 +96,30 @@ class DataRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"ratios": list(self.ratios)}
+
+
+@dataclass(frozen=True)
+class AdaptationRecord:
+    """How an adapted run came from its parent (``cxrlab adapt``, :mod:`cxrlab.adapt`)."""
+
+    parent: str  # the parent run's folder
+    parent_created: str  # the parent's ``created``: which model was adapted
+    site: str  # the site's folder
+    site_hash: str  # fingerprint of the site's images
+    method: str  # "bn", "prior" or "bn+prior"
+    labels: int  # labelled images per class used (0: none)
+    pool: int  # site images adaptation read
+    test: int  # site images it never read (scored in adaptation.json)
+    split_seed: int
+    test_share: float
+    changed: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: str = "adaptation") -> AdaptationRecord:
+        return cls(**_fields(cls, record, where))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def _preprocessing(record: dict[str, Any], where: str) -> PreprocessConfig:
@@ -214,6 +239,7 @@ class RunCard(_Card):
     created: str  # ISO time, UTC
     initialisation: InitReport | None = None  # what a redrawn initialisation redrew
     calibration: Calibration | None = None
+    adaptation: AdaptationRecord | None = None  # an adapted run: its parent, site, method
     format: str = CARD_FORMAT
 
     # ---------------------------------------------------------------- derived facts
@@ -253,6 +279,8 @@ class RunCard(_Card):
         }
         if self.calibration is not None:
             out["calibration"] = dataclasses.asdict(self.calibration)
+        if self.adaptation is not None:
+            out["adaptation"] = self.adaptation.to_dict()
         return out
 
     @classmethod
@@ -274,6 +302,8 @@ class RunCard(_Card):
                 d["initialisation"] = InitReport(**_fields(InitReport, init, f"{where}: init"))
             if d.get("calibration") is not None:
                 d["calibration"] = Calibration.from_dict(d["calibration"], f"{where}: cal")
+            if d.get("adaptation") is not None:
+                d["adaptation"] = AdaptationRecord.from_dict(d["adaptation"], f"{where}: adapt")
         except (TypeError, KeyError) as e:
             raise CheckpointError(f"{where} cannot be read ({type(e).__name__}: {e})") from e
         d["classes"] = tuple(d["classes"])

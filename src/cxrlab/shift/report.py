@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_SIGNAL",
     "POWER_SIZES",
     "format_shift",
+    "model_labels",
     "shift_report",
     "shift_summary",
     "write_shift_report",
@@ -54,11 +55,23 @@ POWER_SIZES = (10, 25, 50, 100)
 DEFAULT_SIGNAL = COMBINED
 
 
-def _labels(classes: list[str], dataset_classes: tuple[str, ...],
+def model_labels(classes: list[str], dataset_classes: tuple[str, ...],
             class_map: dict[str, str] | None) -> dict[str, int | None]:  # fmt: skip
-    """Each dataset class's model class index, or ``None`` (unlabelled: a site's folder)."""
-    from ..evaluation.external import match_classes
+    """Each dataset class's model class index, or ``None`` (unlabelled: a site's folder).
 
+    Raises:
+        CheckpointError: the class map names a class the data does not have, or maps one to
+            a class the model does not know.
+    """
+    from ..evaluation.external import UNSCORED, match_classes
+
+    for name, target in (class_map or {}).items():
+        if name not in dataset_classes:
+            raise CheckpointError(f"--class-map names {name!r}, which is not a class of the "
+                                  f"data ({', '.join(dataset_classes)})")  # fmt: skip
+        if target != UNSCORED and target not in classes:
+            raise CheckpointError(f"--class-map maps {name!r} to {target!r}, which the model "
+                                  f"does not know ({', '.join(classes)})")  # fmt: skip
     out: dict[str, int | None] = {}
     for c in dataset_classes:
         cmap = {c: class_map[c]} if class_map and c in class_map else None
@@ -131,7 +144,7 @@ def shift_report(
     scores = detector.scores(ev)
     ood = scores[signal] > detector.thresholds[signal]
     records = [prepared.split.records[i] for i in keep_rows]
-    to_label = _labels(run.classes, prepared.classes, class_map)
+    to_label = model_labels(run.classes, prepared.classes, class_map)
     y = np.array([-1 if to_label[r.label] is None else to_label[r.label] for r in records])
     labelled = y >= 0
     right = ev.probs.argmax(1)[labelled] == y[labelled]

@@ -1,0 +1,24 @@
+"""Adapt a finished run to a new site with the site's own images.
+
+``cxrlab adapt RUN --data SITE --out NEW_RUN`` splits the site (patients kept together) into
+a *pool* that adaptation may read and a *test* part it never reads, adapts the run's model
+with the pool's unlabelled images, and writes a new run folder that every command reads like
+any other: its card records the parent run, the site, its hash, the method and what it
+changed; ``adaptation.json`` scores the parent and the adapted model on the site's test part.
+
+Unlabelled methods (``--labels 0``):
+
+* ``bn``: AdaBN (Li et al. 2016): every BatchNorm layer's running statistics re-estimated on
+  the pool's images; weights unchanged.
+* ``prior``: the site's class priors re-estimated by EM (Saerens et al. 2002) from the
+  calibrated probabilities of the pool, written into the classifier's bias (``T log(q / p)``
+  with ``p`` the run's own prior on its validation images), so that predicted probabilities
+  follow the site's class mix.
+* ``bn+prior``: both, statistics first.
+
+Labelled adaptation (``--labels N``: fine-tuning on N images per class) is not built yet.
+"""
+
+from .core import ADAPT_FILE, METHODS, AdaptResult, adapt_batchnorm, adapt_run, em_priors
+
+__all__ = ["ADAPT_FILE", "METHODS", "AdaptResult", "adapt_batchnorm", "adapt_run", "em_priors"]
