@@ -96,7 +96,7 @@ def test_adapt_writes_a_run_like_any_other_and_never_reads_the_test_part(
     assert rec == json.loads(json.dumps(result.record))
     # adaptation read the pool and nothing of the test part
     manifest = (out / "site_split.csv").read_text().splitlines()[2:]
-    test_paths = {line.split(",")[0] for line in manifest if ",test," in line}
+    test_paths = {line.split(",")[0] for line in manifest if line.split(",")[-1] == "test"}
     pool_paths = set(rec["pool_images"])
     assert test_paths and pool_paths and not test_paths & pool_paths
     assert len(seen) == 1 and len(seen[0]) == rec["adaptation"]["pool"] == len(pool_paths)

@@ -125,7 +125,7 @@ def test_near_copies_stay_in_one_split(tmp_path: Path, capsys) -> None:
     manifest = tmp_path / "split.csv"
     data = prepare_data(db, split_file=manifest, image_size=32, progress=False)
     text = manifest.read_text()
-    assert text.splitlines()[1] == "path,label,width,height,hash,group,source,split,patient"
+    assert text.splitlines()[1] == "path,label,width,height,hash,group,patient,source,split"
     groups = {row["path"]: row["group"] for row in csv.DictReader(text.splitlines()[1:])}
     assert groups["COVID/COVID-1.png"] == groups["COVID/COVID-1-resized.png"]
     assert groups["COVID/COVID-1.png"] == groups["COVID/COVID-1-cropped.png"]

@@ -172,7 +172,7 @@ def test_shift_leaves_out_copies_of_the_runs_images(phantom_run, tmp_path: Path)
     mixed = tmp_path / "mixed"
     shutil.copytree(alike, mixed)
     split = (run / "split.csv").read_text().splitlines()[2:]
-    trained = [line.split(",")[0] for line in split if line.endswith(",train,")][:3]
+    trained = [line.split(",")[0] for line in split if line.split(",")[-1] == "train"][:3]
     data_root = Path(json.loads((run / "model_card.json").read_text())["data"]["root"])
     for k, rel in enumerate(trained):
         cls = rel.split("/")[0]

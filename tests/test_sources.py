@@ -77,8 +77,8 @@ def test_a_view_of_two_sources(two_sources, tmp_path, monkeypatch) -> None:
         by_hash.setdefault(r.hash, set()).add(s)
     assert all(len(s) == 1 for s in by_hash.values())
     csv_text = split.to_csv().splitlines()
-    assert csv_text[1].endswith(",group,source,split,patient")
-    assert csv_text[2].split(",")[-3] in "AB"
+    assert csv_text[1].endswith(",group,patient,source,split")
+    assert csv_text[2].split(",")[-2] in "AB"
     # masks beside a linked image's original are found: A's images have valid lung masks
     with pytest.warns(UserWarning, match="13 of 25 images left out"):
         masked = prepare_data(view, image_size=32, lungs="remove", doubtful="skip",
@@ -417,7 +417,7 @@ holdout_source = ["none", "B"]
     report = build_report(out, study)
     shared = (out / "split.csv").read_text().splitlines()[2:]
     without = (out / "splits" / "without-B.csv").read_text().splitlines()[2:]
-    assert without == [line for line in shared if line.split(",")[-3] != "B"]
+    assert without == [line for line in shared if line.split(",")[-2] != "B"]
     held = json.loads((out / "runs" / ids[1] / "holdout.json").read_text())
     assert held["source"] == "B" and held["test"]["n"] > 0
     summary = (out / "summary.md").read_text()

@@ -1,7 +1,8 @@
 """Reproducible, stratified train/val/test splits saved as a manifest CSV.
 
-The manifest has one row per valid image (path, label, width, height, hash, group, split;
-the group column came later, and manifests without it still load) and a
+The manifest has one row per valid image (path, label, width, height, hash, group, patient,
+source, split; the group, patient and source columns came later, and manifests without them
+still load) and a
 first comment line with the seed, ratios and class order. Its bytes depend only on the data
 and the seed: each image's place in the shuffle is a hash of its content and the seed, so
 the same data and seed give a byte-identical file on any machine and any NumPy version, and
@@ -34,7 +35,7 @@ from .scan import ImageRecord, ScanReport
 __all__ = ["SPLITS", "Split", "load_split", "make_split", "train_size_label"]
 
 SPLITS = ("train", "val", "test")
-_HEADER = ("path", "label", "width", "height", "hash", "group", "source", "split", "patient")
+_HEADER = ("path", "label", "width", "height", "hash", "group", "patient", "source", "split")
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ class Split:
         w.writerow(_HEADER)
         for i, (r, s) in enumerate(zip(self.records, self.assignment)):
             w.writerow([r.path, r.label, r.width, r.height, r.hash, self.group(i),
-                        self.source_of(i), s, self.patient(i)])  # fmt: skip
+                        self.patient(i), self.source_of(i), s])  # fmt: skip
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
