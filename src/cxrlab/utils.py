@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "WHY_NULL",
+    "DisjointSets",
     "atomic_write_bytes",
     "atomic_write_text",
     "cache_dir",
@@ -118,3 +119,25 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented, strict JSON (see :func:`strict_json`), atomically."""
     text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+class DisjointSets:
+    """Union-find over hashable items (path halving): :meth:`join` links two items' sets
+    and the smallest item of a set is its root, so a set's name does not depend on the
+    order of the joins."""
+
+    def __init__(self) -> None:
+        self._parent: dict[Any, Any] = {}
+
+    def find(self, item: Any) -> Any:
+        """The root of ``item``'s set (an item never seen is its own)."""
+        parent = self._parent
+        while parent.setdefault(item, item) != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def join(self, a: Any, b: Any) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)

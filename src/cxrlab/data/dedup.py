@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
+from ..utils import DisjointSets
+
 __all__ = [
     "MAX_GROUP",
     "SIGNATURE_SIZE",
@@ -149,26 +151,14 @@ def copy_groups(
     An image without copies is its own group, keyed by its hash.
     """
     n = len(hashes)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def join(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
+    sets = DisjointSets()
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
-        join(i, first.setdefault(h, i))
+        sets.join(i, first.setdefault(h, i))
     if images is not None and n > 1:
         for i, j, _, _ in near_duplicates(signatures(images)):
-            join(i, j)
-    roots = [find(i) for i in range(n)]
+            sets.join(i, j)
+    roots = [sets.find(i) for i in range(n)]
     size: dict[int, int] = {}
     key: dict[int, str] = {}
     for i, h in enumerate(hashes):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..utils import DisjointSets
 
 __all__ = [
     "KERMANY_PATTERN",
@@ -245,23 +246,10 @@ def group_units(
     directly or through copies (one radiograph of two children's files links them). A unit's
     key is the smallest copy-group key in it, so an image without a patient keeps its copy
     group's key, and a split of data without patients is drawn exactly as before."""
-    parent: dict[str, str] = {}
-
-    def find(k: str) -> str:
-        while parent.setdefault(k, k) != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    def join(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
+    sets = DisjointSets()
     first: dict[str, str] = {}
     for p, k in zip(paths, copy_keys):
-        find(k)
         patient = patients.get(p)
         if patient:
-            join(k, first.setdefault(patient, k))
-    return [find(k) for k in copy_keys]
+            sets.join(k, first.setdefault(patient, k))
+    return [sets.find(k) for k in copy_keys]
