@@ -80,7 +80,7 @@ class Reference:
 def signatures(images: np.ndarray) -> np.ndarray:
     """``(N, S)`` acquisition signatures of ``(N, H, W)`` uint8 images: the audit's
     thumbnail, histogram and border probes side by side."""
-    from ..audit.probes import probe_features
+    from ..evaluation.acquisition import probe_features
 
     if not len(images):
         return np.zeros((0, 0), np.float32)

@@ -10,7 +10,7 @@ validation images (:mod:`cxrlab.shift.reference`), never on the data they judge.
 * ``knn``: the cosine distance to the k-th nearest training image's features, on features
   scaled to unit length (Sun et al. 2022).
 * ``signature``: the Mahalanobis distance of an image's acquisition signature (the audit's
-  16x16 thumbnail, 32-bin histogram and border strips, :mod:`cxrlab.audit.probes`) to the
+  16x16 thumbnail, 32-bin histogram and border strips, :mod:`cxrlab.evaluation.acquisition`) to the
   training images' (one class, Ledoit-Wolf): how the image was taken and stored, which a
   network's features may not show (the next hospital can look typical to a model and still
   be misread).
