@@ -16,9 +16,29 @@ Unlabelled methods (``--labels 0``):
   follow the site's class mix.
 * ``bn+prior``: both, statistics first.
 
+The default is ``prior`` (:data:`~cxrlab.adapt.core.DEFAULT_METHOD`), chosen on held-out
+validation data: on the children a run never trained on, AdaBN from a pool of a few dozen
+images of two classes cost accuracy and calibration, and the priors did not (docs/shift.md).
+
 Labelled adaptation (``--labels N``: fine-tuning on N images per class) is not built yet.
 """
 
-from .core import ADAPT_FILE, METHODS, AdaptResult, adapt_batchnorm, adapt_run, em_priors
+from .core import (
+    ADAPT_FILE,
+    DEFAULT_METHOD,
+    METHODS,
+    AdaptResult,
+    adapt_batchnorm,
+    adapt_run,
+    em_priors,
+)
 
-__all__ = ["ADAPT_FILE", "METHODS", "AdaptResult", "adapt_batchnorm", "adapt_run", "em_priors"]
+__all__ = [
+    "ADAPT_FILE",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "AdaptResult",
+    "adapt_batchnorm",
+    "adapt_run",
+    "em_priors",
+]

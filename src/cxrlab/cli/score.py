@@ -188,8 +188,8 @@ def adapt_cmd(
     ] = 0,
     method: Annotated[
         str,
-        typer.Option(help="bn (BatchNorm statistics), prior (class priors by EM) or bn+prior."),
-    ] = "bn",
+        typer.Option(help="prior (class priors by EM), bn (BatchNorm statistics) or bn+prior."),
+    ] = "prior",
     class_map: ScoreClassMap = None,
     test_share: Annotated[
         float, typer.Option(help="Share of the site kept for scoring, never read to adapt.")
