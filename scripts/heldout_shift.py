@@ -18,7 +18,8 @@ For each finished run that held a source out (and whose id contains a ``--cell``
    (half read, half scored: what is reported), and scores both halves before and after.
 
 Prints a Markdown summary over the runs (mean ± std over seeds) and writes every number to
-``<study>/heldout_shift.json``. Nothing here chooses anything on a test split: the signals
+``<study>/heldout_shift.json`` (runs measured by an earlier call are kept; ``--summary``
+prints the tables of what it holds). Nothing here chooses anything on a test split: the signals
 and methods are compared on the validation columns.
 """
 
@@ -105,43 +106,62 @@ def _row(run_dir: Path, held: dict[str, Any], adapted: dict[str, Any]) -> dict[s
 
 def _ms(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
+    if np.isnan(v).all():
+        return "n/a"
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def _pair(rows: list[dict[str, Any]], get: Any) -> str:
+    """``validation | test`` cells of one quantity over the runs."""
+    return " | ".join(_ms([get(r, split) for r in rows]) for split in ("val", "test"))
+
+
 def _summary(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{len(rows)} run(s): {', '.join(r['run'] for r in rows)}", ""]
-    lines += ["| | held-out validation | held-out test |", "|---|---|---|"]
-    for key, name in (("accuracy", "accuracy"), ("estimated_accuracy", "accuracy, estimated")):
-        lines.append(f"| {name} | {_ms([r['val_' + key] for r in rows])} | "
-                     f"{_ms([r['test_' + key] for r in rows])} |")  # fmt: skip
+    classes = [c for c, v in rows[0]["test_recall"].items() if v is not None]
+    lines = [f"{len(rows)} run(s): {', '.join(r['run'] for r in rows)}", "",
+             "| held out | validation | test |", "|---|---|---|"]  # fmt: skip
+    for split_name, key in (("images scored", "n"),):
+        lines.append(
+            f"| {split_name} | "
+            + " | ".join(", ".join(str(r[f"{s}_{key}"]) for r in rows) for s in ("val", "test"))
+            + " |"
+        )
+    lines.append("| left out: copies, other images of seen patients | " + " | ".join(
+        "; ".join(f"{r[f'{s}_excluded'][0]}, {r[f'{s}_excluded'][1]}" for r in rows)
+        for s in ("val", "test")) + " |")  # fmt: skip
+    lines.append(f"| accuracy | {_pair(rows, lambda r, s: r[f'{s}_accuracy'])} |")
+    for c in classes:
+        lines.append(f"| {c} recall | {_pair(rows, lambda r, s, c=c: r[f'{s}_recall'][c])} |")
+    lines += ["", "| signal | AUROC, validation | AUROC, test | flagged, validation | "
+              "flagged, test |", "|---|---|---|---|---|"]  # fmt: skip
     for sig in (*SIGNALS, "combined"):
-        lines.append(f"| AUROC {sig} | {_ms([r['val_auroc'][sig] for r in rows])} | "
-                     f"{_ms([r['test_auroc'][sig] for r in rows])} |")  # fmt: skip
-        lines.append(f"| flagged {sig} | {_ms([r['val_flagged'][sig] for r in rows])} | "
-                     f"{_ms([r['test_flagged'][sig] for r in rows])} |")  # fmt: skip
-    for n in rows[0]["test_power"]:
-        lines.append(f"| batch of {n}: detected | "
-                     f"{_ms([r['val_power'].get(n, np.nan) for r in rows])} | "
-                     f"{_ms([r['test_power'][n] for r in rows])} |")  # fmt: skip
+        auroc = _pair(rows, lambda r, s, g=sig: r[f"{s}_auroc"][g])
+        flagged = _pair(rows, lambda r, s, g=sig: r[f"{s}_flagged"][g])
+        lines.append(f"| {sig} | {auroc} | {flagged} |")
+    lines += ["", "| batch test (ks) | validation | test | in distribution (false alarm) |",
+              "|---|---|---|---|"]  # fmt: skip
     for n in rows[0]["false_alarm"]:
-        lines.append(f"| batch of {n} in distribution: false alarm | "
-                     f"{_ms([r['false_alarm'][n] for r in rows])} | |")  # fmt: skip
-    lines.append(f"| in distribution: accuracy estimated / true | "
-                 f"{_ms([r['control_estimated'] for r in rows])} / "
-                 f"{_ms([r['control_true'] for r in rows])} | |")  # fmt: skip
-    lines += ["", "| adaptation (half read, half scored) | validation: before -> after | "
-              "test: before -> after |", "|---|---|---|"]  # fmt: skip
-    for method in METHODS:
-        cells = []
-        for split in ("val", "test"):
-            got = [r["adaptation"][split][method] for r in rows]
-            if any(g["before"] is None for g in got):
-                cells.append("n/a")
-                continue
-            cells.append(" ; ".join(
-                f"{k} {_ms([g['before'][k] for g in got])} -> {_ms([g['after'][k] for g in got])}"
-                for k in ("accuracy", "ece")))  # fmt: skip
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+        cells = [_ms([r[f"{s}_power"].get(n, np.nan) for r in rows]) for s in ("val", "test")]
+        cells.append(_ms([r["false_alarm"][n] for r in rows]))
+        lines.append(f"| batch of {n} | {' | '.join(cells)} |")
+    lines.append(f"| accuracy estimated (ATC) | "
+                 f"{_pair(rows, lambda r, s: r[f'{s}_estimated_accuracy'])} | "
+                 f"{_ms([r['control_estimated'] for r in rows])} |")  # fmt: skip
+    lines.append(f"| true accuracy | {_pair(rows, lambda r, s: r[f'{s}_true_accuracy'])} | "
+                 f"{_ms([r['control_true'] for r in rows])} |")  # fmt: skip
+    lines += ["", "| adaptation (half read, half scored) | validation: accuracy | validation: "
+              "ECE | test: accuracy | test: ECE |", "|---|---|---|---|---|"]  # fmt: skip
+    first = rows[0]["adaptation"]
+
+    def before_after(split: str, method: str, key: str) -> str:
+        got = [r["adaptation"][split][method] for r in rows]
+        if any(g["before"] is None for g in got):
+            return "n/a"
+        return f"{_ms([g['before'][key] for g in got])} -> {_ms([g['after'][key] for g in got])}"
+
+    for method in first["val"]:
+        cells = [before_after(s, method, k) for s in ("val", "test") for k in ("accuracy", "ece")]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -150,7 +170,13 @@ def main() -> None:
     parser.add_argument("study", type=Path)
     parser.add_argument("--cell", action="append", default=[], help="run id text to keep")
     parser.add_argument("--rescore", action="store_true", help="score the held-out source again")
+    parser.add_argument("--summary", action="store_true",
+                        help="only print the tables of <study>/heldout_shift.json")  # fmt: skip
     args = parser.parse_args()
+    saved = args.study / "heldout_shift.json"
+    if args.summary:
+        print(_summary(json.loads(saved.read_text())))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for run_dir in sorted((args.study / "runs").iterdir()):
@@ -167,7 +193,10 @@ def main() -> None:
             held = json.loads((run_dir / HOLDOUT_FILE).read_text())
             adapted = _adaptation(run_dir, _split_folders(run_dir, config, Path(tmp)), Path(tmp))
             rows.append(_row(run_dir, held, adapted))
-    (args.study / "heldout_shift.json").write_text(json.dumps(rows, indent=2) + "\n")
+    old = json.loads(saved.read_text()) if saved.is_file() else []
+    done = {r["run"] for r in rows}
+    rows = [r for r in old if r["run"] not in done] + rows  # runs measured earlier are kept
+    saved.write_text(json.dumps(rows, indent=2) + "\n")
     print(_summary(rows))
 
 
