@@ -67,6 +67,13 @@ def test_predict_files_folders_globs_and_bad_file(run: Path, inputs: Path, tmp_p
     assert list(table[0]) == ["path", "pred", "p_COVID", "p_Lung_Opacity", "p_Normal",
                               "p_Viral Pneumonia", "ood_score", "ood"]  # fmt: skip
     assert all(float(r["ood_score"]) >= 0 and r["ood"] in ("0", "1") for r in table)
+    # read from the prediction's own forward pass: the same as a pass of its own
+    pred = load(run)
+    pixels = np.stack([pred.to_pixels(r["path"]) for r in table])
+    probs, (score, _) = pred.predict_with_ood(pixels)
+    alone, _ = pred.ood(pixels)
+    assert np.allclose(score, alone, atol=1e-5) and np.allclose(probs, pred.predict_pixels(pixels))
+    assert np.allclose(score, [float(r["ood_score"]) for r in table], atol=1e-5)
     assert "look unlike the run's training data" in err
     for probs in rows.values():
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and len(probs) == 4

@@ -118,9 +118,9 @@ class ServedModel:
         """
         pixels = self.predictor.to_pixels(gray, self.name)
         with self.lock:
-            probs = self.predictor.predict_pixels(pixels[None])[0]
+            batch, shift = self.predictor.predict_with_ood(pixels[None])
+            probs = batch[0]
             out = ModelOutput(self.name, {c: float(p) for c, p in zip(self.classes, probs)})
-            shift = self.predictor.ood(pixels[None])
             if shift is not None:
                 out.ood_score, out.ood = float(shift[0][0]), bool(shift[1][0])
             if not cam:

@@ -103,8 +103,10 @@ def predict_paths(
     def flush() -> None:
         if batch:
             pixels = np.stack([px for _, px in batch])
-            probs = predictor.predict_pixels(pixels)
-            shift = predictor.ood(pixels) if ood else None
+            if ood:
+                probs, shift = predictor.predict_with_ood(pixels)
+            else:
+                probs, shift = predictor.predict_pixels(pixels), None
             if shift is not None:
                 result.ood_scores.extend(float(v) for v in shift[0])
                 result.ood.extend(bool(v) for v in shift[1])

@@ -173,20 +173,45 @@ class Predictor:
     # ---------------------------------------------------------------- prediction
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """``(B, H, W)`` uint8 -> ``(B, K)`` probabilities."""
+        return self._predict(pixels, evidence=False)[0]
+
+    def _predict(self, pixels: np.ndarray, evidence: bool) -> tuple[np.ndarray, list[Any]]:
+        """The probabilities and, with ``evidence``, each member's
+        :class:`~cxrlab.shift.reference.ImageEvidence` read from the same forward pass
+        (the plain view's features and probabilities); none for an ONNX file."""
         if self.members:  # an ensemble: the members' calibrated probabilities, averaged
-            return np.mean([m.predict_pixels(pixels) for m in self.members], axis=0)
+            outs = [m._predict(pixels, evidence) for m in self.members]
+            return np.mean([p for p, _ in outs], axis=0), [e for _, ev in outs for e in ev]
         x = np.array(pixels, dtype=np.uint8, copy=True)[:, None]  # (B, 1, H, W), writable
         if self.session is not None:
             name = self.session.get_inputs()[0].name
-            return np.asarray(self.session.run(None, {name: x})[0], dtype=np.float32)
+            return np.asarray(self.session.run(None, {name: x})[0], dtype=np.float32), []
         assert self.model is not None
+        from ..shift.reference import ImageEvidence, captured_features, signatures
+
         xt = torch.from_numpy(x).to(self.device)
         views = tta_views(xt.float()) if self.tta else [xt]
-        with torch.no_grad():
+        with torch.no_grad(), captured_features(self.model) as features:
             probs = [(self.model(v).float() / self.temperature).softmax(dim=1) for v in views]
-        return torch.stack(probs).mean(0).cpu().numpy()
+        mean = torch.stack(probs).mean(0).cpu().numpy()
+        if not evidence:
+            return mean, []
+        plain = ImageEvidence(features[0].numpy(), signatures(pixels), probs[0].cpu().numpy())
+        return mean, [plain]
 
-    def ood(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def predict_with_ood(
+        self, pixels: np.ndarray
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """``(B, H, W)`` uint8 -> ``(probs, (ood_score, ood) or None)`` in one forward pass
+        per model (see :meth:`ood`)."""
+        if self.ood_note or self.session is not None:
+            return self.predict_pixels(pixels), self.ood(pixels)
+        probs, evidence = self._predict(pixels, evidence=True)
+        return probs, self.ood(pixels, evidence)
+
+    def ood(
+        self, pixels: np.ndarray, evidence: list[Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(ood_score, ood)`` of ``(B, H, W)`` uint8 model inputs: how far each image lies
         from the run's training data (higher: further; see :mod:`cxrlab.shift`) and whether
         it is past the threshold that keeps 95 % of the run's validation images. ``None``
@@ -207,10 +232,11 @@ class Predictor:
             except CxrlabError as e:
                 self.ood_note = f"no shift reference for {self.source}: {e}"
                 return None
-        from ..shift.reference import image_evidence
+        if evidence is None:
+            from ..shift.reference import image_evidence
 
-        evidence = [image_evidence(m.model, pixels, m.temperature, device=m.device)
-                    for m in members]  # fmt: skip
+            evidence = [image_evidence(m.model, pixels, m.temperature, device=m.device)
+                        for m in members]  # fmt: skip
         return self._ood.score(evidence)
 
     def predict(self, image: ImageLike) -> dict[str, float]:

@@ -13,9 +13,10 @@ images and their thresholds on the validation images, at a stated in-distributio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "ImageEvidence",
     "OodScorer",
     "Reference",
+    "captured_features",
     "image_evidence",
     "reference",
 ]
@@ -88,6 +90,22 @@ def signatures(images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+@contextlib.contextmanager
+def captured_features(model: Any) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward pass of ``model`` appends what its classifier head
+    receives (``(B, D)`` float32 on the CPU: the pooled features, or a ViT's class token)
+    to the list it yields."""
+    head = model.head[0].rsplit(".", 1)[0]  # the module that owns the head's weight
+    captured: list[torch.Tensor] = []
+    handle = model.net.get_submodule(head).register_forward_hook(
+        lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())
+    )
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def image_evidence(
     model: Any,
@@ -99,19 +117,12 @@ def image_evidence(
 ) -> ImageEvidence:
     """Features, signatures and probabilities (divided by ``temperature`` before the
     softmax) of ``(N, H, W)`` uint8 images as a run's model sees them (no augmentation)."""
-    head = model.head[0].rsplit(".", 1)[0]  # the module that owns the head's weight
-    captured: list[torch.Tensor] = []
-    handle = model.net.get_submodule(head).register_forward_hook(
-        lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())
-    )
     model.eval().to(device)
     logits = []
-    try:
+    with captured_features(model) as captured:
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8))
             logits.append(model(x[:, None].to(device)).float().cpu())
-    finally:
-        handle.remove()
     if not logits:
         raise CheckpointError("No image to read features from")
     probs = torch.softmax(torch.cat(logits) / temperature, dim=1).numpy()
