@@ -198,6 +198,12 @@ def test_shift_cli_writes_reports_and_refuses_bad_input(phantom_run, tmp_path: P
     assert main(["shift", str(run), "--data", str(empty.parent), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cxrlab: error:") and len(err.strip().splitlines()) == 1
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for f in sorted(shifted.rglob("*.png"))[:3]:
+        shutil.copy(f, loose / f.name)
+    assert main(["shift", str(run), "--data", str(loose), "--no-progress"]) == 2
+    assert "holds its images directly; put them in one folder below it" in capsys.readouterr().err
     assert main(["shift", str(run), "--data", str(shifted), "--test", "t", "--no-progress"]) == 2
     assert "Unknown test 't'" in capsys.readouterr().err
     busy = tmp_path / "busy"

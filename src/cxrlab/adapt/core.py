@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import prepare_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..utils import write_json
 
@@ -178,7 +177,7 @@ def adapt_run(
     from ..engine.rundir import load_run_model, save_model
     from ..engine.scoring import open_run
     from ..shift.reference import reference
-    from ..shift.report import model_labels
+    from ..shift.report import model_labels, prepare_site
 
     run_dir, out = Path(run_dir), Path(out)
     if run_dir.is_file() or run_dir.suffix == ".onnx":
@@ -200,9 +199,9 @@ def adapt_run(
     run = open_run(run_dir)
     if run.ensemble or len(run.members) > 1:
         raise CheckpointError(f"{run_dir} is an ensemble; adapt each of its runs")
-    prep = run.preparation() | {"doubtful": "skip", "min_classes": 1}
-    site = prepare_data(data, ratios=(1 - test_share, 0.0, test_share), split_seed=split_seed,
-                        split_source="stratified", progress=progress, **prep)  # fmt: skip
+    site = prepare_site(run, data, run.preparation(), progress=progress,
+                        ratios=(1 - test_share, 0.0, test_share), split_seed=split_seed,
+                        split_source="stratified")  # fmt: skip
     if run.is_own_data(site):
         raise CheckpointError(f"{data} is the data {run_dir} trained on; give a site's images")
     rows = list(range(len(site.split.records)))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..data import PreparedData
-from ..errors import CheckpointError, CxrlabError
+from ..errors import CheckpointError, CxrlabError, DataError
 from ..utils import atomic_write_text, write_json
 from .batch import TESTS, class_mix, detection_power, estimated_accuracy, two_sample_test
 from .reference import (
@@ -44,6 +44,7 @@ __all__ = [
     "POWER_SIZES",
     "format_shift",
     "model_labels",
+    "prepare_site",
     "shift_report",
     "shift_summary",
     "write_shift_report",
@@ -81,6 +82,37 @@ def model_labels(classes: list[str], dataset_classes: tuple[str, ...],
             target = None
         out[c] = classes.index(target) if target is not None else None
     return out
+
+
+def prepare_site(run: Any, data: str | os.PathLike[str], preparation: dict[str, Any],
+                 *, progress: bool = True, **split: Any) -> PreparedData:  # fmt: skip
+    """A site's images prepared as ``run``'s were: class folders, or one folder of
+    unlabelled images; with ``split`` (``ratios``, ``split_seed``, ...) a drawn split, else
+    every image as test.
+
+    Raises:
+        DataError: the folder holds no usable image; images lying loose in the folder
+            itself (they need a folder of their own below it).
+    """
+    from ..data import prepare_data
+    from ..data.layout import is_ignored_file
+
+    prep = preparation | {"doubtful": "skip", "min_classes": 1}
+    try:
+        if split:
+            return prepare_data(data, progress=progress, **split, **prep)
+        return run.prepare(data, "all", preparation=prep, progress=progress)
+    except DataError:
+        folder = Path(data)
+        loose = folder.is_dir() and any(
+            f.is_file() and not is_ignored_file(f.name) for f in folder.iterdir()
+        )
+        if loose and not any(f.is_dir() for f in folder.iterdir()):
+            raise DataError(
+                f"{folder} holds its images directly; put them in one folder below it (e.g. "
+                f"{folder / 'images'}), or in one folder per class"
+            ) from None
+        raise
 
 
 def shift_report(
@@ -124,8 +156,7 @@ def shift_report(
     ref = reference(run_dir, device=device, progress=progress)
     detector = Detector.fit(ref, keep)
     if not isinstance(data, PreparedData):
-        prep = run.preparation() | {"doubtful": "skip", "min_classes": 1}
-        data = run.prepare(data, "all", preparation=prep, progress=progress)
+        data = prepare_site(run, data, run.preparation(), progress=progress)
         split = "all"
     prepared = run.prepare(data)  # checks the size and lungs mode of prepared data
     rows = prepared.split.indices(split)
