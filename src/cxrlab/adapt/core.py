@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..shift.reference import calibrated_probs
 from ..utils import write_json
 
 __all__ = [
@@ -98,17 +99,11 @@ def _bias(model: Any) -> torch.Tensor:
     return model.net.get_parameter(name)
 
 
-def _probs(model: Any, images: np.ndarray, temperature: float, device: str) -> np.ndarray:
-    """Calibrated probabilities of ``(N, H, W)`` uint8 images (no augmentation)."""
-    out = []
-    model.eval().to(device)
-    with torch.no_grad():
-        for start in range(0, len(images), 64):
-            x = torch.from_numpy(np.array(images[start : start + 64], np.uint8))
-            out.append(torch.softmax(model(x[:, None].to(device)).float() / temperature, 1))
-    if not out:
+def _test_probs(model: Any, images: np.ndarray, temperature: float, device: str) -> np.ndarray:
+    """The site test part's calibrated probabilities (none when the test part is empty)."""
+    if not len(images):
         return np.zeros((0, 0), np.float32)
-    return torch.cat(out).cpu().numpy()
+    return calibrated_probs(model, images, temperature, device=device)
 
 
 def _adapt(model: Any, pool: np.ndarray, method: str, temperature: float,
@@ -120,7 +115,7 @@ def _adapt(model: Any, pool: np.ndarray, method: str, temperature: float,
         changed["batchnorm_layers"] = adapt_batchnorm(model, pool, device=device)
     if "prior" in method:
         assert source_prior is not None
-        q = em_priors(_probs(model, pool, temperature, device), source_prior)
+        q = em_priors(calibrated_probs(model, pool, temperature, device=device), source_prior)
         shift = temperature * np.log(np.clip(q, 1e-12, None) / source_prior)
         with torch.no_grad():
             _bias(model).add_(torch.as_tensor(shift, dtype=torch.float32))
@@ -221,11 +216,11 @@ def adapt_run(
     to_label = model_labels(run.classes, site.classes, class_map)
     y_test = np.array([-1 if to_label[site.split.records[i].label] is None
                        else to_label[site.split.records[i].label] for i in test])  # fmt: skip
-    before = _site_metrics(_probs(model, images[test], t, device), y_test, run.classes)
+    before = _site_metrics(_test_probs(model, images[test], t, device), y_test, run.classes)
     source = (reference(run_dir, device=device, progress=progress).val.probs.mean(0)
               if "prior" in method else None)  # fmt: skip
     changed = _adapt(model, images[pool], method, t, source, device)
-    after = _site_metrics(_probs(model, images[test], t, device), y_test, run.classes)
+    after = _site_metrics(_test_probs(model, images[test], t, device), y_test, run.classes)
     pool_paths = [site.split.records[i].path for i in pool]
     record = AdaptationRecord(
         parent=str(run_dir.resolve()), parent_created=card.created, site=str(site.report.root),

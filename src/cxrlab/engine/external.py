@@ -28,7 +28,7 @@ from ..evaluation.external import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
 from .card import RunCard
 from .evaluate import evaluate_run
-from .rundir import MODEL_FILE, load_card
+from .rundir import load_card, model_stamp
 from .scoring import open_run, segmenter_masks
 
 __all__ = [
@@ -176,9 +176,7 @@ def _key(ext: ExternalSet, prepared: PreparedData, run_dir: Path, card: RunCard)
     """What an external result depends on: the set's images, class map and known patients,
     the run's model."""
     data_hash = prepared.report.fingerprint()
-    model = run_dir / MODEL_FILE
-    size = str(model.stat().st_size) if model.exists() else ""
-    created = card.created  # a retrained run is a new model
+    created, size = model_stamp(run_dir, card)
     cmap = json.dumps(dict(sorted(ext.class_map.items())))
     parts = [data_hash, cmap, size, created]
     if card.lungs != "keep":

@@ -37,6 +37,7 @@ __all__ = [
     "build_card",
     "load_card",
     "load_run_model",
+    "model_stamp",
     "require_finished",
     "require_whole_images",
     "save_model",
@@ -72,6 +73,13 @@ def save_weights(
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, run_dir / file)
     return run_dir / file
+
+
+def model_stamp(run_dir: str | os.PathLike[str], card: RunCard) -> list[str]:
+    """What names a run's model for a cached result computed from it: its card's creation
+    time (a retrained run is a new model) and the weights file's size."""
+    model = Path(run_dir) / MODEL_FILE
+    return [card.created, str(model.stat().st_size) if model.exists() else ""]
 
 
 def load_card(run_dir: str | os.PathLike[str]) -> RunCard:

@@ -34,12 +34,16 @@ def match_classes(
     class_map: dict[str, str] | None = None,
     *,
     where: str = "the model",
+    unknown_unscored: bool = False,
 ) -> dict[str, str | None]:
     """Each dataset class's model class, or ``None`` for a class left unscored.
 
+    ``unknown_unscored``: a class that matches no model class and is not mapped is left
+    unscored (a site's folder of unlabelled images) instead of refused.
+
     Raises:
-        CheckpointError: a dataset class matches no model class and is not mapped, or the
-            map names a class that is in neither list.
+        CheckpointError: a dataset class matches no model class and is not mapped (unless
+            ``unknown_unscored``), or the map names a class that is in neither list.
     """
     class_map = dict(class_map or {})
     model = list(model_classes)
@@ -63,6 +67,8 @@ def match_classes(
             out[c] = c
         elif (alias := canonical_class_name(c)) is not None and alias in model:
             out[c] = alias
+        elif unknown_unscored:
+            out[c] = None
         else:
             unknown.append(c)
     if unknown:

@@ -36,6 +36,7 @@ __all__ = [
     "ImageEvidence",
     "OodScorer",
     "Reference",
+    "calibrated_probs",
     "captured_features",
     "image_evidence",
     "reference",
@@ -107,6 +108,26 @@ def captured_features(model: Any) -> Iterator[list[torch.Tensor]]:
 
 
 @torch.no_grad()
+def calibrated_probs(
+    model: Any,
+    images: np.ndarray,
+    temperature: float = 1.0,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``(N, K)`` probabilities (logits divided by ``temperature`` before the softmax) of
+    ``(N, H, W)`` uint8 images, one plain view each (no augmentation), in eval mode."""
+    model.eval().to(device)
+    logits = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8))
+        logits.append(model(x[:, None].to(device)).float().cpu())
+    if not logits:
+        raise CheckpointError("No image to predict")
+    return torch.softmax(torch.cat(logits) / temperature, dim=1).numpy()
+
+
 def image_evidence(
     model: Any,
     images: np.ndarray,
@@ -117,26 +138,18 @@ def image_evidence(
 ) -> ImageEvidence:
     """Features, signatures and probabilities (divided by ``temperature`` before the
     softmax) of ``(N, H, W)`` uint8 images as a run's model sees them (no augmentation)."""
-    model.eval().to(device)
-    logits = []
     with captured_features(model) as captured:
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8))
-            logits.append(model(x[:, None].to(device)).float().cpu())
-    if not logits:
-        raise CheckpointError("No image to read features from")
-    probs = torch.softmax(torch.cat(logits) / temperature, dim=1).numpy()
+        probs = calibrated_probs(model, images, temperature, device=device,
+                                 batch_size=batch_size)  # fmt: skip
     return ImageEvidence(torch.cat(captured).numpy(), signatures(images), probs)
 
 
 def _key(run_dir: Path, card: Any) -> str:
     """What a reference depends on: the run's model (a retrained run is a new one) and
     this format."""
-    from ..engine.rundir import MODEL_FILE
+    from ..engine.rundir import model_stamp
 
-    model = run_dir / MODEL_FILE
-    size = str(model.stat().st_size) if model.exists() else ""
-    return hash_strings([f"shift-reference-v{_VERSION}", card.created, size])
+    return hash_strings([f"shift-reference-v{_VERSION}", *model_stamp(run_dir, card)])
 
 
 def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",

@@ -58,30 +58,17 @@ DEFAULT_SIGNAL = COMBINED
 
 def model_labels(classes: list[str], dataset_classes: tuple[str, ...],
             class_map: dict[str, str] | None) -> dict[str, int | None]:  # fmt: skip
-    """Each dataset class's model class index, or ``None`` (unlabelled: a site's folder).
+    """Each dataset class's model class index, or ``None`` (unscored, or unlabelled: a
+    site's folder).
 
     Raises:
         CheckpointError: the class map names a class the data does not have, or maps one to
             a class the model does not know.
     """
-    from ..evaluation.external import UNSCORED, match_classes
+    from ..evaluation.external import match_classes
 
-    for name, target in (class_map or {}).items():
-        if name not in dataset_classes:
-            raise CheckpointError(f"--class-map names {name!r}, which is not a class of the "
-                                  f"data ({', '.join(dataset_classes)})")  # fmt: skip
-        if target != UNSCORED and target not in classes:
-            raise CheckpointError(f"--class-map maps {name!r} to {target!r}, which the model "
-                                  f"does not know ({', '.join(classes)})")  # fmt: skip
-    out: dict[str, int | None] = {}
-    for c in dataset_classes:
-        cmap = {c: class_map[c]} if class_map and c in class_map else None
-        try:
-            target = match_classes([c], classes, cmap)[c]
-        except CheckpointError:
-            target = None
-        out[c] = classes.index(target) if target is not None else None
-    return out
+    matching = match_classes(dataset_classes, classes, class_map, unknown_unscored=True)
+    return {c: None if t is None else classes.index(t) for c, t in matching.items()}
 
 
 def prepare_site(run: Any, data: str | os.PathLike[str], preparation: dict[str, Any],
@@ -202,7 +189,7 @@ def shift_report(
         "threshold": detector.thresholds[signal],
         "flagged_share": float(ood.mean()),
         "expected_flagged_share": 1 - keep,
-        "signals": _signal_table(detector, scores, ref, seed),
+        "signals": _signal_table(detector, scores, ref),
         "two_sample": _batch(ref, ev, test, alpha, sizes, power_repeats, seed),
         "class_mix": {
             "classes": list(run.classes),
@@ -224,8 +211,8 @@ def shift_report(
     return result
 
 
-def _signal_table(detector: Detector, scores: dict[str, np.ndarray], ref: Reference,
-                  seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _signal_table(detector: Detector, scores: dict[str, np.ndarray],
+                  ref: Reference) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per signal: the share flagged, its threshold, medians, and where the run has test
     images, the share of them flagged and how well the signal tells the new images from
     them (``auroc``: new images against in-distribution ones never used to fit it)."""
