@@ -17,6 +17,13 @@ For each finished run that held a source out (and whose id contains a ``--cell``
    validation split (half read, half scored: where a method is chosen) and to its test split
    (half read, half scored: what is reported), and scores both halves before and after.
 
+4. ``--labels 0 5 10 25 50 --draws 3``: adapts it to the held-out source's test split with N
+   labelled images per class (``cxrlab adapt --labels N``; draws 0..D-1 of the labelled
+   images, half of the split read, the other half scored), and scores, on that scored half,
+   the study's run of the same seed that trained with the source from the start
+   (``--with-source TEXT``, the text of its run id, e.g. ``full-cdd637``): calibrated
+   probabilities, one plain view, for both.
+
 Prints a Markdown summary over the runs (mean ± std over seeds) and writes every number to
 ``<study>/heldout_shift.json`` (runs measured by an earlier call are kept; ``--summary``
 prints the tables of what it holds). Nothing here chooses anything on a test split: the signals
@@ -30,6 +37,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,8 +47,10 @@ import numpy as np
 from cxrlab.adapt import METHODS, adapt_run
 from cxrlab.data import prepare_data
 from cxrlab.engine.holdout import HOLDOUT_FILE, score_holdout, split_sources
-from cxrlab.engine.rundir import load_card
+from cxrlab.engine.rundir import load_card, load_run_model
+from cxrlab.evaluation import classification_metrics
 from cxrlab.shift import SIGNALS
+from cxrlab.shift.reference import calibrated_probs
 
 warnings.simplefilter("ignore")
 
@@ -69,12 +79,86 @@ def _split_folders(run_dir: Path, config: Any, tmp: Path) -> dict[str, Path]:
 def _adaptation(run_dir: Path, folders: dict[str, Path], tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split, folder in folders.items():
-        for method in METHODS:
+        for method in (m for m in METHODS if m != "none"):
             dest = tmp / f"{run_dir.name}-{split}-{method.replace('+', '_')}"
             shutil.rmtree(dest, ignore_errors=True)
             rec = adapt_run(run_dir, folder, dest, method=method, progress=False).record
             out.setdefault(split, {})[method] = rec["site_test"]
     return out
+
+
+KEYS = ("n", "accuracy", "macro_f1", "ece", "nll")
+
+
+def _scores(run_dir: Path, folder: Path, paths: list[str]) -> dict[str, Any]:
+    """Calibrated, plain-view metrics of ``run_dir`` on ``paths`` of class folder ``folder``."""
+    model, card = load_run_model(run_dir)
+    prepared = prepare_data(folder, image_size=card.image_size, split_seed=0,
+                            ratios=(1.0, 0.0, 0.0), progress=False)  # fmt: skip
+    where = {r.path: i for i, r in enumerate(prepared.split.records)}
+    rows = [where[p] for p in paths]
+    y = np.array([card.classes.index(prepared.split.records[i].label) for i in rows])
+    probs = calibrated_probs(model, prepared.images.array[rows], card.temperature)
+    m = classification_metrics(y, probs, card.classes)
+    return {k: m[k] for k in KEYS}
+
+
+def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
+              with_source: Path | None, tmp: Path) -> list[dict[str, Any]]:  # fmt: skip
+    """Adaptation with N labelled images per class, each N and draw; the run trained with the
+    source from the start, scored on the same half."""
+    out, ref = [], None
+    for n in labels:
+        for draw in range(draws if n else 1):
+            dest = tmp / f"{run_dir.name}-labels{n}-{draw}"
+            shutil.rmtree(dest, ignore_errors=True)
+            rec = adapt_run(run_dir, folder, dest, labels=n, seed=draw, progress=False).record
+            site = [line.split(",") for line in (dest / "site_split.csv").read_text().splitlines()]
+            scored = [r[0] for r in site[2:] if r[-1] == "test"]
+            a = rec["adaptation"]
+            row = {"labels": n, "draw": draw, "scope": a["scope"], "pool": a["pool"],
+                   "before": rec["site_test"]["before"], "after": rec["site_test"]["after"],
+                   "cv": a["changed"].get("fine_tune", {}).get("cv", {})}  # fmt: skip
+            print(f"   N={n} draw {draw}: scope {a['scope'] or '-'}, accuracy "
+                  f"{row['before']['accuracy']:.3f} -> {row['after']['accuracy']:.3f}",
+                  flush=True)  # fmt: skip
+            out.append(row)
+            shutil.rmtree(dest, ignore_errors=True)
+    if with_source is not None:  # the scored half is the same for every N and draw
+        while not (with_source / "metrics.json").is_file():  # still training: wait for it
+            time.sleep(60)
+        ref = _scores(with_source, folder, scored)
+        print(f"   trained with the source: accuracy {ref['accuracy']:.3f}", flush=True)
+    for row in out:
+        row["with_source"] = ref
+    return out
+
+
+def _labelled_summary(rows: list[dict[str, Any]]) -> str:
+    have = [r for r in rows if r.get("labelled")]
+    if not have:
+        return ""
+    lines = ["", f"Labelled adaptation on the held-out test split (half read, half scored; "
+             f"{len(have)} run(s), mean ± std over runs x draws):", "",
+             "| N per class | accuracy | macro-F1 | ECE | scope chosen | trained with the "
+             "source: accuracy |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for n in sorted({x["labels"] for r in have for x in r["labelled"]}):
+        got = [x for r in have for x in r["labelled"] if x["labels"] == n]
+        scopes = {}
+        for x in got:
+            scopes[x["scope"] or "-"] = scopes.get(x["scope"] or "-", 0) + 1
+        ref = [x["with_source"]["accuracy"] for x in got if x["with_source"]]
+        lines.append(f"| {n} | {_ms([x['after']['accuracy'] for x in got])} | "
+                     f"{_ms([x['after']['macro_f1'] for x in got])} | "
+                     f"{_ms([x['after']['ece'] for x in got])} | "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(scopes.items()))} | "
+                     f"{_ms(ref) if ref else 'n/a'} |")  # fmt: skip
+    got = [x for r in have for x in r["labelled"] if x["labels"] == 0]
+    if got:
+        lines.append(f"| (before) | {_ms([x['before']['accuracy'] for x in got])} | "
+                     f"{_ms([x['before']['macro_f1'] for x in got])} | "
+                     f"{_ms([x['before']['ece'] for x in got])} | | |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _row(run_dir: Path, held: dict[str, Any], adapted: dict[str, Any]) -> dict[str, Any]:
@@ -172,10 +256,23 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score the held-out source again")
     parser.add_argument("--summary", action="store_true",
                         help="only print the tables of <study>/heldout_shift.json")  # fmt: skip
+    parser.add_argument(
+        "--labels",
+        type=int,
+        nargs="*",
+        default=[],
+        help="labelled images per class to adapt with (e.g. 0 5 10 25 50)",
+    )
+    parser.add_argument("--draws", type=int, default=3, help="draws of the labelled images")
+    parser.add_argument(
+        "--with-source", default="", help="run id text of the cell that trained with the source"
+    )
+    parser.add_argument("--no-unlabelled", action="store_true",
+                        help="skip the unlabelled methods (step 3)")  # fmt: skip
     args = parser.parse_args()
     saved = args.study / "heldout_shift.json"
     if args.summary:
-        print(_summary(json.loads(saved.read_text())))
+        print(_by_source(json.loads(saved.read_text())))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,13 +288,39 @@ def main() -> None:
             if args.rescore or not (run_dir / HOLDOUT_FILE).is_file():
                 score_holdout(run_dir, config, progress=False)
             held = json.loads((run_dir / HOLDOUT_FILE).read_text())
-            adapted = _adaptation(run_dir, _split_folders(run_dir, config, Path(tmp)), Path(tmp))
-            rows.append(_row(run_dir, held, adapted))
-    old = json.loads(saved.read_text()) if saved.is_file() else []
+            folders = _split_folders(run_dir, config, Path(tmp))
+            earlier = {r["run"]: r for r in _saved(saved)}.get(run_dir.name, {})
+            adapted = (earlier.get("adaptation", {}) if args.no_unlabelled
+                       else _adaptation(run_dir, folders, Path(tmp)))  # fmt: skip
+            row = _row(run_dir, held, adapted)
+            if args.labels:
+                seed = run_dir.name.rsplit("-s", 1)[-1]
+                ref = [d for d in (args.study / "runs").iterdir() if args.with_source and
+                       args.with_source in d.name and d.name.endswith(f"-s{seed}")
+                       and d.is_dir()]  # fmt: skip
+                row["labelled"] = _labelled(run_dir, folders["test"], args.labels, args.draws,
+                                            ref[0] if ref else None, Path(tmp))  # fmt: skip
+            elif "labelled" in earlier:
+                row["labelled"] = earlier["labelled"]
+            rows.append(row)
+    old = _saved(saved)
     done = {r["run"] for r in rows}
     rows = [r for r in old if r["run"] not in done] + rows  # runs measured earlier are kept
     saved.write_text(json.dumps(rows, indent=2) + "\n")
-    print(_summary(rows))
+    print(_by_source(rows))
+
+
+def _by_source(rows: list[dict[str, Any]]) -> str:
+    """The summary of each held-out source's runs."""
+    out = []
+    for source in sorted({r["source"] for r in rows}):
+        mine = [r for r in rows if r["source"] == source]
+        out.append(f"## {source} held out\n\n{_summary(mine)}{_labelled_summary(mine)}\n")
+    return "\n".join(out)
+
+
+def _saved(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 if __name__ == "__main__":

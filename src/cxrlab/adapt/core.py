@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, DataError
 from ..shift.reference import calibrated_probs
 from ..utils import write_json
+from .labelled import SCOPES, FineTuneSettings, choose_scope, draw_labelled, fine_tune
 
 __all__ = [
     "ADAPT_FILE",
@@ -25,10 +26,11 @@ __all__ = [
     "adapt_batchnorm",
     "adapt_run",
     "em_priors",
+    "tent",
 ]
 
-#: The unlabelled adaptation methods (see the package docstring).
-METHODS = ("bn", "prior", "bn+prior")
+#: The unlabelled adaptation methods (see the package docstring); ``none`` only with labels.
+METHODS = ("none", "bn", "prior", "bn+prior", "tent", "tent+prior")
 #: The method ``cxrlab adapt`` uses unless told: chosen on held-out validation data, where
 #: AdaBN on a small site pool of two classes hurt and the class priors did not (docs/shift.md).
 DEFAULT_METHOD = "prior"
@@ -73,6 +75,54 @@ def adapt_batchnorm(
     return len(bns)
 
 
+def tent(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    epochs: int = 1,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> int:
+    """TENT (Wang et al. 2021) as a saved model can carry it: AdaBN on ``images`` first, then
+    the BatchNorm layers' scales and shifts trained to lower the entropy of the predictions on
+    them (Adam, ``epochs`` passes), with the statistics AdaBN estimated held fixed (TENT uses
+    each batch's own; a saved model must predict one image at a time). Returns the steps
+    taken (0: no BatchNorm)."""
+    if not adapt_batchnorm(model, images, batch_size=batch_size, device=device):
+        return 0
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    params = [p for m in bns for p in (m.weight, m.bias) if p is not None]
+    if not params:
+        return 0
+    grads = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    steps = 0
+    model.eval().to(device)
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=g).numpy()
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.array(images[order[start : start + batch_size]]))
+                logits = model(x[:, None].to(device)).float()
+                loss = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+    finally:
+        for p, wanted in grads.items():
+            p.requires_grad_(wanted)
+        model.eval()
+    return steps
+
+
 def em_priors(
     probs: np.ndarray, prior: np.ndarray, *, iters: int = 1000, tol: float = 1e-8
 ) -> np.ndarray:
@@ -106,13 +156,33 @@ def _test_probs(model: Any, images: np.ndarray, temperature: float, device: str)
     return calibrated_probs(model, images, temperature, device=device)
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """The labelled site images adaptation fine-tunes on (a subset of the pool)."""
+
+    images: np.ndarray
+    y: np.ndarray
+    scope: str  # "auto" or one of labelled.SCOPES
+    seed: int
+    settings: FineTuneSettings
+
+
 def _adapt(model: Any, pool: np.ndarray, method: str, temperature: float,
-           source_prior: np.ndarray | None, device: str) -> dict[str, Any]:  # fmt: skip
+           source_prior: np.ndarray | None, device: str,
+           labelled: _Labelled | None = None) -> tuple[dict[str, Any], float]:  # fmt: skip
     """Adapt ``model`` in place with the site's ``pool`` images (the only site images
-    adaptation reads); what changed."""
+    adaptation reads; ``labelled`` is drawn from them): statistics, then fine-tuning, then
+    priors. Returns what changed and the adapted model's temperature."""
     changed: dict[str, Any] = {}
-    if "bn" in method:
+    if method.startswith("bn"):
         changed["batchnorm_layers"] = adapt_batchnorm(model, pool, device=device)
+    if method.startswith("tent"):
+        changed["tent_steps"] = tent(model, pool, device=device)
+    if labelled is not None:
+        temperature, changed["fine_tune"] = _fine_tune(model, labelled, temperature, device)
+        # the prior the refitted probabilities carry: their mean on the labelled images
+        source_prior = calibrated_probs(model, labelled.images, temperature, device=device)
+        source_prior = np.clip(source_prior.mean(0), 1e-6, None)
     if "prior" in method:
         assert source_prior is not None
         q = em_priors(calibrated_probs(model, pool, temperature, device=device), source_prior)
@@ -120,7 +190,29 @@ def _adapt(model: Any, pool: np.ndarray, method: str, temperature: float,
         with torch.no_grad():
             _bias(model).add_(torch.as_tensor(shift, dtype=torch.float32))
         changed["priors"] = {"run": source_prior.tolist(), "site": q.tolist()}
-    return changed
+    return changed, temperature
+
+
+def _fine_tune(model: Any, labelled: _Labelled, temperature: float,
+               device: str) -> tuple[float, dict[str, Any]]:  # fmt: skip
+    """Choose the scope (unless named), fine-tune it on every labelled image and refit the
+    temperature on out-of-fold probabilities; the new temperature and the record."""
+    scopes = tuple(SCOPES) if labelled.scope == "auto" else (labelled.scope,)
+    choice = None
+    if np.bincount(labelled.y)[np.unique(labelled.y)].min() >= 2:
+        choice = choose_scope(model, labelled.images, labelled.y, scopes=scopes,
+                              settings=labelled.settings, temperature=temperature,
+                              seed=labelled.seed, device=device)  # fmt: skip
+    elif labelled.scope == "auto":  # choose_scope says why it cannot choose
+        choose_scope(model, labelled.images, labelled.y, settings=labelled.settings)
+    scope = choice.scope if choice else labelled.scope
+    steps = fine_tune(model, labelled.images, labelled.y, scope, labelled.settings,
+                      seed=labelled.seed, device=device)  # fmt: skip
+    new_t = choice.temperature if choice else temperature
+    record = {"scope": scope, "steps": steps, "temperature": new_t,
+              "folds": choice.folds if choice else 0, "cv": choice.table if choice else {},
+              "settings": labelled.settings.to_dict()}  # fmt: skip
+    return new_t, record
 
 
 def _site_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any] | None:
@@ -142,6 +234,9 @@ def adapt_run(
     class_map: dict[str, str] | None = None,
     labels: int = 0,
     method: str = DEFAULT_METHOD,
+    scope: str = "auto",
+    seed: int = 0,
+    fine_tune_settings: FineTuneSettings | None = None,
     test_share: float = 0.5,
     split_seed: int = 0,
     device: str = "cpu",
@@ -155,20 +250,25 @@ def adapt_run(
             after), or one folder of unlabelled images.
         class_map: site class -> model class (``-``: unscored); other classes match by name
             or stay unlabelled.
-        labels: labelled images per class (only 0 is built so far).
-        method: ``bn``, ``prior`` or ``bn+prior``.
+        labels: labelled images per class drawn from the pool by ``seed`` (0: none) and
+            fine-tuned on (:mod:`cxrlab.adapt.labelled`).
+        method: the unlabelled part (:data:`METHODS`); ``none`` only with labels.
+        scope: what the labelled images fine-tune: ``auto`` (chosen by cross-validation on
+            them), or one of ``none``, ``head``, ``last``, ``all``.
+        seed: draws the labelled images and seeds the fine-tuning.
+        fine_tune_settings: how to fine-tune (defaults: :class:`FineTuneSettings`).
         test_share: the share of the site (drawn by ``split_seed``, patients and copies kept
             together) that adaptation never reads and the scores are computed on.
 
     Raises:
         CheckpointError: not one finished run folder (an ONNX export, an ensemble, a run
             still training); the site is the run's own data.
-        ConfigError: ``labels`` above 0, an unknown method, a ``test_share`` outside (0, 1),
-            ``out`` not empty.
+        ConfigError: an unknown method or scope, ``labels`` below 0, nothing to do, a
+            ``test_share`` outside (0, 1), ``out`` not empty.
         DataError: no site image left to adapt with once copies and the run's patients are
-            left out.
+            left out; fewer than ``labels`` images of a class in the pool.
     """
-    from ..engine.card import AdaptationRecord
+    from ..engine.card import AdaptationRecord, Calibration
     from ..engine.rundir import load_run_model, save_model
     from ..engine.scoring import open_run
     from ..shift.reference import reference
@@ -180,13 +280,15 @@ def adapt_run(
             f"{run_dir} is a file: adapt needs a run folder (an exported model cannot be "
             "adapted; adapt the run, then export it)"
         )
-    if labels:
-        raise ConfigError(
-            f"--labels {labels}: adaptation with labelled site images is not built yet; "
-            "--labels 0 adapts with the site's unlabelled images"
-        )
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if scope != "auto" and scope not in SCOPES:
+        raise ConfigError(f"Unknown scope {scope!r}; choose auto or one of {', '.join(SCOPES)}")
+    if labels < 0:
+        raise ConfigError(f"--labels must be 0 or more, got {labels}")
+    if method == "none" and not labels:
+        raise ConfigError("--method none with --labels 0 changes nothing; give labelled "
+                          "images per class with --labels N, or an unlabelled method")  # fmt: skip
     if not 0 < test_share < 1:
         raise ConfigError(f"test_share must be in (0, 1), got {test_share}")
     if out.exists() and any(out.iterdir()):
@@ -214,22 +316,37 @@ def adapt_run(
     t = card.temperature
     images = site.images.array
     to_label = model_labels(run.classes, site.classes, class_map)
-    y_test = np.array([-1 if to_label[site.split.records[i].label] is None
-                       else to_label[site.split.records[i].label] for i in test])  # fmt: skip
+
+    def truth(rows: np.ndarray) -> np.ndarray:
+        names = [to_label[site.split.records[i].label] for i in rows]
+        return np.array([-1 if c is None else c for c in names], dtype=np.int64)
+
+    y_test = truth(test)
+    labelled = None
+    if labels:
+        drawn = pool[draw_labelled(truth(pool), labels, seed, run.classes)]
+        labelled = _Labelled(images[drawn], truth(drawn), scope, seed,
+                             fine_tune_settings or FineTuneSettings())  # fmt: skip
     before = _site_metrics(_test_probs(model, images[test], t, device), y_test, run.classes)
     source = (reference(run_dir, device=device, progress=progress).val.probs.mean(0)
-              if "prior" in method else None)  # fmt: skip
-    changed = _adapt(model, images[pool], method, t, source, device)
-    after = _site_metrics(_test_probs(model, images[test], t, device), y_test, run.classes)
+              if "prior" in method and not labels else None)  # fmt: skip
+    changed, new_t = _adapt(model, images[pool], method, t, source, device, labelled)
+    after = _site_metrics(_test_probs(model, images[test], new_t, device), y_test, run.classes)
     pool_paths = [site.split.records[i].path for i in pool]
     record = AdaptationRecord(
         parent=str(run_dir.resolve()), parent_created=card.created, site=str(site.report.root),
-        site_hash=site.report.fingerprint(), method=method, labels=0, pool=len(pool),
+        site_hash=site.report.fingerprint(), method=method, labels=labels, pool=len(pool),
         test=len(test), split_seed=split_seed, test_share=test_share, changed=changed,
+        scope=changed["fine_tune"]["scope"] if labels else "", draw_seed=seed,
+        labelled_images=[] if not labels else [site.split.records[i].path for i in drawn],
     )  # fmt: skip
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.mkdir(parents=True, exist_ok=True)
-    save_model(out, model, card.replace(created=now, adaptation=record))
+    new_card = card.replace(created=now, adaptation=record)
+    if labels:
+        new_card = new_card.replace(calibration=Calibration(
+            temperature=new_t, fitted_on="site: labelled images, out of fold"))  # fmt: skip
+    save_model(out, model, new_card)
     shutil.copy(run.split_file, out / "split.csv")
     site.split.save(out / SITE_SPLIT_FILE)
     result = {

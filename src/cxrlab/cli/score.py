@@ -184,12 +184,28 @@ def adapt_cmd(
     ],
     out: Annotated[Path, typer.Option(help="The adapted run's folder (new).")],
     labels: Annotated[
-        int, typer.Option(help="Labelled site images per class (only 0 is built so far).")
+        int,
+        typer.Option(
+            help="Labelled site images per class to fine-tune on (0: none), drawn "
+            "from the adaptation pool by --seed, never from the site's test part."
+        ),
     ] = 0,
     method: Annotated[
         str,
-        typer.Option(help="prior (class priors by EM), bn (BatchNorm statistics) or bn+prior."),
+        typer.Option(
+            help="The unlabelled part: prior (class priors by EM), bn (BatchNorm "
+            "statistics), tent (bn, then entropy on BatchNorm's affine weights), "
+            "bn+prior, tent+prior, or none (with --labels)."
+        ),
     ] = "prior",
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="What --labels fine-tunes: auto (chosen by cross-validation on "
+            "the labelled images), none (temperature only), head, last or all."
+        ),
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Draws the labelled images.")] = 0,
     class_map: ScoreClassMap = None,
     test_share: Annotated[
         float, typer.Option(help="Share of the site kept for scoring, never read to adapt.")
@@ -198,17 +214,25 @@ def adapt_cmd(
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:
-    """Adapt a run to a new site with the site's own unlabelled images; writes a new run."""
+    """Adapt a run to a new site with the site's own images (unlabelled, and N labelled per
+    class); writes a new run."""
     from ..adapt import adapt_run
     from ..engine.runtime import resolve_device
     from ..evaluation.external import parse_class_map
 
     result = adapt_run(run_dir, data, out, class_map=parse_class_map(class_map), labels=labels,
-                       method=method, test_share=test_share, split_seed=split_seed,
-                       device=str(resolve_device(device)), progress=progress)  # fmt: skip
+                       method=method, scope=scope, seed=seed, test_share=test_share,
+                       split_seed=split_seed, device=str(resolve_device(device)),
+                       progress=progress)  # fmt: skip
     rec = result.record
-    typer.echo(f"Adapted {run_dir} to {rec['adaptation']['site']} ({method}) with "
-               f"{rec['adaptation']['pool']} site images; wrote {result.run_dir}")  # fmt: skip
+    a = rec["adaptation"]
+    how = method if not labels else f"{method}, {labels} labelled per class, scope {a['scope']}"
+    typer.echo(f"Adapted {run_dir} to {a['site']} ({how}) with {a['pool']} site images; "
+               f"wrote {result.run_dir}")  # fmt: skip
+    tuned = a["changed"].get("fine_tune")
+    if tuned and tuned["cv"]:
+        typer.echo(f"scope chosen by {tuned['folds']}-fold cross-validation (out-of-fold NLL): "
+                   + ", ".join(f"{k} {v['nll']:.3f}" for k, v in tuned["cv"].items()))  # fmt: skip
     before, after = rec["site_test"]["before"], rec["site_test"]["after"]
     if before and after:
         typer.echo(f"site test ({before['n']} images it never read): accuracy "

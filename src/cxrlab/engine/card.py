@@ -106,13 +106,16 @@ class AdaptationRecord:
     parent_created: str  # the parent's ``created``: which model was adapted
     site: str  # the site's folder
     site_hash: str  # fingerprint of the site's images
-    method: str  # "bn", "prior" or "bn+prior"
+    method: str  # the unlabelled part: "none", "bn", "prior", "bn+prior", "tent", ...
     labels: int  # labelled images per class used (0: none)
     pool: int  # site images adaptation read
     test: int  # site images it never read (scored in adaptation.json)
     split_seed: int
     test_share: float
     changed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scope: str = ""  # what the labelled images fine-tuned ("": no labels)
+    draw_seed: int = 0  # the seed that drew the labelled images
+    labelled_images: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_dict(cls, record: dict[str, Any], where: str = "adaptation") -> AdaptationRecord:

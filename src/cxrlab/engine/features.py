@@ -32,7 +32,13 @@ from ..utils import cache_dir
 from .batches import ImageBatches
 from .runtime import autocast
 
-__all__ = ["FrozenFeatures", "TrainableRest", "build_frozen_features", "feature_cache_plan"]
+__all__ = [
+    "FrozenFeatures",
+    "TrainableRest",
+    "build_frozen_features",
+    "feature_cache_plan",
+    "prefix_features",
+]
 
 
 def _stages(model: CxrClassifier) -> Stages | None:
@@ -82,6 +88,14 @@ def _prefix(model: CxrClassifier, chain: Stages, n_frozen: int, x: torch.Tensor)
     for unit in units[:n_frozen]:
         h = unit(h)
     return pool(h) if n_frozen == len(units) else h
+
+
+def prefix_features(model: CxrClassifier, n_frozen: int, x: torch.Tensor) -> torch.Tensor | None:
+    """The output of the first ``n_frozen`` units for ``(B, 1, H, W)`` uint8 ``x`` (pooled
+    when every unit is), the input :class:`TrainableRest` takes; ``None`` where the model has
+    no stage chain to cut."""
+    chain = _stages(model)
+    return None if chain is None else _prefix(model, chain, n_frozen, x)
 
 
 def _frozen_state_hash(model: CxrClassifier, n_frozen: int) -> str:
