@@ -255,6 +255,8 @@ def test_cli_train_and_evaluate(phantoms: Path, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "freeze=head" in out and "trainable 2,052 of" in out and "test: accuracy" in out
     assert "Frozen-feature cache: the first 9 of 9 units" in out
+    # the run keeps its shift reference as it finishes (what predict and shift read)
+    assert "Shift reference:" in out and (tmp_path / "run" / "shift" / "reference.json").is_file()
     assert main(args) == 2  # the folder already holds a finished run
     assert "already holds a finished run" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "run"), "--split", "all"]) == 0

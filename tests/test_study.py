@@ -268,6 +268,8 @@ def test_search_chooses_on_validation_only(phantoms: Path, tmp_path: Path) -> No
                                                 "resnet18-scratch-full-s1"}  # fmt: skip
     out = tmp_path / "s"
     run_study(study, out, progress=False)
+    # every cell keeps its shift reference as it finishes
+    assert all((out / "runs" / i / "shift" / "reference.json").is_file() for i in ids)
 
     def val_loss(cell_id: str) -> float:
         card = json.loads((out / "runs" / cell_id / "model_card.json").read_text())

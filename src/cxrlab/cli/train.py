@@ -29,14 +29,25 @@ def train_cmd(
     ] = False,
     external: ExternalOpt = None,
     external_class_map: ExternalMapOpt = None,
+    shift_reference: Annotated[
+        bool,
+        typer.Option(
+            help="Keep what 'cxrlab shift' and 'predict' need to flag new images "
+            "(<out>/shift/: one pass over the run's images).",
+            rich_help_panel="Runtime",
+        ),
+    ] = True,
     **options: Any,
 ) -> None:
     """Train one classifier; writes metrics, figures, weights and a model card to --out."""
     from ..engine import train
     from ..engine.external import evaluate_externals
+    from ..shift.reference import store_reference
 
     sets = external_sets(external, external_class_map)
     config = config_from_options(TrainConfig, options, section="train ")
     train(config, out, resume=resume)
+    if shift_reference:
+        typer.echo(store_reference(out, device=config.device, progress=config.progress))
     evaluate_externals(out, sets, device=config.device, progress=config.progress,
                        echo=typer.echo)  # fmt: skip

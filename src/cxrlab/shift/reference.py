@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CxrlabError
 from ..utils import atomic_write_text, hash_strings
 from .signals import KnnDistance, Mahalanobis, keep_threshold, max_softmax_score
 
@@ -40,6 +40,7 @@ __all__ = [
     "captured_features",
     "image_evidence",
     "reference",
+    "store_reference",
 ]
 
 #: Where a run keeps its reference: ``<run>/shift/``.
@@ -150,6 +151,21 @@ def _key(run_dir: Path, card: Any) -> str:
     from ..engine.rundir import model_stamp
 
     return hash_strings([f"shift-reference-v{_VERSION}", *model_stamp(run_dir, card)])
+
+
+def store_reference(run_dir: str | os.PathLike[str], *, device: str = "auto",
+                    progress: bool = True) -> str:  # fmt: skip
+    """Compute and keep a freshly trained run's reference (``train`` and ``study run`` call it
+    as a run finishes, while its data are at hand); a line saying what was done, or why not
+    (a run whose reference cannot be made still trained: ``cxrlab shift`` says why later)."""
+    from ..engine.runtime import resolve_device
+
+    try:
+        ref = reference(run_dir, device=str(resolve_device(device)), progress=progress)
+    except CxrlabError as e:
+        return f"No shift reference kept for {run_dir}: {e}"
+    return (f"Shift reference: {len(ref.val.probs)} validation images' features and thresholds "
+            f"kept in {Path(run_dir) / REFERENCE_DIR}")  # fmt: skip
 
 
 def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",

@@ -40,6 +40,7 @@ from ..engine.checkpoint import CHECKPOINT
 from ..engine.external import ExternalSet
 from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
+from ..shift.reference import store_reference
 from ..utils import atomic_write_text, usable_cpus, write_json
 from .config import Cell, StudyConfig
 
@@ -432,6 +433,7 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
                     log_experiment=cfg.log_experiment or study.settings.name,
                 )
             train(cfg, run_dir, resume=resume)
+            tqdm.write(store_reference(run_dir, device=cfg.device, progress=progress))
         if _needs_audit(study, run_dir):
             _audit_cell(study, run_dir, progress)
         externals.evaluate(cell, run_dir)
