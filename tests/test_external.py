@@ -403,3 +403,47 @@ def test_copies_are_found_whatever_the_lungs_mode(tmp_path: Path) -> None:
                 shutil.copy(f, ext / cls / sub / f"new-{f.name}") if (ext / cls).is_dir() else None
     m = evaluate_run(run, data=ext, split="all", progress=False)
     assert m["lungs"] == "crop" and m["excluded_copies"] == len(trained)
+
+
+ADAPT = """
+[[study.adapt]]
+site = "b"
+labels = [0, 2]
+draws = 2
+test_share = 0.34
+"""
+
+
+def test_study_adapts_every_cell_to_a_site(phantoms: Path, hospital_b: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import cxrlab.adapt as adapt_module
+
+    text = TINY_STUDY.format(data=phantoms).replace(
+        "\n[train]", EXTERNAL.format(b=hospital_b) + ADAPT + "\n[train]"
+    )
+    study = parse_study_config(text)
+    assert study.settings.adapt[0].runs() == [(0, 0, "b-n0-d0"), (2, 0, "b-n2-d0"),
+                                              (2, 1, "b-n2-d1")]  # fmt: skip
+    out = tmp_path / "s"
+    one = [study.cells[0].id]  # one cell keeps the test short
+    run_study(study, out, cells=one, progress=False)
+    for c in study.cells[:1]:
+        for name in ("b-n0-d0", "b-n2-d0", "b-n2-d1"):
+            rec = json.loads((out / "adapted" / c.id / name / "adaptation.json").read_text())
+            assert rec["adaptation"]["parent"] == str((out / "runs" / c.id).resolve())
+            assert rec["adaptation"]["labels"] == int(name[3])
+    build_report(out)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["cell"] for r in rows] == one
+    for r in rows:
+        assert r["adapt_b_n2_draws"] == "2" and r["adapt_b_n0_draws"] == "1"
+        assert 0 <= float(r["adapt_b_n2_accuracy"]) <= 1 and float(r["adapt_b_n_test"]) > 0
+    summary = (out / "summary.md").read_text()
+    assert "## Adapted to b" in summary and "| N = 2 |" in summary
+    # the same command again adapts nothing
+    monkeypatch.setattr(adapt_module, "adapt_run", lambda *a, **k: pytest.fail("adapted again"))
+    assert run_study(study, out, cells=one, progress=False).ran == []
+    with pytest.raises(ConfigError, match="site 'x' is not one of the study's external sets"):
+        parse_study_config(text.replace('site = "b"', 'site = "x"'))
+    with pytest.raises(ConfigError, match="method"):
+        parse_study_config(text.replace('site = "b"', 'site = "b"\nmethod = "magic"'))

@@ -80,6 +80,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "ADAPTED_DIR",
+    "AdaptSettings",
     "AnalysisSettings",
     "AuditSettings",
     "Cell",
@@ -115,6 +117,8 @@ class StudySettings:
     #: the sources its leave-one-source-out cells held out, or the mean of both (see .final)
     final_by: Literal["val_loss", "holdout_val_nll", "val_and_holdout"] = "val_loss"
     jobs: int = 1  # cells run at once, each in its own process (see .runner)
+    #: sites every finished cell is adapted to ([[study.adapt]] tables: AdaptSettings)
+    adapt: tuple[Any, ...] = ()
 
     def source_options(self) -> dict[str, tuple[str, ...]]:
         """``class_map``, ``sources_csv`` and ``patients`` as
@@ -141,6 +145,62 @@ class StudySettings:
                 )
         if not all(isinstance(e, ExternalSet) for e in self.external):
             object.__setattr__(self, "external", external_sets(self.external))
+        adapt = tuple(a if isinstance(a, AdaptSettings) else _adapt_settings(a)
+                      for a in self.adapt)  # fmt: skip
+        object.__setattr__(self, "adapt", adapt)
+
+
+#: Where a study keeps its cells' adapted runs: ``<study>/adapted/<cell id>/<site>-n<N>-d<draw>``.
+ADAPTED_DIR = "adapted"
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """A ``[[study.adapt]]`` table: every finished cell is adapted to the external set
+    ``site`` (``cxrlab adapt``) with each of ``labels`` labelled images per class, ``draws``
+    draws of them (one for 0), and scored on the site's test part beside the unadapted run
+    (results.csv and the report)::
+
+        [[study.adapt]]
+        site = "quex"             # an external set of the study
+        labels = [0, 5, 25]
+        draws = 3
+    """
+
+    site: str
+    labels: tuple[int, ...] = (0,)
+    draws: int = 1
+    method: str = "prior"
+    test_share: float = 0.5
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from ..adapt import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"[[study.adapt]] method {self.method!r}: choose one of "
+                              f"{', '.join(METHODS)}")  # fmt: skip
+        if not self.labels or any(n < 0 for n in self.labels):
+            raise ConfigError(f"[[study.adapt]] labels must be counts of 0 or more, "
+                              f"got {list(self.labels)}")  # fmt: skip
+        if self.draws < 1 or not 0 < self.test_share < 1:
+            raise ConfigError("[[study.adapt]] draws must be 1 or more and test_share in (0, 1)")
+        if self.method == "none" and 0 in self.labels:
+            raise ConfigError("[[study.adapt]] method none with labels 0 changes nothing")
+
+    def runs(self) -> list[tuple[int, int, str]]:
+        """``(labels, draw, folder name)`` of each adapted run."""
+        return [(n, d, f"{self.site}-n{n}-d{d}") for n in self.labels
+                for d in range(self.draws if n else 1)]  # fmt: skip
+
+
+def _adapt_settings(table: Any) -> AdaptSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("[[study.adapt]] entries must be tables")
+    table = dict(table)
+    if isinstance(table.get("labels"), int):
+        table["labels"] = [table["labels"]]
+    return from_dict(AdaptSettings, table, "[[study.adapt]] ")
 
 
 @dataclass(frozen=True)
@@ -384,6 +444,14 @@ def _settings(table: dict[str, Any],
         given = {e.name: e for e in sets}
         kept = tuple(e for e in settings.external if e.name not in given)
         settings = dataclasses.replace(settings, external=kept + tuple(given.values()))
+    names = {e.name for e in settings.external}
+    for a in settings.adapt:
+        if a.site not in names:
+            raise ConfigError(
+                f"[[study.adapt]] site {a.site!r} is not one of the study's external sets "
+                f"({', '.join(sorted(names)) or 'none'}); name one ([study] external or "
+                "--external NAME=PATH)"
+            )
     return settings, overrides
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -42,7 +43,7 @@ from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
 from ..shift.reference import store_reference
 from ..utils import atomic_write_text, usable_cpus, write_json
-from .config import Cell, StudyConfig
+from .config import ADAPTED_DIR, Cell, StudyConfig
 
 __all__ = ["StudyProgress", "parse_shard", "run_study", "select_cells"]
 
@@ -410,7 +411,8 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
     run_dir = out / "runs" / cell.id
     _check_same_settings(cell, run_dir)
     trained = (run_dir / "metrics.json").exists()
-    if trained and not _needs_audit(study, run_dir) and not externals.missing(cell, run_dir):
+    if (trained and not _needs_audit(study, run_dir) and not externals.missing(cell, run_dir)
+            and not _adaptations(study, cell.id, out)):  # fmt: skip
         return "skipped"
     lock = out / "runs" / f"{cell.id}.lock"
     if not _claim(lock):
@@ -437,9 +439,56 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
         if _needs_audit(study, run_dir):
             _audit_cell(study, run_dir, progress)
         externals.evaluate(cell, run_dir)
+        _adapt_cell(study, cell.id, run_dir, out, progress)
     finally:
         lock.unlink(missing_ok=True)
     return "skipped" if trained else "ran"
+
+
+def _adaptations(study: StudyConfig, cell_id: str,
+                 out: Path) -> list[tuple[Any, int, int, Path]]:  # fmt: skip
+    """The ``[[study.adapt]]`` runs of a cell not made yet: (settings, labels, draw, folder)."""
+    from ..adapt import ADAPT_FILE
+
+    todo = []
+    for spec in study.settings.adapt:
+        for n, draw, name in spec.runs():
+            dest = out / ADAPTED_DIR / cell_id / name
+            if not (dest / ADAPT_FILE).is_file():
+                todo.append((spec, n, draw, dest))
+    return todo
+
+
+def _adapt_cell(study: StudyConfig, cell_id: str, run_dir: Path, out: Path,
+                progress: bool) -> None:  # fmt: skip
+    """Adapt a finished cell to each ``[[study.adapt]]`` site (``cxrlab adapt``), as far as
+    still needed; a site that cannot be adapted to is one line and the study goes on."""
+    from ..adapt import adapt_run
+
+    sets = {e.name: e for e in study.settings.external}
+    failed: set[str] = set()
+    for spec, n, draw, dest in _adaptations(study, cell_id, out):
+        ext = sets[spec.site]
+        if spec.site in failed:
+            continue
+        if not ext.data:
+            tqdm.write(f"adapt {spec.site}: no folder given (--external {spec.site}=PATH); skipped")
+            failed.add(spec.site)
+            continue
+        shutil.rmtree(dest, ignore_errors=True)  # a partial one from an interrupted study
+        try:
+            rec = adapt_run(run_dir, ext.data, dest, class_map=dict(ext.class_map), labels=n,
+                            method=spec.method, seed=draw, test_share=spec.test_share,
+                            split_seed=spec.split_seed, progress=progress).record  # fmt: skip
+        except CxrlabError as e:
+            tqdm.write(f"adapt {spec.site}: {cell_id}: skipped: {e}")
+            shutil.rmtree(dest, ignore_errors=True)
+            failed.add(spec.site)
+            continue
+        before, after = rec["site_test"]["before"], rec["site_test"]["after"]
+        if before and after:
+            tqdm.write(f"adapt {spec.site} (N={n}, draw {draw}): {cell_id}: accuracy "
+                       f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}")  # fmt: skip
 
 
 def run_study(

@@ -13,6 +13,7 @@ from ...engine.ensemble import read_ensemble
 from ...utils import atomic_write_text
 from ..config import StudyConfig, load_study_config
 from ..final import write_final
+from .adapt import adapt_markdown, collect_adapt
 from .audits import StudyAudits, audit_markdown, collect_audits
 from .external import (
     ExternalResults,
@@ -60,6 +61,7 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     results = collect_results(study, study_dir)
     comparisons = compare(results, study.settings.alpha, study.settings.bootstrap)
     externals = collect_external(study, study_dir, results)  # adds their results.csv columns
+    collect_adapt(study, study_dir, results)  # and the adapted runs'
     external_cmp = {e.name: external_comparisons(e, study.settings.alpha,
                                                  study.settings.bootstrap)
                     for e in externals}  # fmt: skip
@@ -100,6 +102,8 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     audit_lines = audit_markdown(audits) if audits else None
     summary = summary_markdown(study, results, comparisons, audit_lines,
                                external_markdown(externals, external_cmp), split)  # fmt: skip
+    if adapted := adapt_markdown(study, results):
+        summary += "\n".join(adapted) + "\n"
     if "final" in files:
         final = read_ensemble(files["final"])
         summary += (f"\n## Final model\n\n`final/` (predict, evaluate, export, serve accept it):"

@@ -1,0 +1,91 @@
+"""The ``[[study.adapt]]`` results: each cell adapted to a site, beside the unadapted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ADAPTED_DIR, StudyConfig
+from .results import StudyResults, markdown_table
+
+__all__ = ["ADAPT_METRICS", "adapt_markdown", "collect_adapt"]
+
+#: What each adapted run is scored by, on the site's test part (``adaptation.json``).
+ADAPT_METRICS = ("accuracy", "macro_f1", "ece")
+
+
+def _records(out: Path, cell: str, site: str, n: int, draws: int) -> list[dict[str, Any]]:
+    from ...adapt import ADAPT_FILE
+
+    found = []
+    for d in range(draws if n else 1):
+        path = out / ADAPTED_DIR / cell / f"{site}-n{n}-d{d}" / ADAPT_FILE
+        if path.is_file():
+            rec = json.loads(path.read_text())["site_test"]
+            if rec["before"] and rec["after"]:
+                found.append(rec)
+    return found
+
+
+def collect_adapt(study: StudyConfig, out: Path, results: StudyResults) -> None:
+    """Add the ``adapt_<site>_*`` columns to ``results.rows``: the site's test part scored
+    before adaptation, and after it with each N labelled images per class (mean over the
+    draws)."""
+    for spec in study.settings.adapt:
+        for row in results.rows:
+            for n in spec.labels:
+                recs = _records(out, row["cell"], spec.site, n, spec.draws)
+                if not recs:
+                    continue
+                before = recs[0]["before"]
+                row[f"adapt_{spec.site}_n_test"] = before["n"]
+                for m in ADAPT_METRICS:
+                    row[f"adapt_{spec.site}_before_{m}"] = before[m]
+                    row[f"adapt_{spec.site}_n{n}_{m}"] = float(
+                        np.mean([r["after"][m] for r in recs])
+                    )
+                row[f"adapt_{spec.site}_n{n}_draws"] = len(recs)
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def adapt_markdown(study: StudyConfig, results: StudyResults) -> list[str]:
+    """One table per site: each training type's accuracy on the site's test part, before
+    adaptation and after it with each N (mean ± std over seeds)."""
+    lines: list[str] = []
+    for spec in study.settings.adapt:
+        key = f"adapt_{spec.site}_before_accuracy"
+        rows = [r for r in results.rows if key in r]
+        if not rows:
+            continue
+        header = ["training", "site test images", "before",
+                  *(f"N = {n}" for n in spec.labels)]  # fmt: skip
+        body = []
+        for arm in dict.fromkeys(r["label"] for r in rows):
+            mine = [r for r in rows if r["label"] == arm]
+            body.append([arm, str(mine[0][f"adapt_{spec.site}_n_test"]),
+                         _cell([r[key] for r in mine]),
+                         *(_cell([r[f"adapt_{spec.site}_n{n}_accuracy"] for r in mine
+                                  if f"adapt_{spec.site}_n{n}_accuracy" in r])
+                           for n in spec.labels)])  # fmt: skip
+        lines += [
+            "",
+            f"## Adapted to {spec.site}",
+            "",
+            f"`cxrlab adapt` with the site's images (method `{spec.method}`; N labelled "
+            f"images per class, {spec.draws} draw(s) of them): accuracy on the "
+            f"{spec.test_share:.0%} of the site adaptation never read (split seed "
+            f"{spec.split_seed}), mean ± std over seeds. Every column is in results.csv "
+            f"(`adapt_{spec.site}_*`, with macro-F1 and ECE).",
+            "",
+            *markdown_table(header, body),
+        ]
+    return lines
