@@ -323,3 +323,23 @@ def test_adapt_with_labels_fixes_swapped_classes_from_the_pool_only(
     assert a["changed"]["fine_tune"]["folds"] == 3 and set(a["changed"]["fine_tune"]["cv"]) == {
         "head"
     }
+
+
+def test_adapting_without_labels_to_images_like_the_runs_keeps_its_predictions(
+    setting,
+) -> None:
+    """No shift: a pool whose mean prediction is the run's own prior. EM's answer is that
+    prior, the bias moves by ``T log(q / p) = 0``, and the adapted model predicts as its
+    parent did."""
+    from cxrlab.engine.rundir import load_run_model
+    from cxrlab.shift.reference import calibrated_probs
+
+    run, _ = setting
+    model, card = load_run_model(run)
+    pool = np.random.default_rng(0).integers(0, 256, (24, 32, 32), dtype=np.uint8)
+    before = calibrated_probs(model, pool, card.temperature)
+    changed, t = core._adapt(model, pool, "prior", card.temperature, before.mean(0), "cpu")
+    assert t == card.temperature
+    assert changed["priors"]["site"] == pytest.approx(changed["priors"]["run"], abs=1e-4)
+    after = calibrated_probs(model, pool, card.temperature)
+    assert np.abs(after - before).max() < 1e-4  # float32 probabilities
