@@ -235,15 +235,17 @@ def _summary(rows: list[dict[str, Any]]) -> str:
                  f"{_ms([r['control_true'] for r in rows])} |")  # fmt: skip
     lines += ["", "| adaptation (half read, half scored) | validation: accuracy | validation: "
               "ECE | test: accuracy | test: ECE |", "|---|---|---|---|---|"]  # fmt: skip
-    first = rows[0]["adaptation"]
+    measured = [r for r in rows if r["adaptation"].get("val")]  # --no-unlabelled: none
 
     def before_after(split: str, method: str, key: str) -> str:
-        got = [r["adaptation"][split][method] for r in rows]
-        if any(g["before"] is None for g in got):
+        got = [r["adaptation"][split][method] for r in measured if method in r["adaptation"][split]]
+        if not got or any(g["before"] is None for g in got):
             return "n/a"
         return f"{_ms([g['before'][key] for g in got])} -> {_ms([g['after'][key] for g in got])}"
 
-    for method in first["val"]:
+    methods = dict.fromkeys(m for r in measured for m in r["adaptation"]["val"])
+    lines.append(f"(runs measured: {', '.join(r['run'][-2:] for r in measured) or 'none'})")
+    for method in methods:
         cells = [before_after(s, method, k) for s in ("val", "test") for k in ("accuracy", "ece")]
         lines.append(f"| {method} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -440,6 +440,7 @@ def test_study_adapts_every_cell_to_a_site(phantoms: Path, hospital_b: Path, tmp
         assert 0 <= float(r["adapt_b_n2_accuracy"]) <= 1 and float(r["adapt_b_n_test"]) > 0
     summary = (out / "summary.md").read_text()
     assert "## Adapted to b" in summary and "| N = 2 |" in summary
+    assert "<h2>Adapted to b</h2>" in (out / "report.html").read_text()
     # the same command again adapts nothing
     monkeypatch.setattr(adapt_module, "adapt_run", lambda *a, **k: pytest.fail("adapted again"))
     assert run_study(study, out, cells=one, progress=False).ran == []

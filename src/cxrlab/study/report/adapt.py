@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ADAPTED_DIR, StudyConfig
 from .results import StudyResults, markdown_table
 
-__all__ = ["ADAPT_METRICS", "adapt_markdown", "collect_adapt"]
+__all__ = ["ADAPT_METRICS", "adapt_markdown", "adapt_tables", "collect_adapt"]
 
 #: What each adapted run is scored by, on the site's test part (``adaptation.json``).
 ADAPT_METRICS = ("accuracy", "macro_f1", "ece")
@@ -57,10 +57,15 @@ def _cell(values: list[float]) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-def adapt_markdown(study: StudyConfig, results: StudyResults) -> list[str]:
-    """One table per site: each training type's accuracy on the site's test part, before
-    adaptation and after it with each N (mean ± std over seeds)."""
-    lines: list[str] = []
+#: One site's section: title, what was done, table header, table rows.
+AdaptTable = tuple[str, str, list[str], list[list[str]]]
+
+
+def adapt_tables(study: StudyConfig, results: StudyResults) -> list[AdaptTable]:
+    """Per site: a title, what was done, and a table of each training type's accuracy on
+    the site's test part before adaptation and after it with each N (mean ± std over
+    seeds)."""
+    out = []
     for spec in study.settings.adapt:
         key = f"adapt_{spec.site}_before_accuracy"
         rows = [r for r in results.rows if key in r]
@@ -76,16 +81,18 @@ def adapt_markdown(study: StudyConfig, results: StudyResults) -> list[str]:
                          *(_cell([r[f"adapt_{spec.site}_n{n}_accuracy"] for r in mine
                                   if f"adapt_{spec.site}_n{n}_accuracy" in r])
                            for n in spec.labels)])  # fmt: skip
-        lines += [
-            "",
-            f"## Adapted to {spec.site}",
-            "",
-            f"`cxrlab adapt` with the site's images (method `{spec.method}`; N labelled "
-            f"images per class, {spec.draws} draw(s) of them): accuracy on the "
-            f"{spec.test_share:.0%} of the site adaptation never read (split seed "
-            f"{spec.split_seed}), mean ± std over seeds. Every column is in results.csv "
-            f"(`adapt_{spec.site}_*`, with macro-F1 and ECE).",
-            "",
-            *markdown_table(header, body),
-        ]
+        text = (f"cxrlab adapt with the site's images (method {spec.method}; N labelled "
+                f"images per class, {spec.draws} draw(s) of them): accuracy on the "
+                f"{spec.test_share:.0%} of the site adaptation never read (split seed "
+                f"{spec.split_seed}), mean ± std over seeds. Every column is in results.csv "
+                f"(adapt_{spec.site}_*, with macro-F1 and ECE).")  # fmt: skip
+        out.append((f"Adapted to {spec.site}", text, header, body))
+    return out
+
+
+def adapt_markdown(study: StudyConfig, results: StudyResults) -> list[str]:
+    """:func:`adapt_tables` as Markdown sections."""
+    lines: list[str] = []
+    for title, text, header, body in adapt_tables(study, results):
+        lines += ["", f"## {title}", "", text, "", *markdown_table(header, body)]
     return lines

@@ -10,6 +10,7 @@ from typing import Any
 from ...engine.card import CARD_FILE, RunCard
 from ...engine.rundir import load_card
 from ..config import StudyConfig
+from .adapt import adapt_tables
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
 from .external import ExternalResults, external_markdown, external_table
 from .results import (
@@ -120,6 +121,9 @@ def render_html(
     parts += _comparisons_section(comparisons, figures)
     if external and external[0]:
         parts += _external_section(*external, figures)
+    for title, text, header, body in adapt_tables(study, results):
+        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>",
+                  _table(header, body)]  # fmt: skip
     if audits:
         parts += _audit_section(audits)
     parts += _reuse_section(study_dir)
