@@ -48,6 +48,7 @@ from cxrlab.adapt import METHODS, adapt_run
 from cxrlab.data import prepare_data
 from cxrlab.engine.holdout import HOLDOUT_FILE, score_holdout, split_sources
 from cxrlab.engine.rundir import load_card, load_run_model
+from cxrlab.errors import CxrlabError
 from cxrlab.evaluation import classification_metrics
 from cxrlab.shift import SIGNALS
 from cxrlab.shift.reference import calibrated_probs
@@ -112,7 +113,11 @@ def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
         for draw in range(draws if n else 1):
             dest = tmp / f"{run_dir.name}-labels{n}-{draw}"
             shutil.rmtree(dest, ignore_errors=True)
-            rec = adapt_run(run_dir, folder, dest, labels=n, seed=draw, progress=False).record
+            try:
+                rec = adapt_run(run_dir, folder, dest, labels=n, seed=draw, progress=False).record
+            except CxrlabError as e:  # e.g. more labels than a class holds in the pool
+                print(f"   N={n} draw {draw}: {e}", flush=True)
+                break
             site = [line.split(",") for line in (dest / "site_split.csv").read_text().splitlines()]
             scored = [r[0] for r in site[2:] if r[-1] == "test"]
             a = rec["adaptation"]
