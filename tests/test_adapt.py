@@ -259,6 +259,10 @@ def test_choose_scope_prefers_no_change_when_the_model_is_already_right(tmp_path
                           settings=FineTuneSettings(epochs=40, head_lr=1e-2), seed=0)  # fmt: skip
     assert choice.scope == "head" and choice.table["none"]["accuracy"] == 0.0
     assert choice.table["head"]["nll"] < choice.table["none"]["nll"]
+    # each scope starts from the model as it came, whatever the order
+    settings = FineTuneSettings(epochs=40, head_lr=1e-2)
+    after_head = choose_scope(model, more, my, scopes=("head", "none"), settings=settings)
+    assert after_head.table["none"] == choice.table["none"]
 
 
 def test_tent_lowers_the_entropy_and_changes_only_batchnorm(tmp_path: Path) -> None:

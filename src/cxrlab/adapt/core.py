@@ -180,10 +180,10 @@ def _adapt(model: Any, pool: np.ndarray, method: str, temperature: float,
         changed["tent_steps"] = tent(model, pool, device=device)
     if labelled is not None:
         temperature, changed["fine_tune"] = _fine_tune(model, labelled, temperature, device)
-        # the prior the refitted probabilities carry: their mean on the labelled images
-        source_prior = calibrated_probs(model, labelled.images, temperature, device=device)
-        source_prior = np.clip(source_prior.mean(0), 1e-6, None)
     if "prior" in method:
+        if labelled is not None:  # the prior the refitted probabilities carry
+            probs = calibrated_probs(model, labelled.images, temperature, device=device)
+            source_prior = np.clip(probs.mean(0), 1e-6, None)
         assert source_prior is not None
         q = em_priors(calibrated_probs(model, pool, temperature, device=device), source_prior)
         shift = temperature * np.log(np.clip(q, 1e-12, None) / source_prior)
@@ -197,14 +197,15 @@ def _fine_tune(model: Any, labelled: _Labelled, temperature: float,
                device: str) -> tuple[float, dict[str, Any]]:  # fmt: skip
     """Choose the scope (unless named), fine-tune it on every labelled image and refit the
     temperature on out-of-fold probabilities; the new temperature and the record."""
-    scopes = tuple(SCOPES) if labelled.scope == "auto" else (labelled.scope,)
+    auto = labelled.scope == "auto"
     choice = None
-    if np.bincount(labelled.y)[np.unique(labelled.y)].min() >= 2:
-        choice = choose_scope(model, labelled.images, labelled.y, scopes=scopes,
+    # a named scope with one image per class has nothing to cross-validate (the run's own
+    # temperature stays); choosing one without it is refused by choose_scope
+    if auto or np.bincount(labelled.y)[np.unique(labelled.y)].min() >= 2:
+        choice = choose_scope(model, labelled.images, labelled.y,
+                              scopes=tuple(SCOPES) if auto else (labelled.scope,),
                               settings=labelled.settings, temperature=temperature,
                               seed=labelled.seed, device=device)  # fmt: skip
-    elif labelled.scope == "auto":  # choose_scope says why it cannot choose
-        choose_scope(model, labelled.images, labelled.y, settings=labelled.settings)
     scope = choice.scope if choice else labelled.scope
     steps = fine_tune(model, labelled.images, labelled.y, scope, labelled.settings,
                       seed=labelled.seed, device=device)  # fmt: skip

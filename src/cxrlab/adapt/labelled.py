@@ -199,6 +199,7 @@ def choose_scope(
     table: dict[str, dict[str, float]] = {}
     try:
         for scope in scopes:
+            model.load_state_dict(state)  # each scope starts from the model as it came
             if SCOPES[scope] is None:
                 oof = calibrated_probs(model, images, 1.0, device=device)
             else:
@@ -209,7 +210,6 @@ def choose_scope(
                     _train(model, module, x[fit], y[fit], settings, seed * 1000 + fold, device)
                     with torch.no_grad():
                         oof[held] = module(x[held].to(device)).float().softmax(1).cpu().numpy()
-                _thaw(model)
             t = fit_temperature(oof, y, prior=temperature)
             p = apply_temperature(oof, t)
             table[scope] = {"nll": nll(p, y), "accuracy": float((p.argmax(1) == y).mean()),

@@ -468,9 +468,9 @@ def _adapt_cell(study: StudyConfig, cell_id: str, run_dir: Path, out: Path,
     sets = {e.name: e for e in study.settings.external}
     failed: set[str] = set()
     for spec, n, draw, dest in _adaptations(study, cell_id, out):
-        ext = sets[spec.site]
         if spec.site in failed:
             continue
+        ext = sets[spec.site]
         if not ext.data:
             tqdm.write(f"adapt {spec.site}: no folder given (--external {spec.site}=PATH); skipped")
             failed.add(spec.site)

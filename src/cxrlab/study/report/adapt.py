@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ADAPTED_DIR, StudyConfig
-from .results import StudyResults, markdown_table
+from ..config import ADAPTED_DIR, AdaptSettings, StudyConfig
+from .results import StudyResults, markdown_table, mean_sd
 
 __all__ = ["ADAPT_METRICS", "adapt_markdown", "adapt_tables", "collect_adapt"]
 
@@ -17,13 +17,14 @@ __all__ = ["ADAPT_METRICS", "adapt_markdown", "adapt_tables", "collect_adapt"]
 ADAPT_METRICS = ("accuracy", "macro_f1", "ece")
 
 
-def _records(out: Path, cell: str, site: str, n: int, draws: int) -> list[dict[str, Any]]:
+def _records(out: Path, cell: str, spec: AdaptSettings, n: int) -> list[dict[str, Any]]:
+    """The site test scores of the cell's adapted runs with ``n`` labels, one per draw."""
     from ...adapt import ADAPT_FILE
 
     found = []
-    for d in range(draws if n else 1):
-        path = out / ADAPTED_DIR / cell / f"{site}-n{n}-d{d}" / ADAPT_FILE
-        if path.is_file():
+    for labels, _, name in spec.runs():
+        path = out / ADAPTED_DIR / cell / name / ADAPT_FILE
+        if labels == n and path.is_file():
             rec = json.loads(path.read_text())["site_test"]
             if rec["before"] and rec["after"]:
                 found.append(rec)
@@ -37,7 +38,7 @@ def collect_adapt(study: StudyConfig, out: Path, results: StudyResults) -> None:
     for spec in study.settings.adapt:
         for row in results.rows:
             for n in spec.labels:
-                recs = _records(out, row["cell"], spec.site, n, spec.draws)
+                recs = _records(out, row["cell"], spec, n)
                 if not recs:
                     continue
                 before = recs[0]["before"]
@@ -48,13 +49,6 @@ def collect_adapt(study: StudyConfig, out: Path, results: StudyResults) -> None:
                         np.mean([r["after"][m] for r in recs])
                     )
                 row[f"adapt_{spec.site}_n{n}_draws"] = len(recs)
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
 #: One site's section: title, what was done, table header, table rows.
@@ -76,10 +70,8 @@ def adapt_tables(study: StudyConfig, results: StudyResults) -> list[AdaptTable]:
         body = []
         for arm in dict.fromkeys(r["label"] for r in rows):
             mine = [r for r in rows if r["label"] == arm]
-            body.append([arm, str(mine[0][f"adapt_{spec.site}_n_test"]),
-                         _cell([r[key] for r in mine]),
-                         *(_cell([r[f"adapt_{spec.site}_n{n}_accuracy"] for r in mine
-                                  if f"adapt_{spec.site}_n{n}_accuracy" in r])
+            body.append([arm, str(mine[0][f"adapt_{spec.site}_n_test"]), mean_sd(mine, key),
+                         *(mean_sd(mine, f"adapt_{spec.site}_n{n}_accuracy")
                            for n in spec.labels)])  # fmt: skip
         text = (f"cxrlab adapt with the site's images (method {spec.method}; N labelled "
                 f"images per class, {spec.draws} draw(s) of them): accuracy on the "

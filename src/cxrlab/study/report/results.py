@@ -239,7 +239,7 @@ def _source_columns(metrics: dict[str, Any]) -> dict[str, Any]:
                for name, m in by["sources"].items()}, "worst_source": by["worst"]}  # fmt: skip
 
 
-def _mean_sd(rows: list[dict], key: str) -> str:
+def mean_sd(rows: list[dict], key: str) -> str:
     """``key`` over ``rows`` (seeds) as ``mean ± std`` to 3 digits (``-`` where none has it)."""
     values = [float(r[key]) for r in rows if r.get(key) is not None]
     if not values:
@@ -262,7 +262,7 @@ def source_markdown(results: StudyResults) -> list[str]:
              "| Training type | model | " + " | ".join(names) + " | worst (runs) |",
              "|---|---|" + "---|" * (len(names) + 1)]  # fmt: skip
     for (label, model), rows in groups.items():
-        cells = [_mean_sd(rows, col) for col in cols]
+        cells = [mean_sd(rows, col) for col in cols]
         worst = Counter(r.get("worst_source") for r in rows if r.get("worst_source"))
         text = ", ".join(f"{k} ({v})" for k, v in worst.most_common())
         lines.append(f"| {label} | {model} | " + " | ".join(cells) + f" | {text} |")
@@ -547,10 +547,10 @@ def holdout_markdown(results: StudyResults) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (label, model), rows in groups.items():
         lines.append(
-            f"| {label} | {model} | {rows[0]['holdout_source']} | {_mean_sd(rows, 'accuracy')} | "
-            f"{_mean_sd(rows, 'holdout_val_accuracy')} | {_mean_sd(rows, 'holdout_val_nll')} | "
-            f"{_mean_sd(rows, 'holdout_test_accuracy')} | "
-            f"{_mean_sd(rows, 'holdout_test_balanced_accuracy')} |"
+            f"| {label} | {model} | {rows[0]['holdout_source']} | {mean_sd(rows, 'accuracy')} | "
+            f"{mean_sd(rows, 'holdout_val_accuracy')} | {mean_sd(rows, 'holdout_val_nll')} | "
+            f"{mean_sd(rows, 'holdout_test_accuracy')} | "
+            f"{mean_sd(rows, 'holdout_test_balanced_accuracy')} |"
         )
     note = (
         "In distribution: the study's test split without the held-out source's images. "
