@@ -32,8 +32,8 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from cxrlab.augment import augment_batch
     from cxrlab.data import draw_phantom
-    from cxrlab.engine.batches import augment_batch
 
     torch.set_num_threads(args.threads)
     print(machine_line(args.threads))

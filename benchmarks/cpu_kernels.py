@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from cxrlab.engine.runtime import cpu_supports_bf16
 from cxrlab.models import create_model
+from cxrlab.runtime import cpu_supports_bf16
 
 
 def images_per_second(model: torch.nn.Module, x: torch.Tensor, repeats: int, bf16: bool) -> float:

@@ -69,7 +69,7 @@ def main() -> None:
 
     import torch
 
-    from cxrlab.engine.runtime import resolve_precision
+    from cxrlab.runtime import resolve_precision
     from cxrlab.study.config import load_study_config
 
     torch.set_num_threads(args.threads)
@@ -127,8 +127,8 @@ class StepTimer:
     def step(self, i: int) -> dict[str, float]:
         import torch
 
-        from cxrlab.engine.batches import augment_batch
-        from cxrlab.engine.runtime import autocast
+        from cxrlab.augment import augment_batch
+        from cxrlab.runtime import autocast
 
         t = [time.perf_counter()]
         x = self.x.float()

@@ -37,8 +37,8 @@ def main() -> None:
 
     import torch
 
-    from cxrlab.engine.runtime import autocast, resolve_device, resolve_precision
     from cxrlab.models import create_model
+    from cxrlab.runtime import autocast, resolve_device, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,7 @@ PACKAGES = (
     "cxrlab.data",
     "cxrlab.models",
     "cxrlab.engine",
+    "cxrlab.runs",
     "cxrlab.evaluation",
     "cxrlab.segment",
     "cxrlab.infer",

@@ -44,21 +44,23 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab import run_files
 from cxrlab.adapt import METHODS, adapt_run
 from cxrlab.data import prepare_data
-from cxrlab.engine.holdout import HOLDOUT_FILE, score_holdout, split_sources
-from cxrlab.engine.rundir import load_card, load_run_model
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation import classification_metrics
+from cxrlab.runs.folder import load_card, load_run_model
+from cxrlab.runs.heldout import score_holdout, split_sources
 from cxrlab.shift import SIGNALS
 from cxrlab.shift.reference import calibrated_probs
+from cxrlab.shift.report import holdout_shift
 
 warnings.simplefilter("ignore")
 
 
 def _split_folders(run_dir: Path, config: Any, tmp: Path) -> dict[str, Path]:
     """The held-out source's validation and test splits as class folders of links (drawn as
-    :func:`cxrlab.engine.holdout.score_holdout` draws them)."""
+    :func:`cxrlab.runs.heldout.score_holdout` draws them)."""
     _, held = split_sources(config)
     data, class_map, sources_csv, patients = held
     prepared = prepare_data(data, class_map=class_map, sources_csv=sources_csv,
@@ -292,9 +294,9 @@ def main() -> None:
             if not config.holdout_source:
                 continue
             print(f"== {run_dir.name}", flush=True)
-            if args.rescore or not (run_dir / HOLDOUT_FILE).is_file():
-                score_holdout(run_dir, config, progress=False)
-            held = json.loads((run_dir / HOLDOUT_FILE).read_text())
+            if args.rescore or not (run_dir / run_files.HOLDOUT).is_file():
+                score_holdout(run_dir, config, shift=holdout_shift, progress=False)
+            held = json.loads((run_dir / run_files.HOLDOUT).read_text())
             folders = _split_folders(run_dir, config, Path(tmp))
             earlier = {r["run"]: r for r in _saved(saved)}.get(run_dir.name, {})
             adapted = (earlier.get("adaptation", {}) if args.no_unlabelled

@@ -23,11 +23,12 @@ from cxrlab.adapt import (
 )
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import evaluate_run, train
-from cxrlab.engine.rundir import load_card as read_card
+from cxrlab.engine import train
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.evaluation.calibration import fit_temperature
 from cxrlab.infer import load
+from cxrlab.runs import evaluate_run
+from cxrlab.runs.folder import load_card as read_card
 
 from conftest import tiny_config
 
@@ -335,7 +336,7 @@ def test_adapting_without_labels_to_images_like_the_runs_keeps_its_predictions(
     """No shift: a pool whose mean prediction is the run's own prior. EM's answer is that
     prior, the bias moves by ``T log(q / p) = 0``, and the adapted model predicts as its
     parent did."""
-    from cxrlab.engine.rundir import load_run_model
+    from cxrlab.runs.folder import load_run_model
     from cxrlab.shift.reference import calibrated_probs
 
     run, _ = setting

@@ -11,20 +11,19 @@ import pytest
 import torch
 
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import (
+from cxrlab.engine import TrainConfig, train
+from cxrlab.errors import CheckpointError
+from cxrlab.infer import load
+from cxrlab.runs import (
     EnsembleCard,
     RunCard,
-    TrainConfig,
     evaluate_run,
     load_card,
     load_run_model,
     open_run,
     read_card,
-    train,
 )
-from cxrlab.engine.ensemble import write_ensemble
-from cxrlab.errors import CheckpointError
-from cxrlab.infer import load
+from cxrlab.runs.ensemble import write_ensemble
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import torch
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, evaluate_run, load_run_model, train
+from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from cxrlab.runs import evaluate_run, load_run_model
 
 from conftest import random_gray, tiny_config, write_png
 
@@ -80,8 +81,8 @@ def test_evaluate_at_another_input_size(phantoms: Path, tmp_path: Path) -> None:
     prepared at that size, the model sees them, and a fixed-size model is refused."""
     from types import SimpleNamespace
 
-    from cxrlab.engine.evaluate import _check_any_size
     from cxrlab.errors import CheckpointError
+    from cxrlab.runs.evaluate import _check_any_size
 
     train(tiny(phantoms), tmp_path / "run")
     own = evaluate_run(tmp_path / "run", split="val", progress=False)
@@ -405,7 +406,7 @@ def test_weight_average_resumes_exactly_and_is_what_is_kept(phantoms: Path, tmp_
 
 
 def test_xray_augmentation_and_test_time_views(phantoms: Path, tmp_path: Path) -> None:
-    from cxrlab.engine.batches import augment_batch, tta_views
+    from cxrlab.augment import augment_batch, tta_views
 
     x = torch.zeros(6, 1, 32, 32)
     x[..., :16] = 200.0  # bright left half
@@ -424,7 +425,7 @@ def test_xray_augmentation_and_test_time_views(phantoms: Path, tmp_path: Path) -
 def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
     """Each acquisition perturbation alone, on a grey ramp whose answer is known; all of
     them drawn together are seeded and stay in 0..255."""
-    import cxrlab.engine.batches as batches
+    import cxrlab.augment as batches
 
     ramp = torch.linspace(0, 255, 64).repeat(64, 1)[None, None].repeat(4, 1, 1, 1)
     seeded = lambda: torch.Generator().manual_seed(3)
@@ -457,7 +458,7 @@ def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
 
 
 def test_auto_precision_follows_the_cpu_and_a_onednn_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrlab.engine import runtime
+    from cxrlab.runs import runtime
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

@@ -15,14 +15,14 @@ from PIL import Image
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
 from cxrlab.engine import train
-from cxrlab.engine.external import (
+from cxrlab.errors import CheckpointError, ConfigError, TrainingInterrupted
+from cxrlab.runs.external_sets import (
     ExternalSet,
     evaluate_external,
     external_sets,
     parse_external,
     read_external,
 )
-from cxrlab.errors import CheckpointError, ConfigError, TrainingInterrupted
 from cxrlab.study import build_report, parse_study_config, run_study
 
 from conftest import TINY_STUDY, tiny_config
@@ -206,7 +206,7 @@ class_map = {{"Other" = "-", "VP-a" = "Viral Pneumonia", "VP-b" = "Viral Pneumon
 
 def test_study_with_external_sets(phantoms: Path, hospital_b: Path, tmp_path: Path, capsys,
                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import cxrlab.engine.external as ext_module
+    import cxrlab.runs.external_sets as ext_module
     import cxrlab.study.runner as runner
 
     text = TINY_STUDY.format(data=phantoms).replace(
@@ -380,7 +380,7 @@ def test_copies_are_found_whatever_the_lungs_mode(tmp_path: Path) -> None:
     """A run trained on images cropped to the lungs, scored on a set holding re-sized copies
     of its training images: the copies are found on the whole images and left out (compared
     cropped against whole, they were missed)."""
-    from cxrlab.engine import evaluate_run
+    from cxrlab.runs import evaluate_run
 
     data = write_synthetic_dataset(tmp_path / "d", per_class=6, size=48, masks=True,
                                    progress=False)  # fmt: skip

@@ -249,8 +249,8 @@ def test_ensembles_average_their_members(run: Path, inputs: Path, tmp_path: Path
     """Two copies of one run average to that run; ensembles work wherever a run does."""
     import shutil
 
-    from cxrlab.engine import evaluate_run
-    from cxrlab.engine.ensemble import is_ensemble, write_ensemble
+    from cxrlab.runs import evaluate_run
+    from cxrlab.runs.ensemble import is_ensemble, write_ensemble
 
     twin = tmp_path / "twin"
     shutil.copytree(run, twin)

@@ -209,7 +209,8 @@ def test_masks_from_a_segmenter_for_data_without_masks(seg_run, masked, tmp_path
 
     import cxrlab.segment.apply as apply
     from cxrlab.cli import main
-    from cxrlab.engine import evaluate_run, train
+    from cxrlab.engine import train
+    from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
 
     from conftest import tiny_config
@@ -258,9 +259,10 @@ def test_runs_carry_their_lungs_everywhere(seg_run, masked, tmp_path, monkeypatc
     import cxrlab.segment.apply as apply
     from cxrlab.app.service import ModelService
     from cxrlab.cli import main
-    from cxrlab.engine import evaluate_run, train
+    from cxrlab.engine import train
     from cxrlab.errors import CheckpointError
     from cxrlab.infer import load
+    from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
 
     from conftest import tiny_config
@@ -337,7 +339,8 @@ def test_training_skips_images_without_a_valid_mask_when_asked(seg_run, masked, 
     import shutil
 
     import cxrlab.segment.apply as apply
-    from cxrlab.engine import evaluate_run, train
+    from cxrlab.engine import train
+    from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
 
     from conftest import tiny_config

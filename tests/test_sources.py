@@ -198,7 +198,8 @@ def test_balanced_sampling_draws_each_cell_alike(two_sources, tmp_path, monkeypa
 def test_training_on_two_sources(two_sources, tmp_path, monkeypatch, capsys) -> None:
     """A run on two sources: its split and card name each image's source, its metrics
     score each source, and evaluate rebuilds a view that left the cache."""
-    from cxrlab.engine import evaluate_run, train
+    from cxrlab.engine import train
+    from cxrlab.runs import evaluate_run
 
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     a, b = two_sources

@@ -317,6 +317,17 @@ def test_study_final_model_is_chosen_on_validation(phantoms: Path, tmp_path: Pat
 
     assert len(load(final, device="cpu").members) == 2
     assert "## Final model" in report.files["summary"].read_text()
+    # the runner chose final/; rebuilding the report only reads it, and never writes a model
+    import shutil
+
+    from cxrlab.cli import main
+
+    shutil.rmtree(final)
+    again = build_report(out, study)
+    assert not final.exists() and "final" not in again.files
+    assert "## Final model" not in again.files["summary"].read_text()
+    assert main(["study", "final", str(out)]) == 0
+    assert json.loads((final / "model_card.json").read_text())["members"] == card["members"]
 
 
 def test_reuse_study_with_initialisations_and_training_sizes(phantoms: Path,

@@ -32,7 +32,7 @@ _EXPORTS = {
     "list_models": "cxrlab.models",
     "TrainConfig": "cxrlab.engine",
     "train": "cxrlab.engine",
-    "evaluate_run": "cxrlab.engine",
+    "evaluate_run": "cxrlab.runs",
     "load_study_config": "cxrlab.study",
     "run_study": "cxrlab.study",
     "build_report": "cxrlab.study",

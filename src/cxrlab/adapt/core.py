@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import run_files
 from ..errors import CheckpointError, ConfigError, DataError
 from ..shift.reference import calibrated_probs
 from ..utils import write_json
@@ -269,9 +270,9 @@ def adapt_run(
         DataError: no site image left to adapt with once copies and the run's patients are
             left out; fewer than ``labels`` images of a class in the pool.
     """
-    from ..engine.card import AdaptationRecord, Calibration
-    from ..engine.rundir import load_run_model, save_model
-    from ..engine.scoring import open_run
+    from ..runs.card import AdaptationRecord, Calibration
+    from ..runs.folder import load_run_model, save_model
+    from ..runs.scoring import open_run
     from ..shift.reference import reference
     from ..shift.report import model_labels, prepare_site
 
@@ -348,7 +349,7 @@ def adapt_run(
         new_card = new_card.replace(calibration=Calibration(
             temperature=new_t, fitted_on="site: labelled images, out of fold"))  # fmt: skip
     save_model(out, model, new_card)
-    shutil.copy(run.split_file, out / "split.csv")
+    shutil.copy(run.split_file, out / run_files.SPLIT)
     site.split.save(out / SITE_SPLIT_FILE)
     result = {
         "adaptation": record.to_dict(),
@@ -364,6 +365,6 @@ def adapt_run(
 def _write_metrics(out: Path, progress: bool) -> None:
     """The adapted run's ``metrics.json``: its parent's test split, scored by the adapted
     model (what adapting to the site cost at home)."""
-    from ..engine.evaluate import evaluate_run
+    from ..runs.evaluate import evaluate_run
 
-    evaluate_run(out, split="test", out=out / "metrics.json", progress=progress)
+    evaluate_run(out, split="test", out=out / run_files.METRICS, progress=progress)

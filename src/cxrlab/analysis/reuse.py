@@ -38,13 +38,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine.card import RunCard
-from ..engine.rundir import INIT_FILE, load_card, load_run_model
-from ..engine.runtime import resolve_device
-from ..engine.scoring import open_run
+from .. import run_files
 from ..errors import ConfigError, CxrlabError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.stages import stages
+from ..runs.card import RunCard
+from ..runs.folder import load_card, load_run_model
+from ..runs.scoring import open_run
+from ..runtime import resolve_device
 from .cka import batch_bounds, cka_from_hsic, gram, hsic_matrix
 from .report import write_reuse
 from .result import ReuseResult
@@ -150,8 +151,8 @@ def _load(path: Path, name: str) -> _Loaded:
             f"{path}: cxrlab cannot split {card.model} into units for a layer analysis"
         )
     note = None
-    if (path / INIT_FILE).is_file():
-        init, _ = load_run_model(path, file=INIT_FILE)
+    if (path / run_files.INIT).is_file():
+        init, _ = load_run_model(path, file=run_files.INIT)
     else:
         init, note = rebuild_init(card)
     run = _Loaded(
@@ -160,7 +161,7 @@ def _load(path: Path, name: str) -> _Loaded:
     frozen = len(card.freeze.frozen_units)
     if init is not None and note is not None and _same_prefix(run) < frozen:
         run.init = None  # its frozen units must be the rebuilt weights, bit for bit
-        run.init_note = (f"no {INIT_FILE}, and weights rebuilt from its seed differ from its "
+        run.init_note = (f"no {run_files.INIT}, and weights rebuilt from its seed differ from its "
                          "frozen units")  # fmt: skip
     return run
 
@@ -173,15 +174,21 @@ def rebuild_init(card: RunCard) -> tuple[CxrClassifier | None, str]:
     try:
         init = _draw(card, weights, seed)
     except CxrlabError as e:
-        return None, f"no {INIT_FILE}, and its starting weights cannot be rebuilt here: {e}"
+        return None, f"no {run_files.INIT}, and its starting weights cannot be rebuilt here: {e}"
     source = init.weights_source  # type: ignore[attr-defined]
     if source != card.weights:
-        return None, (f"no {INIT_FILE}; its starting weights came from {card.weights!r}, "
+        return None, (f"no {run_files.INIT}; its starting weights came from {card.weights!r}, "
                       f"rebuilt they would come from {source!r}")  # fmt: skip
     drawn = init.init_report  # type: ignore[attr-defined]
     if drawn != card.initialisation:
-        return None, f"no {INIT_FILE}, and a new draw does not match its recorded initialisation"
-    return init, f"no {INIT_FILE}: starting weights rebuilt from its seed {seed} and {weights!r}"
+        return (
+            None,
+            f"no {run_files.INIT}, and a new draw does not match its recorded initialisation",
+        )
+    return (
+        init,
+        f"no {run_files.INIT}: starting weights rebuilt from its seed {seed} and {weights!r}",
+    )
 
 
 def _same_prefix(run: _Loaded) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import run_files
 from ..data.imageio import ImageReadError, load_gray8
 from ..errors import CxrlabError
 from ..evaluation.intervals import wilson_interval
@@ -149,7 +150,7 @@ class ServedModel:
         """The facts the app and ``GET /api/models`` show about this model."""
         card = self.predictor.card_data()
         source = self.source
-        metrics = _read_json(source / "metrics.json") if source.is_dir() else None
+        metrics = _read_json(source / run_files.METRICS) if source.is_dir() else None
         audit = source / "audit" / "audit.md" if source.is_dir() else None
         kind = "onnx" if source.suffix == ".onnx" else "run"
         kind = "ensemble" if self.predictor.members else kind

@@ -15,10 +15,10 @@ import torch
 
 from ..data import apply_lung_mask
 from ..engine.batches import ImageBatches
-from ..engine.evaluate import predict_batches
 from ..errors import CxrlabError
 from ..evaluation.intervals import bootstrap_interval, wilson_interval
 from ..models import CxrClassifier
+from ..runs.evaluate import predict_batches
 
 __all__ = [
     "LUNG_VARIANTS",

@@ -34,15 +34,15 @@ import torch
 from ..data import PreparedData
 from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
-from ..engine import load_run_model
-from ..engine.card import RunCard
-from ..engine.evaluate import scored_positions
-from ..engine.runtime import resolve_device, run_precision
-from ..engine.scoring import ScoringRun, open_run
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
 from ..evaluation.external import match_classes, routing
 from ..evaluation.intervals import wilson_interval
+from ..runs import load_run_model
+from ..runs.card import RunCard
+from ..runs.evaluate import scored_positions
+from ..runs.scoring import ScoringRun, open_run
+from ..runtime import resolve_device, run_precision
 from ..utils import atomic_write_text, write_json
 from . import figures
 from .checks import cam_in_lungs, chance_accuracy, lungs_removed, penultimate_features, predict

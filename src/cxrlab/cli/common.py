@@ -134,7 +134,7 @@ Doubtful = Annotated[
 
 def external_sets(external: list[str] | None, maps: list[str] | None) -> tuple:
     """``--external`` and ``--external-class-map`` as external sets."""
-    from ..engine.external import parse_external, parse_external_maps
+    from ..runs.external_sets import parse_external, parse_external_maps
 
     by_name = parse_external_maps(maps or [])
     sets = tuple(parse_external(text, by_name) for text in external or [])

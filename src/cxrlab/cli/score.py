@@ -43,9 +43,9 @@ def evaluate_cmd(
     progress: Progress = True,
 ) -> None:
     """Metrics of a trained model (or ensemble) on its test split or on another dataset."""
-    from ..engine import evaluate_run
     from ..evaluation.external import parse_class_map
     from ..evaluation.report import format_evaluation
+    from ..runs import evaluate_run
 
     source = run_dir if len(run_dir) > 1 else run_dir[0]
     m = evaluate_run(source, data, split=split, out=out, batch_size=batch_size, device=device,
@@ -162,8 +162,8 @@ def shift_cmd(
 ) -> None:
     """Does new data look like the run's, and how accurate will the run be there (no labels
     needed)? Per-image scores, a batch test, the class mix and an accuracy estimate."""
-    from ..engine.runtime import resolve_device
     from ..evaluation.external import parse_class_map
+    from ..runtime import resolve_device
     from ..shift import format_shift, shift_report, write_shift_report
 
     r = shift_report(run_dir, data, class_map=parse_class_map(class_map), signal=signal,
@@ -217,8 +217,8 @@ def adapt_cmd(
     """Adapt a run to a new site with the site's own images (unlabelled, and N labelled per
     class); writes a new run."""
     from ..adapt import adapt_run
-    from ..engine.runtime import resolve_device
     from ..evaluation.external import parse_class_map
+    from ..runtime import resolve_device
 
     result = adapt_run(run_dir, data, out, class_map=parse_class_map(class_map), labels=labels,
                        method=method, scope=scope, seed=seed, test_share=test_share,

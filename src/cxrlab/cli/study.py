@@ -100,6 +100,23 @@ def study_report(
     )
 
 
+@study_app.command("final")
+def study_final(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by 'cxrlab study run'.")],
+) -> None:
+    """Choose the final model again and write final/ ('study report' only reads it)."""
+    from ..study import choose_final, load_study_folder
+
+    study = load_study_folder(study_dir)
+    final = choose_final(study, study_dir)
+    if final is None:
+        raise CxrlabError(
+            f"No final model for {study_dir}: [study] final is {study.settings.final!r}, or a "
+            "cell has not finished, or no training type is a candidate"
+        )
+    typer.echo(f"Final model: {final}; rebuild the report with: cxrlab study report {study_dir}")
+
+
 @study_app.command("cells")
 def study_cells(
     config: Annotated[Path, typer.Argument(help="Study TOML file.")],

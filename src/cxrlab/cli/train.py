@@ -41,7 +41,7 @@ def train_cmd(
 ) -> None:
     """Train one classifier; writes metrics, figures, weights and a model card to --out."""
     from ..engine import train
-    from ..engine.external import evaluate_externals
+    from ..runs.external_sets import evaluate_externals
     from ..shift.reference import store_reference
 
     sets = external_sets(external, external_class_map)

@@ -1,4 +1,4 @@
-"""A run's resumable state: the checkpoint file, the run folder's rules, graceful stops.
+"""A run's resumable state: the checkpoint file's contents, graceful stops.
 
 A checkpoint holds the model, the optimizer and a :class:`RunState` (epoch, step within it,
 partial sums, best validation loss, history), so a run stopped in the middle of an epoch
@@ -21,20 +21,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..utils import atomic_write_bytes
 from .config import TrainConfig
 
 __all__ = [
-    "CHECKPOINT",
     "RunState",
     "graceful_stop",
     "load_checkpoint",
-    "prepare_run_dir",
     "save_checkpoint",
 ]
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -141,16 +137,3 @@ def load_checkpoint(
     if ema is not None:
         ema.load_state_dict(payload["ema"])
     return RunState(**payload["state"])
-
-
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Create ``out``; refuse to overwrite a finished or interrupted run unless resuming."""
-    finished = (out / "metrics.json").exists()
-    interrupted = (out / CHECKPOINT).exists()
-    if not resume and (finished or interrupted):
-        what = ("a finished run" if finished else
-                "an interrupted run (continue it with resume=True, --resume)")  # fmt: skip
-        raise ConfigError(f"{out} already holds {what}; choose another folder (out, --out)")
-    if resume and not interrupted and not finished and (out / "config.json").exists():
-        raise CheckpointError(f"{out} has no {CHECKPOINT} to resume from; start a new run")
-    out.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ class TrainConfig:
             collections) of a source's images.
         holdout_source: leave this source of ``data`` out of training, and score it
             afterwards on its own validation and test splits (``holdout.json``; see
-            :mod:`cxrlab.engine.holdout`).
+            :mod:`cxrlab.runs.heldout`).
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
         split_seed: seed of a newly made split (independent of ``seed``).
         ratios: train/val/test fractions of a newly made split.

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from ..data import DecodedImages
 from ..models import CxrClassifier, get_spec
 from ..models.stages import Stages, stages
+from ..runtime import autocast
 from ..utils import cache_dir
 from .batches import ImageBatches
-from .runtime import autocast
 
 __all__ = [
     "FrozenFeatures",

@@ -27,6 +27,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from .. import run_files
+from ..augment import augment_batch, step_generator
 from ..data import PreparedData, prepare_data
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import (
@@ -39,33 +41,31 @@ from ..evaluation.calibration import apply_temperature, fit_temperature, nll, pl
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.init import InitReport
-from ..utils import atomic_write_text, write_json
-from .batches import ImageBatches, augment_batch, sampling_strata, step_generator
-from .card import Calibration, RunCard
-from .checkpoint import (
-    CHECKPOINT,
-    RunState,
-    graceful_stop,
-    load_checkpoint,
-    prepare_run_dir,
-    save_checkpoint,
-)
-from .config import TrainConfig
-from .distributed import Distributed, init_distributed, sync_batchnorm
-from .evaluate import predict_batches, write_predictions
-from .features import TrainableRest, build_frozen_features, feature_cache_plan
-from .holdout import score_holdout, split_sources
-from .optim import build_ema, build_optimizer, lr_at
-from .rundir import (
-    INIT_FILE,
-    MODEL_FILE,
+from ..runs.card import Calibration, RunCard
+from ..runs.folder import (
+    RunDir,
     build_card,
     load_run_model,
     save_model,
     save_weights,
+    write_predictions,
 )
-from .runtime import autocast, resolve_device, resolve_precision
-from .scoring import segmenter_masks
+from ..runs.heldout import score_holdout, split_sources
+from ..runs.scoring import segmenter_masks
+from ..runtime import autocast, resolve_device, resolve_precision
+from ..shift.report import holdout_shift
+from ..utils import atomic_write_text, write_json
+from .batches import ImageBatches, predict_batches, sampling_strata
+from .checkpoint import (
+    RunState,
+    graceful_stop,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .distributed import Distributed, init_distributed, sync_batchnorm
+from .features import TrainableRest, build_frozen_features, feature_cache_plan
+from .optim import build_ema, build_optimizer, lr_at
 from .tracking import Tracker, open_trackers, require_trackers
 
 __all__ = ["TrainResult", "train"]
@@ -216,7 +216,8 @@ def train(
 
 def _score_holdout(run: _Run, result: TrainResult) -> None:
     """The held-out source on its validation and test splits (``holdout.json``)."""
-    held = score_holdout(result.run_dir, run.config, progress=run.config.progress)
+    held = score_holdout(result.run_dir, run.config, shift=holdout_shift,
+                         progress=run.config.progress)  # fmt: skip
     assert held is not None
     for split in ("val", "test"):
         m = held[split]
@@ -251,9 +252,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     ddp = init_distributed(config.device)  # a no-op unless started by torchrun
     log = _log if ddp.main else (lambda message: None)
     if ddp.main:
-        prepare_run_dir(out, resume)
+        RunDir(out).prepare(resume)
     ddp.barrier()
-    if resume and (out / "metrics.json").exists():
+    if resume and RunDir(out).finished:
         return _finished(out)
     device, amp = _runtime(config, ddp)
     data, batches = _data(config, out, resume, ddp, log)
@@ -272,8 +273,8 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     criterion = _loss(config, batches[0], len(data.classes), device)
     ema = build_ema(config, model)
     state = RunState(history=[])
-    if resume and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, model, opt, config, ema)
+    if resume and (out / run_files.CHECKPOINT).exists():
+        state = load_checkpoint(out / run_files.CHECKPOINT, model, opt, config, ema)
         if not ddp.main:  # the checkpoint's partial-epoch sums are global, kept by rank 0
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
         log(f"Resuming at epoch {state.epoch + 1}, step {state.step}")
@@ -314,7 +315,7 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
           log: Callable[[str], None]) -> tuple[PreparedData, tuple[ImageBatches, ...]]:  # fmt: skip
     """The data, scanned, split and decoded once (a resumed run reuses its own split), and
     its train/val/test batches."""
-    split_file = out / "split.csv" if resume else config.split_file
+    split_file = out / run_files.SPLIT if resume else config.split_file
     if not ddp.main:
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
     (train_data, class_map, sources_csv, patients), _ = split_sources(config)
@@ -339,7 +340,7 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
     if data.masks is not None:
         log(f"Lungs {config.lungs}: {data.masks.summary()}")
     if ddp.main:
-        data.split.save(out / "split.csv")
+        data.split.save(out / run_files.SPLIT)
         ddp.barrier()
     labels = np.asarray(data.split.labels(), dtype=np.int64)
     rows = {
@@ -363,7 +364,7 @@ def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp
     """The model: its weights (drawn from the seed), a head for the data's classes, and the
     freezing; ``--keep-init`` writes the starting weights."""
     torch.manual_seed(config.seed)
-    restoring = resume and (out / CHECKPOINT).exists()  # the checkpoint holds the weights
+    restoring = resume and (out / run_files.CHECKPOINT).exists()  # the checkpoint holds the weights
     model = create_model(
         config.model,
         len(data.classes),
@@ -372,7 +373,7 @@ def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp
         seed=config.seed,
     )
     if restoring:  # describe the weights the run started from, not the placeholder
-        first = json.loads((out / "config.json").read_text())["resolved"]
+        first = json.loads((out / run_files.CONFIG).read_text())["resolved"]
         model.weights_source = first["weights_source"]  # type: ignore[attr-defined]
         saved = first.get("initialisation")
         model.init_report = InitReport(**saved) if saved else None  # type: ignore[attr-defined]
@@ -380,7 +381,7 @@ def _model(config: TrainConfig, out: Path, resume: bool, data: PreparedData, ddp
         log(f"Initialisation: {drawn.summary()}")
     freeze = apply_freeze(model, config.freeze, config.freeze_bn)
     if config.keep_init and ddp.main and not restoring:
-        save_weights(out, model, config.model, data.classes, file=INIT_FILE)
+        save_weights(out, model, config.model, data.classes, file=run_files.INIT)
     return model, freeze
 
 
@@ -503,7 +504,7 @@ def _write_config(out: Path, config: TrainConfig, device: torch.device, amp: tor
                   model: CxrClassifier, data: PreparedData, train_b: ImageBatches,
                   freeze: FreezeReport, cache_note: str) -> None:  # fmt: skip
     """``config.json``: the settings, and what they resolved to on this machine."""
-    write_json(out / "config.json", {
+    write_json(out / run_files.CONFIG, {
         "config": config.to_dict(),
         "resolved": {
             "device": str(device),
@@ -608,7 +609,7 @@ def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, n_order: int) -> tuple[fl
         raise TrainingError(
             f"The loss became {loss.item()} at epoch {state.epoch + 1}, step "
             f"{state.step + 1}; stopped. The last good checkpoint is kept in "
-            f"{run.out} (best model: {MODEL_FILE}). Try a lower learning rate (lr, --lr) or "
+            f"{run.out} (best model: {run_files.MODEL}). Try a lower learning rate (lr, --lr) or "
             "gradient clipping (grad_clip=1, --grad-clip 1)"
         )
     run.opt.zero_grad(set_to_none=True)
@@ -634,7 +635,9 @@ def _interrupt(run: _Run, t0: float) -> None:
     )
     if run.ddp.main:
         state.wall_seconds = run.wall_seconds()
-        save_checkpoint(run.out / CHECKPOINT, run.model, run.opt, state, run.config, run.ema)
+        save_checkpoint(
+            run.out / run_files.CHECKPOINT, run.model, run.opt, state, run.config, run.ema
+        )
     raise TrainingInterrupted(
         f"Stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved in "
         f"{run.out}. Continue it with the same settings and resume=True (--resume)"
@@ -664,7 +667,7 @@ def _end_epoch(run: _Run, lr: float) -> None:
     assert state.history is not None
     state.history.append(row)
     if ddp.main:
-        _write_history(out / "history.csv", state.history)
+        _write_history(out / run_files.HISTORY, state.history)
         run.tracker.epoch(row)
     improved = val_loss < state.best_val_loss - 1e-6
     if improved:
@@ -690,7 +693,7 @@ def _end_epoch(run: _Run, lr: float) -> None:
         run.log(f"Early stopping: no better validation loss for {state.bad_epochs} epochs")
     if ddp.main:
         state.wall_seconds = run.wall_seconds()
-        save_checkpoint(out / CHECKPOINT, run.model, run.opt, state, config, run.ema)
+        save_checkpoint(out / run_files.CHECKPOINT, run.model, run.opt, state, config, run.ema)
 
 
 def _finish(run: _Run) -> TrainResult:
@@ -713,7 +716,7 @@ def _finish(run: _Run) -> TrainResult:
         metrics["calibration"] = _calibrate(run, best, probs, yt)
         card = card.replace(calibration=Calibration(**metrics["calibration"]))
     test_paths = [data.split.records[i].path for i in run.test_b.indices]
-    write_predictions(out / "predictions.csv", test_paths, yt, probs, data.classes)
+    write_predictions(out / run_files.PREDICTIONS, test_paths, yt, probs, data.classes)
     history = state.history or []
     metrics.update(
         {
@@ -728,7 +731,7 @@ def _finish(run: _Run) -> TrainResult:
     )
     card = card.replace(training=replace(card.training, test_accuracy=metrics["accuracy"]))
     save_model(out, best, card)
-    write_json(out / "metrics.json", metrics)
+    write_json(out / run_files.METRICS, metrics)
     weights = run.model.weights_source.split(" ")[0]  # type: ignore[attr-defined]
     title = f"{config.model}, {weights}, freeze={config.freeze}"
     plot_loss(history, out / "loss.png", title=f"Loss: {title}")
@@ -738,7 +741,7 @@ def _finish(run: _Run) -> TrainResult:
         out / "confusion_matrix.png",
         title=f"{title}\ntest accuracy {metrics['accuracy']:.3f}",
     )
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    (out / run_files.CHECKPOINT).unlink(missing_ok=True)
     run.log(
         f"test: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}"
         f"  macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['auroc'] or float('nan'):.4f}"
@@ -789,10 +792,9 @@ def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarra
 
 
 def _finished(out: Path, quiet: bool = False) -> TrainResult:
-    import json
 
-    metrics = json.loads((out / "metrics.json").read_text())
-    with open(out / "history.csv") as f:
+    metrics = RunDir(out).metrics()
+    with open(out / run_files.HISTORY) as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     _, card = load_run_model(out)
     if not quiet:

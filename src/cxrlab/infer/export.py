@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ..data import COVID_RADIOGRAPHY_CLASSES, draw_phantom
-from ..engine import load_run_model
-from ..engine.rundir import require_whole_images
-from ..engine.scoring import ScoringRun, open_run
 from ..errors import CxrlabError
+from ..runs import load_run_model
+from ..runs.folder import require_whole_images
+from ..runs.scoring import ScoringRun, open_run
 from ..utils import strict_json, write_json
 
 __all__ = ["FORMATS", "export_model"]

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..augment import tta_views
 from ..data import load_gray8, resize_gray8, to_gray8
-from ..engine.batches import tta_views
-from ..engine.card import Card
-from ..engine.runtime import resolve_device
 from ..errors import CheckpointError, CxrlabError
+from ..runs.card import Card
+from ..runtime import resolve_device
 
 __all__ = ["Predictor", "load"]
 
@@ -54,8 +54,8 @@ class Predictor:
         masks_from: str | os.PathLike[str] | None = None,
         doubtful: str = "skip",
     ) -> None:
-        from ..engine.ensemble import is_ensemble
-        from ..engine.scoring import open_run
+        from ..runs.ensemble import is_ensemble
+        from ..runs.scoring import open_run
 
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         self.source = Path(sources[0])
@@ -63,7 +63,7 @@ class Predictor:
         self.model: torch.nn.Module | None = None
         self.members: list[Predictor] = []
         self.lungs: Any = None  # the run's lung preprocessing (segment.apply.RunLungs)
-        #: the run's or ensemble's card (:mod:`cxrlab.engine.card`); an ONNX file's summary
+        #: the run's or ensemble's card (:mod:`cxrlab.runs.card`); an ONNX file's summary
         self.card: Card | dict[str, Any]
         self._ood: Any = None  # the shift scorer (cxrlab.shift.reference.OodScorer), once made
         #: why this predictor gives no ``ood_score`` ("" while none was asked for or it gives)
@@ -80,7 +80,7 @@ class Predictor:
         elif self.source.suffix == ".onnx":
             self._init_onnx()
         else:
-            from ..engine import load_run_model
+            from ..runs import load_run_model
 
             run = open_run(self.source)
             self.model, card = load_run_model(self.source)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import run_files
 from ..data import ImageReadError, ImageRecord, apply_lungs, decoded_images, resize_gray8
 from ..data.cache import read_memmap, write_memmap
 from ..data.masks import DecodedMasks
@@ -27,7 +28,7 @@ from ..errors import CxrlabError, DataError
 from ..utils import cache_dir, hash_strings
 from .evaluate import predict_probs
 from .masks import LIMITS, clean_mask, judge_mask
-from .model import MODEL_FILE, load_segmenter
+from .model import load_segmenter
 
 __all__ = [
     "DOUBTFUL_PREDICT",
@@ -43,8 +44,8 @@ __all__ = [
 def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a segmenter in a card: its folder, when it was made, a weights hash."""
     run_dir = Path(run_dir)
-    digest = hashlib.blake2b((run_dir / MODEL_FILE).read_bytes(), digest_size=8).hexdigest()
-    card = json.loads((run_dir / "segmenter_card.json").read_text())
+    digest = hashlib.blake2b((run_dir / run_files.MODEL).read_bytes(), digest_size=8).hexdigest()
+    card = json.loads((run_dir / run_files.SEGMENTER_CARD).read_text())
     return {"run": str(run_dir.resolve()), "created": card.get("created"), "weights": digest,
             "test_dice": card.get("test", {}).get("dice", {}).get("mean")}  # fmt: skip
 

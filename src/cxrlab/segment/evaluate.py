@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import run_files
 from ..data import PreparedData, decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
 from ..errors import CheckpointError
@@ -151,7 +152,7 @@ def evaluate_segmenter(
     if split == "all":
         prepared = prepare_data(root, holdout_all=True, image_size=size, progress=progress)
     else:
-        prepared = prepare_data(root, split_file=run_dir / "split.csv", image_size=size,
+        prepared = prepare_data(root, split_file=run_dir / run_files.SPLIT, image_size=size,
                                 progress=progress)  # fmt: skip
     masks = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
                           progress=progress)  # fmt: skip
@@ -168,7 +169,7 @@ def evaluate_segmenter(
                    "left_out_without_mask": left_out})  # fmt: skip
     folder = Path(out) if out is not None else run_dir / f"evaluation-{split}"
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "metrics.json", {k: v for k, v in result.items() if k != "images"})
+    write_json(folder / run_files.METRICS, {k: v for k, v in result.items() if k != "images"})
     buf = io.StringIO()
     keys = ["path", "label", "dice", "iou", "hd95", "ok", "reasons"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
@@ -179,7 +180,7 @@ def evaluate_segmenter(
     worst_rows = [r["row"] for r in worst]
     probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows)))
     plot_worst(worst, prepared, masks, probs, folder / "worst.png")
-    result["files"] = {"metrics": str(folder / "metrics.json"),
+    result["files"] = {"metrics": str(folder / run_files.METRICS),
                        "per_image": str(folder / "per_image.csv"),
                        "worst": str(folder / "worst.png")}  # fmt: skip
     return result

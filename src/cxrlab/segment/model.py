@@ -26,13 +26,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .. import run_files
 from ..errors import CheckpointError, ConfigError
 from ..models.classifier import Preprocess
 from ..utils import write_json
 
 __all__ = [
     "ENCODERS",
-    "SEGMENTER_CARD",
     "SEGMENTER_FORMAT",
     "LungSegmenter",
     "is_segmenter",
@@ -41,8 +41,6 @@ __all__ = [
 ]
 
 SEGMENTER_FORMAT = "cxrlab-segmenter/1"
-SEGMENTER_CARD = "segmenter_card.json"
-MODEL_FILE = "model.safetensors"
 
 #: Encoder name -> (timm architecture, normalisation mean, std).
 ENCODERS = {"efficientnet_lite0": ("tf_efficientnet_lite0", (0.5,) * 3, (0.5,) * 3)}
@@ -101,23 +99,23 @@ class LungSegmenter(nn.Module):
 
 def is_segmenter(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a segmenter run folder."""
-    return (Path(path) / SEGMENTER_CARD).is_file()
+    return (Path(path) / run_files.SEGMENTER_CARD).is_file()
 
 
 def save_segmenter(run_dir: Path, model: LungSegmenter, card: dict[str, Any]) -> None:
     """``model.safetensors`` (atomically) and the segmenter card."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / f".{MODEL_FILE}.tmp"
+    tmp = run_dir / f".{run_files.MODEL}.tmp"
     save_file(state, str(tmp), metadata={"format": SEGMENTER_FORMAT,
                                          "encoder": model.encoder_name})  # fmt: skip
-    os.replace(tmp, run_dir / MODEL_FILE)
-    write_json(run_dir / SEGMENTER_CARD, card)
+    os.replace(tmp, run_dir / run_files.MODEL)
+    write_json(run_dir / run_files.SEGMENTER_CARD, card)
 
 
 def base_card(model: LungSegmenter, image_size: int) -> dict[str, Any]:
     """The card fields every segmenter run has (training adds data and results)."""
-    from ..engine.runtime import versions
+    from ..runtime import versions
 
     arch = ENCODERS[model.encoder_name][0]
     pre = {"image_size": image_size, "in_chans": 3, "mean": list(model.mean),
@@ -144,21 +142,21 @@ def load_segmenter(run_dir: str | os.PathLike[str]) -> tuple[LungSegmenter, dict
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    card_path = run_dir / SEGMENTER_CARD
+    card_path = run_dir / run_files.SEGMENTER_CARD
     if not card_path.is_file():
-        if (run_dir / "model_card.json").is_file():
+        if (run_dir / run_files.CARD).is_file():
             raise CheckpointError(
                 f"{run_dir} is a classifier run, not a lung segmenter (train one with "
                 "'cxrlab segment train')"
             )
-        raise CheckpointError(f"{run_dir} is not a segmenter run (no {SEGMENTER_CARD})")
+        raise CheckpointError(f"{run_dir} is not a segmenter run (no {run_files.SEGMENTER_CARD})")
     card = json.loads(card_path.read_text())
     if card.get("format") != SEGMENTER_FORMAT:
         raise CheckpointError(f"{card_path} has format {card.get('format')!r}")
     model = LungSegmenter(card["encoder"], "none")
     try:
-        model.load_state_dict(load_file(str(run_dir / MODEL_FILE)))
+        model.load_state_dict(load_file(str(run_dir / run_files.MODEL)))
     except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"{run_dir / MODEL_FILE} does not fit the segmenter: {e}") from e
+        raise CheckpointError(f"{run_dir / run_files.MODEL} does not fit the segmenter: {e}") from e
     model.weights_source = card.get("weights", "")
     return model.eval(), card

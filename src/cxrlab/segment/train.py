@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import run_files
+from ..augment import augment_pair, step_generator
 from ..config import from_dict
 from ..data import decoded_masks, prepare_data
-from ..engine.batches import augment_pair, step_generator
-from ..engine.runtime import resolve_device
 from ..errors import ConfigError, DataError
+from ..runtime import resolve_device
 from ..utils import atomic_write_text, write_json
 from .evaluate import predict_probs, score_masks, summarise_scores
 from .model import LungSegmenter, base_card, load_segmenter, save_segmenter
@@ -45,7 +46,7 @@ class SegmentConfig:
         image_size: square input size (COVID-QU-Ex's masks are 256 px).
         encoder, weights: the U-Net's encoder and ``imagenet`` or ``none``.
         epochs, batch_size, lr: Adam with cosine decay over the epochs.
-        augment: ``none``, ``light`` or ``xray`` (see :func:`~cxrlab.engine.batches.augment_pair`).
+        augment: ``none``, ``light`` or ``xray`` (see :func:`~cxrlab.augment.augment_pair`).
         seed: initialisation of the decoder, order and augmentation.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``...
     """
@@ -95,7 +96,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    data = prepare_data(config.data, split_file=out / "split.csv", split_seed=config.split_seed,
+    data = prepare_data(config.data, split_file=out / run_files.SPLIT, split_seed=config.split_seed,
                         image_size=config.image_size, split_source=config.split_source,
                         progress=config.progress)  # fmt: skip
     masks = decoded_masks(data.report.root, data.split.records, config.image_size, "lung",
@@ -133,7 +134,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
         speed = n / seconds
         tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
                    f"  val Dice {val:.4f}  {seconds:.1f}s  {speed:.1f} img/s{mark}")  # fmt: skip
-    _write_history(out / "history.csv", history)
+    _write_history(out / run_files.HISTORY, history)
     best_model, _ = load_segmenter(out)
     best_model.to(device)
     scores = score_masks(best_model, data, masks, rows["test"], config.batch_size)
@@ -148,7 +149,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
         "test": test["overall"],
     }  # fmt: skip
     save_segmenter(out, best_model, card)
-    write_json(out / "metrics.json", test)
+    write_json(out / run_files.METRICS, test)
     tqdm.write(f"test: Dice {test['overall']['dice']['mean']:.4f}  IoU "
                f"{test['overall']['iou']['mean']:.4f}  HD95 {test['overall']['hd95']['mean']:.2f}"
                f" px on {test['overall']['n']} images -> {out}")  # fmt: skip

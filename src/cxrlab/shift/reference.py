@@ -148,7 +148,7 @@ def image_evidence(
 def _key(run_dir: Path, card: Any) -> str:
     """What a reference depends on: the run's model (a retrained run is a new one) and
     this format."""
-    from ..engine.rundir import model_stamp
+    from ..runs.folder import model_stamp
 
     return hash_strings([f"shift-reference-v{_VERSION}", *model_stamp(run_dir, card)])
 
@@ -158,7 +158,7 @@ def store_reference(run_dir: str | os.PathLike[str], *, device: str = "auto",
     """Compute and keep a freshly trained run's reference (``train`` and ``study run`` call it
     as a run finishes, while its data are at hand); a line saying what was done, or why not
     (a run whose reference cannot be made still trained: ``cxrlab shift`` says why later)."""
-    from ..engine.runtime import resolve_device
+    from ..runtime import resolve_device
 
     try:
         ref = reference(run_dir, device=str(resolve_device(device)), progress=progress)
@@ -179,8 +179,8 @@ def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
     """
     from safetensors.numpy import load_file, save_file
 
-    from ..engine.rundir import load_run_model
-    from ..engine.scoring import open_run
+    from ..runs.folder import load_run_model
+    from ..runs.scoring import open_run
 
     run_dir = Path(run_dir)
     run = open_run(run_dir)

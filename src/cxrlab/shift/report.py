@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_SIGNAL",
     "POWER_SIZES",
     "format_shift",
+    "holdout_shift",
     "model_labels",
     "prepare_site",
     "shift_report",
@@ -131,8 +132,8 @@ def shift_report(
         CxrlabError: the run is not one finished run; the folder holds no image; every image
             copies the run's data; an unknown signal or test.
     """
-    from ..engine.rundir import load_run_model
-    from ..engine.scoring import open_run
+    from ..runs.folder import load_run_model
+    from ..runs.scoring import open_run
 
     if signal not in (*SIGNALS, COMBINED):
         raise CxrlabError(f"Unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}, "
@@ -366,3 +367,15 @@ def write_shift_report(r: dict[str, Any], out: str | os.PathLike[str]) -> list[P
     fig.savefig(fig_path, dpi=120)
     plt.close(fig)
     return [out, md, fig_path]
+
+
+def holdout_shift(
+    run_dir: str | os.PathLike[str], prepared: PreparedData, split: str, progress: bool = True
+) -> dict[str, Any]:
+    """Would the run have seen a held-out source coming? The shift report of that source's
+    ``split`` without per-image rows (:func:`shift_summary`); ``{"error": ...}`` where it
+    cannot be made. ``holdout.json`` keeps it under each split's ``shift``."""
+    try:
+        return shift_summary(shift_report(run_dir, prepared, split=split, progress=progress))
+    except CxrlabError as e:
+        return {"error": str(e)}

@@ -1,6 +1,14 @@
 """Studies: a grid of training runs from a TOML file, run resumably, with a report."""
 
-from .config import Cell, StudyConfig, arm_label, load_study_config, parse_study_config
+from .config import (
+    Cell,
+    StudyConfig,
+    arm_label,
+    load_study_config,
+    load_study_folder,
+    parse_study_config,
+)
+from .final import choose_final
 from .report import build_report
 from .runner import StudyProgress, run_study, select_cells
 
@@ -10,7 +18,9 @@ __all__ = [
     "StudyProgress",
     "arm_label",
     "build_report",
+    "choose_final",
     "load_study_config",
+    "load_study_folder",
     "parse_study_config",
     "run_study",
     "select_cells",

@@ -81,6 +81,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "ADAPTED_DIR",
+    "FINAL_DIR",
     "AdaptSettings",
     "AnalysisSettings",
     "AuditSettings",
@@ -89,6 +90,7 @@ __all__ = [
     "StudySettings",
     "arm_label",
     "load_study_config",
+    "load_study_folder",
 ]
 
 
@@ -133,7 +135,7 @@ class StudySettings:
                 "patients": tuple(f"{k}={v}" for k, v in self.patients.items())}  # fmt: skip
 
     def __post_init__(self) -> None:
-        from ..engine.external import ExternalSet, external_sets
+        from ..runs.external_sets import ExternalSet, external_sets
 
         for name, m in self.class_map.items():
             if not isinstance(m, (str, dict)) or (
@@ -152,6 +154,7 @@ class StudySettings:
 
 #: Where a study keeps its cells' adapted runs: ``<study>/adapted/<cell id>/<site>-n<N>-d<draw>``.
 ADAPTED_DIR = "adapted"
+FINAL_DIR = "final"  # the study's chosen model (an ensemble folder)
 
 
 @dataclass(frozen=True)
@@ -432,7 +435,7 @@ def _settings(table: dict[str, Any],
             data_ = data_[0]
         settings = dataclasses.replace(settings, data=data_)
     if overrides.get("external"):  # --external NAME=PATH: added, or replacing one of that name
-        from ..engine.external import ExternalSet, external_sets
+        from ..runs.external_sets import ExternalSet, external_sets
 
         sets = [e if isinstance(e, ExternalSet) else external_sets([e])[0]
                 for e in overrides["external"]]  # fmt: skip
@@ -589,7 +592,7 @@ def load_study_config(
     masks_from: str | os.PathLike[str] | None = None,
 ) -> StudyConfig:
     """Read and check a study TOML file; ``data``, ``epochs`` and ``seeds`` override it,
-    ``external`` (:class:`~cxrlab.engine.external.ExternalSet`) adds external sets to
+    ``external`` (:class:`~cxrlab.runs.external_sets.ExternalSet`) adds external sets to
     ``[study] external`` (replacing one of the same name), and ``masks_from`` (a lung
     segmenter run) gives lung masks to the cells with ``lungs`` other than ``keep``.
 
@@ -608,6 +611,21 @@ def load_study_config(
     overrides = {"data": data, "epochs": epochs, "seeds": seeds, "external": tuple(external),
                  "masks_from": masks_from}  # fmt: skip
     return _parse(data_, source, path, overrides)
+
+
+def load_study_folder(study_dir: str | os.PathLike[str]) -> StudyConfig:
+    """The study a folder of ``cxrlab study run`` holds: its ``study.toml`` with the
+    command-line overrides it was run with (kept in ``study.json``).
+
+    Raises:
+        ConfigError: the folder has no ``study.toml``, or it does not parse.
+    """
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.toml").is_file():
+        raise ConfigError(f"{study_dir} has no study.toml: not a folder of 'cxrlab study run'")
+    state = study_dir / "study.json"
+    overrides = json.loads(state.read_text()).get("overrides", {}) if state.exists() else {}
+    return load_study_config(study_dir / "study.toml", **overrides)
 
 
 def parse_study_config(text: str, **overrides: Any) -> StudyConfig:

@@ -3,7 +3,7 @@
 With ``[study] final = "best"`` the training type with the lowest mean validation loss over
 its seeds is chosen, and its seed with the lowest validation loss becomes the final model;
 with ``final = "ensemble"`` all seeds of that training type are averaged. Either way the
-folder is an ensemble folder (:mod:`cxrlab.engine.ensemble`) that ``predict``, ``evaluate``,
+folder is an ensemble folder (:mod:`cxrlab.runs.ensemble`) that ``predict``, ``evaluate``,
 ``export`` and ``serve`` accept like a run folder. The choice reads validation data only.
 
 Only cells trained on all the study's data are candidates; a cell that holds a source out
@@ -25,17 +25,33 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..engine.ensemble import write_ensemble
-from ..engine.rundir import load_card
-from .config import Cell, StudyConfig
+from ..runs.ensemble import write_ensemble
+from ..runs.folder import load_card
+from .config import FINAL_DIR, Cell, StudyConfig
+from .report.results import collect_results
 
-__all__ = ["FINAL_DIR", "final_scores", "write_final"]
-
-FINAL_DIR = "final"
+__all__ = ["FINAL_DIR", "choose_final", "final_scores", "write_final"]
 
 
 def _val_loss(run: Path) -> float:
     return float(load_card(run).training.best_val_loss)
+
+
+def choose_final(study: StudyConfig, study_dir: str | Path) -> Path | None:
+    """Choose a finished study's final model and write ``final/`` (replacing one there).
+
+    The study runner calls this when the study's last cell has finished, and ``cxrlab study
+    final`` does on demand; ``cxrlab study report`` only reads ``final/``.
+
+    Returns:
+        The folder, or ``None`` when ``[study] final`` is ``"none"``, a cell has not
+        finished, or no training type is a candidate.
+    """
+    study_dir = Path(study_dir)
+    results = collect_results(study, study_dir)
+    if results.missing:
+        return None
+    return write_final(study, results.rows, study_dir)
 
 
 def write_final(study: StudyConfig, rows: list[dict[str, Any]], study_dir: Path) -> Path | None:

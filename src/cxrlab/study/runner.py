@@ -35,15 +35,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..engine import train
-from ..engine.checkpoint import CHECKPOINT
-from ..engine.external import ExternalSet
 from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
+from ..runs.external_sets import ExternalSet
+from ..runs.folder import RunDir
 from ..shift.reference import store_reference
 from ..utils import atomic_write_text, usable_cpus, write_json
 from .config import ADAPTED_DIR, Cell, StudyConfig
+from .final import choose_final
 
 __all__ = ["StudyProgress", "parse_shard", "run_study", "select_cells"]
 
@@ -125,7 +127,7 @@ def _alive(pid: int) -> bool:
 def _check_same_settings(cell: Cell, run_dir: Path) -> None:
     import json
 
-    cfg_file = run_dir / "config.json"
+    cfg_file = run_dir / run_files.CONFIG
     if not cfg_file.exists():
         return
     diff = cell.config.differences(json.loads(cfg_file.read_text())["config"])
@@ -139,12 +141,11 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
 
 
 #: Where a cell's audit goes, inside its run folder; the study's data probes, in the study.
-AUDIT_DIR = "audit"
 
 
 def _needs_audit(study: StudyConfig, run_dir: Path) -> bool:
     cell_checks = _cell_checks(study)
-    return bool(cell_checks) and not (run_dir / AUDIT_DIR / "audit.json").exists()
+    return bool(cell_checks) and not (run_dir / run_files.AUDIT_DIR / "audit.json").exists()
 
 
 def _cell_checks(study: StudyConfig) -> tuple[str, ...]:
@@ -159,7 +160,7 @@ def _audit_cell(study: StudyConfig, run_dir: Path, progress: bool) -> None:
 
     assert study.audit is not None
     tqdm.write(f"== auditing {run_dir.name}")
-    run_audit(run_dir, split=study.audit.split, out=run_dir / AUDIT_DIR,
+    run_audit(run_dir, split=study.audit.split, out=run_dir / run_files.AUDIT_DIR,
               checks=_cell_checks(study), cam_images=study.audit.cam_images or None,
               progress=progress)  # fmt: skip
 
@@ -169,11 +170,11 @@ def _probe_data(study: StudyConfig, out: Path, progress: bool) -> None:
     from ..audit import run_audit
 
     assert study.audit is not None
-    target = out / AUDIT_DIR
+    target = out / run_files.AUDIT_DIR
     if (target / "audit.json").exists():
         return
     done = next((out / "runs" / c.id for c in study.cells
-                 if (out / "runs" / c.id / "metrics.json").exists()), None)  # fmt: skip
+                 if RunDir(out / "runs" / c.id).finished), None)  # fmt: skip
     lock = out / "runs" / "data-probes.lock"
     if done is None or not _claim(lock):
         return
@@ -211,7 +212,7 @@ def _analyze(study: StudyConfig, out: Path, progress: bool) -> None:
 
 class _Externals:
     """The study's external sets, each prepared once per input size and lungs mode, and
-    every cell scored on each (see :mod:`cxrlab.engine.external`). A set that cannot be
+    every cell scored on each (see :mod:`cxrlab.runs.external_sets`). A set that cannot be
     read is one line, once, and the study goes on with the others."""
 
     def __init__(self, study: StudyConfig, classes: Sequence[str], own: str,
@@ -224,7 +225,7 @@ class _Externals:
         self._prepared: dict[tuple[str, int, str, str], PreparedData] = {}
 
     def _prepare(self, ext: ExternalSet, cell: Cell) -> PreparedData | None:
-        from ..engine.external import prepare_external
+        from ..runs.external_sets import prepare_external
 
         cfg = cell.config
         key = (ext.name, cfg.image_size, cfg.lungs, cfg.masks_from or "")
@@ -249,7 +250,7 @@ class _Externals:
 
     def missing(self, cell: Cell, run_dir: Path) -> bool:
         """Whether a set has no current result for this finished cell."""
-        from ..engine.external import is_current
+        from ..runs.external_sets import is_current
 
         return any(
             (prepared := self._prepare(ext, cell)) is not None
@@ -258,7 +259,7 @@ class _Externals:
         )
 
     def evaluate(self, cell: Cell, run_dir: Path) -> None:
-        from ..engine.external import describe_result, evaluate_external
+        from ..runs.external_sets import describe_result, evaluate_external
 
         for ext in self.sets:
             prepared = self._prepare(ext, cell)
@@ -279,7 +280,7 @@ def _split_for(cell: Cell, shared: PreparedData, out: Path) -> Path:
     that source's images (``splits/without-<source>.csv``): every cell draws nothing anew."""
     held = cell.config.holdout_source
     if not held:
-        return out / "split.csv"
+        return out / run_files.SPLIT
     path = out / "splits" / f"without-{held}.csv"
     if not path.exists():
         split = shared.split
@@ -319,7 +320,7 @@ def _finished(study: StudyConfig, cell: Cell, out: Path) -> bool:
     """Whether a cell has nothing left to do that can be told without preparing external
     sets: trained and audited, in a study without external sets."""
     run_dir = out / "runs" / cell.id
-    return ((run_dir / "metrics.json").exists() and not _needs_audit(study, run_dir)
+    return (RunDir(run_dir).finished and not _needs_audit(study, run_dir)
             and not study.settings.external)  # fmt: skip
 
 
@@ -397,7 +398,7 @@ def _shared_split(study: StudyConfig, out: Path, progress: bool) -> PreparedData
     starts."""
     first = study.cells[0].config
     return prepare_data(first.data, class_map=first.class_map, sources_csv=first.sources_csv,
-                        patients=first.patients, split_file=out / "split.csv",
+                        patients=first.patients, split_file=out / run_files.SPLIT,
                         split_seed=first.split_seed, ratios=first.ratios,
                         split_source=first.split_source, near_copies=first.near_copies,
                         image_size=first.image_size,
@@ -410,7 +411,7 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
     still needed: ``"ran"``, ``"skipped"`` (already done) or ``"busy"`` (another process)."""
     run_dir = out / "runs" / cell.id
     _check_same_settings(cell, run_dir)
-    trained = (run_dir / "metrics.json").exists()
+    trained = RunDir(run_dir).finished
     if (trained and not _needs_audit(study, run_dir) and not externals.missing(cell, run_dir)
             and not _adaptations(study, cell.id, out)):  # fmt: skip
         return "skipped"
@@ -420,7 +421,7 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
         return "busy"
     try:
         if not trained:
-            resume = (run_dir / CHECKPOINT).exists()
+            resume = (run_dir / run_files.CHECKPOINT).exists()
             if run_dir.exists() and not resume:
                 shutil.rmtree(run_dir)  # started but not one epoch done: start again
             tqdm.write(f"== {cell.id} ({cell.label}){' resuming' if resume else ''}")
@@ -552,8 +553,10 @@ def run_study(
             done[outcome].append(cell.id)
     if study.audit is not None and "probes" in study.audit.checks:
         _probe_data(study, out, progress)
-    finished = sum((out / "runs" / c.id / "metrics.json").exists() for c in study.cells)
+    finished = sum(RunDir(out / "runs" / c.id).finished for c in study.cells)
     if study.analysis is not None and study.analysis.reuse and finished == len(study.cells):
         _analyze(study, out, progress)
+    if finished == len(study.cells):
+        choose_final(study, out)
     return StudyProgress(out, len(study.cells), finished, done["ran"], done["skipped"],
                          done["busy"])  # fmt: skip

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ... import run_files
 from ...analysis.figures import plot_by_size
 from ...data.split import load_split
-from ...engine.ensemble import read_ensemble
+from ...runs.ensemble import read_ensemble
 from ...utils import atomic_write_text
-from ..config import StudyConfig, load_study_config
-from ..final import write_final
+from ..config import FINAL_DIR, StudyConfig, load_study_folder
 from .adapt import adapt_markdown, collect_adapt
 from .audits import StudyAudits, audit_markdown, collect_audits
 from .external import (
@@ -57,7 +56,7 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     """
     study_dir = Path(study_dir)
     if study is None:
-        study = load_study_config(study_dir / "study.toml", **_overrides(study_dir))
+        study = load_study_folder(study_dir)
     results = collect_results(study, study_dir)
     comparisons = compare(results, study.settings.alpha, study.settings.bootstrap)
     externals = collect_external(study, study_dir, results)  # adds their results.csv columns
@@ -96,9 +95,11 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
     }
     atomic_write_text(files["results"], results_csv(results))
     audits = collect_audits(study_dir, results)
-    if not results.missing and (final := write_final(study, results.rows, study_dir)):
-        files["final"] = final
-    split = load_split(study_dir / "split.csv") if (study_dir / "split.csv").is_file() else None
+    if not results.missing and study.settings.final != "none" and (study_dir / FINAL_DIR).is_dir():
+        files["final"] = study_dir / FINAL_DIR  # chosen by the runner (or 'cxrlab study final')
+    split = (
+        load_split(study_dir / run_files.SPLIT) if (study_dir / run_files.SPLIT).is_file() else None
+    )
     audit_lines = audit_markdown(audits) if audits else None
     summary = summary_markdown(study, results, comparisons, audit_lines,
                                external_markdown(externals, external_cmp), split)  # fmt: skip
@@ -123,9 +124,3 @@ def build_report(study_dir: str | os.PathLike[str], study: StudyConfig | None = 
                        (externals, external_cmp))  # fmt: skip
     atomic_write_text(files["report"], page)
     return Report(results, comparisons, files | figures, audits, externals, external_cmp)
-
-
-def _overrides(study_dir: Path) -> dict:
-    """The command-line overrides the study was run with (kept in study.json)."""
-    path = study_dir / "study.json"
-    return json.loads(path.read_text()).get("overrides", {}) if path.exists() else {}

@@ -1,7 +1,7 @@
 """External sets in the report: in distribution against elsewhere, per training type.
 
 For every ``[study] external`` set the finished runs' stored results (``<run>/external/``,
-see :mod:`cxrlab.engine.external`) become columns of ``results.csv``
+see :mod:`cxrlab.runs.external_sets`) become columns of ``results.csv``
 (``<set>_accuracy``, ``<set>_macro_f1``, ...), a table per set (in-distribution accuracy, the
 set's accuracy, macro-F1, AUROC and ECE before and after each run's temperature, and the
 drop), a heat map of where each of the set's classes went, and the same two-level
@@ -21,8 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ...engine.external import EXTERNAL_DIR, ExternalSet, read_external
+from ... import run_files
 from ...evaluation.intervals import wilson_interval
+from ...runs.external_sets import ExternalSet, read_external
 from ..config import StudyConfig
 from .results import Comparison, StudyResults, compare, format_stat, summarise
 
@@ -85,7 +86,9 @@ def collect_external(study: StudyConfig, out: Path, results: StudyResults) -> li
             if "error" in stored:
                 errors[row["cell"]] = row[f"{ext.name}_error"] = stored["error"]
                 continue
-            preds = out / "runs" / row["cell"] / EXTERNAL_DIR / f"{ext.name}.predictions.csv"
+            preds = (
+                out / "runs" / row["cell"] / run_files.EXTERNAL_DIR / f"{ext.name}.predictions.csv"
+            )
             correct[row["cell"]] = _read_correct(preds)
             n, acc = int(stored["n"]), float(stored["accuracy"])
             low, high = wilson_interval(round(acc * n), n)

@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ... import run_files
 from ...data import load_gray8, resize_gray8
 from ...data.split import load_split
-from ...engine.rundir import load_card
+from ...runs.folder import load_card
 from ..config import StudyConfig
 from .results import Comparison, StudyResults, summarise, table_groups
 
@@ -103,7 +104,7 @@ def _stem_module(model_name: str) -> str | None:
 
 def _stem_features(run_dir: Path, image: np.ndarray) -> np.ndarray:
     """First-stage feature maps (after the stem's conv, norm and activation) on one image."""
-    from ...engine import load_run_model
+    from ...runs import load_run_model
 
     model, card = load_run_model(run_dir)
     size = card.image_size
@@ -136,7 +137,7 @@ def plot_feature_maps(study: StudyConfig, results: StudyResults, out_dir: Path,
                 break
         else:
             continue
-        split = load_split(study_dir / "split.csv")
+        split = load_split(study_dir / run_files.SPLIT)
         first = split.records[split.indices("test")[0]]
         root = Path(_data_root(study_dir / "runs" / p["cell"]))
         image = load_gray8(root / first.path)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import run_files
 from ...evaluation.intervals import wilson_interval
 
 __all__ = ["DIVERGED", "NOT_ABOVE_CHANCE", "run_flags"]
@@ -26,7 +27,7 @@ __all__ = ["DIVERGED", "NOT_ABOVE_CHANCE", "run_flags"]
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
     try:
-        with open(run_dir / "history.csv", newline="") as f:
+        with open(run_dir / run_files.HISTORY, newline="") as f:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     except (OSError, ValueError):
         return []

@@ -7,8 +7,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ...engine.card import CARD_FILE, RunCard
-from ...engine.rundir import load_card
+from ... import run_files
+from ...runs.card import RunCard
+from ...runs.folder import load_card
 from ..config import StudyConfig
 from .adapt import adapt_tables
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
@@ -294,6 +295,6 @@ def _markdown_table(lines: list[str]) -> str:
 def _first_card(study_dir: Path, results: StudyResults) -> RunCard | None:
     for r in results.rows:
         run = study_dir / "runs" / r["cell"]
-        if (run / CARD_FILE).exists():
+        if (run / run_files.CARD).exists():
             return load_card(run)
     return None

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ... import run_files
 from ...data.split import Split, train_size_label
-from ...engine.rundir import load_card
+from ...runs.folder import RunDir, load_card
 from ..config import StudyConfig
 from ..stats import (
     holm,
@@ -197,12 +198,12 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
         if cell.selects and cell.id not in chosen:
             continue
         run = out / "runs" / cell.id
-        if not (run / "metrics.json").exists():
+        if not RunDir(run).finished:
             missing.append(cell.id)
             continue
-        m = json.loads((run / "metrics.json").read_text())
+        m = RunDir(run).metrics()
         card = load_card(run)
-        preds = _read_predictions(run / "predictions.csv")
+        preds = _read_predictions(run / run_files.PREDICTIONS)
         if not cell.config.holdout_source:  # a cell holding a source out tests on fewer
             paths = paths or sorted(preds)
             correct[cell.id] = np.array([preds[p] for p in paths], dtype=bool)
@@ -275,7 +276,7 @@ def _holdout_columns(source: str | None, run: Path) -> dict[str, Any]:
     if not source:
         return {}
     out: dict[str, Any] = {"holdout_source": source}
-    path = run / "holdout.json"
+    path = run / run_files.HOLDOUT
     if path.is_file():
         held = json.loads(path.read_text())
         for split in ("val", "test"):

@@ -21,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ...engine.rundir import load_card
+from ... import run_files
 from ...errors import CheckpointError
+from ...runs.folder import RunDir, load_card
 from ..config import without_seed
 
 __all__ = ["plot_trials", "select_trial", "trials_csv", "validation_scores"]
@@ -34,12 +35,12 @@ def validation_scores(run_dir: Path) -> dict[str, float] | None:
     Reads only ``model_card.json`` and ``history.csv``; a run without ``metrics.json`` has not
     finished (its kept checkpoint may still change) and counts as unfinished.
     """
-    if not (run_dir / "metrics.json").exists():
+    if not RunDir(run_dir).finished:
         return None
     try:
         card = load_card(run_dir)
         best = int(card.training.best_epoch)
-        with open(run_dir / "history.csv", newline="") as f:
+        with open(run_dir / run_files.HISTORY, newline="") as f:
             row = next(r for r in csv.DictReader(f) if int(float(r["epoch"])) == best)
     except (CheckpointError, OSError, ValueError, KeyError, StopIteration):
         return None

@@ -1,4 +1,4 @@
-"""Running a model over batches, and ``cxrlab evaluate`` for a finished run."""
+"""``cxrlab evaluate`` for a finished run, and a finished run's probabilities."""
 
 from __future__ import annotations
 
@@ -9,102 +9,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import DecodedImages, PreparedData
+from ..engine.batches import ImageBatches, predict_batches
 from ..errors import CheckpointError
 from ..evaluation import classification_metrics, expected_calibration_error
 from ..evaluation.calibration import apply_temperature
+from ..runtime import resolve_device, run_precision
 from ..utils import write_json
-from .batches import ImageBatches, tta_views
 from .card import RunCard
-from .rundir import load_run_model
-from .runtime import autocast, resolve_device, run_precision
+from .folder import load_run_model, write_predictions
 from .scoring import open_run
 
 __all__ = [
     "NOT_EXTERNAL_SHARE",
     "evaluate_run",
-    "predict_batches",
     "run_probabilities",
     "scored_positions",
-    "write_predictions",
 ]
-
-
-@torch.no_grad()
-def predict_batches(
-    model: torch.nn.Module,
-    batches: ImageBatches,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    *,
-    desc: str = "",
-    progress: bool = False,
-    tta: bool = False,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities for every image of ``batches`` (in subset order).
-
-    With ``tta`` the probabilities of :func:`~cxrlab.engine.batches.tta_views` are averaged
-    (images only, not cached features).
-
-    Returns:
-        ``(probs, y_true, mean_loss)``: ``probs`` is ``(N, K)`` float32, ``y_true`` ``(N,)``,
-        and ``mean_loss`` the mean cross-entropy.
-    """
-    was_training = model.training
-    model.eval()
-    probs, ys, loss_sum = [], [], 0.0
-    for x, y in tqdm(
-        batches.batches(),
-        total=len(batches),
-        desc=desc,
-        leave=False,
-        disable=not progress or None,
-        unit="batch",
-    ):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if tta:  # the average probability of the views
-            with autocast(device, amp_dtype):
-                views = [model(v).float() for v in tta_views(x.float())]
-            p = torch.stack([v.softmax(dim=1) for v in views]).mean(0)  # (B, K)
-            loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
-        else:
-            with autocast(device, amp_dtype):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            p = logits.softmax(dim=1)
-        probs.append(p.cpu())
-        ys.append(y.cpu())
-    model.train(was_training)
-    n = max(1, len(batches.indices))
-    return torch.cat(probs).numpy(), torch.cat(ys).numpy(), loss_sum / n
-
-
-def write_predictions(
-    path: str | os.PathLike[str],
-    paths: list[str],
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    classes: list[str] | tuple[str, ...],
-) -> None:
-    """Per-image predictions as CSV: path, true and predicted class, every probability.
-
-    Studies pair runs image by image on the shared test set from these files.
-    """
-    import csv
-    import io
-
-    from ..utils import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "pred", *(f"p_{c}" for c in classes)])
-    for p, t, pr in zip(paths, y_true, probs):
-        w.writerow([p, classes[int(t)], classes[int(pr.argmax())], *(f"{v:.6f}" for v in pr)])
-    atomic_write_text(path, buf.getvalue())
 
 
 def run_probabilities(
@@ -125,8 +47,8 @@ def run_probabilities(
     Returns:
         ``(probs, card)``: ``(len(rows), K)`` uncalibrated probabilities and the run's card.
     """
+    from ..engine.features import TrainableRest, build_frozen_features, feature_cache_plan
     from ..freeze import apply_freeze
-    from .features import TrainableRest, build_frozen_features, feature_cache_plan
 
     model, card = load_run_model(member)
     model.to(device)
@@ -187,7 +109,7 @@ def evaluate_run(
         exclude_copies: on another dataset, leave out of the metrics every image that copies
             one of the run's training or validation images (found by content hash and
             perceptual signature, and reported in ``overlap``), and every image of a patient
-            the run saw (:meth:`~cxrlab.engine.scoring.ScoringRun.seen_patients`).
+            the run saw (:meth:`~cxrlab.runs.scoring.ScoringRun.seen_patients`).
         predictions: write the scored images' predictions here (CSV, see
             :func:`write_predictions`; labels are the model classes they map to).
         image_size: test at this input size instead of the run's (a convolutional network

@@ -13,20 +13,20 @@ saw, and how close its accuracy estimate without labels came). Results go to
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import prepare_data
+from .. import run_files
+from ..data import PreparedData, prepare_data
 from ..data.sources import parse_sources
+from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..utils import write_json
-from .config import TrainConfig
 from .evaluate import evaluate_run
 from .scoring import open_run
 
-__all__ = ["HOLDOUT_FILE", "score_holdout", "split_sources"]
-
-HOLDOUT_FILE = "holdout.json"
+__all__ = ["score_holdout", "split_sources"]
 
 
 #: What :func:`split_sources` returns for each side: ``(data, class_map, sources_csv,
@@ -67,24 +67,24 @@ def split_sources(config: TrainConfig) -> tuple[SourceParts, SourceParts | tuple
              part(config.patients, True)))  # fmt: skip
 
 
-def _shift(run_dir: Path, prepared: Any, split: str, progress: bool) -> dict[str, Any]:
-    """Would the run have seen the held-out source coming? The shift report of its split
-    (:mod:`cxrlab.shift`), without per-image rows; ``{"error": ...}`` where it cannot be
-    made."""
-    from ..errors import CxrlabError
-    from ..shift.report import shift_report, shift_summary
-
-    try:
-        return shift_summary(shift_report(run_dir, prepared, split=split, progress=progress))
-    except CxrlabError as e:
-        return {"error": str(e)}
+#: What :func:`score_holdout` adds to each split's scores under ``shift``: given the run
+#: folder, the prepared held-out source and the split.
+ShiftSummary = Callable[[Path, PreparedData, str, bool], dict[str, Any]]
 
 
 def score_holdout(
-    run_dir: str | os.PathLike[str], config: TrainConfig, *, progress: bool = True
+    run_dir: str | os.PathLike[str],
+    config: TrainConfig,
+    *,
+    shift: ShiftSummary | None = None,
+    progress: bool = True,
 ) -> dict[str, Any] | None:
     """Score the held-out source of a finished run on its validation and test splits (see
-    the module docstring) and write ``holdout.json``; ``None`` without ``holdout_source``."""
+    the module docstring) and write ``holdout.json``; ``None`` without ``holdout_source``.
+
+    ``shift`` (the trainer passes :func:`cxrlab.shift.report.holdout_shift`) adds whether
+    the run would have seen the source coming.
+    """
     _, held = split_sources(config)
     if not held:
         return None
@@ -100,7 +100,8 @@ def score_holdout(
     for split in ("val", "test"):
         m = evaluate_run(run_dir, data=prepared, split=split, progress=progress)
         m.pop("routing_paths", None)
-        m["shift"] = _shift(run_dir, prepared, split, progress)
+        if shift is not None:
+            m["shift"] = shift(run_dir, prepared, split, progress)
         out[split] = m
-    write_json(run_dir / HOLDOUT_FILE, out)
+    write_json(run_dir / run_files.HOLDOUT, out)
     return out

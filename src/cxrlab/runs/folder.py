@@ -1,9 +1,10 @@
-"""A run folder on disk: the model weights, its card, and loading both back safely.
+"""A run folder on disk (:class:`RunDir`): the model weights, its card, its metrics, split
+and predictions, and loading them back safely.
 
 ``model.safetensors`` holds the weights with a small header (model name, classes);
 ``model_card.json`` holds everything needed to use and to trust the model: architecture,
 classes, preprocessing, weights source, freezing, data and split hashes, seed, versions
-(read and written as a typed :class:`~cxrlab.engine.card.RunCard`).
+(read and written as a typed :class:`~cxrlab.runs.card.RunCard`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .. import run_files
 from ..data import RESIZE_METHOD, PreparedData
-from ..errors import CheckpointError
+from ..data.split import Split, load_split
+from ..engine.config import TrainConfig
+from ..errors import CheckpointError, ConfigError
 from ..freeze import FreezeReport
 from ..models import CxrClassifier, create_model, get_spec
+from ..runtime import versions
 from ..utils import write_json
-from .card import CARD_FILE, CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
-from .checkpoint import CHECKPOINT
-from .config import TrainConfig
-from .runtime import versions
+from .card import CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
 
 __all__ = [
-    "CARD_FILE",
     "CARD_FORMAT",
-    "INIT_FILE",
-    "MODEL_FILE",
+    "RunDir",
     "build_card",
     "load_card",
     "load_run_model",
@@ -42,16 +43,137 @@ __all__ = [
     "require_whole_images",
     "save_model",
     "save_weights",
+    "write_predictions",
 ]
 
-MODEL_FILE = "model.safetensors"
-INIT_FILE = "init.safetensors"  # the weights a run started from (--keep-init)
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """A run folder: where each of its files lies, whether it has finished, and its contents
+    read back (the card checked and typed, the split as a :class:`~cxrlab.data.split.Split`).
+
+    Example:
+        >>> run = RunDir("runs/x")  # doctest: +SKIP
+        >>> run.finished, run.card().model, run.metrics()["accuracy"]  # doctest: +SKIP
+    """
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def card_file(self) -> Path:
+        return self.path / run_files.CARD
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / run_files.MODEL
+
+    @property
+    def init_file(self) -> Path:
+        return self.path / run_files.INIT
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / run_files.CHECKPOINT
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / run_files.CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / run_files.METRICS
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / run_files.SPLIT
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / run_files.HISTORY
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.path / run_files.PREDICTIONS
+
+    @property
+    def holdout_file(self) -> Path:
+        return self.path / run_files.HOLDOUT
+
+    @property
+    def external_dir(self) -> Path:
+        return self.path / run_files.EXTERNAL_DIR
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.path / run_files.AUDIT_DIR
+
+    @property
+    def finished(self) -> bool:
+        """Training has finished: ``metrics.json`` is written last."""
+        return self.metrics_file.is_file()
+
+    @property
+    def interrupted(self) -> bool:
+        """A checkpoint and no metrics: training is running, or stopped before the end."""
+        return self.checkpoint_file.is_file() and not self.finished
+
+    def card(self) -> RunCard:
+        """The run's card, checked (see :func:`load_card`)."""
+        return load_card(self.path)
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json`` of a finished run.
+
+        Raises:
+            CheckpointError: the run has not finished.
+        """
+        if not self.finished:
+            raise CheckpointError(f"{self.path} has no {run_files.METRICS}: not a finished run")
+        return json.loads(self.metrics_file.read_text())
+
+    def split(self) -> Split:
+        """The split the run trained on."""
+        return load_split(self.split_file)
+
+    def require_finished(self) -> None:
+        """See :func:`require_finished`."""
+        require_finished(self.path)
+
+    def prepare(self, resume: bool) -> None:
+        """Create the folder for training; refuse to overwrite a finished or interrupted run
+        unless resuming.
+
+        Raises:
+            ConfigError: the folder holds a run and ``resume`` is false.
+            CheckpointError: ``resume`` and the folder holds a run's files but no checkpoint.
+        """
+        finished, interrupted = self.finished, self.checkpoint_file.exists()
+        if not resume and (finished or interrupted):
+            what = ("a finished run" if finished else
+                    "an interrupted run (continue it with resume=True, --resume)")  # fmt: skip
+            raise ConfigError(
+                f"{self.path} already holds {what}; choose another folder (out, --out)"
+            )
+        if resume and not interrupted and not finished and self.config_file.exists():
+            raise CheckpointError(
+                f"{self.path} has no {run_files.CHECKPOINT} to resume from; start a new run"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
 
 
 def save_model(run_dir: str | os.PathLike[str], model: CxrClassifier, card: RunCard) -> Path:
     """Write ``model.safetensors`` (atomically) and ``model_card.json``."""
     path = save_weights(run_dir, model, card.model, card.classes)
-    write_json(Path(run_dir) / CARD_FILE, card.to_dict())
+    write_json(Path(run_dir) / run_files.CARD, card.to_dict())
     return path
 
 
@@ -60,7 +182,7 @@ def save_weights(
     model: CxrClassifier,
     name: str,
     classes: Sequence[str],
-    file: str = MODEL_FILE,
+    file: str = run_files.MODEL,
 ) -> Path:
     """Write a weights file (atomically) whose header names the model and its classes, so
     weights are never loaded into another run's model (``init.safetensors``: the weights a
@@ -78,7 +200,7 @@ def save_weights(
 def model_stamp(run_dir: str | os.PathLike[str], card: RunCard) -> list[str]:
     """What names a run's model for a cached result computed from it: its card's creation
     time (a retrained run is a new model) and the weights file's size."""
-    model = Path(run_dir) / MODEL_FILE
+    model = Path(run_dir) / run_files.MODEL
     return [card.created, str(model.stat().st_size) if model.exists() else ""]
 
 
@@ -91,17 +213,17 @@ def load_card(run_dir: str | os.PathLike[str]) -> RunCard:
             card cxrlab cannot read.
     """
     run_dir = Path(run_dir)
-    path = run_dir / CARD_FILE
+    path = run_dir / run_files.CARD
     if not run_dir.is_dir():
         raise CheckpointError(f"Run folder {run_dir} does not exist")
-    if not path.is_file() and (run_dir / "segmenter_card.json").is_file():
+    if not path.is_file() and (run_dir / run_files.SEGMENTER_CARD).is_file():
         raise CheckpointError(
             f"{run_dir} is a lung segmenter run, not a classifier (train a classifier with "
             "'cxrlab train'; use a segmenter with 'cxrlab segment')"
         )
     if not path.is_file():
         raise CheckpointError(
-            f"{run_dir} has no {CARD_FILE}: not a finished cxrlab run "
+            f"{run_dir} has no {run_files.CARD}: not a finished cxrlab run "
             "(train one with 'cxrlab train --out DIR')"
         )
     card = read_card(path)
@@ -134,16 +256,17 @@ def require_finished(run_dir: str | os.PathLike[str]) -> None:
         CheckpointError: the folder holds a training checkpoint and no ``metrics.json``.
     """
     run_dir = Path(run_dir)
-    if (run_dir / CHECKPOINT).is_file() and not (run_dir / "metrics.json").is_file():
+    if RunDir(run_dir).interrupted:
         raise CheckpointError(
-            f"{run_dir} has not finished training ({CHECKPOINT}, no metrics.json): its model "
+            f"{run_dir} has not finished training ({run_files.CHECKPOINT}, no "
+            f"{run_files.METRICS}): its model "
             "is only the best epoch so far. Run the same 'cxrlab train' (or 'cxrlab study "
             "run') command again to finish it; it resumes where it stopped"
         )
 
 
 def load_run_model(
-    run_dir: str | os.PathLike[str], *, file: str = MODEL_FILE, finished: bool = True
+    run_dir: str | os.PathLike[str], *, file: str = run_files.MODEL, finished: bool = True
 ) -> tuple[CxrClassifier, RunCard]:
     """Rebuild a run's model from its card and load its weights (no unpickling).
 
@@ -161,9 +284,9 @@ def load_run_model(
         require_finished(run_dir)
     card = load_card(run_dir)
     weights = run_dir / file
-    if not weights.is_file() and file == INIT_FILE:
+    if not weights.is_file() and file == run_files.INIT:
         raise CheckpointError(
-            f"{run_dir} has no {INIT_FILE}: the weights it started from were not kept. "
+            f"{run_dir} has no {run_files.INIT}: the weights it started from were not kept. "
             "Train it again with keep_init=True (--keep-init; in a study: [analysis] reuse = "
             "true)"
         )
@@ -281,3 +404,27 @@ def _patients(data: PreparedData, cfg: TrainConfig) -> dict[str, Any] | None:
     if not summary["patients"]:
         return None
     return summary | {"rules": list(cfg.patients) or ["auto"]}
+
+
+def write_predictions(
+    path: str | os.PathLike[str],
+    paths: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+) -> None:
+    """Per-image predictions as CSV: path, true and predicted class, every probability.
+
+    Studies pair runs image by image on the shared test set from these files.
+    """
+    import csv
+    import io
+
+    from ..utils import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "pred", *(f"p_{c}" for c in classes)])
+    for p, t, pr in zip(paths, y_true, probs):
+        w.writerow([p, classes[int(t)], classes[int(pr.argmax())], *(f"{v:.6f}" for v in pr)])
+    atomic_write_text(path, buf.getvalue())

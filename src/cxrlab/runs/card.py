@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..freeze import FreezeReport
 from ..models.classifier import PreprocessConfig
 from ..models.init import InitReport
-from .config import TrainConfig
 
 __all__ = [
-    "CARD_FILE",
     "CARD_FORMAT",
     "ENSEMBLE_FORMAT",
     "AdaptationRecord",
@@ -44,7 +43,6 @@ __all__ = [
     "read_card",
 ]
 
-CARD_FILE = "model_card.json"
 CARD_FORMAT = "cxrlab-model-card/1"
 ENSEMBLE_FORMAT = "cxrlab-ensemble/1"
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError
 from ..evaluation.external import Overlap, find_overlap
 from .card import Card, DataRecord, EnsembleCard, RunCard
 from .ensemble import expand_members, is_ensemble, read_ensemble
-from .rundir import load_card, require_finished
+from .folder import load_card, require_finished
 
 __all__ = ["NotHeldOut", "ScoringRun", "open_run", "segmenter_masks"]
 
@@ -91,7 +92,7 @@ class ScoringRun:
 
     @property
     def split_file(self) -> Path:
-        return self.path / "split.csv"
+        return self.path / run_files.SPLIT
 
     def data_root(self) -> str:
         """The folder the run's images came from; a view of several sources that is no

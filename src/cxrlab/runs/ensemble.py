@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import run_files
 from ..errors import CheckpointError
 from ..utils import write_json
-from .card import CARD_FILE, ENSEMBLE_FORMAT, EnsembleCard, RunCard, read_card
-from .rundir import load_card
+from .card import ENSEMBLE_FORMAT, EnsembleCard, RunCard, read_card
+from .folder import load_card
 
 __all__ = [
     "ENSEMBLE_FORMAT",
@@ -35,7 +36,7 @@ __all__ = [
 def is_ensemble(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an ensemble folder (not a run folder)."""
     try:
-        card = json.loads((Path(path) / CARD_FILE).read_text())
+        card = json.loads((Path(path) / run_files.CARD).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(card, dict) and card.get("format") == ENSEMBLE_FORMAT
@@ -47,7 +48,7 @@ def read_ensemble(path: str | os.PathLike[str]) -> EnsembleCard:
     Raises:
         CheckpointError: the folder is not an ensemble cxrlab can read.
     """
-    card = read_card(Path(path) / CARD_FILE)
+    card = read_card(Path(path) / run_files.CARD)
     if not isinstance(card, EnsembleCard):
         raise CheckpointError(f"{path} is a run folder, not an ensemble")
     return card
@@ -57,7 +58,7 @@ def member_dirs(path: str | os.PathLike[str]) -> list[Path]:
     """The member run folders of an ensemble folder (relative paths resolved against it)."""
     path = Path(path)
     dirs = [(path / m.path).resolve() for m in read_ensemble(path).members]
-    missing = [d for d in dirs if not (d / CARD_FILE).is_file()]
+    missing = [d for d in dirs if not (d / run_files.CARD).is_file()]
     if missing:
         raise CheckpointError(
             f"The ensemble in {path} names a member that is not a finished run: {missing[0]}"
@@ -112,7 +113,7 @@ def write_ensemble(
     paths = [os.path.relpath(r.resolve(), out.resolve()) for r in runs]
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     card = EnsembleCard.of_runs(cards, paths, description, created)
-    write_json(out / CARD_FILE, card.to_dict())
-    if (runs[0] / "split.csv").is_file():
-        shutil.copyfile(runs[0] / "split.csv", out / "split.csv")
+    write_json(out / run_files.CARD, card.to_dict())
+    if (runs[0] / run_files.SPLIT).is_file():
+        shutil.copyfile(runs[0] / run_files.SPLIT, out / run_files.SPLIT)
     return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "autocast",
@@ -107,7 +107,7 @@ def versions() -> dict[str, Any]:
     import timm
     import torchvision
 
-    from .. import __version__
+    from . import __version__
 
     return {
         "cxrlab": __version__,

@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError, ConfigError, CxrlabError
 from ..evaluation.external import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
 from .card import RunCard
 from .evaluate import evaluate_run
-from .rundir import load_card, model_stamp
+from .folder import RunDir, load_card, model_stamp
 from .scoring import open_run, segmenter_masks
 
 __all__ = [
-    "EXTERNAL_DIR",
     "ExternalSet",
     "evaluate_external",
     "external_sets",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 #: Where a run keeps its external results: ``<run>/external/<name>.json``.
-EXTERNAL_DIR = "external"
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def _key(ext: ExternalSet, prepared: PreparedData, run_dir: Path, card: RunCard)
 def is_current(run_dir: str | os.PathLike[str], ext: ExternalSet, prepared: PreparedData) -> bool:
     """Whether the run's stored result on ``ext`` was computed on these images, with this
     class map and this model (else :func:`evaluate_external` scores it again)."""
-    if not (Path(run_dir) / "metrics.json").exists():
+    if not RunDir(run_dir).finished:
         return False
     stored = read_external(run_dir, ext.name)
     return stored is not None and stored.get("key") == _key(
@@ -200,7 +199,7 @@ def is_current(run_dir: str | os.PathLike[str], ext: ExternalSet, prepared: Prep
 
 def read_external(run_dir: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     """A run's stored result on external set ``name`` (metrics, or ``{"error": ...}``)."""
-    path = Path(run_dir) / EXTERNAL_DIR / f"{name}.json"
+    path = Path(run_dir) / run_files.EXTERNAL_DIR / f"{name}.json"
     if not path.is_file():
         return None
     try:
@@ -227,7 +226,7 @@ def evaluate_external(
             :func:`prepare_external`; a study prepares each set once for all its cells).
 
     Returns:
-        ``(result, computed)``: ``result`` is :func:`~cxrlab.engine.evaluate_run`'s metrics
+        ``(result, computed)``: ``result`` is :func:`~cxrlab.runs.evaluate_run`'s metrics
         over the set with copies of the run's training and validation images left out, plus
         ``name`` and ``key``; or ``{"name", "key", "error"}`` when no number can honestly be
         given (no scorable image after copies are removed, say): such errors are kept too, so
@@ -258,7 +257,7 @@ def evaluate_external(
     cached = read_external(run_dir, ext.name)
     if cached is not None and cached.get("key") == key:
         return cached, False
-    folder = run_dir / EXTERNAL_DIR
+    folder = run_dir / run_files.EXTERNAL_DIR
     folder.mkdir(exist_ok=True)
     head = {"name": ext.name, "key": key, "set": ext.to_dict()}
     try:
