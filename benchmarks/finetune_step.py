@@ -70,7 +70,7 @@ def main() -> None:
     import torch
 
     from cxrlab.runtime import resolve_precision
-    from cxrlab.study.config import load_study_config
+    from cxrlab.study.study_config import load_study_config
 
     torch.set_num_threads(args.threads)
     cell = load_study_config(args.recipe).cells[0]

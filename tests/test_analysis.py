@@ -23,7 +23,7 @@ from cxrlab.analysis import (
 from cxrlab.data import prepare_data
 from cxrlab.data.synth import write_synthetic_dataset
 from cxrlab.engine import TrainConfig, train
-from cxrlab.errors import ConfigError, DataError
+from cxrlab.errors import CheckpointError, ConfigError, DataError
 from cxrlab.models import create_model, statistics_transfer
 from cxrlab.runs import load_run_model
 
@@ -294,7 +294,7 @@ def test_weight_change_is_relative_per_unit() -> None:
 def test_reuse_refuses_runs_on_other_images(phantoms: Path, tmp_path: Path) -> None:
     a = train(tiny(phantoms, keep_init=False), tmp_path / "a").run_dir
     b = train(tiny(phantoms, keep_init=False, image_size=40), tmp_path / "b").run_dir
-    with pytest.raises(ConfigError, match="input size"):
+    with pytest.raises(CheckpointError, match=r"other input size.*same images"):
         analyze_reuse([a, b], out=tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="at least one"):
         analyze_reuse([], out=tmp_path / "x")

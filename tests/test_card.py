@@ -107,8 +107,13 @@ def test_open_run_for_a_run_an_ensemble_and_several_runs(runs: dict[str, Path],
                                                          tmp_path: Path) -> None:  # fmt: skip
     one = open_run(runs["a"])
     assert not one.ensemble and one.members == (runs["a"],) and one.image_size == 32
-    assert one.preparation() == {"image_size": 32, "lungs": "keep", "doubtful": "refuse",
-                                 "mask_provider": None}  # fmt: skip
+    from cxrlab.runs.scoring import Preparation
+
+    prep = one.preparation()  # one value: the preparation, and the key of a cache of it
+    assert prep == Preparation(32, "keep", "refuse") and prep.key == (32, "keep", "refuse", "")
+    assert prep.kwargs() == {"image_size": 32, "lungs": "keep", "doubtful": "refuse",
+                             "mask_provider": None}  # fmt: skip
+    assert prep.replace(doubtful="skip").key == (32, "keep", "skip", "")
     ens = write_ensemble([runs["a"], runs["b"]], tmp_path / "ens")
     card = read_card(ens / "model_card.json")
     assert isinstance(card, EnsembleCard) and [m.seed for m in card.members] == [0, 1]
@@ -126,6 +131,15 @@ def test_open_run_for_a_run_an_ensemble_and_several_runs(runs: dict[str, Path],
     # runs that cannot be averaged: refused in one line, naming what differs
     with pytest.raises(CheckpointError, match="other input size"):
         open_run([runs["a"], runs["wide"]])
+    # one check for every use of several runs: the reuse analysis's too, lungs mode included
+    import dataclasses
+
+    from cxrlab.runs.ensemble import check_members
+
+    first = load_card(runs["a"])
+    other = dataclasses.replace(first, data=dataclasses.replace(first.data, lungs="remove"))
+    with pytest.raises(CheckpointError, match=r"other lungs mode .*same images"):
+        check_members([runs["a"], runs["b"]], [first, other], "compared on the same images")
     with pytest.raises(CheckpointError, match="ensemble folder, not one run"):
         load_card(ens)
 

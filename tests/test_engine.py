@@ -458,7 +458,7 @@ def test_acquisition_augmentation_does_what_it_says(monkeypatch) -> None:
 
 
 def test_auto_precision_follows_the_cpu_and_a_onednn_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrlab.runs import runtime
+    from cxrlab import runtime
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

@@ -204,7 +204,8 @@ def test_export_parity_and_onnx_predict(run: Path, inputs: Path, tmp_path: Path,
         alone.write_bytes(out.read_bytes())
         p = load(alone)
         assert p.classes == card["classes"] and p.image_size == 32
-        assert p.card["calibration"]["temperature"] == card["calibration"]["temperature"]
+        assert p.card is None and p.exported is not None
+        assert p.card_data()["calibration"]["temperature"] == card["calibration"]["temperature"]
         probe = next(iter(torch_probs))
         assert list(p.predict(probe).values()) == pytest.approx(torch_probs[probe], abs=1e-4)
         foreign = tmp_path / "foreign.onnx"

@@ -15,7 +15,7 @@ ROOT = Path(cxrlab.__file__).parent
 
 #: Lowest first; a package may import its own layer and those below it.
 LAYERS = [
-    {"cxrlab", "errors", "utils", "config", "run_files", "runtime"},
+    {"cxrlab", "errors", "utils", "typed_config", "run_files", "runtime"},
     {"augment"},
     {"data"},
     {"models"},
@@ -37,7 +37,7 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 #: The one import upward: the training loop writes its run folder through ``runs``, which
 #: lies above engine's building blocks (it stores a TrainConfig and scores with batches).
 TRAINER = "cxrlab.engine.trainer"
-BLOCKS = {"cxrlab.engine.config", "cxrlab.engine.batches", "cxrlab.engine.features"}
+BLOCKS = {"cxrlab.engine.train_config", "cxrlab.engine.batches", "cxrlab.engine.features"}
 
 
 def _modules() -> dict[str, Path]:

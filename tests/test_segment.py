@@ -1,6 +1,8 @@
 """Lung-segmentation building blocks: mask metrics against direct computations, and the
 post-processing and verdict on planted defects."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -117,6 +119,61 @@ def test_segment_train_writes_a_run_with_a_card(seg_run) -> None:
     assert rows[0].startswith("epoch,train_loss,val_dice") and len(rows) == 3
 
 
+def test_segmenter_card_is_typed_read_once_and_refuses_what_it_cannot_read(
+    seg_run, tmp_path: Path
+) -> None:
+    """The card round-trips through its typed form unchanged; a card of the first format
+    written before it was typed reads; a newer format, another kind of card, a card missing
+    a field and a classifier's run are each refused with one line."""
+    import json
+
+    from cxrlab.errors import CheckpointError
+    from cxrlab.segment.card import SegmentConfig, SegmenterCard, read_segmenter_card
+
+    out, card = seg_run
+    raw = json.loads((out / "segmenter_card.json").read_text())
+    typed = read_segmenter_card(out)
+    assert typed == card and typed.to_dict() == raw and not typed.partial
+    assert isinstance(typed.training.config, SegmentConfig) and typed.image_size == 64
+    assert typed.training.config.image_size == 64 and typed.test_dice == raw["test"]["dice"]["mean"]
+    cases = {
+        "newer": ({**raw, "format": "cxrlab-segmenter/2"}, "newer cxrlab"),
+        "other": ({**raw, "format": "cxrlab-model-card/1"}, "not a cxrlab segmenter card"),
+        "field": ({k: v for k, v in raw.items() if k != "encoder"}, "not a readable"),
+        "config": ({**raw, "training": {**raw["training"], "config": {"lr": "x"}}}, "lr"),
+    }
+    for name, (bad, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "segmenter_card.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=message):
+            read_segmenter_card(folder)
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "model_card.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="is a classifier run, not a lung segmenter"):
+        read_segmenter_card(tmp_path / "clf")
+    partial = SegmenterCard.from_dict({k: raw[k] for k in ("format", "encoder", "preprocessing")}
+                                      | {"partial": True})  # fmt: skip
+    assert partial.partial and partial.data is None and partial.test_dice is None
+
+
+def test_segment_train_options_are_segment_configs_fields() -> None:
+    """Every SegmentConfig field is an option of 'cxrlab segment train' (encoder and
+    split_seed were once left out), with the field's default."""
+    import dataclasses
+
+    import typer.main
+
+    from cxrlab.cli import app
+    from cxrlab.segment.card import SegmentConfig
+
+    group = typer.main.get_command(app).commands["segment"]  # type: ignore[attr-defined]
+    params = {p.name: p for p in group.commands["train"].params}
+    for f in dataclasses.fields(SegmentConfig):
+        assert f.name in params, f.name
+        assert params[f.name].default == f.default, f.name
+
+
 def test_segment_evaluate_matches_its_per_image_scores(seg_run, masked, capsys) -> None:
     from cxrlab.cli import main
     from cxrlab.segment.evaluate import evaluate_segmenter
@@ -124,9 +181,9 @@ def test_segment_evaluate_matches_its_per_image_scores(seg_run, masked, capsys) 
     out, card = seg_run
     r = evaluate_segmenter(out, progress=False)
     per = r["images"]
-    assert r["overall"]["n"] == len(per) == card["data"]["images"]["test"]
+    assert r["overall"]["n"] == len(per) == card.data.images["test"]
     assert r["overall"]["dice"]["mean"] == pytest.approx(np.mean([p["dice"] for p in per]))
-    assert r["overall"]["dice"]["mean"] == pytest.approx(card["test"]["dice"]["mean"])
+    assert r["overall"]["dice"]["mean"] == pytest.approx(card.test_dice)
     for cls, block in r["per_class"].items():
         mine = [p["dice"] for p in per if p["label"] == cls]
         assert block["dice"]["mean"] == pytest.approx(np.mean(mine))
@@ -182,7 +239,7 @@ def test_segmenter_and_classifier_runs_are_not_confused(seg_run, tmp_path, capsy
     assert main(["evaluate", str(out)]) == 2
     assert "is a lung segmenter run, not a classifier" in capsys.readouterr().err
     clf = tmp_path / "clf"
-    train(tiny_config(seg_run[1]["data"]["root"], epochs=1), clf)
+    train(tiny_config(seg_run[1].data.root, epochs=1), clf)
     assert main(["segment", "evaluate", str(clf)]) == 2
     assert "is a classifier run, not a lung segmenter" in capsys.readouterr().err
     assert main(["segment", "predict", str(clf), str(tmp_path), "--out", str(tmp_path / "p")]) == 2

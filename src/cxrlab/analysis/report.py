@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..utils import WHY_NULL, atomic_write_text, write_json
-from .figures import plot_by_size, plot_cka_pairs, plot_units
 from .result import ReuseResult
+from .reuse_figures import plot_by_size, plot_cka_pairs, plot_units
 
 __all__ = ["reuse_markdown", "write_reuse"]
 

@@ -43,6 +43,7 @@ from ..errors import ConfigError, CxrlabError
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.stages import stages
 from ..runs.card import RunCard
+from ..runs.ensemble import check_members
 from ..runs.folder import load_card, load_run_model
 from ..runs.scoring import open_run
 from ..runtime import resolve_device
@@ -264,19 +265,6 @@ def _stratified_rows(rows: np.ndarray, labels: np.ndarray, limit: int | None) ->
     return np.array(sorted(set(keep)), dtype=np.int64)
 
 
-def _check_runs(paths: list[Path], cards: list[RunCard]) -> None:
-    for path, card in zip(paths[1:], cards[1:]):
-        for what, key in (("test split", lambda c: c.data.split_hash),
-                          ("input size", lambda c: c.image_size),
-                          ("class list", lambda c: list(c.classes))):  # fmt: skip
-            a, b = key(cards[0]), key(card)
-            if a != b:
-                raise ConfigError(
-                    f"{paths[0]} and {path} differ in their {what} ({a} vs {b}): a "
-                    "layer analysis compares models on the same images"
-                )
-
-
 def _names(paths: list[Path]) -> list[str]:
     """Short, unique names for the runs: folder names, with their parent where they clash."""
     short = [p.name for p in paths]
@@ -316,15 +304,16 @@ def analyze_reuse(
         seed: seeds the fresh random draw of the re-initialisation check.
 
     Raises:
-        ConfigError: no runs, runs on different splits, sizes or classes, or an architecture
-            cxrlab cannot split into units.
-        CheckpointError: a folder is not a finished run.
+        ConfigError: no runs, or an architecture cxrlab cannot split into units.
+        CheckpointError: a folder is not a finished run, or runs with other splits, input
+            sizes, classes or lungs modes than the first (they are measured on one
+            preparation of the same images).
     """
     if not runs:
         raise ConfigError("analyze reuse needs at least one run folder")
     paths = [Path(p) for p in runs]
     cards = [load_card(p) for p in paths]  # checked before any model is loaded
-    _check_runs(paths, cards)
+    check_members(paths, cards, "a layer analysis compares models on the same images")
     imgs = _measured_images(paths[0], data, split, max_images, bank_images, batch_size, device,
                             progress)  # fmt: skip
     out = Path(out)

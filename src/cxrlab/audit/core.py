@@ -36,15 +36,15 @@ from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
-from ..evaluation.external import match_classes, routing
 from ..evaluation.intervals import wilson_interval
+from ..evaluation.other_data import match_classes, routing
 from ..runs import load_run_model
 from ..runs.card import RunCard
 from ..runs.evaluate import scored_positions
 from ..runs.scoring import ScoringRun, open_run
 from ..runtime import resolve_device, run_precision
 from ..utils import atomic_write_text, write_json
-from . import figures
+from . import audit_figures
 from .checks import cam_in_lungs, chance_accuracy, lungs_removed, penultimate_features, predict
 from .probes import acquisition_probes, source_probe
 
@@ -151,7 +151,7 @@ def _open(run_dir: Path, data: Any, split: str, class_map: dict[str, str] | None
         run_dir, model, card, run, run.classes, prepared, rows,
         [prepared.split.records[i] for i in rows], matching,
         not run.is_own_data(prepared), run.lungs,
-        prep["mask_provider"], dev,
+        prep.mask_provider, dev,
         run_precision(card.training.precision, dev),
     )  # fmt: skip
 
@@ -273,19 +273,19 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray,
         res["note"] = (f"{len(scored) - len(use)} scored image(s) without a valid mask left "
                        f"out ({masks.summary()})" if len(use) < len(scored) else "")  # fmt: skip
         results["lungs"] = res
-        plots += [("lungs", "lungs.png", lambda p, r=res: figures.plot_lungs(r, p)),
+        plots += [("lungs", "lungs.png", lambda p, r=res: audit_figures.plot_lungs(r, p)),
                   ("lung_examples", "lung_examples.png",
-                   lambda p: figures.plot_lung_examples(imgs, lung, labels, p))]  # fmt: skip
+                   lambda p: audit_figures.plot_lung_examples(imgs, lung, labels, p))]  # fmt: skip
     if "cam" in checks:
         cam = cam_in_lungs(a.model, imgs, lung, y, a.classes, limit=cam_images, seed=seed)
         a.model.to(a.device)
         if "skipped" not in cam:
             maps = dict(cam)
             predicted = [a.classes[p] for p in cam["predicted"]]
-            plots += [("cam_outside", "cam_outside.png", lambda p: figures.plot_cam_outside(
+            plots += [("cam_outside", "cam_outside.png", lambda p: audit_figures.plot_cam_outside(
                            imgs, lung, maps, labels, predicted, p)),
                       ("cam_shares", "cam_shares.png",
-                       lambda p: figures.plot_cam_shares(maps, a.classes, y, p))]  # fmt: skip
+                       lambda p: audit_figures.plot_cam_shares(maps, a.classes, y, p))]  # fmt: skip
             cam = {k: v for k, v in cam.items() if k != "maps"}
             cam["rows"] = [a.records[use[r]].path for r in cam["rows"]]
         results["cam"] = cam
@@ -309,7 +309,7 @@ def _probes_check(a: _Audited, copies: _Copies, seed: int) -> tuple[dict[str, An
         + ", ".join(f"{k} {v['balanced_accuracy']:.2f}" for k, v in probes["probes"].items())
         + f"; {probes['n']} images)."
     )
-    return probes, [("probes", "probes.png", lambda p: figures.plot_probes(probes, p))]
+    return probes, [("probes", "probes.png", lambda p: audit_figures.plot_probes(probes, p))]
 
 
 def _external_check(a: _Audited, normal: dict[str, Any], y: np.ndarray) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """What every command shares: the Typer apps, the options most commands have (one
 declaration each), and the command line generated from a typed config.
 
-A config dataclass whose fields are declared with :func:`cxrlab.config.option` becomes
+A config dataclass whose fields are declared with :func:`cxrlab.typed_config.option` becomes
 command-line options by :func:`config_parameters`: the field's type gives the flag's type (a
 ``Literal`` its choices, a tuple a repeatable flag), its metadata the help text and panel.
 :func:`config_from_options` turns the parsed values back into the config.

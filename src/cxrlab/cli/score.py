@@ -43,7 +43,7 @@ def evaluate_cmd(
     progress: Progress = True,
 ) -> None:
     """Metrics of a trained model (or ensemble) on its test split or on another dataset."""
-    from ..evaluation.external import parse_class_map
+    from ..evaluation.other_data import parse_class_map
     from ..evaluation.report import format_evaluation
     from ..runs import evaluate_run
 
@@ -84,7 +84,7 @@ def audit_cmd(
 ) -> None:
     """Shortcut audit: lungs removed, Grad-CAM in the lungs, acquisition probes, copies."""
     from ..audit import CHECKS, run_audit
-    from ..evaluation.external import parse_class_map
+    from ..evaluation.other_data import parse_class_map
 
     result = run_audit(run_dir, data, split=split, out=out, checks=check or CHECKS,
                        class_map=parse_class_map(class_map), cam_images=cam_images or None,
@@ -162,7 +162,7 @@ def shift_cmd(
 ) -> None:
     """Does new data look like the run's, and how accurate will the run be there (no labels
     needed)? Per-image scores, a batch test, the class mix and an accuracy estimate."""
-    from ..evaluation.external import parse_class_map
+    from ..evaluation.other_data import parse_class_map
     from ..runtime import resolve_device
     from ..shift import format_shift, shift_report, write_shift_report
 
@@ -217,7 +217,7 @@ def adapt_cmd(
     """Adapt a run to a new site with the site's own images (unlabelled, and N labelled per
     class); writes a new run."""
     from ..adapt import adapt_run
-    from ..evaluation.external import parse_class_map
+    from ..evaluation.other_data import parse_class_map
     from ..runtime import resolve_device
 
     result = adapt_run(run_dir, data, out, class_map=parse_class_map(class_map), labels=labels,

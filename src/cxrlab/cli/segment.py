@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import BatchSize, Device, Progress, Seed, segment_app
+from ..segment.card import SegmentConfig
+from .common import Progress, config_from_options, segment_app, with_config_options
 
 
 @segment_app.command("train")
+@with_config_options(SegmentConfig)
 def segment_train(
-    data: Annotated[str, typer.Option(help="A dataset with lung masks beside its images.")],
-    out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/lungs"),
-    image_size: Annotated[int, typer.Option(help="Input size (px).")] = 256,
-    epochs: Annotated[int, typer.Option()] = 12,
-    batch_size: BatchSize = 8,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    weights: Annotated[str, typer.Option(help="Encoder weights: imagenet or none.")] = "imagenet",
-    augment: Annotated[str, typer.Option(help="none, light or xray.")] = "light",
-    split_source: Annotated[str, typer.Option(help="auto, folders or stratified.")] = "auto",
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Annotated[int, typer.Option(help="CPU threads, 0=default.")] = 0,
-    progress: Progress = True,
+    out: Annotated[Path, typer.Option(help="Run folder to write.", rich_help_panel="Runtime")] = (
+        Path("runs/lungs")
+    ),
+    **options: Any,
 ) -> None:
     """Train a U-Net lung segmenter (Dice + BCE, kept by validation Dice)."""
-    options = dict(locals())
-    from ..segment.train import SegmentConfig, train_segmenter
+    from ..segment.train import train_segmenter
 
-    run_dir = options.pop("out")
-    card = train_segmenter(SegmentConfig.from_dict(options, "segment train "), run_dir)
-    typer.echo(f"Wrote {run_dir} (test Dice {card['test']['dice']['mean']:.4f})")
+    config = config_from_options(SegmentConfig, options, section="segment train ")
+    card = train_segmenter(config, out)
+    typer.echo(f"Wrote {out} (test Dice {card.test_dice:.4f})")
 
 
 @segment_app.command("evaluate")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..engine.config import TrainConfig
+from ..engine.train_config import TrainConfig
 from .common import (
     ExternalMapOpt,
     ExternalOpt,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 if TYPE_CHECKING:
     from .trainer import TrainResult, train

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
 from ..utils import atomic_write_bytes
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 __all__ = [
     "RunState",

@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import RunState
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 __all__ = ["build_ema", "build_optimizer", "lr_at"]
 

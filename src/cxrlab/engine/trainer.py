@@ -62,11 +62,11 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig
 from .distributed import Distributed, init_distributed, sync_batchnorm
 from .features import TrainableRest, build_frozen_features, feature_cache_plan
 from .optim import build_ema, build_optimizer, lr_at
 from .tracking import Tracker, open_trackers, require_trackers
+from .train_config import TrainConfig
 
 __all__ = ["TrainResult", "train"]
 

@@ -1,8 +1,8 @@
 """Evaluation: metrics and figures."""
 
-from .figures import plot_confusion_matrix, plot_loss
 from .intervals import bootstrap_interval, wilson_interval
 from .metrics import classification_metrics, expected_calibration_error, per_source_metrics
+from .run_figures import plot_confusion_matrix, plot_loss
 
 __all__ = [
     "bootstrap_interval",

@@ -63,8 +63,10 @@ class Predictor:
         self.model: torch.nn.Module | None = None
         self.members: list[Predictor] = []
         self.lungs: Any = None  # the run's lung preprocessing (segment.apply.RunLungs)
-        #: the run's or ensemble's card (:mod:`cxrlab.runs.card`); an ONNX file's summary
-        self.card: Card | dict[str, Any]
+        #: the run's or ensemble's card (:mod:`cxrlab.runs.card`), read once; ``None`` for an
+        #: ONNX file, whose exported summary is :attr:`exported`
+        self.card: Card | None = None
+        self.exported: dict[str, Any] | None = None
         self._ood: Any = None  # the shift scorer (cxrlab.shift.reference.OodScorer), once made
         #: why this predictor gives no ``ood_score`` ("" while none was asked for or it gives)
         self.ood_note = ""
@@ -83,7 +85,7 @@ class Predictor:
             from ..runs import load_run_model
 
             run = open_run(self.source)
-            self.model, card = load_run_model(self.source)
+            self.model, card = load_run_model(self.source, card=run.member_cards[0])
             self.card = card
             self.lungs = run.whole_image_lungs(masks_from=masks_from, doubtful=doubtful)
             self.device = resolve_device(device)
@@ -96,7 +98,9 @@ class Predictor:
 
     def card_data(self) -> dict[str, Any]:
         """The model card as JSON data (an ONNX file: the summary it carries)."""
-        return self.card if isinstance(self.card, dict) else self.card.to_dict()
+        if self.card is None:
+            return dict(self.exported or {})
+        return self.card.to_dict()
 
     def _shared_lungs(self) -> Any:
         """The members' lung preprocessing, which they must share (one input for all)."""
@@ -128,13 +132,13 @@ class Predictor:
         meta = self.session.get_modelmeta().custom_metadata_map  # cxrlab export writes cxrlab.*
         sidecar = self.source.with_suffix(".json")
         if "cxrlab.card" in meta:
-            self.card = json.loads(meta["cxrlab.card"])
+            self.exported = json.loads(meta["cxrlab.card"])
             self.classes = json.loads(meta["cxrlab.classes"])
             self.image_size = int(meta["cxrlab.image_size"])
         elif sidecar.is_file():  # exported by an older cxrlab
-            self.card = json.loads(sidecar.read_text())
-            self.classes = list(self.card["classes"])
-            self.image_size = int(self.card["input"]["shape"][-1])
+            self.exported = json.loads(sidecar.read_text())
+            self.classes = list(self.exported["classes"])
+            self.image_size = int(self.exported["input"]["shape"][-1])
         else:
             raise CheckpointError(
                 f"{self.source} was not exported by 'cxrlab export': it names no classes or "

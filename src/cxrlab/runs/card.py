@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import TrainConfig
+from ..engine.train_config import TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..freeze import FreezeReport
 from ..models.classifier import PreprocessConfig
 from ..models.init import InitReport
+from ..typed_config import check_format
 
 __all__ = [
     "CARD_FORMAT",
@@ -291,7 +292,7 @@ class RunCard(_Card):
         Raises:
             CheckpointError: another format, or a part missing or of the wrong shape.
         """
-        _check_format(card, CARD_FORMAT, where)
+        check_format(card, CARD_FORMAT, where)
         d = _fields(cls, card, where)
         try:
             d["preprocessing"] = _preprocessing(d["preprocessing"], where)
@@ -355,7 +356,7 @@ class EnsembleCard(_Card):
 
     @classmethod
     def from_dict(cls, card: dict[str, Any], where: str = "model_card.json") -> EnsembleCard:
-        _check_format(card, ENSEMBLE_FORMAT, where)
+        check_format(card, ENSEMBLE_FORMAT, where)
         d = _fields(cls, card, where)
         try:
             d["preprocessing"] = _preprocessing(d["preprocessing"], where)
@@ -393,20 +394,6 @@ class EnsembleCard(_Card):
 Card = RunCard | EnsembleCard
 
 _VERSIONS = {CARD_FORMAT: RunCard, ENSEMBLE_FORMAT: EnsembleCard}
-
-
-def _check_format(card: dict[str, Any], expected: str, where: str) -> None:
-    """Refuse another kind of card, and a newer version of this kind, with one line."""
-    fmt = str(card.get("format"))
-    kind, _, version = fmt.rpartition("/")
-    want_kind, _, want_version = expected.rpartition("/")
-    if kind == want_kind and version.isdigit() and int(version) > int(want_version):
-        raise CheckpointError(
-            f"{where} is a {fmt} card, written by a newer cxrlab than this one (which reads "
-            f"{expected}); upgrade cxrlab to use it"
-        )
-    if fmt != expected:
-        raise CheckpointError(f"{where} is not a cxrlab model card (format {fmt!r})")
 
 
 def read_card(path: str | os.PathLike[str]) -> Card:

@@ -74,9 +74,15 @@ def expand_members(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
-def check_members(runs: Sequence[Path], cards: Sequence[RunCard]) -> None:
-    """Refuse runs that cannot be averaged: other classes, input sizes, data splits or lungs
-    modes than the first.
+def check_members(
+    runs: Sequence[Path],
+    cards: Sequence[RunCard],
+    why: str = "ensemble members must share classes, input size, split and lungs mode",
+) -> None:
+    """Refuse runs that cannot be scored together on one preparation of the same images:
+    other classes, input sizes, data splits or lungs modes than the first. Every check of
+    several runs (an ensemble, ``open_run`` of several, the reuse analysis) goes through
+    this one; ``why`` ends the message.
 
     Raises:
         CheckpointError: naming the first difference.
@@ -89,8 +95,7 @@ def check_members(runs: Sequence[Path], cards: Sequence[RunCard]) -> None:
                           ("lungs mode", lambda c: c.lungs)):  # fmt: skip
             if key(card) != key(first):
                 raise CheckpointError(
-                    f"{run} has other {what} ({key(card)}) than {runs[0]} ({key(first)}); "
-                    "ensemble members must share classes, input size, split and lungs mode"
+                    f"{run} has other {what} ({key(card)}) than {runs[0]} ({key(first)}); {why}"
                 )
 
 

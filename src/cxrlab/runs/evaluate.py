@@ -131,13 +131,13 @@ def evaluate_run(
         CheckpointError: the dataset has a class the model does not know and no mapping, or
             no image can be scored; ``image_size`` for a model of fixed input size.
     """
-    from ..evaluation.external import match_classes, routing
+    from ..evaluation.other_data import match_classes, routing
 
     run = open_run(run_dir)
     preparation = None
     if image_size is not None and image_size != run.image_size:
         _check_any_size(run, image_size)
-        preparation = run.preparation() | {"image_size": image_size}
+        preparation = run.preparation().replace(image_size=image_size)
     prepared = run.prepare(data, split, preparation=preparation, progress=progress)
     classes, ensemble = run.classes, run.ensemble
     matching = match_classes(prepared.classes, classes, class_map,

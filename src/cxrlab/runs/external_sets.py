@@ -1,7 +1,7 @@
 """External test sets: finished runs scored on data from elsewhere, cached in the run folder.
 
 An external set is a name, a dataset folder and a class map (see
-:func:`~cxrlab.evaluation.external.match_classes`: a dataset class maps to a model class, two
+:func:`~cxrlab.evaluation.other_data.match_classes`: a dataset class maps to a model class, two
 may merge into one, ``-`` leaves one unscored). :func:`evaluate_external` scores a run on it
 the way ``cxrlab evaluate --split all`` does: copies of the run's training and validation
 images (exact and near) are found and left out first, the metrics cover the classes present,
@@ -25,12 +25,12 @@ from typing import Any
 from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError, ConfigError, CxrlabError
-from ..evaluation.external import UNSCORED, match_classes, parse_class_map
+from ..evaluation.other_data import UNSCORED, match_classes, parse_class_map
 from ..utils import hash_strings, write_json
 from .card import RunCard
 from .evaluate import evaluate_run
 from .folder import RunDir, load_card, model_stamp
-from .scoring import open_run, segmenter_masks
+from .scoring import Preparation, open_run
 
 __all__ = [
     "ExternalSet",
@@ -134,23 +134,22 @@ def external_sets(
 def prepare_external(
     ext: ExternalSet,
     classes: Iterable[str],
+    preparation: Preparation,
     *,
-    image_size: int,
-    lungs: str = "keep",
-    masks_from: str | None = None,
     progress: bool = True,
 ) -> PreparedData:
-    """Scan and decode an external set once (every image a test image) and check that each
-    of its classes maps onto ``classes``.
+    """Scan and decode an external set once (every image a test image), prepared as
+    ``preparation`` says (a run's, :meth:`~cxrlab.runs.scoring.ScoringRun.preparation`;
+    images without a valid lung mask are left out), and check that each of its classes maps
+    onto ``classes``.
 
     Raises:
         CxrlabError: the folder is missing or holds no usable images, or a class is neither
             a model class nor mapped (one line naming it and the model's classes).
     """
     _check_folder(ext)
-    prepared = prepare_data(ext.data, holdout_all=True, image_size=image_size, lungs=lungs,
-                            mask_provider=segmenter_masks(masks_from), doubtful="skip",
-                            progress=progress)  # fmt: skip
+    prepared = prepare_data(ext.data, holdout_all=True, progress=progress,
+                            **preparation.replace(doubtful="skip").kwargs())  # fmt: skip
     _check_classes(ext, prepared, classes)
     return prepared
 

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .. import run_files
 from ..data import RESIZE_METHOD, PreparedData
 from ..data.split import Split, load_split
-from ..engine.config import TrainConfig
+from ..engine.train_config import TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..freeze import FreezeReport
 from ..models import CxrClassifier, create_model, get_spec
@@ -266,10 +266,15 @@ def require_finished(run_dir: str | os.PathLike[str]) -> None:
 
 
 def load_run_model(
-    run_dir: str | os.PathLike[str], *, file: str = run_files.MODEL, finished: bool = True
+    run_dir: str | os.PathLike[str],
+    *,
+    file: str = run_files.MODEL,
+    finished: bool = True,
+    card: RunCard | None = None,
 ) -> tuple[CxrClassifier, RunCard]:
     """Rebuild a run's model from its card and load its weights (no unpickling).
 
+    ``card``: the run's card when the caller has read it already (read once).
     ``file="init.safetensors"`` loads the weights the run started from instead (written by
     ``--keep-init``). ``finished=False`` also loads the best epoch of a run still training
     (the trainer's own test does).
@@ -282,7 +287,7 @@ def load_run_model(
     run_dir = Path(run_dir)
     if finished:
         require_finished(run_dir)
-    card = load_card(run_dir)
+    card = card or load_card(run_dir)
     weights = run_dir / file
     if not weights.is_file() and file == run_files.INIT:
         raise CheckpointError(

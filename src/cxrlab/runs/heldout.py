@@ -20,7 +20,7 @@ from typing import Any
 from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..data.sources import parse_sources
-from ..engine.config import TrainConfig
+from ..engine.train_config import TrainConfig
 from ..errors import ConfigError
 from ..utils import write_json
 from .evaluate import evaluate_run
@@ -94,7 +94,7 @@ def score_holdout(
         data, class_map=class_map, sources_csv=sources_csv, split_seed=config.split_seed,
         ratios=config.ratios, near_copies=config.near_copies, patients=patients,
         progress=progress,
-        **(open_run(run_dir).preparation() | {"doubtful": "skip"}),
+        **open_run(run_dir).preparation().replace(doubtful="skip").kwargs(),
     )  # fmt: skip
     out: dict[str, Any] = {"source": config.holdout_source}
     for split in ("val", "test"):

@@ -10,6 +10,8 @@ one error everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +23,73 @@ import numpy as np
 from .. import run_files
 from ..data import PreparedData, prepare_data
 from ..errors import CheckpointError
-from ..evaluation.external import Overlap, find_overlap
+from ..evaluation.other_data import Overlap, find_overlap
 from .card import Card, DataRecord, EnsembleCard, RunCard
-from .ensemble import expand_members, is_ensemble, read_ensemble
+from .ensemble import check_members, expand_members, is_ensemble, read_ensemble
 from .folder import load_card, require_finished
 
-__all__ = ["NotHeldOut", "ScoringRun", "open_run", "segmenter_masks"]
+__all__ = ["NotHeldOut", "Preparation", "ScoringRun", "open_run", "segmenter_masks"]
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How images are prepared for a run: its input size, lungs mode, rule for images
+    without a valid lung mask, and the segmenter that makes the masks (with its weights'
+    hash; ``None``: mask files beside the images). With ``lungs="keep"`` the images do not
+    depend on the segmenter, but the audit's lung checks use its masks.
+
+    One value from the opened run (:meth:`ScoringRun.preparation`), used both to prepare
+    images (:meth:`kwargs`) and as the key of a cache of prepared images (:attr:`key`): two
+    preparations with the same key give the same images.
+    """
+
+    image_size: int
+    lungs: str = "keep"
+    doubtful: str = "refuse"
+    segmenter: str | None = None
+    segmenter_weights: str | None = None
+
+    @classmethod
+    def make(
+        cls,
+        image_size: int,
+        lungs: str = "keep",
+        doubtful: str = "refuse",
+        segmenter: str | os.PathLike[str] | None = None,
+    ) -> Preparation:
+        """A preparation, the segmenter's weights hashed.
+
+        Raises:
+            CheckpointError: ``segmenter`` is not a segmenter run.
+        """
+        if not segmenter:
+            return cls(int(image_size), lungs, doubtful)
+        from ..segment.apply import segmenter_id
+
+        weights = segmenter_id(segmenter)["weights"]
+        return cls(int(image_size), lungs, doubtful, str(segmenter), weights)
+
+    def replace(self, **changes: Any) -> Preparation:
+        """A copy with ``changes`` (``doubtful="skip"``, another ``image_size``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key(self) -> tuple[int, str, str, str]:
+        """What the prepared images depend on (the segmenter by its weights, not its path;
+        not at all with ``lungs="keep"``)."""
+        weights = "" if self.lungs == "keep" else self.segmenter_weights or ""
+        return (self.image_size, self.lungs, self.doubtful, weights)
+
+    @functools.cached_property
+    def mask_provider(self) -> Any:
+        """The segmenter's ``mask_provider`` (loaded once per value), or ``None``: mask
+        files."""
+        return segmenter_masks(self.segmenter)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~cxrlab.data.prepare_data`."""
+        return {"image_size": self.image_size, "lungs": self.lungs, "doubtful": self.doubtful,
+                "mask_provider": self.mask_provider}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,24 +164,20 @@ class ScoringRun:
 
         return data_root(self.data.root, (self.data.sources or {}).get("built_from"))
 
-    def preparation(self, masks_from: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """Keyword arguments of :func:`~cxrlab.data.prepare_data` that prepare images as the
-        run's were: its input size, lungs mode and rule for images without a valid mask, and
-        masks from the segmenter it trained with (else ``masks_from``, else mask files)."""
+    def preparation(self, masks_from: str | os.PathLike[str] | None = None) -> Preparation:
+        """How images are prepared as the run's were: its input size, lungs mode and rule
+        for images without a valid mask, and masks from the segmenter it trained with (else
+        ``masks_from``, else mask files)."""
         segmenter = self.data.segmenter or (str(masks_from) if masks_from else None)
-        return {
-            "image_size": self.image_size,
-            "lungs": self.lungs,
-            "doubtful": self.data.doubtful,
-            "mask_provider": segmenter_masks(segmenter),
-        }
+        return Preparation.make(self.image_size, self.lungs, self.data.doubtful, segmenter)
 
     def prepare(
         self,
         data: str | os.PathLike[str] | PreparedData | None = None,
         split: str = "test",
         *,
-        preparation: dict[str, Any] | None = None,
+        preparation: Preparation | None = None,
+        min_classes: int | None = None,
         progress: bool = True,
     ) -> PreparedData:
         """The images to score, prepared as the run's were (its size and lungs mode).
@@ -129,9 +188,10 @@ class ScoringRun:
             split: ``test``/``val``/``train`` of the run's saved split (checked against the
                 data image by image), or ``all``: every image of ``data``, where every image
                 without a valid lung mask is left out and counted, whatever the run did.
-            preparation: what :meth:`preparation` returned, where the caller needs its
-                mask provider too (a segmenter is then loaded once); by default
-                ``preparation()``.
+            preparation: what :meth:`preparation` returned, where the caller needs it too
+                (a segmenter is then loaded once); by default ``preparation()``.
+            min_classes: the fewest classes the data may have (``prepare_data``'s default
+                when ``None``; a site's folder of unlabelled images has one).
 
         Raises:
             CheckpointError: prepared data of another size or lungs mode; a split of a run
@@ -145,7 +205,9 @@ class ScoringRun:
                     f"lungs {self.lungs!r}"
                 )
             return data
-        prep = preparation if preparation is not None else self.preparation()
+        prep = (preparation if preparation is not None else self.preparation()).kwargs()
+        if min_classes is not None:
+            prep["min_classes"] = min_classes
         root = data if data is not None else self.data_root()
         if split == "all":
             return prepare_data(root, holdout_all=True, progress=progress,
@@ -263,8 +325,6 @@ def open_run(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     if len(sources) == 1 and is_ensemble(path):
         card = read_ensemble(path)
     elif len(members) > 1:
-        from .ensemble import check_members
-
         check_members(members, cards)
         card = EnsembleCard.of_runs(list(cards), [str(m) for m in members])
     else:

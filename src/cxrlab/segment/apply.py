@@ -26,6 +26,7 @@ from ..data.cache import read_memmap, write_memmap
 from ..data.masks import DecodedMasks
 from ..errors import CxrlabError, DataError
 from ..utils import cache_dir, hash_strings
+from .card import read_segmenter_card
 from .evaluate import predict_probs
 from .masks import LIMITS, clean_mask, judge_mask
 from .model import load_segmenter
@@ -45,9 +46,9 @@ def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a segmenter in a card: its folder, when it was made, a weights hash."""
     run_dir = Path(run_dir)
     digest = hashlib.blake2b((run_dir / run_files.MODEL).read_bytes(), digest_size=8).hexdigest()
-    card = json.loads((run_dir / run_files.SEGMENTER_CARD).read_text())
-    return {"run": str(run_dir.resolve()), "created": card.get("created"), "weights": digest,
-            "test_dice": card.get("test", {}).get("dice", {}).get("mean")}  # fmt: skip
+    card = read_segmenter_card(run_dir)
+    return {"run": str(run_dir.resolve()), "created": card.created, "weights": digest,
+            "test_dice": card.test_dice}  # fmt: skip
 
 
 def finished_mask(prob: np.ndarray, size: int) -> tuple[np.ndarray, str]:
@@ -90,7 +91,7 @@ def predicted_masks(
         except (OSError, ValueError, KeyError):
             arr = None
     if arr is None or len(status) != len(records):
-        seg_size = int(card["preprocessing"]["image_size"])
+        seg_size = card.image_size
         images = decoded_images(root, records, seg_size, progress=progress)
         status = []
 
@@ -159,7 +160,7 @@ class RunLungs:
         self.model.cpu()
         self.lungs, self.size, self.doubtful = lungs, int(size), doubtful
         self.segmenter = Path(segmenter)
-        self.seg_size = int(card["preprocessing"]["image_size"])
+        self.seg_size = card.image_size
 
     def __call__(self, gray: np.ndarray, name: str = "image") -> np.ndarray:
         """``(H, W)`` uint8, any size -> the classifier's ``(size, size)`` uint8 input.

@@ -147,8 +147,10 @@ def evaluate_segmenter(
 
     run_dir = Path(run_dir)
     model, card = load_segmenter(run_dir)
-    size = int(card["preprocessing"]["image_size"])
-    root = data if data is not None else card["data"]["root"]
+    size = card.image_size
+    if data is None and card.data is None:
+        raise CheckpointError(f"{run_dir} has not finished training: give the data (--data)")
+    root = data if data is not None else card.data.root  # type: ignore[union-attr]
     if split == "all":
         prepared = prepare_data(root, holdout_all=True, image_size=size, progress=progress)
     else:

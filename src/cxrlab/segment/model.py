@@ -9,14 +9,13 @@ is matched; only the classifier's head is left over). The decoder is lighter tha
 default (128-64-32-16-8 channels instead of 256-128-64-32-16), which keeps training on a
 2-core CPU within minutes.
 
-A segmenter run folder holds ``model.safetensors`` and ``segmenter_card.json`` (format
-:data:`SEGMENTER_FORMAT`), so a classifier command given a segmenter (or the reverse) can say
-so in one line.
+A segmenter run folder holds ``model.safetensors`` and ``segmenter_card.json`` (a typed
+:class:`~cxrlab.segment.card.SegmenterCard`), so a classifier command given a segmenter (or
+the reverse) can say so in one line.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,18 +28,17 @@ from torch import nn
 from .. import run_files
 from ..errors import CheckpointError, ConfigError
 from ..models.classifier import Preprocess
+from ..runtime import versions
 from ..utils import write_json
+from .card import SEGMENTER_FORMAT, SegmenterCard, read_segmenter_card
 
 __all__ = [
     "ENCODERS",
-    "SEGMENTER_FORMAT",
     "LungSegmenter",
     "is_segmenter",
     "load_segmenter",
     "save_segmenter",
 ]
-
-SEGMENTER_FORMAT = "cxrlab-segmenter/1"
 
 #: Encoder name -> (timm architecture, normalisation mean, std).
 ENCODERS = {"efficientnet_lite0": ("tf_efficientnet_lite0", (0.5,) * 3, (0.5,) * 3)}
@@ -102,7 +100,7 @@ def is_segmenter(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / run_files.SEGMENTER_CARD).is_file()
 
 
-def save_segmenter(run_dir: Path, model: LungSegmenter, card: dict[str, Any]) -> None:
+def save_segmenter(run_dir: Path, model: LungSegmenter, card: SegmenterCard) -> None:
     """``model.safetensors`` (atomically) and the segmenter card."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -110,53 +108,41 @@ def save_segmenter(run_dir: Path, model: LungSegmenter, card: dict[str, Any]) ->
     save_file(state, str(tmp), metadata={"format": SEGMENTER_FORMAT,
                                          "encoder": model.encoder_name})  # fmt: skip
     os.replace(tmp, run_dir / run_files.MODEL)
-    write_json(run_dir / run_files.SEGMENTER_CARD, card)
+    write_json(run_dir / run_files.SEGMENTER_CARD, card.to_dict())
 
 
-def base_card(model: LungSegmenter, image_size: int) -> dict[str, Any]:
-    """The card fields every segmenter run has (training adds data and results)."""
-    from ..runtime import versions
-
+def base_card(model: LungSegmenter, image_size: int) -> SegmenterCard:
+    """The card fields every segmenter run has; training adds data and results
+    (``partial`` until then)."""
     arch = ENCODERS[model.encoder_name][0]
     pre = {"image_size": image_size, "in_chans": 3, "mean": list(model.mean),
            "std": list(model.std), "channel_mode": "repeat", "input_dtype": "uint8"}  # fmt: skip
-    return {
-        "format": SEGMENTER_FORMAT,
-        "task": "lung segmentation",
-        "encoder": model.encoder_name,
-        "architecture": f"smp.Unet(tu-{arch}, decoder channels {list(DECODER_CHANNELS)})",
-        "weights": model.weights_source,
-        "preprocessing": pre,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return SegmenterCard(
+        encoder=model.encoder_name,
+        architecture=f"smp.Unet(tu-{arch}, decoder channels {list(DECODER_CHANNELS)})",
+        weights=model.weights_source,
+        preprocessing=pre,
+        versions=versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        partial=True,
+    )
 
 
-def load_segmenter(run_dir: str | os.PathLike[str]) -> tuple[LungSegmenter, dict[str, Any]]:
+def load_segmenter(run_dir: str | os.PathLike[str]) -> tuple[LungSegmenter, SegmenterCard]:
     """A segmenter run's model (eval mode) and card.
 
     Raises:
-        CheckpointError: not a segmenter run (a classifier run is named as such), or weights
-            that do not fit.
+        CheckpointError: not a segmenter run (a classifier run is named as such), a card
+            cxrlab cannot read, or weights that do not fit.
     """
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    card_path = run_dir / run_files.SEGMENTER_CARD
-    if not card_path.is_file():
-        if (run_dir / run_files.CARD).is_file():
-            raise CheckpointError(
-                f"{run_dir} is a classifier run, not a lung segmenter (train one with "
-                "'cxrlab segment train')"
-            )
-        raise CheckpointError(f"{run_dir} is not a segmenter run (no {run_files.SEGMENTER_CARD})")
-    card = json.loads(card_path.read_text())
-    if card.get("format") != SEGMENTER_FORMAT:
-        raise CheckpointError(f"{card_path} has format {card.get('format')!r}")
-    model = LungSegmenter(card["encoder"], "none")
+    card = read_segmenter_card(run_dir)
+    model = LungSegmenter(card.encoder, "none")
     try:
         model.load_state_dict(load_file(str(run_dir / run_files.MODEL)))
     except (OSError, RuntimeError) as e:
         raise CheckpointError(f"{run_dir / run_files.MODEL} does not fit the segmenter: {e}") from e
-    model.weights_source = card.get("weights", "")
+    model.weights_source = card.weights
     return model.eval(), card

@@ -105,7 +105,7 @@ def predict_masks(
     if doubtful not in ("skip", "keep"):
         raise ConfigError(f"doubtful must be skip or keep, got {doubtful!r}")
     model, card = load_segmenter(run_dir)
-    size = int(card["preprocessing"]["image_size"])
+    size = card.image_size
     report = scan_dataset(data, progress=progress)
     out = Path(out)
     if out.resolve() == report.root.resolve():
@@ -142,9 +142,8 @@ def predict_masks(
     w.writerows(lines)
     atomic_write_text(out / "masks.csv", buf.getvalue())
     write_json(out / "segmenter.json", {"run": str(Path(run_dir).resolve()),
-                                        "card": card.get("created"), "doubtful": doubtful,
-                                        "encoder": card.get("encoder"),
-                                        "test": card.get("test", {})})  # fmt: skip
+                                        "card": card.created, "doubtful": doubtful,
+                                        "encoder": card.encoder, "test": card.test})  # fmt: skip
     _preview(report.root, records, lines, out / "preview.png")
     written = sum(1 for ln in lines if ln["mask"])
     return {"written": written, "doubtful": bad, "images": len(records), "out": str(out)}

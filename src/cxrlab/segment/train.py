@@ -13,9 +13,7 @@ import csv
 import dataclasses
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,54 +23,15 @@ from tqdm.auto import tqdm
 
 from .. import run_files
 from ..augment import augment_pair, step_generator
-from ..config import from_dict
 from ..data import decoded_masks, prepare_data
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..runtime import resolve_device
 from ..utils import atomic_write_text, write_json
+from .card import SegmentConfig, SegmenterCard, SegmenterData, SegmenterTraining
 from .evaluate import predict_probs, score_masks, summarise_scores
 from .model import LungSegmenter, base_card, load_segmenter, save_segmenter
 
 __all__ = ["SegmentConfig", "train_segmenter"]
-
-
-@dataclass(frozen=True)
-class SegmentConfig:
-    """One segmenter training run.
-
-    Attributes:
-        data: a dataset with lung masks beside its images (``<Class>/masks/`` or COVID-QU-Ex's
-            ``lung masks/``); its own Train/Val/Test folders are the split when it has them.
-        image_size: square input size (COVID-QU-Ex's masks are 256 px).
-        encoder, weights: the U-Net's encoder and ``imagenet`` or ``none``.
-        epochs, batch_size, lr: Adam with cosine decay over the epochs.
-        augment: ``none``, ``light`` or ``xray`` (see :func:`~cxrlab.augment.augment_pair`).
-        seed: initialisation of the decoder, order and augmentation.
-        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``...
-    """
-
-    data: str = "phantoms"
-    image_size: int = 256
-    split_source: Literal["auto", "folders", "stratified"] = "auto"
-    split_seed: int = 0
-    encoder: str = "efficientnet_lite0"
-    weights: Literal["imagenet", "none"] = "imagenet"
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 1e-3
-    augment: Literal["none", "light", "xray"] = "light"
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.image_size < 32:
-            raise ConfigError("epochs, batch_size >= 1, lr > 0 and image_size >= 32 are needed")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], section: str = "") -> SegmentConfig:
-        return from_dict(cls, data, section)
 
 
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -83,7 +42,7 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
-def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
+def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     """Train a lung segmenter; writes ``model.safetensors``, ``segmenter_card.json``,
     ``history.csv``, ``split.csv`` and the test evaluation to ``out``. Returns the card.
 
@@ -130,7 +89,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
         mark = ""
         if val > best[0]:
             best, mark = (val, epoch + 1), "  *best"
-            save_segmenter(out, model, {**base_card(model, config.image_size), "partial": True})
+            save_segmenter(out, model, base_card(model, config.image_size))
         speed = n / seconds
         tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
                    f"  val Dice {val:.4f}  {seconds:.1f}s  {speed:.1f} img/s{mark}")  # fmt: skip
@@ -139,15 +98,16 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> dict[str, Any]:
     best_model.to(device)
     scores = score_masks(best_model, data, masks, rows["test"], config.batch_size)
     test = summarise_scores(scores)
-    card = {
-        **base_card(model, config.image_size),
-        "data": {"root": str(data.report.root), "data_hash": data.report.fingerprint(),
-                 "split_hash": data.split.fingerprint(), "split_source": data.split.source,
-                 "images": {s: len(r) for s, r in rows.items()}, "masks": masks.summary()},
-        "training": {"config": dataclasses.asdict(config), "best_epoch": best[1],
-                     "best_val_dice": best[0], "train_seconds": time.perf_counter() - started},
-        "test": test["overall"],
-    }  # fmt: skip
+    card = dataclasses.replace(
+        base_card(model, config.image_size),
+        partial=False,
+        data=SegmenterData(root=str(data.report.root), data_hash=data.report.fingerprint(),
+                           split_hash=data.split.fingerprint(), split_source=data.split.source,
+                           images={s: len(r) for s, r in rows.items()}, masks=masks.summary()),
+        training=SegmenterTraining(config=config, best_epoch=best[1], best_val_dice=best[0],
+                                   train_seconds=time.perf_counter() - started),
+        test=test["overall"],
+    )  # fmt: skip
     save_segmenter(out, best_model, card)
     write_json(out / run_files.METRICS, test)
     tqdm.write(f"test: Dice {test['overall']['dice']['mean']:.4f}  IoU "

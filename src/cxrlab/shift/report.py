@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data import PreparedData
 from ..errors import CheckpointError, CxrlabError, DataError
+from ..runs.scoring import Preparation
 from ..utils import atomic_write_text, write_json
 from .batch import TESTS, class_mix, detection_power, estimated_accuracy, two_sample_test
 from .reference import (
@@ -66,13 +67,13 @@ def model_labels(classes: list[str], dataset_classes: tuple[str, ...],
         CheckpointError: the class map names a class the data does not have, or maps one to
             a class the model does not know.
     """
-    from ..evaluation.external import match_classes
+    from ..evaluation.other_data import match_classes
 
     matching = match_classes(dataset_classes, classes, class_map, unknown_unscored=True)
     return {c: None if t is None else classes.index(t) for c, t in matching.items()}
 
 
-def prepare_site(run: Any, data: str | os.PathLike[str], preparation: dict[str, Any],
+def prepare_site(run: Any, data: str | os.PathLike[str], preparation: Preparation,
                  *, progress: bool = True, **split: Any) -> PreparedData:  # fmt: skip
     """A site's images prepared as ``run``'s were: class folders, or one folder of
     unlabelled images; with ``split`` (``ratios``, ``split_seed``, ...) a drawn split, else
@@ -85,11 +86,11 @@ def prepare_site(run: Any, data: str | os.PathLike[str], preparation: dict[str, 
     from ..data import prepare_data
     from ..data.layout import is_ignored_file
 
-    prep = preparation | {"doubtful": "skip", "min_classes": 1}
+    prep = preparation.replace(doubtful="skip")
     try:
         if split:
-            return prepare_data(data, progress=progress, **split, **prep)
-        return run.prepare(data, "all", preparation=prep, progress=progress)
+            return prepare_data(data, progress=progress, min_classes=1, **split, **prep.kwargs())
+        return run.prepare(data, "all", preparation=prep, min_classes=1, progress=progress)
     except DataError:
         folder = Path(data)
         loose = folder.is_dir() and any(

@@ -1,6 +1,9 @@
 """Studies: a grid of training runs from a TOML file, run resumably, with a report."""
 
-from .config import (
+from .final import choose_final
+from .report import build_report
+from .runner import StudyProgress, run_study, select_cells
+from .study_config import (
     Cell,
     StudyConfig,
     arm_label,
@@ -8,9 +11,6 @@ from .config import (
     load_study_folder,
     parse_study_config,
 )
-from .final import choose_final
-from .report import build_report
-from .runner import StudyProgress, run_study, select_cells
 
 __all__ = [
     "Cell",

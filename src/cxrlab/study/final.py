@@ -27,8 +27,8 @@ from typing import Any
 
 from ..runs.ensemble import write_ensemble
 from ..runs.folder import load_card
-from .config import FINAL_DIR, Cell, StudyConfig
 from .report.results import collect_results
+from .study_config import FINAL_DIR, Cell, StudyConfig
 
 __all__ = ["FINAL_DIR", "choose_final", "final_scores", "write_final"]
 

@@ -42,10 +42,11 @@ from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
 from ..runs.external_sets import ExternalSet
 from ..runs.folder import RunDir
+from ..runs.scoring import open_run
 from ..shift.reference import store_reference
 from ..utils import atomic_write_text, usable_cpus, write_json
-from .config import ADAPTED_DIR, Cell, StudyConfig
 from .final import choose_final
+from .study_config import ADAPTED_DIR, Cell, StudyConfig
 
 __all__ = ["StudyProgress", "parse_shard", "run_study", "select_cells"]
 
@@ -222,21 +223,25 @@ class _Externals:
         self.own = own  # the fingerprint of the study's own data
         self.progress = progress
         self.failed: dict[str, str] = {}
-        self._prepared: dict[tuple[str, int, str, str], PreparedData] = {}
+        self._prepared: dict[tuple[Any, ...], PreparedData] = {}
 
-    def _prepare(self, ext: ExternalSet, cell: Cell) -> PreparedData | None:
+    def _prepare(self, ext: ExternalSet, cell: Cell, run_dir: Path) -> PreparedData | None:
+        """The set prepared as the finished cell's images were (its run's preparation is the
+        cache key: cells that prepare alike share one preparation of the set)."""
         from ..runs.external_sets import prepare_external
 
-        cfg = cell.config
-        key = (ext.name, cfg.image_size, cfg.lungs, cfg.masks_from or "")
         if ext.name in self.failed:
             return None
+        try:
+            preparation = open_run(run_dir).preparation(masks_from=cell.config.masks_from)
+        except CxrlabError as e:
+            tqdm.write(f"external {ext.name}: {cell.id}: skipped: {e}")
+            return None
+        key = (ext.name, *preparation.replace(doubtful="skip").key)
         if key not in self._prepared:
             try:
-                prepared = prepare_external(
-                    ext, self.classes, image_size=key[1], lungs=key[2],
-                    masks_from=cfg.masks_from, progress=self.progress,
-                )  # fmt: skip
+                prepared = prepare_external(ext, self.classes, preparation,
+                                            progress=self.progress)  # fmt: skip
                 if prepared.report.fingerprint() == self.own:
                     raise ConfigError(
                         f"{ext.data} is the study's own data; an external set must be other data"
@@ -253,7 +258,7 @@ class _Externals:
         from ..runs.external_sets import is_current
 
         return any(
-            (prepared := self._prepare(ext, cell)) is not None
+            (prepared := self._prepare(ext, cell, run_dir)) is not None
             and not is_current(run_dir, ext, prepared)
             for ext in self.sets
         )
@@ -262,7 +267,7 @@ class _Externals:
         from ..runs.external_sets import describe_result, evaluate_external
 
         for ext in self.sets:
-            prepared = self._prepare(ext, cell)
+            prepared = self._prepare(ext, cell, run_dir)
             if prepared is None:
                 continue
             try:

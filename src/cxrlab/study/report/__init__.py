@@ -7,21 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import run_files
-from ...analysis.figures import plot_by_size
+from ...analysis.reuse_figures import plot_by_size
 from ...data.split import load_split
 from ...runs.ensemble import read_ensemble
 from ...utils import atomic_write_text
-from ..config import FINAL_DIR, StudyConfig, load_study_folder
+from ..study_config import FINAL_DIR, StudyConfig, load_study_folder
 from .adapt import adapt_markdown, collect_adapt
 from .audits import StudyAudits, audit_markdown, collect_audits
-from .external import (
+from .external_tables import (
     ExternalResults,
     collect_external,
     external_comparisons,
     external_markdown,
     plot_routing,
 )
-from .figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .html import render_html
 from .results import (
     Comparison,
@@ -33,6 +32,7 @@ from .results import (
     summary_markdown,
 )
 from .reuse import reuse_sections
+from .study_figures import plot_accuracy_intervals, plot_comparisons, plot_feature_maps
 from .trials import plot_trials, trials_csv
 
 __all__ = ["Report", "build_report"]

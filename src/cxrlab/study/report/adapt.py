@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ADAPTED_DIR, AdaptSettings, StudyConfig
+from ..study_config import ADAPTED_DIR, AdaptSettings, StudyConfig
 from .results import StudyResults, markdown_table, mean_sd
 
 __all__ = ["ADAPT_METRICS", "adapt_markdown", "adapt_tables", "collect_adapt"]

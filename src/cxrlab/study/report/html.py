@@ -10,10 +10,10 @@ from typing import Any
 from ... import run_files
 from ...runs.card import RunCard
 from ...runs.folder import load_card
-from ..config import StudyConfig
+from ..study_config import StudyConfig
 from .adapt import adapt_tables
 from .audits import AUDIT_HEADER, StudyAudits, audit_rows
-from .external import ExternalResults, external_markdown, external_table
+from .external_tables import ExternalResults, external_markdown, external_table
 from .results import (
     COMPARISON_METHOD,
     Comparison,

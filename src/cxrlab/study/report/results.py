@@ -16,7 +16,6 @@ import numpy as np
 from ... import run_files
 from ...data.split import Split, train_size_label
 from ...runs.folder import RunDir, load_card
-from ..config import StudyConfig
 from ..stats import (
     holm,
     mcnemar_exact,
@@ -26,6 +25,7 @@ from ..stats import (
     two_level_bootstrap,
     wilson_interval,
 )
+from ..study_config import StudyConfig
 from .flags import run_flags
 from .trials import select_trial, validation_scores
 

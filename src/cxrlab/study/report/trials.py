@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 from ... import run_files
 from ...errors import CheckpointError
 from ...runs.folder import RunDir, load_card
-from ..config import without_seed
+from ..study_config import without_seed
 
 __all__ = ["plot_trials", "select_trial", "trials_csv", "validation_scores"]
 

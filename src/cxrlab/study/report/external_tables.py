@@ -24,7 +24,7 @@ import numpy as np
 from ... import run_files
 from ...evaluation.intervals import wilson_interval
 from ...runs.external_sets import ExternalSet, read_external
-from ..config import StudyConfig
+from ..study_config import StudyConfig
 from .results import Comparison, StudyResults, compare, format_stat, summarise
 
 __all__ = [

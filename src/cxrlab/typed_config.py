@@ -1,4 +1,4 @@
-"""Typed configuration objects: dataclasses checked on the way in.
+"""Typed configuration objects and cards: dataclasses checked on the way in.
 
 ``from_dict`` rejects unknown keys (with a did-you-mean) and values of the wrong type, naming
 the key, so a typo in a config file or a call never passes silently.
@@ -12,9 +12,9 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
-__all__ = ["from_dict", "option"]
+__all__ = ["check_format", "from_dict", "option"]
 
 T = TypeVar("T")
 
@@ -103,3 +103,24 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
         raise
     except TypeError as e:
         raise ConfigError(f"{section or cls.__name__}: {e}") from e
+
+
+def check_format(
+    card: dict[str, Any], expected: str, where: str, what: str = "cxrlab model card"
+) -> None:
+    """Refuse another kind of card, and a newer version of this kind, with one line
+    (``expected`` is ``kind/version``: a run's, an ensemble's or a segmenter's card).
+
+    Raises:
+        CheckpointError: the card's format is another kind, or a newer version.
+    """
+    fmt = str(card.get("format"))
+    kind, _, version = fmt.rpartition("/")
+    want_kind, _, want_version = expected.rpartition("/")
+    if kind == want_kind and version.isdigit() and int(version) > int(want_version):
+        raise CheckpointError(
+            f"{where} is a {fmt} card, written by a newer cxrlab than this one (which reads "
+            f"{expected}); upgrade cxrlab to use it"
+        )
+    if fmt != expected:
+        raise CheckpointError(f"{where} is not a {what} (format {fmt!r})")

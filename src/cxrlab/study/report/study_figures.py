@@ -15,7 +15,7 @@ from ... import run_files
 from ...data import load_gray8, resize_gray8
 from ...data.split import load_split
 from ...runs.folder import load_card
-from ..config import StudyConfig
+from ..study_config import StudyConfig
 from .results import Comparison, StudyResults, summarise, table_groups
 
 __all__ = ["plot_accuracy_intervals", "plot_comparisons", "plot_feature_maps"]

@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..config import from_dict, option
 from ..errors import ConfigError
 from ..freeze import BN_MODES, parse_freeze
+from ..typed_config import from_dict, option
 
 __all__ = ["TrainConfig"]
 

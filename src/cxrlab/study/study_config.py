@@ -67,12 +67,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import from_dict
 from ..data.split import train_size_label
 from ..engine import TrainConfig
 from ..errors import ConfigError
 from ..freeze import parse_freeze
 from ..models import parse_weights
+from ..typed_config import from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
