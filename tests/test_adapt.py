@@ -158,6 +158,9 @@ def test_adapt_refuses_bad_input_in_one_line(setting, tmp_path: Path, capsys) ->
     fails([str(run), "--data", str(site), "--out", out, "--method", "none"], "changes nothing")
     fails([str(run), "--data", str(site), "--out", out, "--labels", "1"],
           "at least 2 labelled images per class")  # fmt: skip
+    # refused before anything is read: the site named here does not even exist
+    fails([str(run), "--data", str(tmp_path / "nowhere"), "--out", out, "--labels", "1"],
+          "at least 2 labelled images per class")  # fmt: skip
     fails([str(run), "--data", str(site), "--out", out, "--labels", "2", "--scope", "x"],
           "Unknown scope")  # fmt: skip
     fails([str(run), "--data", str(site), "--out", out, "--method", "entropy"], "Unknown method")

@@ -288,6 +288,11 @@ def adapt_run(
         raise ConfigError(f"Unknown scope {scope!r}; choose auto or one of {', '.join(SCOPES)}")
     if labels < 0:
         raise ConfigError(f"--labels must be 0 or more, got {labels}")
+    if labels == 1 and scope == "auto":  # refused now, before the site is prepared
+        raise ConfigError(
+            "Choosing what to fine-tune (--scope auto) needs at least 2 labelled images per "
+            "class (one held out in turn); give --labels 2 or more, or name a --scope"
+        )
     if method == "none" and not labels:
         raise ConfigError("--method none with --labels 0 changes nothing; give labelled "
                           "images per class with --labels N, or an unlabelled method")  # fmt: skip
