@@ -151,3 +151,35 @@ def test_dict_reads_of_a_card_still_work_but_warn(runs: dict[str, Path]) -> None
         assert card["classes"] == list(card.classes)
         assert card.get("calibration")["temperature"] == card.temperature
     assert [w.category for w in caught] == [DeprecationWarning] * 2
+
+
+def test_run_dir_names_every_file_and_reads_typed_metrics(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """RunDir: the files where the trainer wrote them, finished or not, the card and split
+    read back; metrics.json typed and back to the very file; a metrics file that lacks a
+    field every run has, and an unfinished run, refused in one line."""
+    from cxrlab import run_files
+    from cxrlab.runs import RunDir, RunMetrics
+
+    run = RunDir(runs["a"])
+    for name in ("card_file", "model_file", "config_file", "metrics_file", "split_file",
+                 "history_file", "predictions_file"):  # fmt: skip
+        assert getattr(run, name).is_file(), name
+    assert run.finished and not run.interrupted and not run.checkpoint_file.exists()
+    assert run.card() == load_card(runs["a"]) and len(run.split().records) > 0
+    raw = json.loads(run.metrics_file.read_text())
+    scores = run.scores()
+    assert isinstance(scores, RunMetrics) and scores.to_dict() == raw == run.metrics()
+    assert scores.correct == round(raw["accuracy"] * raw["n"]) and scores.extra == {}
+    later = RunMetrics.from_dict(raw | {"new_field": 1})  # a later cxrlab's field is kept
+    assert later.extra == {"new_field": 1} and later.to_dict() == raw | {"new_field": 1}
+    busy = tmp_path / "busy"
+    shutil.copytree(runs["a"], busy)
+    (busy / run_files.METRICS).unlink()
+    (busy / run_files.CHECKPOINT).write_bytes(b"x")
+    assert RunDir(busy).interrupted and not RunDir(busy).finished
+    with pytest.raises(CheckpointError, match="not a finished run"):
+        RunDir(busy).scores()
+    (busy / run_files.METRICS).write_text(json.dumps({k: v for k, v in raw.items() if k != "n"}))
+    with pytest.raises(CheckpointError, match="not a readable metrics file"):
+        RunDir(busy).scores()

@@ -9,12 +9,14 @@ Everything that uses a trained model (``infer``, ``audit``, ``analysis``, ``app`
 from .card import EnsembleCard, RunCard, read_card
 from .evaluate import evaluate_run
 from .folder import RunDir, load_card, load_run_model, save_model
+from .metrics import RunMetrics
 from .scoring import ScoringRun, open_run
 
 __all__ = [
     "EnsembleCard",
     "RunCard",
     "RunDir",
+    "RunMetrics",
     "ScoringRun",
     "evaluate_run",
     "load_card",

@@ -31,6 +31,7 @@ from ..models import CxrClassifier, create_model, get_spec
 from ..runtime import versions
 from ..utils import write_json
 from .card import CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
+from .metrics import RunMetrics
 
 __all__ = [
     "CARD_FORMAT",
@@ -139,6 +140,14 @@ class RunDir:
         if not self.finished:
             raise CheckpointError(f"{self.path} has no {run_files.METRICS}: not a finished run")
         return json.loads(self.metrics_file.read_text())
+
+    def scores(self) -> RunMetrics:
+        """``metrics.json`` of a finished run, typed (:class:`~cxrlab.runs.metrics.RunMetrics`).
+
+        Raises:
+            CheckpointError: the run has not finished, or the file cannot be read.
+        """
+        return RunMetrics.from_dict(self.metrics(), str(self.metrics_file))
 
     def split(self) -> Split:
         """The split the run trained on."""

@@ -201,39 +201,39 @@ def collect_results(study: StudyConfig, out: Path) -> StudyResults:
         if not RunDir(run).finished:
             missing.append(cell.id)
             continue
-        m = RunDir(run).metrics()
+        scores = RunDir(run).scores()
+        m = scores.to_dict()  # the columns below read typed fields; the flags the whole file
         card = load_card(run)
         preds = _read_predictions(run / run_files.PREDICTIONS)
         if not cell.config.holdout_source:  # a cell holding a source out tests on fewer
             paths = paths or sorted(preds)
             correct[cell.id] = np.array([preds[p] for p in paths], dtype=bool)
-        n_right = round(m["accuracy"] * m["n"])
-        low, high = wilson_interval(n_right, m["n"])
+        low, high = wilson_interval(scores.correct, scores.n)
         row = {
             "cell": cell.id, "group": cell.group, "label": cell.label, "model": cell.model,
             "weights": cell.config.weights, "freeze": cell.config.freeze, "seed": cell.seed,
-            "train_size": cell.config.train_size, "train_images": m.get("train_images"),
+            "train_size": cell.config.train_size, "train_images": scores.train_images,
             "arm": cell.label.removesuffix(f", {train_size_label(cell.config.train_size)}"),
             "chosen": ", ".join(f"{k}={v}" for k, v in cell.trial.items()),
             "trainable_params": card.freeze.trainable_params,
             "total_params": card.freeze.total_params,
-            "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"),
-            "train_seconds": round(float(m.get("train_seconds", 0.0)), 2),
-            "wall_seconds": round(float(m.get("wall_seconds", 0.0)), 2), "n_test": m["n"],
-            **{k: m.get(k) for k in (*METRICS, "nll", "loss")},
+            "epochs_run": scores.epochs_run, "best_epoch": scores.best_epoch,
+            "train_seconds": round(float(scores.train_seconds), 2),
+            "wall_seconds": round(float(scores.wall_seconds), 2), "n_test": scores.n,
+            **{k: getattr(scores, k) for k in (*METRICS, "nll", "loss")},
             "accuracy_ci_low": low, "accuracy_ci_high": high,
-            **{f"f1_{c}": v["f1"] for c, v in m["per_class"].items()},
+            **{f"f1_{c}": v["f1"] for c, v in scores.per_class.items()},
             **_flag_columns(run_flags(run, m)),
             **_holdout_columns(cell.config.holdout_source, run),
-            **_source_columns(m),
+            **_source_columns(scores.per_source),
         }  # fmt: skip
         rows.append(row)
     return StudyResults(rows, correct, paths or [], missing, trials)
 
 
-def _source_columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A run on several sources: each source's balanced accuracy, and the worst source."""
-    by = metrics.get("per_source")
+def _source_columns(by: dict[str, Any] | None) -> dict[str, Any]:
+    """A run on several sources (its ``per_source`` scores): each source's balanced
+    accuracy, and the worst source."""
     if not by:
         return {}
     return {**{f"source_{name}_balanced_accuracy": m["balanced_accuracy"]
