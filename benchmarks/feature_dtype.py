@@ -32,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    from cxrlab.engine import TrainConfig, train
+    from cxrlab.training import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     print(f"{machine_line(args.threads)}; {args.model} {args.weights} freeze={args.freeze} "

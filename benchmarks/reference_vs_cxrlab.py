@@ -84,7 +84,7 @@ def reference(args: argparse.Namespace) -> dict:
 def cxrlab_run(args: argparse.Namespace) -> dict:
     import torch
 
-    from cxrlab.engine import TrainConfig, train
+    from cxrlab.training import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(data=args.data, model=args.model, weights=args.weights, freeze=args.freeze,

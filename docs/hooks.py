@@ -19,6 +19,7 @@ PACKAGES = (
     "cxrlab.models",
     "cxrlab.engine",
     "cxrlab.runs",
+    "cxrlab.training",
     "cxrlab.evaluation",
     "cxrlab.segment",
     "cxrlab.infer",

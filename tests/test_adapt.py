@@ -23,12 +23,12 @@ from cxrlab.adapt import (
 )
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.evaluation.calibration import fit_temperature
 from cxrlab.infer import load
 from cxrlab.runs import evaluate_run
 from cxrlab.runs.folder import load_card as read_card
+from cxrlab.training import train
 
 from conftest import tiny_config
 

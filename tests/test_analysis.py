@@ -22,10 +22,10 @@ from cxrlab.analysis import (
 )
 from cxrlab.data import prepare_data
 from cxrlab.data.synth import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError, ConfigError, DataError
 from cxrlab.models import create_model, statistics_transfer
 from cxrlab.runs import load_run_model
+from cxrlab.training import TrainConfig, train
 
 from conftest import tiny_config
 

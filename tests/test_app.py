@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CxrlabError
 from cxrlab.infer import export_model, load
+from cxrlab.training import TrainConfig, train
 
 from conftest import png_with_declared_size, write_dicom, write_png
 

@@ -17,10 +17,10 @@ from cxrlab.audit import acquisition_probes, run_audit
 from cxrlab.audit.checks import mass_inside
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError
 from cxrlab.runs import evaluate_run
 from cxrlab.study import build_report, parse_study_config, run_study
+from cxrlab.training import TrainConfig, train
 
 from conftest import CLASSES, random_gray, write_png
 

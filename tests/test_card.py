@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError
 from cxrlab.infer import load
 from cxrlab.runs import (
@@ -24,6 +23,7 @@ from cxrlab.runs import (
     read_card,
 )
 from cxrlab.runs.ensemble import write_ensemble
+from cxrlab.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

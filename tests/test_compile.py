@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
+from cxrlab.training import train
 
 from conftest import tiny_config
 

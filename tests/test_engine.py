@@ -10,9 +10,9 @@ import torch
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from cxrlab.runs import evaluate_run, load_run_model
+from cxrlab.training import TrainConfig, train
 
 from conftest import random_gray, tiny_config, write_png
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
 from cxrlab.errors import CheckpointError, ConfigError, TrainingInterrupted
 from cxrlab.runs.external_sets import (
     ExternalSet,
@@ -24,6 +23,7 @@ from cxrlab.runs.external_sets import (
     read_external,
 )
 from cxrlab.study import build_report, parse_study_config, run_study
+from cxrlab.training import train
 
 from conftest import TINY_STUDY, tiny_config
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.runs import evaluate_run
+from cxrlab.training import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU; the CPU paths are tested elsewhere"

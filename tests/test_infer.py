@@ -7,10 +7,10 @@ import pytest
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import TrainConfig, train
 from cxrlab.errors import CheckpointError, CxrlabError
 from cxrlab.infer import export_model, gradcam, load
 from cxrlab.models import create_model
+from cxrlab.training import TrainConfig, train
 
 from conftest import write_png
 

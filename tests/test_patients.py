@@ -17,9 +17,9 @@ from cxrlab.data.patients import (
     parse_patient_rules,
     patient_ids,
 )
-from cxrlab.engine import train
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.runs import evaluate_run
+from cxrlab.training import train
 
 from conftest import random_gray, tiny_config, write_png
 

@@ -231,7 +231,7 @@ def test_segment_predict_writes_a_masked_dataset(seg_run, masked, tmp_path, caps
 
 def test_segmenter_and_classifier_runs_are_not_confused(seg_run, tmp_path, capsys) -> None:
     from cxrlab.cli import main
-    from cxrlab.engine import train
+    from cxrlab.training import train
 
     from conftest import tiny_config
 
@@ -266,9 +266,9 @@ def test_masks_from_a_segmenter_for_data_without_masks(seg_run, masked, tmp_path
 
     import cxrlab.segment.apply as apply
     from cxrlab.cli import main
-    from cxrlab.engine import train
     from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
+    from cxrlab.training import train
 
     from conftest import tiny_config
 
@@ -316,11 +316,11 @@ def test_runs_carry_their_lungs_everywhere(seg_run, masked, tmp_path, monkeypatc
     import cxrlab.segment.apply as apply
     from cxrlab.app.service import ModelService
     from cxrlab.cli import main
-    from cxrlab.engine import train
     from cxrlab.errors import CheckpointError
     from cxrlab.infer import load
     from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
+    from cxrlab.training import train
 
     from conftest import tiny_config
 
@@ -396,9 +396,9 @@ def test_training_skips_images_without_a_valid_mask_when_asked(seg_run, masked, 
     import shutil
 
     import cxrlab.segment.apply as apply
-    from cxrlab.engine import train
     from cxrlab.runs import evaluate_run
     from cxrlab.segment.masks import MaskVerdict
+    from cxrlab.training import train
 
     from conftest import tiny_config
 

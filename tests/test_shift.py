@@ -12,7 +12,6 @@ from sklearn.neighbors import NearestNeighbors
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
 from cxrlab.shift import (
     KnnDistance,
     Mahalanobis,
@@ -25,6 +24,7 @@ from cxrlab.shift import (
 )
 from cxrlab.shift.batch import c2st_test, detection_power
 from cxrlab.shift.signals import keep_threshold
+from cxrlab.training import train
 
 from conftest import tiny_config
 

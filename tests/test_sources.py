@@ -198,8 +198,8 @@ def test_balanced_sampling_draws_each_cell_alike(two_sources, tmp_path, monkeypa
 def test_training_on_two_sources(two_sources, tmp_path, monkeypatch, capsys) -> None:
     """A run on two sources: its split and card name each image's source, its metrics
     score each source, and evaluate rebuilds a view that left the cache."""
-    from cxrlab.engine import train
     from cxrlab.runs import evaluate_run
+    from cxrlab.training import train
 
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     a, b = two_sources
@@ -254,7 +254,7 @@ def test_a_second_source_lowers_the_source_probe(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     from cxrlab.audit import run_audit
-    from cxrlab.engine import TrainConfig, train
+    from cxrlab.training import TrainConfig, train
 
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     drawn = {}
@@ -293,7 +293,7 @@ def test_audit_source_check(two_sources, tmp_path, monkeypatch) -> None:
     """The audit of a run on two sources probes its features for the source; of a run on
     one source, the check says why it is skipped."""
     from cxrlab.audit import run_audit
-    from cxrlab.engine import train
+    from cxrlab.training import train
 
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     a, b = two_sources
@@ -353,7 +353,7 @@ weights = "none"
 def test_leave_one_source_out(two_sources, tmp_path, monkeypatch, capsys) -> None:
     """--holdout-source trains on the other sources and scores the one left out on its own
     validation and test splits, copies of training images left out."""
-    from cxrlab.engine import train
+    from cxrlab.training import train
 
     monkeypatch.setenv("CXRLAB_CACHE", str(tmp_path / "cache"))
     a, b = two_sources

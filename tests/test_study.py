@@ -11,10 +11,10 @@ import pytest
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
 from cxrlab.errors import ConfigError, TrainingInterrupted
 from cxrlab.study import build_report, parse_study_config, run_study, select_cells
 from cxrlab.study.report.results import StudyResults, compare, summary_markdown
+from cxrlab.training import train
 
 from conftest import TINY_STUDY
 
@@ -322,6 +322,9 @@ def test_study_final_model_is_chosen_on_validation(phantoms: Path, tmp_path: Pat
 
     from cxrlab.cli import main
 
+    before = {f: f.read_bytes() for f in final.rglob("*") if f.is_file()}
+    assert main(["study", "report", str(out)]) == 0
+    assert {f: f.read_bytes() for f in final.rglob("*") if f.is_file()} == before  # untouched
     shutil.rmtree(final)
     again = build_report(out, study)
     assert not final.exists() and "final" not in again.files

@@ -13,9 +13,9 @@ import pytest
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
-from cxrlab.engine import train
 from cxrlab.errors import ConfigError, CxrlabError, TrainingInterrupted
 from cxrlab.study import parse_study_config, run_study
+from cxrlab.training import train
 
 from conftest import TINY_STUDY, tiny_config
 

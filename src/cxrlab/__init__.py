@@ -1,9 +1,10 @@
 """cxrlab: chest X-ray classification and transfer-learning studies.
 
 The public API in a few names; everything else lives in the subpackages, in data-flow order:
-``cxrlab.data`` -> ``cxrlab.models`` -> ``cxrlab.freeze`` -> ``cxrlab.engine`` ->
-``cxrlab.evaluation`` -> ``cxrlab.infer`` -> ``cxrlab.audit`` -> ``cxrlab.analysis`` ->
-``cxrlab.study``.
+``cxrlab.data`` -> ``cxrlab.models`` -> ``cxrlab.freeze`` -> ``cxrlab.evaluation`` ->
+``cxrlab.segment`` -> ``cxrlab.engine`` -> ``cxrlab.runs`` -> ``cxrlab.shift`` ->
+``cxrlab.training`` -> ``cxrlab.adapt`` -> ``cxrlab.infer`` -> ``cxrlab.app`` ->
+``cxrlab.audit`` -> ``cxrlab.analysis`` -> ``cxrlab.study`` (docs/development.md).
 
 Names are imported on first use, so ``import cxrlab`` (and the CLI) start fast.
 
@@ -31,7 +32,7 @@ _EXPORTS = {
     "create_model": "cxrlab.models",
     "list_models": "cxrlab.models",
     "TrainConfig": "cxrlab.engine",
-    "train": "cxrlab.engine",
+    "train": "cxrlab.training",
     "evaluate_run": "cxrlab.runs",
     "load_study_config": "cxrlab.study",
     "run_study": "cxrlab.study",

@@ -9,19 +9,29 @@ so that every package, the trainers included, can name the files.
 from __future__ import annotations
 
 __all__ = [
+    "ADAPTATION",
     "AUDIT_DIR",
+    "AUDIT_JSON",
+    "AUDIT_MD",
     "CARD",
     "CHECKPOINT",
     "CONFIG",
+    "CONFUSION_FIGURE",
     "EXTERNAL_DIR",
+    "FIGURES",
     "HISTORY",
     "HOLDOUT",
     "INIT",
+    "LOSS_FIGURE",
     "METRICS",
     "MODEL",
     "PREDICTIONS",
+    "RELIABILITY_FIGURE",
     "SEGMENTER_CARD",
+    "SHIFT_DIR",
+    "SITE_SPLIT",
     "SPLIT",
+    "TRACKING",
 ]
 
 CARD = "model_card.json"  # a classifier's or an ensemble's card
@@ -36,4 +46,15 @@ HISTORY = "history.csv"  # one row per epoch
 PREDICTIONS = "predictions.csv"  # per-image test predictions
 HOLDOUT = "holdout.json"  # scores on the sources it held out
 EXTERNAL_DIR = "external"  # scores on external sets, one file per set
-AUDIT_DIR = "audit"  # its shortcut audit (in a study)
+AUDIT_DIR = "audit"  # its shortcut audit (the default place of 'cxrlab audit RUN')
+AUDIT_JSON = "audit.json"  # in an audit folder: the findings
+AUDIT_MD = "audit.md"  # in an audit folder: the report
+SHIFT_DIR = "shift"  # what 'cxrlab shift' and 'predict' compare new images with
+TRACKING = "tracking.json"  # the experiment trackers' run ids, to resume them
+ADAPTATION = "adaptation.json"  # an adapted run: how it was adapted, and its scores
+SITE_SPLIT = "site_split.csv"  # an adapted run: the site's images read and scored
+#: The figures of a finished run.
+LOSS_FIGURE = "loss.png"
+CONFUSION_FIGURE = "confusion_matrix.png"
+RELIABILITY_FIGURE = "reliability.png"
+FIGURES = (LOSS_FIGURE, CONFUSION_FIGURE, RELIABILITY_FIGURE)

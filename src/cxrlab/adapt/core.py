@@ -36,9 +36,9 @@ METHODS = ("none", "bn", "prior", "bn+prior", "tent", "tent+prior")
 #: AdaBN on a small site pool of two classes hurt and the class priors did not (docs/shift.md).
 DEFAULT_METHOD = "prior"
 #: What an adapted run writes beside its card: the site, the method, before and after.
-ADAPT_FILE = "adaptation.json"
+ADAPT_FILE = run_files.ADAPTATION
 #: The site's pool/test manifest in the adapted run's folder.
-SITE_SPLIT_FILE = "site_split.csv"
+SITE_SPLIT_FILE = run_files.SITE_SPLIT
 
 
 @dataclass(frozen=True)

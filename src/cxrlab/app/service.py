@@ -151,7 +151,7 @@ class ServedModel:
         card = self.predictor.card_data()
         source = self.source
         metrics = _read_json(source / run_files.METRICS) if source.is_dir() else None
-        audit = source / "audit" / "audit.md" if source.is_dir() else None
+        audit = source / run_files.AUDIT_DIR / run_files.AUDIT_MD if source.is_dir() else None
         kind = "onnx" if source.suffix == ".onnx" else "run"
         kind = "ensemble" if self.predictor.members else kind
         out: dict[str, Any] = {

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import run_files
 from ..data import PreparedData
 from ..data.dedup import near_duplicates, signatures
 from ..data.prepare import lung_mask_files
@@ -330,8 +331,8 @@ def _write(out: Path, report: dict[str, Any], plots: list[_Plot]) -> AuditResult
     """Every file of the audit: its figures, ``audit.json`` and ``audit.md``."""
     out.mkdir(parents=True, exist_ok=True)
     files = {key: draw(out / name) for key, name, draw in plots}
-    files["json"] = out / "audit.json"
-    files["markdown"] = out / "audit.md"
+    files["json"] = out / run_files.AUDIT_JSON
+    files["markdown"] = out / run_files.AUDIT_MD
     write_json(files["json"], report)
     result = AuditResult(out, report, files)
     atomic_write_text(files["markdown"], audit_markdown(result))
@@ -403,7 +404,7 @@ def run_audit(
                                                    a.rows[keep], a.device, seed)  # fmt: skip
     if a.external:
         report["checks"]["external"] = _external_check(a, report["normal"], a.labels[scored])
-    return _write(Path(out) if out is not None else run_dir / "audit", report, plots)
+    return _write(Path(out) if out is not None else run_dir / run_files.AUDIT_DIR, report, plots)
 
 
 def _source_check(model: Any, images: np.ndarray, prepared: PreparedData, rows: np.ndarray,

@@ -40,9 +40,9 @@ def train_cmd(
     **options: Any,
 ) -> None:
     """Train one classifier; writes metrics, figures, weights and a model card to --out."""
-    from ..engine import train
     from ..runs.external_sets import evaluate_externals
     from ..shift.reference import store_reference
+    from ..training import train
 
     sets = external_sets(external, external_class_map)
     config = config_from_options(TrainConfig, options, section="train ")

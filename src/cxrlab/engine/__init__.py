@@ -1,26 +1,12 @@
-"""Training: the configuration, batches from the decoded-image cache, the loop, optimiser
-and schedule, checkpoints, frozen-feature caches, several processes, experiment trackers.
+"""The training engine: the configuration (:class:`TrainConfig`), batches from the
+decoded-image cache and a model's predictions over them, the frozen-feature cache, the
+optimiser and schedule, checkpoints, several processes, experiment trackers.
 
-The building blocks (:mod:`.config`, :mod:`.batches`, :mod:`.features`) lie below
-:mod:`cxrlab.runs`, which stores a run's configuration and scores a finished run with them;
-the loop (:mod:`.trainer`) lies above it, since it writes a run folder through it. So
-``train`` is imported on first use: ``import cxrlab.runs`` never imports the trainer.
+The loop that drives them and writes a run folder is :func:`cxrlab.training.train`; a
+finished run folder is read and used through :mod:`cxrlab.runs`, which lies above this
+package (it stores a run's TrainConfig and scores runs with its batches and features).
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 from .train_config import TrainConfig
 
-if TYPE_CHECKING:
-    from .trainer import TrainResult, train
-
-__all__ = ["TrainConfig", "TrainResult", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("TrainResult", "train"):
-        return getattr(importlib.import_module(".trainer", __name__), name)
-    raise AttributeError(f"module 'cxrlab.engine' has no attribute {name!r}")
+__all__ = ["TrainConfig"]

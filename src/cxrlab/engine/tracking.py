@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import run_files
 from ..errors import ConfigError, CxrlabError
 
 __all__ = ["TRACKERS", "Tracker", "open_trackers", "parse_log", "require_trackers"]
@@ -35,13 +36,11 @@ __all__ = ["TRACKERS", "Tracker", "open_trackers", "parse_log", "require_tracker
 TRACKERS = ("tensorboard", "mlflow")
 
 #: Figures of a finished run that trackers show as images.
-FIGURES = ("loss.png", "confusion_matrix.png", "reliability.png")
 
 #: The final metrics trackers record (test split), with their names there.
 FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "nll", "loss")
 
 #: Where a run keeps the id of its MLflow run, so that --resume continues the same one.
-STATE_FILE = "tracking.json"
 
 
 def parse_log(text: str | None) -> tuple[str, ...]:
@@ -143,7 +142,7 @@ class TensorBoardTracker(Tracker):
         final = {f"test/{k}": v for k, v in _final_metrics(metrics).items()}
         for tag, value in final.items():
             self.writer.add_scalar(tag, value, step)
-        for name in FIGURES:
+        for name in run_files.FIGURES:
             path = run_dir / name
             if path.is_file():
                 img = np.asarray(Image.open(path).convert("RGB"))
@@ -176,7 +175,7 @@ class MLflowTracker(Tracker):
                 "pip install 'cxrlab[mlflow]'"
             ) from e
         self.uri = uri
-        state_path = run_dir / STATE_FILE
+        state_path = run_dir / run_files.TRACKING
         saved = json.loads(state_path.read_text()) if state_path.is_file() else {}
         self.run_id = saved.get("mlflow_run_id") if saved.get("mlflow_uri") == uri else None
         if self.run_id is not None:  # a resumed run continues its MLflow run

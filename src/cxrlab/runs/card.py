@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import run_files
 from ..engine.train_config import TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..freeze import FreezeReport
@@ -286,7 +287,7 @@ class RunCard(_Card):
         return out
 
     @classmethod
-    def from_dict(cls, card: dict[str, Any], where: str = "model_card.json") -> RunCard:
+    def from_dict(cls, card: dict[str, Any], where: str = run_files.CARD) -> RunCard:
         """Read a card of this format version or an older one (see the module docstring).
 
         Raises:
@@ -355,7 +356,7 @@ class EnsembleCard(_Card):
         }
 
     @classmethod
-    def from_dict(cls, card: dict[str, Any], where: str = "model_card.json") -> EnsembleCard:
+    def from_dict(cls, card: dict[str, Any], where: str = run_files.CARD) -> EnsembleCard:
         check_format(card, ENSEMBLE_FORMAT, where)
         d = _fields(cls, card, where)
         try:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import run_files
 from ..errors import CheckpointError
 
 __all__ = ["RunMetrics"]
@@ -53,7 +54,7 @@ class RunMetrics:
         return round(self.accuracy * self.n)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "metrics.json") -> RunMetrics:
+    def from_dict(cls, data: dict[str, Any], where: str = run_files.METRICS) -> RunMetrics:
         """Read the file's fields (unknown ones kept in ``extra``).
 
         Raises:

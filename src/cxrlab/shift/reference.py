@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import run_files
 from ..errors import CheckpointError, CxrlabError
 from ..utils import atomic_write_text, hash_strings
 from .signals import KnnDistance, Mahalanobis, keep_threshold, max_softmax_score
@@ -31,7 +32,6 @@ from .signals import KnnDistance, Mahalanobis, keep_threshold, max_softmax_score
 __all__ = [
     "COMBINED",
     "DEFAULT_KEEP",
-    "REFERENCE_DIR",
     "Detector",
     "ImageEvidence",
     "OodScorer",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 #: Where a run keeps its reference: ``<run>/shift/``.
-REFERENCE_DIR = "shift"
 _ARRAYS, _META, _VERSION = "reference.safetensors", "reference.json", 2
 #: The share of in-distribution (validation) images a threshold keeps unflagged.
 DEFAULT_KEEP = 0.95
@@ -165,7 +164,7 @@ def store_reference(run_dir: str | os.PathLike[str], *, device: str = "auto",
     except CxrlabError as e:
         return f"No shift reference kept for {run_dir}: {e}"
     return (f"Shift reference: {len(ref.val.probs)} validation images' features and thresholds "
-            f"kept in {Path(run_dir) / REFERENCE_DIR}")  # fmt: skip
+            f"kept in {Path(run_dir) / run_files.SHIFT_DIR}")  # fmt: skip
 
 
 def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
@@ -189,7 +188,7 @@ def reference(run_dir: str | os.PathLike[str], *, device: str = "cpu",
             f"{run_dir} is an ensemble: shift detection reads one model's features; give one "
             "of its runs"
         )
-    folder = run_dir / REFERENCE_DIR
+    folder = run_dir / run_files.SHIFT_DIR
     key = _key(run_dir, run.card)
     meta_path = folder / _META
     if meta_path.is_file() and (folder / _ARRAYS).is_file():

@@ -37,13 +37,13 @@ from tqdm.auto import tqdm
 
 from .. import run_files
 from ..data import PreparedData, prepare_data
-from ..engine import train
 from ..errors import ConfigError, CxrlabError
 from ..freeze import parse_freeze
 from ..runs.external_sets import ExternalSet
 from ..runs.folder import RunDir
 from ..runs.scoring import open_run
 from ..shift.reference import store_reference
+from ..training import train
 from ..utils import atomic_write_text, usable_cpus, write_json
 from .final import choose_final
 from .study_config import ADAPTED_DIR, Cell, StudyConfig
@@ -146,7 +146,7 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
 
 def _needs_audit(study: StudyConfig, run_dir: Path) -> bool:
     cell_checks = _cell_checks(study)
-    return bool(cell_checks) and not (run_dir / run_files.AUDIT_DIR / "audit.json").exists()
+    return bool(cell_checks) and not (run_dir / run_files.AUDIT_DIR / run_files.AUDIT_JSON).exists()
 
 
 def _cell_checks(study: StudyConfig) -> tuple[str, ...]:
@@ -172,7 +172,7 @@ def _probe_data(study: StudyConfig, out: Path, progress: bool) -> None:
 
     assert study.audit is not None
     target = out / run_files.AUDIT_DIR
-    if (target / "audit.json").exists():
+    if (target / run_files.AUDIT_JSON).exists():
         return
     done = next((out / "runs" / c.id for c in study.cells
                  if RunDir(out / "runs" / c.id).finished), None)  # fmt: skip

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ... import run_files
 from .results import StudyResults, markdown_table
 
 __all__ = ["StudyAudits", "audit_markdown", "audit_rows", "collect_audits"]
@@ -38,10 +39,10 @@ def collect_audits(study_dir: Path, results: StudyResults) -> StudyAudits:
     audits = StudyAudits()
     for r in results.rows:
         folder = study_dir / "runs" / r["cell"] / "audit"
-        if (a := _read(folder / "audit.json")) is not None:
+        if (a := _read(folder / run_files.AUDIT_JSON)) is not None:
             audits.cells[r["cell"]] = a
             audits.folder[r["cell"]] = folder
-    if (d := _read(study_dir / "audit" / "audit.json")) is not None:
+    if (d := _read(study_dir / run_files.AUDIT_DIR / run_files.AUDIT_JSON)) is not None:
         audits.data = d
         audits.folder["data"] = study_dir / "audit"
     return audits

@@ -181,8 +181,8 @@ def _runs_section(study: StudyConfig, results: StudyResults, study_dir: Path) ->
             f"{r['trainable_params']:,} of {r['total_params']:,} parameters trained; "
             f"training loop {r['train_seconds']} s, whole run {r['wall_seconds']} s</p>"
         )
-        parts.append(_img(run / "loss.png", "loss over epochs (train vs validation)"))
-        parts.append(_img(run / "confusion_matrix.png", "confusion matrix (test)"))
+        parts.append(_img(run / run_files.LOSS_FIGURE, "loss over epochs (train vs validation)"))
+        parts.append(_img(run / run_files.CONFUSION_FIGURE, "confusion matrix (test)"))
     cols = ["cell", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece",
             "trainable_params", "train_seconds", "wall_seconds"]  # fmt: skip
     parts.append("<h2>Results table</h2>")

@@ -30,6 +30,18 @@ from tqdm.auto import tqdm
 from .. import run_files
 from ..augment import augment_batch, step_generator
 from ..data import PreparedData, prepare_data
+from ..engine.batches import ImageBatches, predict_batches, sampling_strata
+from ..engine.checkpoint import (
+    RunState,
+    graceful_stop,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ..engine.distributed import Distributed, init_distributed, sync_batchnorm
+from ..engine.features import TrainableRest, build_frozen_features, feature_cache_plan
+from ..engine.optim import build_ema, build_optimizer, lr_at
+from ..engine.tracking import Tracker, open_trackers, require_trackers
+from ..engine.train_config import TrainConfig
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import (
     classification_metrics,
@@ -55,18 +67,6 @@ from ..runs.scoring import segmenter_masks
 from ..runtime import autocast, resolve_device, resolve_precision
 from ..shift.report import holdout_shift
 from ..utils import atomic_write_text, write_json
-from .batches import ImageBatches, predict_batches, sampling_strata
-from .checkpoint import (
-    RunState,
-    graceful_stop,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .distributed import Distributed, init_distributed, sync_batchnorm
-from .features import TrainableRest, build_frozen_features, feature_cache_plan
-from .optim import build_ema, build_optimizer, lr_at
-from .tracking import Tracker, open_trackers, require_trackers
-from .train_config import TrainConfig
 
 __all__ = ["TrainResult", "train"]
 
@@ -734,11 +734,11 @@ def _finish(run: _Run) -> TrainResult:
     write_json(out / run_files.METRICS, metrics)
     weights = run.model.weights_source.split(" ")[0]  # type: ignore[attr-defined]
     title = f"{config.model}, {weights}, freeze={config.freeze}"
-    plot_loss(history, out / "loss.png", title=f"Loss: {title}")
+    plot_loss(history, out / run_files.LOSS_FIGURE, title=f"Loss: {title}")
     plot_confusion_matrix(
         metrics["confusion_matrix"],
         data.classes,
-        out / "confusion_matrix.png",
+        out / run_files.CONFUSION_FIGURE,
         title=f"{title}\ntest accuracy {metrics['accuracy']:.3f}",
     )
     (out / run_files.CHECKPOINT).unlink(missing_ok=True)
@@ -778,7 +778,7 @@ def _calibrate(run: _Run, best: nn.Module, test_probs: np.ndarray, yt: np.ndarra
     pv, yv, _ = predict_batches(net, val, run.device, run.amp, tta=config.tta)
     t = fit_temperature(pv, yv)
     calibrated = apply_temperature(test_probs, t)
-    plot_reliability(test_probs, calibrated, yt, run.out / "reliability.png", t)
+    plot_reliability(test_probs, calibrated, yt, run.out / run_files.RELIABILITY_FIGURE, t)
     return {
         "temperature": t,
         "fitted_on": "val",
