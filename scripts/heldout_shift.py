@@ -25,7 +25,8 @@ For each finished run that held a source out (and whose id contains a ``--cell``
    probabilities, one plain view, for both.
 
 Prints a Markdown summary over the runs (mean ± std over seeds) and writes every number to
-``<study>/heldout_shift.json`` (runs measured by an earlier call are kept; ``--summary``
+``<study>/heldout_shift.json``, each run as soon as it is measured (runs measured by an
+earlier call are kept; ``--summary``
 prints the tables of what it holds). Nothing here chooses anything on a test split: the signals
 and methods are compared on the validation columns.
 """
@@ -312,11 +313,17 @@ def main() -> None:
             elif "labelled" in earlier:
                 row["labelled"] = earlier["labelled"]
             rows.append(row)
-    old = _saved(saved)
-    done = {r["run"] for r in rows}
-    rows = [r for r in old if r["run"] not in done] + rows  # runs measured earlier are kept
-    saved.write_text(json.dumps(rows, indent=2) + "\n")
-    print(_by_source(rows))
+            _save(saved, row)  # each run as it is measured: a stopped call keeps the others
+    print(_by_source(_saved(saved) if rows else []))
+
+
+def _save(path: Path, row: dict[str, Any]) -> None:
+    """Write ``row`` into the saved runs (read again now: several calls may share the file),
+    replacing an earlier row of the same run."""
+    rows = [r for r in _saved(path) if r["run"] != row["run"]] + [row]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _by_source(rows: list[dict[str, Any]]) -> str:
