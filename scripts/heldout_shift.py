@@ -314,7 +314,13 @@ def main() -> None:
                 row["labelled"] = earlier["labelled"]
             rows.append(row)
             _save(saved, row)  # each run as it is measured: a stopped call keeps the others
-    print(_by_source(_saved(saved) if rows else []))
+    if not rows:
+        print(
+            f"No finished run in {args.study / 'runs'} held a source out"
+            + (f" and matches --cell {' '.join(args.cell)}" if args.cell else "")
+        )
+        return
+    print(_by_source(_saved(saved)))
 
 
 def _save(path: Path, row: dict[str, Any]) -> None:
