@@ -31,7 +31,6 @@ the labelled images.
 """
 
 from .core import (
-    ADAPT_FILE,
     DEFAULT_METHOD,
     METHODS,
     AdaptResult,
@@ -43,7 +42,6 @@ from .core import (
 from .labelled import SCOPES, FineTuneSettings, choose_scope, draw_labelled, fine_tune
 
 __all__ = [
-    "ADAPT_FILE",
     "DEFAULT_METHOD",
     "METHODS",
     "SCOPES",

@@ -35,12 +35,8 @@ __all__ = ["TRACKERS", "Tracker", "open_trackers", "parse_log", "require_tracker
 
 TRACKERS = ("tensorboard", "mlflow")
 
-#: Figures of a finished run that trackers show as images.
-
 #: The final metrics trackers record (test split), with their names there.
 FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "nll", "loss")
-
-#: Where a run keeps the id of its MLflow run, so that --resume continues the same one.
 
 
 def parse_log(text: str | None) -> tuple[str, ...]:

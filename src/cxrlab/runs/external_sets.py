@@ -41,8 +41,6 @@ __all__ = [
     "read_external",
 ]
 
-#: Where a run keeps its external results: ``<run>/external/<name>.json``.
-
 
 @dataclass(frozen=True)
 class ExternalSet:

@@ -66,9 +66,6 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def card_file(self) -> Path:
         return self.path / run_files.CARD
@@ -76,10 +73,6 @@ class RunDir:
     @property
     def model_file(self) -> Path:
         return self.path / run_files.MODEL
-
-    @property
-    def init_file(self) -> Path:
-        return self.path / run_files.INIT
 
     @property
     def checkpoint_file(self) -> Path:
@@ -104,18 +97,6 @@ class RunDir:
     @property
     def predictions_file(self) -> Path:
         return self.path / run_files.PREDICTIONS
-
-    @property
-    def holdout_file(self) -> Path:
-        return self.path / run_files.HOLDOUT
-
-    @property
-    def external_dir(self) -> Path:
-        return self.path / run_files.EXTERNAL_DIR
-
-    @property
-    def audit_dir(self) -> Path:
-        return self.path / run_files.AUDIT_DIR
 
     @property
     def finished(self) -> bool:
@@ -152,10 +133,6 @@ class RunDir:
     def split(self) -> Split:
         """The split the run trained on."""
         return load_split(self.split_file)
-
-    def require_finished(self) -> None:
-        """See :func:`require_finished`."""
-        require_finished(self.path)
 
     def prepare(self, resume: bool) -> None:
         """Create the folder for training; refuse to overwrite a finished or interrupted run

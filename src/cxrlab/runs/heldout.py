@@ -4,10 +4,10 @@ With ``holdout_source`` a run trains on the other sources of ``data`` and afterw
 the held-out source on its own validation and test splits (drawn with the run's split seed
 and ratios), leaving out copies of the run's training and validation images first. The
 held-out validation split is a fair signal for choosing a recipe that travels; its test
-split, never used to choose anything, says how far the chosen recipe got. Each split also
-gets its shift report (:mod:`cxrlab.shift`: would the run have flagged the source it never
-saw, and how close its accuracy estimate without labels came). Results go to
-``<run>/holdout.json``.
+split, never used to choose anything, says how far the chosen recipe got. Given a shift
+summary (the trainer passes one), each split also gets its shift report
+(:mod:`cxrlab.shift`: would the run have flagged the source it never saw, and how close its
+accuracy estimate without labels came). Results go to ``<run>/holdout.json``.
 """
 
 from __future__ import annotations

@@ -141,9 +141,6 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
         )
 
 
-#: Where a cell's audit goes, inside its run folder; the study's data probes, in the study.
-
-
 def _needs_audit(study: StudyConfig, run_dir: Path) -> bool:
     cell_checks = _cell_checks(study)
     return bool(cell_checks) and not (run_dir / run_files.AUDIT_DIR / run_files.AUDIT_JSON).exists()
@@ -454,13 +451,11 @@ def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,
 def _adaptations(study: StudyConfig, cell_id: str,
                  out: Path) -> list[tuple[Any, int, int, Path]]:  # fmt: skip
     """The ``[[study.adapt]]`` runs of a cell not made yet: (settings, labels, draw, folder)."""
-    from ..adapt import ADAPT_FILE
-
     todo = []
     for spec in study.settings.adapt:
         for n, draw, name in spec.runs():
             dest = out / ADAPTED_DIR / cell_id / name
-            if not (dest / ADAPT_FILE).is_file():
+            if not (dest / run_files.ADAPTATION).is_file():
                 todo.append((spec, n, draw, dest))
     return todo
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import run_files
 from ..study_config import ADAPTED_DIR, AdaptSettings, StudyConfig
 from .results import StudyResults, markdown_table, mean_sd
 
@@ -19,11 +20,9 @@ ADAPT_METRICS = ("accuracy", "macro_f1", "ece")
 
 def _records(out: Path, cell: str, spec: AdaptSettings, n: int) -> list[dict[str, Any]]:
     """The site test scores of the cell's adapted runs with ``n`` labels, one per draw."""
-    from ...adapt import ADAPT_FILE
-
     found = []
     for labels, _, name in spec.runs():
-        path = out / ADAPTED_DIR / cell / name / ADAPT_FILE
+        path = out / ADAPTED_DIR / cell / name / run_files.ADAPTATION
         if labels == n and path.is_file():
             rec = json.loads(path.read_text())["site_test"]
             if rec["before"] and rec["after"]:
