@@ -43,7 +43,7 @@ def marker_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Pretrained EfficientNet-Lite0 (half frozen) on clean phantoms with clear findings."""
     base = tmp_path_factory.mktemp("clean")
-    data = write_synthetic_dataset(base / "data", per_class=30, size=64, masks=True,
+    data = write_synthetic_dataset(base / "data", per_class=30, size=64, masks="infection",
                                    min_severity=1.0, progress=False)  # fmt: skip
     cfg = TrainConfig(data=str(data), model="efficientnet_lite0", weights="imagenet",
                       freeze="0.5", epochs=8, image_size=64, **FAST)  # fmt: skip
@@ -83,6 +83,30 @@ def test_clean_phantoms_fall_to_chance_without_the_lungs(clean_run: Path) -> Non
     assert removed["accuracy"] <= lungs["chance"] + 0.15  # and they were all in the lungs
     assert removed["retained"] < 0.3
     assert (clean_run / "audit" / "audit.json").is_file()  # the default place
+
+
+def test_infection_check_on_phantoms_with_infection_masks(clean_run: Path,
+                                                          marker_run: Path) -> None:  # fmt: skip
+    """The COVID phantoms' infection masks: Grad-CAM on correctly classified COVID images,
+    against chance; data without infection masks is a reported skip."""
+    result = run_audit(clean_run, checks=("infection",), progress=False,
+                       out=clean_run / "audit-infection")  # fmt: skip
+    inf = result.report["checks"]["infection"]
+    assert "skipped" not in inf, inf
+    assert 0 < inf["n_correct"] <= inf["n_infected"] < 30  # COVID test images
+    assert inf["n"] == len(inf["rows"]) == len(inf["ratios"]) == inf["n_correct"]
+    assert 0 < inf["area_share"] < 1 and inf["within"] == "lungs"
+    assert np.nanmean(inf["ratios"]) == pytest.approx(inf["ratio"])
+    assert inf["pointing"] == pytest.approx(np.mean(inf["hits"]))
+    assert inf["ratio_ci"][0] <= inf["ratio"] <= inf["ratio_ci"][1]
+    assert "times as much as a map spread evenly" in result.findings["infection"]
+    assert (clean_run / "audit-infection" / "cam_infection.png").is_file()
+    assert (
+        "Does it look at the infection" in (clean_run / "audit-infection" / "audit.md").read_text()
+    )
+    other = run_audit(marker_run, checks=("infection",), progress=False, out=marker_run / "a2")
+    why = other.report["checks"]["infection"]["skipped"]
+    assert "needs infection masks" in why and "missing" in why
 
 
 def test_cam_mass_inside_a_mask() -> None:

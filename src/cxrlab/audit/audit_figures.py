@@ -119,6 +119,33 @@ def plot_cam_outside(
     return _save(fig, out)
 
 
+def plot_cam_infection(
+    images: np.ndarray,
+    infection: np.ndarray,
+    maps: Sequence[np.ndarray],
+    ratios: Sequence[float],
+    out: Path,
+    k: int = 8,
+) -> Path:
+    """Grad-CAM over the infection (white outline): the ``k/2`` maps that miss it most and
+    the ``k/2`` that find it best, each with its energy ratio (1 = chance)."""
+    r = np.asarray(ratios, dtype=float)
+    finite = [int(i) for i in np.argsort(np.where(np.isfinite(r), r, np.inf)) if np.isfinite(r[i])]
+    order = finite[: k // 2] + [i for i in finite[::-1][: k // 2] if i not in finite[: k // 2]]
+    cols = min(4, max(1, len(order)))
+    n_rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(
+        n_rows, cols, figsize=(2.6 * cols, 3.0 * n_rows), dpi=100, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, j in zip(axes.flat, order):
+        ax.imshow(_overlay(images[j], np.asarray(maps[j], dtype=np.float32), infection[j]))
+        ax.set_title(f"energy ratio {r[j]:.2f}", fontsize=7)
+    fig.suptitle("Grad-CAM and the infection (white): least and most on it", fontsize=9)
+    return _save(fig, out)
+
+
 def plot_cam_shares(cam: dict[str, Any], classes: Sequence[str], y: np.ndarray, out: Path) -> Path:
     """Per class: each image's share of Grad-CAM mass inside the lungs, and the lung area."""
     shares = np.array(cam["shares"], dtype=float)

@@ -1,4 +1,5 @@
-"""The audit's model checks: copies of training images, lungs removed, where Grad-CAM looks.
+"""The audit's model checks: copies of training images, lungs removed, where Grad-CAM looks
+(in the lungs, and on the infection).
 
 Each function takes the model and the images it is audited on and returns a JSON-ready dict
 with the numbers and a one-line ``finding`` that states them against chance and against the
@@ -23,7 +24,9 @@ from ..runs.evaluate import predict_batches
 __all__ = [
     "LUNG_VARIANTS",
     "cam_in_lungs",
+    "cam_on_infection",
     "chance_accuracy",
+    "infection_attention",
     "lungs_removed",
     "mass_inside",
     "predict",
@@ -284,4 +287,114 @@ def cam_in_lungs(
         "shares": share.tolist(),
         "predicted": preds,
         "maps": maps,
+    }
+
+
+def infection_attention(
+    cams: np.ndarray, infection: np.ndarray, lungs: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per map: how much of it lies on the infection, against chance.
+
+    Args:
+        cams: ``(N, H, W)`` non-negative heat maps.
+        infection: ``(N, H, W)`` infection masks (nonzero inside), none empty.
+        lungs: ``(N, H, W)`` lung masks; without them, the whole image stands for the lungs.
+
+    Returns:
+        ``{"energy_share", "area_share", "ratio", "hit"}``, each ``(N,)``: the share of a
+        map's mass inside the lungs that lies on the infection, the infection's share of the
+        lungs, their ratio (1: a map spread evenly over the lungs; NaN for a map with no mass
+        in the lungs) and whether the map's peak falls on the infection (the pointing game).
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    sick = np.asarray(infection) != 0
+    where = np.ones_like(sick) if lungs is None else (np.asarray(lungs) != 0) | sick
+    inside = (cams * where).sum(axis=(1, 2))
+    on = (cams * sick).sum(axis=(1, 2))
+    area = sick.sum(axis=(1, 2)) / where.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(inside > 0, on / inside, np.nan)
+        ratio = share / area
+    peaks = cams.reshape(len(cams), -1).argmax(1)
+    hit = sick.reshape(len(sick), -1)[np.arange(len(sick)), peaks]
+    return {"energy_share": share, "area_share": area, "ratio": ratio, "hit": hit}
+
+
+def cam_on_infection(
+    model: CxrClassifier,
+    images: np.ndarray,
+    infection: np.ndarray,
+    lungs: np.ndarray | None,
+    *,
+    limit: int | None = 200,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Whether the model's Grad-CAM (for the class it predicts) lands on the infection.
+
+    Give it the correctly classified images whose infection mask is not empty (the caller
+    chooses them). Runs on the CPU, on up to ``limit`` of them (a seeded draw).
+
+    Returns:
+        ``{"n", "ratio", "ratio_ci", "ratio_median", "energy_share", "area_share",
+        "pointing", "pointing_ci", "pointing_chance", "finding", "rows", "ratios", "hits",
+        "maps"}`` (``rows`` into ``images``; ``maps`` for the figures),
+        or ``{"skipped": reason}`` (no such image, or no layer to explain).
+    """
+    from ..infer.cam import gradcam, target_layer
+
+    if not len(images):
+        return {"skipped": "no correctly classified image with an infection mask"}
+    try:
+        target_layer(model)
+    except CxrlabError as e:
+        return {"skipped": str(e)}
+    rows = np.arange(len(images))
+    if limit is not None and limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    model = model.cpu().eval()
+    cams = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        with torch.no_grad():
+            pred = model(torch.from_numpy(np.ascontiguousarray(images[batch]))[:, None]).argmax(1)
+        cams.append(gradcam(model, images[batch], pred.tolist()))
+    found = infection_attention(np.concatenate(cams), infection[rows],
+                                None if lungs is None else lungs[rows])  # fmt: skip
+    ratio, hit, area = found["ratio"], found["hit"], found["area_share"]
+    ok = np.isfinite(ratio)
+
+    def mean_ratio(idx: np.ndarray) -> float:
+        v = ratio[idx]
+        return float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+
+    mean = mean_ratio(np.arange(len(ratio)))
+    lo, hi = bootstrap_interval(mean_ratio, len(ratio), seed=seed)
+    hits = int(hit.sum())
+    p_lo, p_hi = wilson_interval(hits, len(hit))
+    chance = float(area.mean())
+    where = "the lungs" if lungs is not None else "the image"
+    finding = (
+        f"On {len(rows)} correctly classified images with infection, the Grad-CAM mass in "
+        f"{where} lies on the infection {mean:.2f} [{lo:.2f}, {hi:.2f}] times as much as a "
+        f"map spread evenly over {where} would put there (1 = chance; the infection covers "
+        f"{_pct(chance)} of {where}); the map's peak falls on the infection in "
+        f"{_pct(hits / len(hit))} [{_pct(p_lo)}, {_pct(p_hi)}] of them."
+    )
+    return {
+        "n": int(ok.sum()),
+        "ratio": mean,
+        "ratio_ci": (lo, hi),
+        "ratio_median": float(np.nanmedian(ratio)) if ok.any() else np.nan,
+        "energy_share": float(np.nanmean(found["energy_share"])) if ok.any() else np.nan,
+        "area_share": chance,
+        "pointing": hits / len(hit),
+        "pointing_ci": (p_lo, p_hi),
+        "pointing_chance": chance,
+        "within": "lungs" if lungs is not None else "image",
+        "finding": finding,
+        "rows": rows.tolist(),
+        "ratios": ratio.tolist(),
+        "hits": hit.astype(bool).tolist(),
+        "maps": [m.astype(np.float16) for m in np.concatenate(cams)],
     }

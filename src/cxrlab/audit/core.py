@@ -9,10 +9,14 @@ another dataset) and their lung masks where the dataset has them, and runs:
 2. **lungs**: the same images with the lungs removed (mean and noise fill) and with only the
    lungs left (:func:`~cxrlab.audit.checks.lungs_removed`). Needs masks.
 3. **cam**: the share of Grad-CAM mass inside the lungs, per class. Needs masks.
-4. **probes**: how well acquisition alone predicts the class (:mod:`cxrlab.audit.probes`).
-5. **source**: with images of several sources, how well a linear probe on the model's
+4. **infection**: on correctly classified images with an infection mask beside them
+   (COVID-QU-Ex's ``infection masks/``), whether Grad-CAM lands on the infection: its mass
+   on the infection against the infection's share of the lungs (1 = chance), and whether its
+   peak falls there (:func:`~cxrlab.audit.checks.cam_on_infection`). Needs infection masks.
+5. **probes**: how well acquisition alone predicts the class (:mod:`cxrlab.audit.probes`).
+6. **source**: with images of several sources, how well a linear probe on the model's
    penultimate features predicts their source, beside the class alone (lower is better).
-6. **external**: on another dataset, metrics over the classes it has and where the images
+7. **external**: on another dataset, metrics over the classes it has and where the images
    of each of its classes went.
 
 It writes ``audit.json`` (every number), ``audit.md`` (one line per check, then tables) and
@@ -34,6 +38,7 @@ import torch
 from .. import run_files
 from ..data import PreparedData
 from ..data.dedup import near_duplicates, signatures
+from ..data.masks import decoded_masks
 from ..data.prepare import lung_mask_files
 from ..errors import ConfigError
 from ..evaluation import classification_metrics
@@ -46,12 +51,19 @@ from ..runs.scoring import ScoringRun, open_run
 from ..runtime import resolve_device, run_precision
 from ..utils import atomic_write_text, write_json
 from . import audit_figures
-from .checks import cam_in_lungs, chance_accuracy, lungs_removed, penultimate_features, predict
+from .checks import (
+    cam_in_lungs,
+    cam_on_infection,
+    chance_accuracy,
+    lungs_removed,
+    penultimate_features,
+    predict,
+)
 from .probes import acquisition_probes, source_probe
 
 __all__ = ["CHECKS", "AuditResult", "run_audit"]
 
-CHECKS = ("copies", "lungs", "cam", "probes", "source")
+CHECKS = ("copies", "lungs", "cam", "infection", "probes", "source")
 
 
 @dataclass(frozen=True)
@@ -243,6 +255,53 @@ def _copies_check(a: _Audited, copies: _Copies, probs: np.ndarray, split: str) -
 _Plot = tuple[str, str, Callable[[Path], Path]]
 
 
+def _lung_masks(a: _Audited, progress: bool) -> tuple[Any, np.ndarray]:
+    """The audited images' lung masks, and each audited image's row in them: the masks the
+    data was prepared with (cut to the lungs' boxes with --lungs crop), else the
+    segmenter's or the mask files (for the audited images only)."""
+    if a.prepared.masks is not None:
+        return a.prepared.masks, a.rows
+    read = a.mask_provider or lung_mask_files
+    masks = read(a.prepared.report.root, a.records, a.run.image_size, progress)
+    return masks, np.arange(len(a.rows))
+
+
+def _infection_check(a: _Audited, scored: np.ndarray, probs: np.ndarray,
+                     cam_images: int | None, seed: int,
+                     progress: bool) -> tuple[dict[str, Any], list[_Plot]]:  # fmt: skip
+    """Grad-CAM on the infection, for correctly classified images with infection masks."""
+    if a.lungs_mode != "keep":
+        return {"skipped": f"the model was trained with lungs {a.lungs_mode}: infection masks "
+                           "are drawn on whole images"}, []  # fmt: skip
+    sick = decoded_masks(a.prepared.report.root, a.records, a.run.image_size, "infection",
+                         progress=progress)  # fmt: skip
+    has = np.array([k for k in scored if sick.status[k] == "ok" and sick.array[k].any()], int)
+    if not len(has):
+        return {"skipped": f"needs infection masks beside the images ({sick.summary()}; "
+                           "none with infection among the scored images)"}, []  # fmt: skip
+    right = has[probs[has].argmax(1) == a.labels[has]]
+    lungs, at = _lung_masks(a, progress)
+    lung = None
+    if lungs.valid[at][right].all():
+        lung = lungs.array[at[right]]
+    imgs = a.images[a.rows[right]]
+    res = cam_on_infection(a.model, imgs, sick.array[right], lung, limit=cam_images, seed=seed)
+    a.model.to(a.device)
+    res |= {"n_infected": len(has), "n_correct": len(right),
+            "accuracy_infected": len(right) / len(has)}  # fmt: skip
+    if "skipped" in res:
+        return res, []
+    maps, rows = res.pop("maps"), res["rows"]
+    res["rows"] = [a.records[right[r]].path for r in rows]
+    if lung is None:
+        res["note"] = (
+            "some images have no valid lung mask: chance is the infection's share of the image"
+        )
+    draw = (lambda p: audit_figures.plot_cam_infection(
+        imgs[rows], sick.array[right][rows], maps, res["ratios"], p))  # fmt: skip
+    return res, [("cam_infection", "cam_infection.png", draw)]
+
+
 def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray,
                  cam_images: int | None, batch_size: int, seed: int,
                  progress: bool) -> tuple[dict[str, Any], list[_Plot]]:  # fmt: skip
@@ -255,12 +314,7 @@ def _lung_checks(a: _Audited, checks: Sequence[str], scored: np.ndarray,
         why = (f"the model was trained with lungs {a.lungs_mode}: it never saw the lungs the "
                "check would hide")  # fmt: skip
         return {c: {"skipped": why} for c in ("lungs", "cam") if c in checks}, plots
-    masks, at = a.prepared.masks, a.rows  # ``at``: each audited image's row in ``masks``
-    if masks is None:  # mask files or the segmenter, for the audited images only
-        read = a.mask_provider or lung_mask_files
-        size = a.run.image_size
-        masks = read(a.prepared.report.root, a.records, size, progress)
-        at = np.arange(len(a.rows))
+    masks, at = _lung_masks(a, progress)
     use = scored[masks.valid[at][scored]]
     if not len(use):
         why = f"needs lung masks; {masks.summary()}"
@@ -395,6 +449,10 @@ def run_audit(
                                     progress)  # fmt: skip
         report["checks"] |= found
         plots += drawn
+    if "infection" in checks:
+        report["checks"]["infection"], drawn = _infection_check(a, scored, probs, cam_images,
+                                                                seed, progress)  # fmt: skip
+        plots += drawn
     if "probes" in checks:
         report["checks"]["probes"], drawn = _probes_check(a, copies, seed)
         plots += drawn
@@ -434,6 +492,7 @@ _TITLES = {
     "copies": "Copies of training images",
     "lungs": "Lungs removed / lungs only",
     "cam": "Where the explanation falls",
+    "infection": "Does it look at the infection",
     "probes": "Acquisition probes",
     "source": "Source probe",
     "external": "External data",

@@ -68,7 +68,9 @@ def audit_cmd(
     split: ScoreSplit = "test",
     check: Annotated[
         list[str] | None,
-        typer.Option(help="Run only this check (copies, lungs, cam, probes, source); repeatable."),
+        typer.Option(
+            help="Run only this check (copies, lungs, cam, infection, probes, source); repeatable."
+        ),
     ] = None,
     class_map: ScoreClassMap = None,
     cam_images: Annotated[

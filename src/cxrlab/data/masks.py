@@ -11,6 +11,9 @@ Masks are matched to images by file name in a sibling folder of the images' fold
 Every mask is checked before use. A missing, unreadable or empty mask, one that covers the
 whole image, or one whose aspect ratio differs from its image's ("wrong size") marks its
 image as *without a valid mask*; mask files with no image beside them are listed as extra.
+An empty *infection* mask is valid: it says the image has no infection (COVID-QU-Ex gives
+its Normal and Non-COVID images empty ones), so only a missing, unreadable or misshapen one
+marks an image as without.
 Nothing is silently used: :class:`DecodedMasks` carries the reason for every image, and
 callers either refuse (training with ``--lungs``) or report how many images a check left out.
 
@@ -51,7 +54,7 @@ __all__ = [
     "find_mask_files",
 ]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: an empty infection mask is valid
 #: Folder names (lower case) that hold each kind of mask, beside an ``images`` folder.
 MASK_KINDS: dict[str, tuple[str, ...]] = {
     "lung": ("masks", "mask", "lung masks", "lung_masks", "lungmasks", "lung-masks"),
@@ -87,6 +90,27 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def _find_in(folder: Path, image: Path, kind: str, listing: dict[Path, dict[str, str]],
+             root: Path) -> str | None:  # fmt: skip
+    """The mask of ``image`` in the mask folders beside ``folder`` (relative to ``root``)."""
+    for mdir in _mask_dirs(folder, kind):
+        if mdir not in listing:
+            try:
+                listing[mdir] = {e.name: e.name for e in os.scandir(mdir) if e.is_file()}
+            except OSError:
+                listing[mdir] = {}
+        names = listing[mdir]
+        stem = image.stem
+        name = (
+            image.name
+            if image.name in names
+            else next((stem + s for s in _IMAGE_SUFFIXES if stem + s in names), None)
+        )
+        if name is not None:
+            return _relative(mdir / name, root)
+    return None
+
+
 def find_mask_files(
     root: Path, records: Sequence[ImageRecord], kind: str = "lung"
 ) -> tuple[list[str | None], list[str]]:
@@ -107,29 +131,18 @@ def find_mask_files(
     by_folder: dict[Path, set[str]] = {}
     for rec in records:
         image = root / rec.path
-        if image.is_symlink():  # a view of several sources: masks lie beside the original
-            image = image.resolve()
-        folder = image.parent
-        if folder.name.lower() != "images":
-            out.append(None)
-            continue
-        by_folder.setdefault(folder, set()).add(image.name)
+        # beside the image, then (a linked image: a view of several sources, or the folder
+        # 'segment predict' writes) beside its original
+        candidates = [image] + ([image.resolve()] if image.is_symlink() else [])
         found = None
-        for mdir in _mask_dirs(folder, kind):
-            if mdir not in listing:
-                try:
-                    listing[mdir] = {e.name: e.name for e in os.scandir(mdir) if e.is_file()}
-                except OSError:
-                    listing[mdir] = {}
-            names = listing[mdir]
-            stem = image.stem
-            name = (
-                image.name
-                if image.name in names
-                else next((stem + s for s in _IMAGE_SUFFIXES if stem + s in names), None)
-            )
-            if name is not None:
-                found = _relative(mdir / name, root)
+        for k, candidate in enumerate(candidates):
+            folder = candidate.parent
+            if folder.name.lower() != "images":
+                continue
+            found = _find_in(folder, candidate, kind, listing, root)
+            if k == 0 or found is not None:  # an original's other masks are not extra here
+                by_folder.setdefault(folder, set()).add(candidate.name)
+            if found is not None:
                 break
         out.append(found)
     used = {p for p in out if p}
@@ -214,8 +227,11 @@ class DecodedMasks:
             )
 
 
-def _check_mask(root: Path, rec: ImageRecord, rel: str | None, size: int) -> tuple[str, np.ndarray]:
+def _check_mask(
+    root: Path, rec: ImageRecord, rel: str | None, size: int, kind: str = "lung"
+) -> tuple[str, np.ndarray]:
     """Read, check and resize one mask: ``(status, (size, size) uint8 0/1)``."""
+    may_be_empty = kind == "infection"
     empty = np.zeros((size, size), np.uint8)
     if rel is None:
         return "missing (no mask file with the image's name)", empty
@@ -228,14 +244,14 @@ def _check_mask(root: Path, rec: ImageRecord, rel: str | None, size: int) -> tup
         return f"wrong size ({mw}x{mh} mask for a {rec.width}x{rec.height} image)", empty
     binary = mask >= 128
     if not binary.any():
-        return "empty (no pixel inside the mask)", empty
+        return ("ok", empty) if may_be_empty else ("empty (no pixel inside the mask)", empty)
     if binary.mean() > 0.98:
         return "covers the whole image", empty
     img = Image.fromarray((binary * 255).astype(np.uint8))
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     out = (np.asarray(img) >= 128).astype(np.uint8)
-    if not out.any():
+    if not out.any() and not may_be_empty:
         return "empty after resizing", empty
     return "ok", out
 
@@ -281,7 +297,7 @@ def decoded_masks(
         status = []
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             jobs = pool.map(
-                lambda i: _check_mask(root, records[i], files[i], size), range(len(records))
+                lambda i: _check_mask(root, records[i], files[i], size, kind), range(len(records))
             )
             bar = tqdm(
                 jobs,

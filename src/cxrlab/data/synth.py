@@ -31,6 +31,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -40,7 +41,13 @@ from ..errors import DataError
 from ..utils import usable_cpus
 from .layout import COVID_RADIOGRAPHY_CLASSES
 
-__all__ = ["SHORTCUTS", "draw_phantom", "draw_phantom_with_mask", "write_synthetic_dataset"]
+__all__ = [
+    "SHORTCUTS",
+    "draw_phantom",
+    "draw_phantom_with_mask",
+    "draw_phantom_with_masks",
+    "write_synthetic_dataset",
+]
 
 DATASET_DIRNAME = "COVID-19_Radiography_Dataset"
 #: Shortcuts ``write_synthetic_dataset`` can plant.
@@ -100,13 +107,30 @@ def draw_phantom_with_mask(
     shortcut: str | None = None,
     min_severity: float = MIN_SEVERITY,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom and its lung mask: ``(image, mask)``, both ``(size, size)`` uint8.
+    """One phantom and its lung mask: ``(image, mask)`` (:func:`draw_phantom_with_masks`
+    without the infection)."""
+    return draw_phantom_with_masks(label, rng, size, shortcut, min_severity)[:2]
+
+
+def draw_phantom_with_masks(
+    label: str,
+    rng: np.random.Generator,
+    size: int = 256,
+    shortcut: str | None = None,
+    min_severity: float = MIN_SEVERITY,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One phantom, its lung mask and its infection mask: ``(image, lungs, infection)``, each
+    ``(size, size)`` uint8.
 
     The mask is 255 inside the lung fields (slightly generously drawn, so every finding lies
     inside it) and 0 elsewhere, rotated with the image. ``shortcut="marker"`` plants a
     class-dependent tag outside the lungs. ``min_severity`` (0..1) raises the weakest
     finding (1: every finding at full strength; tests use it for an easy task). The image
     with the defaults is exactly :func:`draw_phantom`'s for the same generator state.
+
+    The infection mask is 255 where a COVID phantom's ground-glass blobs are at least 30 % of
+    their full strength (empty for every other class, as COVID-QU-Ex annotates COVID-19
+    infection only), rotated with the image.
     """
     if label not in COVID_RADIOGRAPHY_CLASSES:
         raise DataError(f"Unknown phantom class {label!r}; choose from {COVID_RADIOGRAPHY_CLASSES}")
@@ -123,8 +147,10 @@ def draw_phantom_with_mask(
     img, lungs, lung_masks = _anatomy(rng, x, y, size)
     # Severity: from obvious to nearly invisible, so the task is learnable but not trivial.
     sev = frng.uniform(min_severity, 1.0) ** 1.5
-    img += _finding(label, frng, x, y, lungs, lung_masks, size, sev)
-    return _acquire(img, lungs, rng, size, label, shortcut)
+    finding = _finding(label, frng, x, y, lungs, lung_masks, size, sev)
+    img += finding
+    infection = finding >= 0.3 * _COVID_STRENGTH * sev if label == "COVID" else None
+    return _acquire(img, lungs, rng, size, label, shortcut, infection)
 
 
 def _anatomy(
@@ -170,6 +196,10 @@ def _anatomy(
     return img, lungs, lung_masks
 
 
+#: The contrast of a COVID phantom's ground-glass blobs at full severity.
+_COVID_STRENGTH = 0.16
+
+
 def _finding(label: str, frng: np.random.Generator, x: np.ndarray, y: np.ndarray,
              lungs: np.ndarray, lung_masks: list[tuple[np.ndarray, float, float]],
              size: int, sev: float) -> np.ndarray:  # fmt: skip
@@ -186,7 +216,7 @@ def _finding(label: str, frng: np.random.Generator, x: np.ndarray, y: np.ndarray
                     * _blob(x, y, bx, by, frng.uniform(0.06, 0.11), frng.uniform(0.07, 0.14))
                     * m
                 )
-        finding = 0.16 * sev * np.minimum(finding, 1.5)
+        finding = _COVID_STRENGTH * sev * np.minimum(finding, 1.5)
     elif label == "Lung_Opacity":  # one dense textured region in one lung
         m, cx, ax = lung_masks[frng.integers(0, 2)]
         by = frng.choice([-0.4, -0.1, 0.2]) + frng.uniform(-0.05, 0.05)
@@ -216,9 +246,10 @@ def _finding(label: str, frng: np.random.Generator, x: np.ndarray, y: np.ndarray
 
 
 def _acquire(img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, size: int,
-             label: str, shortcut: str | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Acquisition nuisances (exposure, noise, rotation, the side marker) and the lung mask
-    rotated with the image: ``(image, mask)`` uint8."""
+             label: str, shortcut: str | None, infection: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Acquisition nuisances (exposure, noise, rotation, the side marker), and the lung and
+    infection masks rotated with the image: ``(image, lungs, infection)`` uint8."""
     img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
     img += rng.normal(0, rng.uniform(0.008, 0.03), img.shape)
@@ -228,6 +259,12 @@ def _acquire(img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, size:
     # findings are weighted by the soft lung fields: a low threshold keeps all of them inside
     mask = Image.fromarray(((lungs > 0.05) * 255).astype(np.uint8))
     mask = mask.rotate(angle, resample=Image.NEAREST, fillcolor=0)
+    sick = np.zeros((size, size), np.uint8)
+    if infection is not None:
+        sick = Image.fromarray((infection * 255).astype(np.uint8))
+        sick = np.asarray(sick.rotate(angle, resample=Image.NEAREST, fillcolor=0)) & np.asarray(
+            mask
+        )
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=max(10, size // 14))
     corner = rng.integers(0, 4)
@@ -236,7 +273,7 @@ def _acquire(img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, size:
     draw.text((px, py), "LR"[rng.integers(0, 2)], fill=235, font=font)
     if shortcut == "marker":
         _plant_marker(out, label)
-    return np.asarray(out, dtype=np.uint8), np.asarray(mask, dtype=np.uint8)
+    return np.asarray(out, dtype=np.uint8), np.asarray(mask, dtype=np.uint8), sick
 
 
 #: Below this many images per process, starting processes costs more than it saves.
@@ -249,10 +286,12 @@ def _draw_and_save(job: tuple) -> int:
     root, ci, i, seed, size, shortcut, min_severity, masks = job
     cls = COVID_RADIOGRAPHY_CLASSES[ci]
     rng = np.random.default_rng([seed, ci, i])
-    image, mask = draw_phantom_with_mask(cls, rng, size, shortcut, min_severity)
+    image, mask, infection = draw_phantom_with_masks(cls, rng, size, shortcut, min_severity)
     Image.fromarray(image).save(root / cls / "images" / f"{cls}-{i}.png")
     if masks:
         Image.fromarray(mask).save(root / cls / "masks" / f"{cls}-{i}.png")
+    if masks == "infection":
+        Image.fromarray(infection).save(root / cls / "infection masks" / f"{cls}-{i}.png")
     return 1
 
 
@@ -262,7 +301,7 @@ def write_synthetic_dataset(
     seed: int = 0,
     size: int = 256,
     *,
-    masks: bool = False,
+    masks: bool | Literal["infection"] = False,
     shortcut: str | None = None,
     min_severity: float = MIN_SEVERITY,
     progress: bool = True,
@@ -274,7 +313,9 @@ def write_synthetic_dataset(
     same ``per_class``, ``seed``, ``size`` and ``shortcut`` give byte-identical files.
 
     Args:
-        masks: also write each image's lung mask to ``<Class>/masks/<Class>-<n>.png``.
+        masks: also write each image's lung mask to ``<Class>/masks/<Class>-<n>.png``;
+            ``"infection"``: its infection mask too, to ``<Class>/infection masks/`` (empty
+            but for COVID, as in COVID-QU-Ex).
         shortcut: ``"marker"`` plants a class-dependent tag outside the lungs.
         min_severity: the weakest finding, 0..1 (default 0.25: from barely visible to obvious).
         workers: processes that draw (default: one per CPU core, at most 8; one for small
@@ -293,7 +334,8 @@ def write_synthetic_dataset(
         raise DataError(f"min_severity must be between 0 and 1, got {min_severity}")
     root = Path(out) / DATASET_DIRNAME
     for cls in COVID_RADIOGRAPHY_CLASSES:
-        for kind in ("images", "masks") if masks else ("images",):
+        kinds = ("images", "masks", "infection masks")[: 1 + bool(masks) + (masks == "infection")]
+        for kind in kinds:
             (root / cls / kind).mkdir(parents=True, exist_ok=True)
     jobs = [
         (root, ci, i, seed, size, shortcut, min_severity, masks)

@@ -46,7 +46,7 @@ def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a segmenter in a card: its folder, when it was made, a weights hash."""
     run_dir = Path(run_dir)
     digest = hashlib.blake2b((run_dir / run_files.MODEL).read_bytes(), digest_size=8).hexdigest()
-    card = read_segmenter_card(run_dir)
+    card = read_segmenter_card(run_dir, "lungs")
     return {"run": str(run_dir.resolve()), "created": card.created, "weights": digest,
             "test_dice": card.test_dice}  # fmt: skip
 
@@ -77,7 +77,7 @@ def predicted_masks(
     Raises:
         CheckpointError: ``run_dir`` is not a segmenter run.
     """
-    model, card = load_segmenter(run_dir)
+    model, card = load_segmenter(run_dir, "lungs")
     ident = segmenter_id(run_dir)
     key = hash_strings(["predicted-lung-masks-v1", ident["weights"], str(size), repr(LIMITS)]
                        + [r.hash for r in records])  # fmt: skip
@@ -114,7 +114,7 @@ def mask_provider(run_dir: str | os.PathLike[str]) -> Any:
     Raises:
         CheckpointError: ``run_dir`` is not a segmenter run (checked now, not at first use).
     """
-    load_segmenter(run_dir)
+    load_segmenter(run_dir, "lungs")
 
     def provide(root: Path, records: Sequence[ImageRecord], size: int,
                 progress: bool) -> DecodedMasks:  # fmt: skip
@@ -156,7 +156,7 @@ class RunLungs:
             raise CxrlabError(
                 f"doubtful must be one of {', '.join(DOUBTFUL_PREDICT)}, got {doubtful!r}"
             )
-        self.model, card = load_segmenter(segmenter)
+        self.model, card = load_segmenter(segmenter, "lungs")
         self.model.cpu()
         self.lungs, self.size, self.doubtful = lungs, int(size), doubtful
         self.segmenter = Path(segmenter)

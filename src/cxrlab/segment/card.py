@@ -1,4 +1,4 @@
-"""A lung segmenter's configuration and its card, typed.
+"""A segmenter's configuration and its card, typed.
 
 :class:`SegmentConfig` declares ``cxrlab segment train``'s options once (the command line
 is generated from its fields, as ``train``'s is from ``TrainConfig``). A segmenter run's
@@ -21,6 +21,7 @@ from ..typed_config import check_format, from_dict, option
 
 __all__ = [
     "SEGMENTER_FORMAT",
+    "TARGETS",
     "SegmentConfig",
     "SegmenterCard",
     "SegmenterData",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 SEGMENTER_FORMAT = "cxrlab-segmenter/1"
+#: What a segmenter can segment, and the kind of mask file (data.masks.MASK_KINDS) it
+#: learns from.
+TARGETS: dict[str, str] = {"lungs": "lung", "infection": "infection"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,15 @@ class SegmentConfig:
 
     data: str = option(
         "phantoms",
-        "A dataset with lung masks beside its images (<Class>/masks/ or COVID-QU-Ex's "
-        "'lung masks/'); its own Train/Val/Test folders are the split when it has them.",
+        "A dataset with masks beside its images (<Class>/masks/ or COVID-QU-Ex's 'lung "
+        "masks/' and 'infection masks/'); its own Train/Val/Test folders are the split when "
+        "it has them.",
+        panel="Data",
+    )
+    target: Literal["lungs", "infection"] = option(
+        "lungs",
+        "What to segment: the lungs, or the infection ('infection masks/'; an empty mask is "
+        "learned as no infection, and the masks are kept inside the lungs' masks).",
         panel="Data",
     )
     image_size: int = option(256, "Square input size in px (COVID-QU-Ex's masks are 256).",
@@ -114,6 +125,7 @@ class SegmenterCard:
     test: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
     task: str = "lung segmentation"
+    target: str = "lungs"
     format: str = SEGMENTER_FORMAT
 
     @property
@@ -123,13 +135,15 @@ class SegmenterCard:
 
     @property
     def test_dice(self) -> float | None:
-        """The mean Dice on its test split (``None`` before it finished)."""
+        """The mean Dice on its test split (``None`` before it finished; for an infection
+        segmenter, over the test images with infection)."""
         return (self.test.get("dice") or {}).get("mean")
 
     def to_dict(self) -> dict[str, Any]:
         """The card as written to ``segmenter_card.json``."""
         out: dict[str, Any] = {
-            "format": self.format, "task": self.task, "encoder": self.encoder,
+            "format": self.format, "task": self.task, "target": self.target,
+            "encoder": self.encoder,
             "architecture": self.architecture, "weights": self.weights,
             "preprocessing": self.preprocessing, "versions": self.versions,
             "created": self.created,
@@ -158,7 +172,7 @@ class SegmenterCard:
         try:
             data = card.get("data")
             training = card.get("training")
-            return cls(
+            out = cls(
                 encoder=str(card["encoder"]),
                 architecture=str(card.get("architecture", "")),
                 weights=str(card.get("weights", "")),
@@ -172,17 +186,26 @@ class SegmenterCard:
                 test=dict(card.get("test", {})),
                 partial=bool(card.get("partial", False)),
                 task=str(card.get("task", "lung segmentation")),
+                target=str(card.get("target", "lungs")),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{where} is not a readable segmenter card: {e}") from e
+        if out.target not in TARGETS:
+            raise CheckpointError(
+                f"{where} segments {out.target!r}, which this cxrlab does not know "
+                f"({', '.join(TARGETS)}); upgrade cxrlab"
+            )
+        return out
 
 
-def read_segmenter_card(run_dir: str | os.PathLike[str]) -> SegmenterCard:
-    """A segmenter run's card, checked.
+def read_segmenter_card(
+    run_dir: str | os.PathLike[str], target: str | None = None
+) -> SegmenterCard:
+    """A segmenter run's card, checked (``target``: the segmenter must segment that).
 
     Raises:
-        CheckpointError: a classifier's run folder (said so), no card, or a card cxrlab
-            cannot read.
+        CheckpointError: a classifier's run folder (said so), no card, a card cxrlab
+            cannot read, or a segmenter of another target.
     """
     run_dir = Path(run_dir)
     path = run_dir / run_files.SEGMENTER_CARD
@@ -199,4 +222,13 @@ def read_segmenter_card(run_dir: str | os.PathLike[str]) -> SegmenterCard:
         raise CheckpointError(f"Cannot read {path}: {e}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a segmenter card")
-    return SegmenterCard.from_dict(raw, str(path))
+    card = SegmenterCard.from_dict(raw, str(path))
+    if target is not None and card.target != target:
+        raise CheckpointError(
+            f"{run_dir} segments the {card.target}, but {_NAMES[target]} is needed here "
+            f"(train one with 'cxrlab segment train --target {target}')"
+        )
+    return card
+
+
+_NAMES = {"lungs": "a lung segmenter", "infection": "an infection segmenter"}

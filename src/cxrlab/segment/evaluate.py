@@ -2,7 +2,9 @@
 
 Every predicted mask is first post-processed as every command does (two largest components,
 holes filled: :func:`~cxrlab.segment.masks.clean_mask`), so the numbers describe the masks a
-user gets. Images without a valid reference mask are left out and counted.
+user gets. Images without a valid reference mask are left out and counted. An infection
+segmenter is scored as :mod:`~cxrlab.segment.infection` describes (Dice on images with
+infection, the false-positive area on those without, the infected share and grade).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from ..data import PreparedData, decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
 from ..errors import CheckpointError
 from ..utils import write_json
-from .masks import clean_mask, judge_mask
-from .metrics import mask_scores
+from .card import TARGETS
+from .infection import score_infection, summarise_infection
+from .masks import clean_infection, clean_mask, judge_mask
+from .metrics import describe, mask_scores
 from .model import LungSegmenter, load_segmenter
 
 __all__ = ["evaluate_segmenter", "predict_probs", "score_masks", "summarise_scores"]
@@ -63,14 +67,6 @@ def score_masks(model: LungSegmenter, data: PreparedData, masks: DecodedMasks,
     return out
 
 
-def _stats(values: list[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"mean": None, "std": None, "min": None, "median": None, "n": 0}
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "median": float(np.median(a)), "n": len(a)}  # fmt: skip
-
-
 def summarise_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, std, minimum and median of each metric, overall and per class; HD95 where it is
     defined (its ``n`` says over how many images)."""
@@ -78,9 +74,9 @@ def summarise_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "n": len(rows),
-            "dice": _stats([r["dice"] for r in rows]),
-            "iou": _stats([r["iou"] for r in rows]),
-            "hd95": _stats([r["hd95"] for r in rows if r["hd95"] is not None]),
+            "dice": describe([r["dice"] for r in rows]),
+            "iou": describe([r["iou"] for r in rows]),
+            "hd95": describe([r["hd95"] for r in rows if r["hd95"] is not None]),
             "doubtful": sum(not r["ok"] for r in rows),
         }
 
@@ -92,9 +88,11 @@ def summarise_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot_worst(scores: list[dict[str, Any]], data: PreparedData, masks: DecodedMasks,
-               probs: dict[int, np.ndarray], out: Path, n: int = 8) -> Path | None:  # fmt: skip
+               probs: dict[int, np.ndarray], out: Path, n: int = 8,
+               lungs: DecodedMasks | None = None) -> Path | None:  # fmt: skip
     """The ``n`` images with the lowest Dice: the X-ray, the reference outline (green) and
-    the predicted one (red)."""
+    the predicted one (red); of infection (``lungs``: the reference lungs it is kept in,
+    whose outline is drawn in blue)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,11 +106,20 @@ def plot_worst(scores: list[dict[str, Any]], data: PreparedData, masks: DecodedM
     for ax, r in zip(axes[0], worst):
         i = r["row"]
         ax.imshow(data.images.array[i], cmap="gray")
-        ax.contour(masks.array[i], levels=[0.5], colors="lime", linewidths=0.8)
-        ax.contour(clean_mask(probs[i]), levels=[0.5], colors="red", linewidths=0.8)
+        if lungs is None:
+            pred = clean_mask(probs[i])
+        else:
+            lung = lungs.array[i] if lungs.status[i] == "ok" else None
+            pred = clean_infection(probs[i], lung)
+            if lung is not None:
+                ax.contour(lung, levels=[0.5], colors="deepskyblue", linewidths=0.6)
+        for mask, colour in ((masks.array[i], "lime"), (pred, "red")):
+            if mask.any():
+                ax.contour(mask, levels=[0.5], colors=colour, linewidths=0.8)
         ax.set_title(f"{r['label']}\nDice {r['dice']:.3f}", fontsize=7)
         ax.axis("off")
-    fig.suptitle("Lowest Dice: reference (green) and predicted lungs (red)", fontsize=8)
+    what = "lungs" if lungs is None else "infection (lungs: blue)"
+    fig.suptitle(f"Lowest Dice: reference (green) and predicted {what} (red)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
@@ -128,11 +135,13 @@ def evaluate_segmenter(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """A segmenter's masks against the reference lung masks of a dataset.
+    """A segmenter's masks against the reference masks of a dataset (lungs, or infection
+    with the reference lungs beside it).
 
     Args:
         run_dir: a folder written by ``cxrlab segment train``.
-        data: a dataset with lung masks (default: the one it trained on, with its split).
+        data: a dataset with masks of the segmenter's target (default: the one it trained
+            on, with its split).
         split: ``test``/``val``/``train`` of the run's split, or ``all`` (every image).
         out: where ``metrics.json``, ``per_image.csv`` and ``worst.png`` go (default
             ``<run>/evaluation-<split>``).
@@ -156,32 +165,45 @@ def evaluate_segmenter(
     else:
         prepared = prepare_data(root, split_file=run_dir / run_files.SPLIT, image_size=size,
                                 progress=progress)  # fmt: skip
-    masks = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
+    kind = TARGETS[card.target]
+    masks = decoded_masks(prepared.report.root, prepared.split.records, size, kind,
                           progress=progress)  # fmt: skip
     rows = [i for i in prepared.split.indices(split) if masks.status[i] == "ok"]
     if not rows:
         raise CheckpointError(
-            f"No {split} image of {prepared.report.root} has a valid lung mask to compare with "
-            f"({masks.summary()})"
+            f"No {split} image of {prepared.report.root} has a valid {kind} mask to compare "
+            f"with ({masks.summary()})"
         )
-    scores = score_masks(model, prepared, masks, rows, batch_size)
-    result = summarise_scores(scores)
+    lungs = None
+    if kind == "lung":
+        scores = score_masks(model, prepared, masks, rows, batch_size)
+        result = summarise_scores(scores)
+        keys = ["path", "label", "dice", "iou", "hd95", "ok", "reasons"]
+    else:
+        lungs = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
+                              progress=progress)  # fmt: skip
+        probs_all = predict_probs(model, prepared.images.array, rows, batch_size)
+        scores = score_infection(probs_all, prepared, masks, lungs, rows)
+        result = summarise_infection(scores)
+        keys = ["path", "label", "infected", "dice", "iou", "true_fraction", "pred_fraction",
+                "fp_area", "true_grade", "pred_grade", "lungs"]  # fmt: skip
     left_out = len(prepared.split.indices(split)) - len(rows)
-    result.update({"split": split, "data_root": str(prepared.report.root),
+    result.update({"split": split, "data_root": str(prepared.report.root), "target": card.target,
                    "left_out_without_mask": left_out})  # fmt: skip
     folder = Path(out) if out is not None else run_dir / f"evaluation-{split}"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / run_files.METRICS, {k: v for k, v in result.items() if k != "images"})
     buf = io.StringIO()
-    keys = ["path", "label", "dice", "iou", "hd95", "ok", "reasons"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(scores)
     atomic_write_text(folder / "per_image.csv", buf.getvalue())
-    worst = sorted(scores, key=lambda r: r["dice"])[:8]
+    # the worst lungs, or the worst infection among images that have some
+    pool = scores if lungs is None else [r for r in scores if r["infected"]] or scores
+    worst = sorted(pool, key=lambda r: r["dice"])[:8]
     worst_rows = [r["row"] for r in worst]
     probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows)))
-    plot_worst(worst, prepared, masks, probs, folder / "worst.png")
+    plot_worst(worst, prepared, masks, probs, folder / "worst.png", lungs=lungs)
     result["files"] = {"metrics": str(folder / run_files.METRICS),
                        "per_image": str(folder / "per_image.csv"),
                        "worst": str(folder / "worst.png")}  # fmt: skip

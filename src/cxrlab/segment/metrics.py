@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["boundary", "dice", "hausdorff95", "iou", "mask_scores"]
+__all__ = ["boundary", "describe", "dice", "hausdorff95", "iou", "mask_scores"]
 
 
 def _bool(mask: np.ndarray) -> np.ndarray:
@@ -64,3 +64,13 @@ def hausdorff95(pred: np.ndarray, ref: np.ndarray) -> float | None:
 def mask_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
     """``{"dice", "iou", "hd95"}`` of one image."""
     return {"dice": dice(pred, ref), "iou": iou(pred, ref), "hd95": hausdorff95(pred, ref)}
+
+
+def describe(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, standard deviation (``n - 1``), minimum, median and ``n`` of per-image values
+    (``None`` for no values)."""
+    if not values:
+        return {"mean": None, "std": None, "min": None, "median": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "median": float(np.median(a)), "n": len(a)}  # fmt: skip

@@ -56,7 +56,8 @@ def _smp() -> Any:
 
 
 class LungSegmenter(nn.Module):
-    """``(B, 1, H, W)`` uint8 -> ``(B, 1, H, W)`` lung logits."""
+    """``(B, 1, H, W)`` uint8 -> ``(B, 1, H, W)`` logits (of the lungs, or of the infection:
+    the same network, trained on either)."""
 
     def __init__(self, encoder: str = "efficientnet_lite0", weights: str = "imagenet") -> None:
         super().__init__()
@@ -111,7 +112,7 @@ def save_segmenter(run_dir: Path, model: LungSegmenter, card: SegmenterCard) -> 
     write_json(run_dir / run_files.SEGMENTER_CARD, card.to_dict())
 
 
-def base_card(model: LungSegmenter, image_size: int) -> SegmenterCard:
+def base_card(model: LungSegmenter, image_size: int, target: str = "lungs") -> SegmenterCard:
     """The card fields every segmenter run has; training adds data and results
     (``partial`` until then)."""
     arch = ENCODERS[model.encoder_name][0]
@@ -125,20 +126,24 @@ def base_card(model: LungSegmenter, image_size: int) -> SegmenterCard:
         versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         partial=True,
+        task=f"{'lung' if target == 'lungs' else target} segmentation",
+        target=target,
     )
 
 
-def load_segmenter(run_dir: str | os.PathLike[str]) -> tuple[LungSegmenter, SegmenterCard]:
-    """A segmenter run's model (eval mode) and card.
+def load_segmenter(
+    run_dir: str | os.PathLike[str], target: str | None = None
+) -> tuple[LungSegmenter, SegmenterCard]:
+    """A segmenter run's model (eval mode) and card (``target``: it must segment that).
 
     Raises:
         CheckpointError: not a segmenter run (a classifier run is named as such), a card
-            cxrlab cannot read, or weights that do not fit.
+            cxrlab cannot read, a segmenter of another target, or weights that do not fit.
     """
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    card = read_segmenter_card(run_dir)
+    card = read_segmenter_card(run_dir, target)
     model = LungSegmenter(card.encoder, "none")
     try:
         model.load_state_dict(load_file(str(run_dir / run_files.MODEL)))

@@ -1,10 +1,19 @@
-"""``cxrlab segment train``: a lung segmenter from images with lung masks.
+"""``cxrlab segment train``: a lung or infection segmenter from images with masks.
 
 One loop, as the classifier's: the images and masks are decoded once (cached), each epoch
 trains on the training split with augmentation that moves every mask with its image, and the
-weights with the best validation Dice (per image, at 0.5) are kept. The loss is binary
-cross-entropy plus soft Dice. The test split is scored once at the end with the
-post-processing every command applies (:func:`~cxrlab.segment.masks.clean_mask`).
+weights with the best validation Dice are kept. The loss is binary cross-entropy plus soft
+Dice. The test split is scored once at the end with the post-processing every command
+applies.
+
+- ``target="lungs"``: validation Dice per image at 0.5; tested with
+  :func:`~cxrlab.segment.masks.clean_mask` (:mod:`~cxrlab.segment.evaluate`).
+- ``target="infection"``: every image with an infection mask, empty ones included, so that
+  "no infection" is learned; validation Dice per image of the cleaned mask
+  (:func:`~cxrlab.segment.masks.clean_infection`, inside the reference lungs), an image
+  without infection scoring 1 when nothing is called infected and 0 otherwise, so the choice
+  weighs missed and invented infection alike; tested as :mod:`~cxrlab.segment.infection`
+  describes.
 """
 
 from __future__ import annotations
@@ -24,11 +33,15 @@ from tqdm.auto import tqdm
 from .. import run_files
 from ..augment import augment_pair, step_generator
 from ..data import decoded_masks, prepare_data
+from ..data.masks import DecodedMasks
 from ..errors import DataError
 from ..runtime import resolve_device
 from ..utils import atomic_write_text, write_json
-from .card import SegmentConfig, SegmenterCard, SegmenterData, SegmenterTraining
+from .card import TARGETS, SegmentConfig, SegmenterCard, SegmenterData, SegmenterTraining
 from .evaluate import predict_probs, score_masks, summarise_scores
+from .infection import score_infection, summarise_infection
+from .masks import clean_infection
+from .metrics import dice
 from .model import LungSegmenter, base_card, load_segmenter, save_segmenter
 
 __all__ = ["SegmentConfig", "train_segmenter"]
@@ -43,12 +56,13 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
-    """Train a lung segmenter; writes ``model.safetensors``, ``segmenter_card.json``,
-    ``history.csv``, ``split.csv`` and the test evaluation to ``out``. Returns the card.
+    """Train a segmenter of ``config.target``; writes ``model.safetensors``,
+    ``segmenter_card.json``, ``history.csv``, ``split.csv`` and the test evaluation to
+    ``out``. Returns the card.
 
     Raises:
-        DataError: the data has no image with a valid lung mask in its training or
-            validation split.
+        DataError: the data has no image with a valid mask of the target in its training
+            or validation split.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,17 +72,27 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     data = prepare_data(config.data, split_file=out / run_files.SPLIT, split_seed=config.split_seed,
                         image_size=config.image_size, split_source=config.split_source,
                         progress=config.progress)  # fmt: skip
-    masks = decoded_masks(data.report.root, data.split.records, config.image_size, "lung",
+    kind = TARGETS[config.target]
+    masks = decoded_masks(data.report.root, data.split.records, config.image_size, kind,
                           progress=config.progress)  # fmt: skip
+    lungs = masks if kind == "lung" else decoded_masks(
+        data.report.root, data.split.records, config.image_size, "lung", progress=config.progress
+    )  # fmt: skip
     rows = {s: [i for i in data.split.indices(s) if masks.status[i] == "ok"]
             for s in ("train", "val", "test")}  # fmt: skip
-    tqdm.write(f"Lung masks: {masks.summary()}")
+    tqdm.write(f"{kind.capitalize()} masks: {masks.summary()}")
     for s in ("train", "val"):
         if not rows[s]:
             raise DataError(
-                f"No {s} image of {data.report.root} has a valid lung mask ({masks.summary()}); "
-                "a segmenter learns from images with lung masks beside them"
+                f"No {s} image of {data.report.root} has a valid {kind} mask "
+                f"({masks.summary()}); a segmenter learns from images with {kind} masks beside "
+                "them"
             )
+    if kind == "infection" and not any(masks.array[i].any() for i in rows["train"]):
+        raise DataError(
+            f"Every training infection mask of {data.report.root} is empty: there is no "
+            "infection to learn"
+        )
     device = resolve_device(config.device)
     model = LungSegmenter(config.encoder, config.weights).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -81,7 +105,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
                                        device)  # fmt: skip
         sched.step()
         probs = predict_probs(model, images, rows["val"], config.batch_size)
-        val = float(np.mean([_raw_dice(p, ref[i]) for p, i in zip(probs, rows["val"])]))
+        val = _val_dice(probs, rows["val"], ref, lungs, config.target)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "val_dice": val,
                         "lr": opt.param_groups[0]["lr"], "seconds": seconds,
@@ -89,17 +113,21 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
         mark = ""
         if val > best[0]:
             best, mark = (val, epoch + 1), "  *best"
-            save_segmenter(out, model, base_card(model, config.image_size))
+            save_segmenter(out, model, base_card(model, config.image_size, config.target))
         speed = n / seconds
         tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
                    f"  val Dice {val:.4f}  {seconds:.1f}s  {speed:.1f} img/s{mark}")  # fmt: skip
     _write_history(out / run_files.HISTORY, history)
     best_model, _ = load_segmenter(out)
     best_model.to(device)
-    scores = score_masks(best_model, data, masks, rows["test"], config.batch_size)
-    test = summarise_scores(scores)
+    if config.target == "lungs":
+        test = summarise_scores(score_masks(best_model, data, masks, rows["test"],
+                                            config.batch_size))  # fmt: skip
+    else:
+        probs = predict_probs(best_model, images, rows["test"], config.batch_size)
+        test = summarise_infection(score_infection(probs, data, masks, lungs, rows["test"]))
     card = dataclasses.replace(
-        base_card(model, config.image_size),
+        base_card(model, config.image_size, config.target),
         partial=False,
         data=SegmenterData(root=str(data.report.root), data_hash=data.report.fingerprint(),
                            split_hash=data.split.fingerprint(), split_source=data.split.source,
@@ -110,10 +138,30 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     )  # fmt: skip
     save_segmenter(out, best_model, card)
     write_json(out / run_files.METRICS, test)
-    tqdm.write(f"test: Dice {test['overall']['dice']['mean']:.4f}  IoU "
-               f"{test['overall']['iou']['mean']:.4f}  HD95 {test['overall']['hd95']['mean']:.2f}"
-               f" px on {test['overall']['n']} images -> {out}")  # fmt: skip
+    tqdm.write(f"test: {test_line(test['overall'], config.target)} -> {out}")
     return card
+
+
+def test_line(overall: dict, target: str) -> str:
+    """One line of a segmenter's scores (``overall`` of its summary)."""
+
+    def num(block: dict | None, fmt: str = ".4f") -> str:
+        v = (block or {}).get("mean")
+        return "n/a" if v is None else format(v, fmt)
+
+    if target == "lungs":
+        return (f"Dice {num(overall['dice'])}  IoU {num(overall['iou'])}  HD95 "
+                f"{num(overall['hd95'], '.2f')} px on {overall['n']} images")  # fmt: skip
+    fp = overall["fp_under_aim"]
+    rho, kappa = overall["spearman"], overall["kappa"]
+    return (
+        f"infection Dice {num(overall['dice'])} on {overall['n_infected']} images with "
+        f"infection; false-positive area {num(overall['fp_area'])} of the lungs on "
+        f"{overall['fp_area']['n']} without"
+        + (f" ({fp:.0%} under 1 %)" if fp is not None else "")
+        + f"; Spearman {'n/a' if rho is None else f'{rho:.3f}'}, grade kappa "
+        + ("n/a" if kappa is None else f"{kappa:.3f}")
+    )
 
 
 def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.ndarray,
@@ -145,10 +193,16 @@ def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.nd
     return loss_sum, n
 
 
-def _raw_dice(prob: np.ndarray, ref: np.ndarray) -> float:
-    from .metrics import dice
-
-    return dice(prob >= 0.5, ref)
+def _val_dice(probs: np.ndarray, rows: list[int], ref: np.ndarray, lungs: DecodedMasks,
+              target: str) -> float:  # fmt: skip
+    """The mean validation Dice the best epoch is chosen by (see the module docstring)."""
+    if target == "lungs":
+        return float(np.mean([dice(p >= 0.5, ref[i]) for p, i in zip(probs, rows)]))
+    found = []
+    for p, i in zip(probs, rows):
+        lung = lungs.array[i] if lungs.status[i] == "ok" else None
+        found.append(dice(clean_infection(p, lung), ref[i]))
+    return float(np.mean(found))
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
