@@ -268,3 +268,82 @@ def test_predicted_masks_beside_linked_images_are_found(tmp_path: Path) -> None:
     records = sorted(report.records, key=lambda r: r.path)
     masks = decoded_masks(report.root, records, 32, progress=False)
     assert masks.status == ("ok", "ok") and masks.files[1] == "Normal/masks/a.png"
+
+
+def test_real_infection_masks_are_read_as_covid_qu_ex_drew_them(masks_root: Path) -> None:
+    """COVID-QU-Ex: every COVID-19 image has infection, every other one an empty (valid)
+    mask, each infection inside its lungs; severity gives every COVID-19 test image a grade."""
+    from cxrlab.data import decoded_masks, prepare_data
+
+    data = prepare_data(masks_root, image_size=64, progress=False)
+    rows = data.split.indices("test")
+    records = [data.split.records[i] for i in rows]
+    sick = decoded_masks(data.report.root, records, 64, "infection", progress=False)
+    lungs = decoded_masks(data.report.root, records, 64, "lung", progress=False)
+    assert sick.valid.all() and lungs.valid.all()
+    covid = np.array([r.label == "COVID-19" for r in records])
+    has = sick.array.reshape(len(records), -1).any(1)
+    assert covid.sum() == 100 and (has == covid).all()
+    outside = (sick.array.astype(bool) & ~lungs.array.astype(bool)).sum() / sick.array.sum()
+    assert outside < 0.01  # the release's infection lies in its lungs (a resizing rim aside)
+    graded = [severity(lungs.array[k], sick.array[k]) for k in np.flatnonzero(covid)]
+    assert sum(s.ok for s in graded) >= 95 and all(s.grade >= 1 for s in graded if s.ok)
+
+
+@pytest.fixture(scope="module")
+def lung_run(sick_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cxrlab.segment.train import SegmentConfig, train_segmenter
+
+    out = tmp_path_factory.mktemp("lungrun") / "lungs"
+    train_segmenter(SegmentConfig(data=str(sick_data), image_size=64, epochs=2, batch_size=8,
+                                  threads=2, progress=False), out)  # fmt: skip
+    return out
+
+
+def test_predict_and_serve_show_the_infection_beside_the_class(
+    infection_run: Path, lung_run: Path, sick_data: Path, tmp_path: Path, capsys
+) -> None:
+    from cxrlab.app.service import ModelService
+    from cxrlab.app.ui import results_html
+    from cxrlab.cli import main
+    from cxrlab.data import load_gray8
+    from cxrlab.errors import CheckpointError
+    from cxrlab.segment.reading import SEVERITY_COLUMNS, InfectionReader
+    from cxrlab.training import train
+
+    from conftest import tiny_config
+
+    run = train(tiny_config(sick_data, epochs=1), tmp_path / "run").run_dir
+    images = sorted(sick_data.glob("COVID/images/*.png"))[:3]
+    # a run trained without a segmenter: the lungs must be named
+    assert main(["predict", str(run), *map(str, images), "--infection", str(infection_run),
+                 "--no-ood", "--no-progress"]) != 0  # fmt: skip
+    assert "needs a lung segmenter" in capsys.readouterr().err
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), *map(str, images), "--infection", str(infection_run),
+                 "--masks-from", str(lung_run), "--no-ood", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and list(rows[0])[-len(SEVERITY_COLUMNS) :] == list(SEVERITY_COLUMNS)
+    reader = InfectionReader(infection_run, lung_run)
+    want = reader.read(load_gray8(images[0])).to_dict()
+    got = rows[0]
+    assert got["lungs"] == want["lungs"]
+    if want["grade"] is None:
+        assert got["grade"] == "" and got["infection_fraction"] == ""
+    else:
+        assert int(got["grade"]) == want["grade"]
+        assert float(got["infection_fraction"]) == pytest.approx(want["infection_fraction"],
+                                                                  abs=1e-5)  # fmt: skip
+    # serve: the numbers in the JSON, the overlay in the page and the CSV's columns
+    service = ModelService([run], masks_from=lung_run, infection=infection_run)
+    outcome = service.classify_file(images[0], cam=False)
+    assert outcome.error is None and outcome.infection == want
+    assert outcome.infection_png.startswith(b"\x89PNG")
+    data = outcome.to_dict(with_cam=True)
+    assert data["infection"]["lungs"] == want["lungs"] and "overlay_png_base64" in data["infection"]
+    assert "Infection" in results_html([outcome])
+    header = service.to_csv([outcome]).splitlines()[0].split(",")
+    assert header[-len(SEVERITY_COLUMNS) :] == list(SEVERITY_COLUMNS)
+    with pytest.raises(CheckpointError, match="segments the lungs, but an infection segmenter"):
+        InfectionReader(lung_run, infection_run)

@@ -183,19 +183,22 @@ def serve(
     max_pixels: int = MAX_PIXELS,
     masks_from: str | os.PathLike[str] | None = None,
     doubtful: str = "skip",
+    infection: str | os.PathLike[str] | None = None,
     echo: Any = print,
 ) -> None:
     """Serve the app and API until interrupted (Ctrl-C).
 
     Binds to ``127.0.0.1`` (this machine only) unless ``host`` says otherwise; another host
     is served without authentication, which the start message says. ``masks_from`` and
-    ``doubtful``: as for :func:`cxrlab.load`, for runs trained with ``--lungs``.
+    ``doubtful``: as for :func:`cxrlab.load`, for runs trained with ``--lungs``;
+    ``infection``: an infection segmenter (see :class:`~cxrlab.app.service.ModelService`).
     """
     _require_app_extra()
     import uvicorn
 
     service = ModelService(sources, device=device, max_pixels=max_pixels,
-                           masks_from=masks_from, doubtful=doubtful)  # fmt: skip
+                           masks_from=masks_from, doubtful=doubtful,
+                           infection=infection)  # fmt: skip
     app = build_app(service, max_upload_mb=max_upload_mb)
     names = ", ".join(m.name for m in service.models)
     echo(f"cxrlab serve: {len(service.models)} model(s): {names}")

@@ -87,11 +87,24 @@ class ImageOutcome:
     file: str
     outputs: list[ModelOutput] = field(default_factory=list)
     error: str | None = None
+    #: the infection's severity (an infection segmenter served), and its overlay as a PNG
+    infection: dict[str, Any] | None = None
+    infection_png: bytes | None = None
 
     def to_dict(self, with_cam: bool = False) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "models": [o.to_dict(with_cam) for o in self.outputs]}
+        out: dict[str, Any] = {"file": self.file,
+                               "models": [o.to_dict(with_cam) for o in self.outputs]}  # fmt: skip
+        if self.infection is not None:
+            out["infection"] = dict(self.infection)
+            if with_cam and self.infection_png is not None:
+                import base64
+
+                out["infection"]["overlay_png_base64"] = base64.b64encode(
+                    self.infection_png
+                ).decode("ascii")
+        return out
 
 
 class ServedModel:
@@ -319,9 +332,13 @@ class ModelService:
             hold a GPU idle).
         max_pixels: images above this many pixels are refused before decoding.
         masks_from, doubtful: for runs trained with ``--lungs``, as for :func:`cxrlab.load`.
+        infection: an infection segmenter run: every image also gets its infection overlay
+            and severity (:mod:`cxrlab.segment.reading`), its lungs found by ``masks_from``,
+            else by the first model's own lung segmenter.
 
     Raises:
-        CxrlabError: no source, or a source that is not a model (the message names it).
+        CxrlabError: no source, or a source that is not a model (the message names it), or
+            an infection segmenter without a lung segmenter.
     """
 
     def __init__(
@@ -332,6 +349,7 @@ class ModelService:
         *,
         masks_from: str | os.PathLike[str] | None = None,
         doubtful: str = "skip",
+        infection: str | os.PathLike[str] | None = None,
     ) -> None:
         paths = [Path(s) for s in sources]
         if not paths:
@@ -341,6 +359,19 @@ class ModelService:
         self.max_pixels = max_pixels
         # the classes any model knows, in first-seen order (for the Grad-CAM class choice)
         self.classes = list(dict.fromkeys(c for m in self.models for c in m.classes))
+        self.infection: Any = None
+        if infection is not None:
+            from ..segment.reading import InfectionReader
+
+            own = self.models[0].predictor.lungs
+            lungs = masks_from or (own.segmenter if own is not None else None)
+            if lungs is None:
+                raise CxrlabError(
+                    "--infection needs a lung segmenter to find the lungs in: give one with "
+                    "--masks-from RUN"
+                )
+            self.infection = InfectionReader(infection, lungs, device)
+            self.infection_lock = threading.Lock()
 
     def classify_file(
         self,
@@ -363,6 +394,14 @@ class ModelService:
             outcome.outputs = [m.analyze(gray, cam, cam_class) for m in self.models]
         except ImageReadError as e:  # a run's lung mask of this image is doubtful
             outcome.error = f"{e.path}: {e.reason}"
+            return outcome
+        if self.infection is not None:
+            with self.infection_lock:
+                reading = self.infection.read(gray)
+            outcome.infection = reading.to_dict()
+            buf = io.BytesIO()
+            reading.overlay(gray).save(buf, format="PNG")
+            outcome.infection_png = buf.getvalue()
         return outcome
 
     def classify(
@@ -377,15 +416,20 @@ class ModelService:
     def to_csv(self, outcomes: Sequence[ImageOutcome]) -> str:
         """One row per file and model: the prediction, every class probability, and last
         the shift score and flag (empty where a model cannot give them)."""
+        from ..segment.reading import SEVERITY_COLUMNS, severity_cells
+
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        extra = list(SEVERITY_COLUMNS) if self.infection is not None else []
         w.writerow(["file", "model", "pred", *(f"p_{c}" for c in self.classes), "error",
-                    "ood_score", "ood"])  # fmt: skip
+                    "ood_score", "ood", *extra])  # fmt: skip
         for o in outcomes:
             if o.error is not None:
-                w.writerow([o.file, "", "", *([""] * len(self.classes)), o.error, "", ""])
+                w.writerow([o.file, "", "", *([""] * len(self.classes)), o.error, "", "",
+                            *([""] * len(extra))])  # fmt: skip
+            sev = severity_cells(o.infection) if extra else []
             for m in o.outputs:
                 probs = [f"{m.probs[c]:.6f}" if c in m.probs else "" for c in self.classes]
                 shift = ["", ""] if m.ood is None else [f"{m.ood_score:.6f}", int(m.ood)]
-                w.writerow([o.file, m.model, m.predicted, *probs, "", *shift])
+                w.writerow([o.file, m.model, m.predicted, *probs, "", *shift, *sev])
         return buf.getvalue()

@@ -113,8 +113,30 @@ def results_html(outcomes: Sequence[ImageOutcome]) -> str:
                     col.append(f'<div class="cxr-note">{html.escape(m.note)}</div>')
                 cols.append(f'<div class="cxr-model">{"".join(col)}</div>')
             body.append(f'<div class="cxr-models">{"".join(cols)}</div>')
+            if o.infection is not None:
+                body.append(_infection_html(o))
         parts.append(f'<div class="cxr-image">{"".join(body)}</div>')
     return f'<div class="cxr-results">{"".join(parts)}</div>'
+
+
+def _infection_html(o: ImageOutcome) -> str:
+    """The infection overlay and its severity, or why there is none."""
+    sev = o.infection or {}
+    if sev.get("grade") is None:
+        text = f"No severity: the lung mask is {html.escape(str(sev.get('lungs', '')))}"
+    else:
+        text = (
+            f"Extent grade {sev['grade']} of 8: {100 * sev['infection_fraction']:.0f} % of the "
+            f"lungs infected (right {100 * sev['right_lung_fraction']:.0f} %, left "
+            f"{100 * sev['left_lung_fraction']:.0f} %)"
+        )
+    img = ""
+    if o.infection_png is not None:
+        data = base64.b64encode(o.infection_png).decode("ascii")
+        img = (f'<img class="cxr-cam" alt="infection (red) inside the lungs (green)" '
+               f'src="data:image/png;base64,{data}">')  # fmt: skip
+    return (f'<div class="cxr-model"><div class="cxr-model-name">Infection</div>'
+            f'<div class="cxr-note">{text}</div>{img}</div>')  # fmt: skip
 
 
 def _remove_older_than(folder: Path, seconds: float) -> None:

@@ -46,6 +46,14 @@ def predict_cmd(
             "shift') as the CSV's last columns; --no-ood leaves them empty and runs faster."
         ),
     ] = True,
+    infection: Annotated[
+        Path | None,
+        typer.Option(
+            help="An infection segmenter run: add each image's infected share of the lungs "
+            "(both, right, left) and its extent grade 0-8. Its lungs come from --masks-from, "
+            "else the run's own lung segmenter."
+        ),
+    ] = None,
     progress: Progress = True,
 ) -> None:
     """Predict classes of X-rays; exit status 3 if any file was skipped.
@@ -55,8 +63,9 @@ def predict_cmd(
 
     predictor = load([model, *also] if also else model, device=device, masks_from=masks_from,
                      doubtful=doubtful)  # fmt: skip
+    reader = _infection_reader(infection, masks_from, predictor) if infection else None
     result = predict_paths(predictor, paths, batch_size=batch_size, progress=progress, out=out,
-                           ood=ood)  # fmt: skip
+                           ood=ood, infection=reader)  # fmt: skip
     if out is None:
         typer.echo(result.to_csv(), nl=False)
     else:
@@ -74,6 +83,19 @@ def predict_cmd(
     if result.skipped:
         typer.echo(f"{len(result.skipped)} input(s) skipped", err=True)
         raise typer.Exit(3)
+
+
+def _infection_reader(infection: Path, masks_from: Path | None, predictor):
+    """The infection segmenter with its lungs: ``--masks-from``, else the run's segmenter."""
+    from ..segment.reading import InfectionReader
+
+    lungs = masks_from or (predictor.lungs.segmenter if predictor.lungs is not None else None)
+    if lungs is None:
+        raise CxrlabError(
+            "--infection needs a lung segmenter to find the lungs in: give one with "
+            "--masks-from RUN (this run was trained without one)"
+        )
+    return InfectionReader(infection, lungs)
 
 
 def _write_cams(predictor, result, folder: Path, cam_class: str | None) -> None:
@@ -142,9 +164,18 @@ def serve_cmd(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload per request.")] = 50.0,
     masks_from: MasksFrom = None,
     doubtful: Doubtful = "skip",
+    infection: Annotated[
+        Path | None,
+        typer.Option(
+            help="An infection segmenter run: show each image's infection and its extent "
+            "grade beside the probabilities (lungs from --masks-from, else the first run's "
+            "own lung segmenter)."
+        ),
+    ] = None,
 ) -> None:
     """A local web app (Gradio) and JSON API: probabilities, Grad-CAM, model cards."""
     from ..app import serve
 
     serve(run_dir, host, port, device=device, max_upload_mb=max_upload_mb,
-          masks_from=masks_from, doubtful=doubtful, echo=typer.echo)  # fmt: skip
+          masks_from=masks_from, doubtful=doubtful, infection=infection,
+          echo=typer.echo)  # fmt: skip

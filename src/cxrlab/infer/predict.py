@@ -9,14 +9,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.imageio import ImageReadError
+from ..data.imageio import ImageReadError, load_gray8
 from ..data.layout import is_ignored_file
 from ..utils import atomic_write_text
 from .predictor import Predictor
+
+if TYPE_CHECKING:
+    from ..segment.reading import InfectionReader
 
 __all__ = ["Predictions", "collect_inputs", "predict_paths"]
 
@@ -35,17 +39,26 @@ class Predictions:
     ood: list[bool] = field(default_factory=list)
     #: why there are no ood scores, where asked for
     ood_note: str = ""
+    #: per image, the infection's severity (an infection segmenter given; see
+    #: :class:`~cxrlab.segment.reading.InfectionReading`); empty otherwise
+    severity: list[dict[str, Any]] = field(default_factory=list)
 
     def to_csv(self) -> str:
-        """``path, pred, p_<class>...`` and, last, ``ood_score, ood`` (empty where they could
-        not be computed)."""
+        """``path, pred, p_<class>...``, ``ood_score, ood`` (empty where they could not be
+        computed) and, with an infection segmenter, the severity columns."""
+        from ..segment.reading import SEVERITY_COLUMNS, severity_cells
+
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "pred", *(f"p_{c}" for c in self.classes), "ood_score", "ood"])
+        extra = list(SEVERITY_COLUMNS) if self.severity else []
+        w.writerow(["path", "pred", *(f"p_{c}" for c in self.classes), "ood_score", "ood",
+                    *extra])  # fmt: skip
         for k, (path, p) in enumerate(zip(self.paths, self.probs)):
             shift = ([f"{self.ood_scores[k]:.6f}", int(self.ood[k])] if self.ood_scores
                      else ["", ""])  # fmt: skip
-            w.writerow([path, self.classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p), *shift])
+            sev = severity_cells(self.severity[k]) if extra else []
+            w.writerow([path, self.classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p), *shift,
+                        *sev])  # fmt: skip
         return buf.getvalue()
 
 
@@ -91,9 +104,11 @@ def predict_paths(
     progress: bool = True,
     out: str | os.PathLike[str] | None = None,
     ood: bool = True,
+    infection: InfectionReader | None = None,
 ) -> Predictions:
     """Predict every image among ``items``; unreadable files are skipped with the reason.
-    With ``ood``, each image also gets its shift score and flag (:meth:`Predictor.ood`)."""
+    With ``ood``, each image also gets its shift score and flag (:meth:`Predictor.ood`);
+    with ``infection``, its infection's severity."""
     paths, missing = collect_inputs(items)
     result = Predictions(predictor.classes, skipped=list(missing))
     batch: list[tuple[str, np.ndarray]] = []
@@ -118,7 +133,10 @@ def predict_paths(
     with bar:
         for path in paths:
             try:
-                batch.append((str(path), predictor.to_pixels(path)))
+                pixels = predictor.to_pixels(path)
+                if infection is not None:
+                    result.severity.append(infection.read(load_gray8(path)).to_dict())
+                batch.append((str(path), pixels))
             except ImageReadError as e:
                 result.skipped.append((str(path), e.reason))
                 bar.update(1)

@@ -42,11 +42,12 @@ __all__ = [
 ]
 
 
-def segmenter_id(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """What identifies a segmenter in a card: its folder, when it was made, a weights hash."""
+def segmenter_id(run_dir: str | os.PathLike[str], target: str = "lungs") -> dict[str, Any]:
+    """What identifies a segmenter (of ``target``) in a card: its folder, when it was made, a
+    weights hash."""
     run_dir = Path(run_dir)
+    card = read_segmenter_card(run_dir, target)
     digest = hashlib.blake2b((run_dir / run_files.MODEL).read_bytes(), digest_size=8).hexdigest()
-    card = read_segmenter_card(run_dir, "lungs")
     return {"run": str(run_dir.resolve()), "created": card.created, "weights": digest,
             "test_dice": card.test_dice}  # fmt: skip
 
