@@ -300,6 +300,25 @@ def lung_run(sick_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_evaluate_the_whole_chain_with_a_lung_segmenters_lungs(
+    infection_run: Path, lung_run: Path, tmp_path: Path
+) -> None:
+    from cxrlab.errors import CheckpointError
+    from cxrlab.segment.evaluate import evaluate_segmenter
+
+    ref = evaluate_segmenter(infection_run, split="all", out=tmp_path / "ref", progress=False)
+    chain = evaluate_segmenter(infection_run, split="all", lungs=lung_run, progress=False)
+    assert ref["lungs"] == "reference" and chain["lungs"] == str(lung_run)
+    assert Path(chain["files"]["metrics"]).parent.name == "evaluation-all-predicted-lungs"
+    assert [r["true_fraction"] for r in chain["images"]] == [
+        r["true_fraction"] for r in ref["images"]
+    ]  # the truth is the reference's either way
+    doubtful = [r for r in chain["images"] if r["lungs"].startswith("predicted lungs")]
+    assert all(r["pred_fraction"] is None for r in doubtful)
+    with pytest.raises(CheckpointError, match="--lungs is for an infection segmenter"):
+        evaluate_segmenter(lung_run, split="test", lungs=lung_run, progress=False)
+
+
 def test_predict_and_serve_show_the_infection_beside_the_class(
     infection_run: Path, lung_run: Path, sick_data: Path, tmp_path: Path, capsys
 ) -> None:

@@ -35,6 +35,13 @@ def segment_evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Folder for the results.")] = None,
+    lungs: Annotated[
+        Path | None,
+        typer.Option(
+            help="For an infection segmenter: a lung segmenter whose masks it is kept in "
+            "(the whole chain; default: the reference lung masks)."
+        ),
+    ] = None,
     progress: Progress = True,
 ) -> None:
     """Dice, IoU and 95 % Hausdorff distance per image and per class; the worst images.
@@ -42,7 +49,7 @@ def segment_evaluate(
     without, and the infected share and grade against the reference's."""
     from ..segment.evaluate import evaluate_segmenter
 
-    r = evaluate_segmenter(run_dir, data, split=split, out=out, progress=progress)
+    r = evaluate_segmenter(run_dir, data, split=split, out=out, lungs=lungs, progress=progress)
     if r["target"] == "infection":
         _infection_table(r)
     else:

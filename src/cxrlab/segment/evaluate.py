@@ -132,6 +132,7 @@ def evaluate_segmenter(
     *,
     split: str = "test",
     out: str | os.PathLike[str] | None = None,
+    lungs: str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -144,7 +145,9 @@ def evaluate_segmenter(
             on, with its split).
         split: ``test``/``val``/``train`` of the run's split, or ``all`` (every image).
         out: where ``metrics.json``, ``per_image.csv`` and ``worst.png`` go (default
-            ``<run>/evaluation-<split>``).
+            ``<run>/evaluation-<split>``, or ``<run>/evaluation-<split>-predicted-lungs``).
+        lungs: an infection segmenter's: a lung segmenter run whose masks it is kept in
+            (default: the reference lung masks; see :mod:`~cxrlab.segment.infection`).
 
     Raises:
         CheckpointError: not a segmenter run, or no image of the split has a reference mask.
@@ -174,23 +177,33 @@ def evaluate_segmenter(
             f"No {split} image of {prepared.report.root} has a valid {kind} mask to compare "
             f"with ({masks.summary()})"
         )
-    lungs = None
+    if kind == "lung" and lungs is not None:
+        raise CheckpointError(f"{run_dir} segments the lungs: --lungs is for an infection "
+                              "segmenter")  # fmt: skip
+    ref_lungs = used = None
     if kind == "lung":
         scores = score_masks(model, prepared, masks, rows, batch_size)
         result = summarise_scores(scores)
         keys = ["path", "label", "dice", "iou", "hd95", "ok", "reasons"]
     else:
-        lungs = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
-                              progress=progress)  # fmt: skip
+        ref_lungs = decoded_masks(prepared.report.root, prepared.split.records, size, "lung",
+                                  progress=progress)  # fmt: skip
+        if lungs is not None:
+            from .apply import predicted_masks
+
+            used = predicted_masks(prepared.report.root, prepared.split.records, size, lungs,
+                                   progress=progress)  # fmt: skip
         probs_all = predict_probs(model, prepared.images.array, rows, batch_size)
-        scores = score_infection(probs_all, prepared, masks, lungs, rows)
+        scores = score_infection(probs_all, prepared, masks, ref_lungs, rows, used)
         result = summarise_infection(scores)
         keys = ["path", "label", "infected", "dice", "iou", "true_fraction", "pred_fraction",
                 "fp_area", "true_grade", "pred_grade", "lungs"]  # fmt: skip
     left_out = len(prepared.split.indices(split)) - len(rows)
     result.update({"split": split, "data_root": str(prepared.report.root), "target": card.target,
-                   "left_out_without_mask": left_out})  # fmt: skip
-    folder = Path(out) if out is not None else run_dir / f"evaluation-{split}"
+                   "left_out_without_mask": left_out,
+                   "lungs": str(lungs) if lungs is not None else "reference"})  # fmt: skip
+    suffix = "-predicted-lungs" if lungs is not None else ""
+    folder = Path(out) if out is not None else run_dir / f"evaluation-{split}{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / run_files.METRICS, {k: v for k, v in result.items() if k != "images"})
     buf = io.StringIO()
@@ -199,11 +212,11 @@ def evaluate_segmenter(
     w.writerows(scores)
     atomic_write_text(folder / "per_image.csv", buf.getvalue())
     # the worst lungs, or the worst infection among images that have some
-    pool = scores if lungs is None else [r for r in scores if r["infected"]] or scores
+    pool = scores if ref_lungs is None else [r for r in scores if r["infected"]] or scores
     worst = sorted(pool, key=lambda r: r["dice"])[:8]
     worst_rows = [r["row"] for r in worst]
     probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows)))
-    plot_worst(worst, prepared, masks, probs, folder / "worst.png", lungs=lungs)
+    plot_worst(worst, prepared, masks, probs, folder / "worst.png", lungs=used or ref_lungs)
     result["files"] = {"metrics": str(folder / run_files.METRICS),
                        "per_image": str(folder / "per_image.csv"),
                        "worst": str(folder / "worst.png")}  # fmt: skip

@@ -2,9 +2,11 @@
 
 Each image's predicted infection is cleaned as every command cleans it
 (:func:`~cxrlab.segment.masks.clean_infection`: inside the lungs, specks dropped) and scored
-against its reference, with the *reference* lung masks as the lungs, so the numbers describe
-the infection segmenter alone (a lung segmenter's errors are ``segment evaluate``'s on a lung
-segmenter):
+against its reference. By default the *reference* lung masks are the lungs, so the numbers
+describe the infection segmenter alone; given a lung segmenter's masks (``used_lungs``), the
+predicted infection and its shares are taken inside *those* lungs, as ``segment predict``
+would, while the true shares stay the reference's: the whole chain, as a user gets it. An
+image whose predicted lung mask is doubtful gets no predicted share (counted, not guessed).
 
 - on images with infection: Dice and IoU;
 - on images whose reference mask is empty (COVID-QU-Ex annotated COVID-19 infection only, so
@@ -43,32 +45,38 @@ def score_infection(
     infection: DecodedMasks,
     lungs: DecodedMasks,
     rows: Sequence[int],
+    used_lungs: DecodedMasks | None = None,
 ) -> list[dict[str, Any]]:
     """Per image of ``rows`` (``probs[k]`` for ``rows[k]``): path, class, whether its
     reference has infection, Dice, IoU, the true and predicted infected share of the lungs
     (``fp_area`` too where the reference is empty) and grades. Rows whose reference lung mask
-    is not valid get Dice and IoU on the whole image and no shares."""
+    is not valid get Dice and IoU on the whole image and no shares; ``used_lungs``: the lungs
+    the prediction is kept in (default: the reference's; see the module docstring)."""
     out = []
+    used = lungs if used_lungs is None else used_lungs
     for prob, i in zip(probs, rows):
         rec = data.split.records[i]
         ref = infection.array[i] != 0
-        lung_ok = lungs.status[i] == "ok"
-        lung = lungs.array[i] if lung_ok else None
-        pred = clean_infection(prob, lung) != 0
+        lung = lungs.array[i] if lungs.status[i] == "ok" else None
+        mine = used.array[i] if used.status[i] == "ok" else None
+        pred = clean_infection(prob, mine if used_lungs is not None else lung) != 0
         row: dict[str, Any] = {
             "path": rec.path, "label": rec.label, "row": int(i), "infected": bool(ref.any()),
             "dice": dice(pred, ref), "iou": iou(pred, ref),
         }  # fmt: skip
         if lung is not None:
-            true, got = severity(lung, ref, check=False), severity(lung, pred, check=False)
+            true = severity(lung, ref, check=False)
+            got = severity(mine, pred, check=False) if mine is not None else None
+            share = None if got is None else got.infection_fraction
             row |= {
                 "true_fraction": true.infection_fraction,
-                "pred_fraction": got.infection_fraction,
-                "fp_area": None if ref.any() else got.infection_fraction,
+                "pred_fraction": share,
+                "fp_area": None if ref.any() else share,
                 "true_grade": true.grade,
-                "pred_grade": got.grade,
-                "lungs": "ok" if true.ok else true.reason,
-            }
+                "pred_grade": None if got is None else got.grade,
+                "lungs": ("ok" if true.ok else true.reason) if mine is not None
+                else f"predicted lungs {used.status[i]}",
+            }  # fmt: skip
         else:
             row |= {"true_fraction": None, "pred_fraction": None, "fp_area": None,
                     "true_grade": None, "pred_grade": None,
