@@ -142,6 +142,12 @@ def test_an_empty_infection_mask_is_valid_and_an_empty_lung_mask_is_not(tmp_path
     assert sick.array[0].any() and not sick.array[2].any()
     lung = decoded_masks(root, records, 32, "lung", progress=False)
     assert lung.status[2].startswith("empty") and lung.status[0] == "ok"
+    # an infection mask of another shape than its image is not used: it says why
+    write_png(
+        root / "COVID-19" / "infection masks" / "COVID-19-1.png", np.zeros((32, 48), np.uint8)
+    )
+    again = decoded_masks(root, records, 32, "infection", progress=False)
+    assert again.status[1].startswith("wrong size (48x32 mask for a 32x32 image)")
 
 
 # -- a tiny infection segmenter, end to end ------------------------------------------------
@@ -366,3 +372,6 @@ def test_predict_and_serve_show_the_infection_beside_the_class(
     assert header[-len(SEVERITY_COLUMNS) :] == list(SEVERITY_COLUMNS)
     with pytest.raises(CheckpointError, match="segments the lungs, but an infection segmenter"):
         InfectionReader(lung_run, infection_run)
+    # an image with no lungs to find (blank, and of another size): no numbers, and why
+    blank = reader.read(np.full((80, 120), 128, np.uint8)).to_dict()
+    assert blank["grade"] is None and blank["lungs"].startswith("doubtful (")

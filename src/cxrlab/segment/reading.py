@@ -97,7 +97,7 @@ class InfectionReader:
 
     @torch.no_grad()
     def _probs(self, model: Any, gray: np.ndarray, size: int) -> np.ndarray:
-        x = torch.from_numpy(resize_gray8(np.ascontiguousarray(gray), size))[None, None]
+        x = torch.from_numpy(np.array(resize_gray8(gray, size), copy=True))[None, None]
         return model(x.to(self.device)).sigmoid()[0, 0].float().cpu().numpy()
 
     def read(self, gray: np.ndarray) -> InfectionReading:
