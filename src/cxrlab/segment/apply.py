@@ -10,6 +10,7 @@ images' content, the segmenter's weights and the size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,12 +43,20 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=64)
+def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The hash of a weights file, read once per (file, size, modification time)."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
+
+
 def segmenter_id(run_dir: str | os.PathLike[str], target: str = "lungs") -> dict[str, Any]:
     """What identifies a segmenter (of ``target``) in a card: its folder, when it was made, a
-    weights hash."""
+    weights hash (read once per weights file and its modification time)."""
     run_dir = Path(run_dir)
     card = read_segmenter_card(run_dir, target)
-    digest = hashlib.blake2b((run_dir / run_files.MODEL).read_bytes(), digest_size=8).hexdigest()
+    weights = (run_dir / run_files.MODEL).resolve()
+    st = weights.stat()
+    digest = _weights_digest(str(weights), st.st_size, st.st_mtime_ns)
     return {"run": str(run_dir.resolve()), "created": card.created, "weights": digest,
             "test_dice": card.test_dice}  # fmt: skip
 
