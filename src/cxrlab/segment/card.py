@@ -98,7 +98,10 @@ class SegmenterData:
 
 @dataclass(frozen=True)
 class SegmenterTraining:
-    """How it was trained: the configuration, its best epoch (by validation Dice), time."""
+    """How it was trained: the configuration, its best epoch and the validation number it
+    was chosen by (lungs: Dice; infection: Dice on the images with infection once the
+    false-positive constraint holds, else the mean Dice; see :mod:`cxrlab.segment.train`),
+    time."""
 
     config: SegmentConfig
     best_epoch: int

@@ -32,11 +32,14 @@ from .masks import clean_infection
 from .metrics import describe, dice, iou
 from .severity import NONE_BELOW, severity
 
-__all__ = ["FP_AIM", "score_infection", "summarise_infection"]
+__all__ = ["FP_AIM", "FP_SHARE", "score_infection", "summarise_infection"]
 
-#: The false-positive area the issue aims under on images without infection (share of the
-#: lungs).
+#: The false-positive area aimed under on an image without infection (share of the lungs):
+#: the severity grade's "none".
 FP_AIM = NONE_BELOW
+#: The share of images without infection that must stay under :data:`FP_AIM` for training
+#: to choose an epoch by its Dice on the images with infection.
+FP_SHARE = 0.9
 
 
 def score_infection(
