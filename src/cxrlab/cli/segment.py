@@ -79,10 +79,13 @@ def _infection_table(r: dict) -> None:
         cells = [
             str(b["n"]), str(b["n_infected"]),
             f"{d['mean']:.3f} ± {d['std']:.3f}" if d["n"] else "-",
-            num(b["fp_area"]["mean"], ".4f"), num(b["fp_under_aim"], ".0%"),
+            num(b["fp_area"]["mean"], ".4f"), num(b["fp_under_aim"], ".1%"),
             num(b["spearman"]), num(b["kappa"]),
         ]  # fmt: skip
         typer.echo(f"{name:<18}" + "".join(f"{c:>16}" for c in cells))
+    rho = r["overall"]["spearman_infected"]
+    if rho is not None:
+        typer.echo(f"Spearman over the images with infection only: {rho:.3f}")
     typer.echo(
         "FP area: the share of the lungs called infected on images whose reference mask is "
         "empty; Spearman: predicted against true infected share; kappa: the 0-8 extent grade "
