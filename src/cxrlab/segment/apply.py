@@ -28,9 +28,8 @@ from ..data.masks import DecodedMasks
 from ..errors import CxrlabError, DataError
 from ..utils import cache_dir, hash_strings
 from .card import read_segmenter_card
-from .evaluate import predict_probs
 from .masks import LIMITS, clean_mask, judge_mask
-from .model import load_segmenter
+from .model import load_segmenter, predict_probs
 
 __all__ = [
     "DOUBTFUL_PREDICT",

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import run_files
 from ..data import PreparedData, decoded_masks, prepare_data
@@ -27,28 +26,9 @@ from .card import TARGETS
 from .infection import score_infection, summarise_infection
 from .masks import clean_infection, clean_mask, judge_mask
 from .metrics import describe, mask_scores
-from .model import LungSegmenter, load_segmenter
+from .model import LungSegmenter, load_segmenter, predict_probs
 
 __all__ = ["evaluate_segmenter", "predict_probs", "score_masks", "summarise_scores"]
-
-
-@torch.no_grad()
-def predict_probs(
-    model: LungSegmenter, images: np.ndarray, rows: Sequence[int], batch_size: int = 16
-) -> np.ndarray:
-    """Lung probabilities ``(len(rows), H, W)`` float32 of ``images[rows]`` (uint8)."""
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(rows), batch_size):
-        idx = np.asarray(rows[start : start + batch_size])
-        x = torch.from_numpy(np.asarray(images[np.sort(idx)])).unsqueeze(1).to(device)
-        order = np.argsort(np.argsort(idx))  # back to the order asked for
-        out.append(model(x).sigmoid()[:, 0].float().cpu().numpy()[order])
-    model.train(was)
-    h, w = images.shape[1:]
-    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
 def score_masks(model: LungSegmenter, data: PreparedData, masks: DecodedMasks,

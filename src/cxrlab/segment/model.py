@@ -17,10 +17,12 @@ the reverse) can say so in one line.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -37,6 +39,7 @@ __all__ = [
     "LungSegmenter",
     "is_segmenter",
     "load_segmenter",
+    "predict_probs",
     "save_segmenter",
 ]
 
@@ -151,3 +154,22 @@ def load_segmenter(
         raise CheckpointError(f"{run_dir / run_files.MODEL} does not fit the segmenter: {e}") from e
     model.weights_source = card.weights
     return model.eval(), card
+
+
+@torch.no_grad()
+def predict_probs(
+    model: LungSegmenter, images: np.ndarray, rows: Sequence[int], batch_size: int = 16
+) -> np.ndarray:
+    """Lung probabilities ``(len(rows), H, W)`` float32 of ``images[rows]`` (uint8)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        idx = np.asarray(rows[start : start + batch_size])
+        x = torch.from_numpy(np.asarray(images[np.sort(idx)])).unsqueeze(1).to(device)
+        order = np.argsort(np.argsort(idx))  # back to the order asked for
+        out.append(model(x).sigmoid()[:, 0].float().cpu().numpy()[order])
+    model.train(was)
+    h, w = images.shape[1:]
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
