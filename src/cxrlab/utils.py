@@ -15,6 +15,7 @@ __all__ = [
     "WHY_NULL",
     "DisjointSets",
     "atomic_write_bytes",
+    "atomic_write_rows",
     "atomic_write_text",
     "cache_dir",
     "hash_strings",
@@ -80,6 +81,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8, ``\\n`` line endings)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_rows(
+    path: str | os.PathLike[str],
+    rows: list[dict[str, Any]],
+    fieldnames: list[str] | None = None,
+    extrasaction: str = "raise",
+) -> None:
+    """Dict rows as a CSV file, written atomically (columns: ``fieldnames``, else the first
+    row's keys; ``extrasaction="ignore"`` leaves other keys out)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fieldnames or list(rows[0]), lineterminator="\n",
+                       extrasaction=extrasaction)  # type: ignore[arg-type]  # fmt: skip
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _strict(value: Any) -> tuple[Any, bool]:

@@ -21,7 +21,7 @@ from .. import run_files
 from ..data import PreparedData, decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
 from ..errors import CheckpointError
-from ..utils import write_json
+from ..utils import atomic_write_rows, write_json
 from .card import TARGETS
 from .infection import score_infection, summarise_infection
 from .masks import clean_infection, clean_mask, judge_mask
@@ -132,11 +132,6 @@ def evaluate_segmenter(
     Raises:
         CheckpointError: not a segmenter run, or no image of the split has a reference mask.
     """
-    import csv
-    import io
-
-    from ..utils import atomic_write_text
-
     run_dir = Path(run_dir)
     model, card = load_segmenter(run_dir)
     size = card.image_size
@@ -186,11 +181,7 @@ def evaluate_segmenter(
     folder = Path(out) if out is not None else run_dir / f"evaluation-{split}{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / run_files.METRICS, {k: v for k, v in result.items() if k != "images"})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(scores)
-    atomic_write_text(folder / "per_image.csv", buf.getvalue())
+    atomic_write_rows(folder / "per_image.csv", scores, keys, extrasaction="ignore")
     # the worst lungs, or the worst infection among images that have some
     pool = scores if ref_lungs is None else [r for r in scores if r["infected"]] or scores
     worst = sorted(pool, key=lambda r: r["dice"])[:8]

@@ -21,8 +21,6 @@ image whose lung mask is doubtful or missing gets no numbers, and its row says w
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 from pathlib import Path
@@ -34,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data import decoded_images, decoded_masks, load_gray8, scan_dataset
 from ..errors import ConfigError, DataError
-from ..utils import atomic_write_text, write_json
+from ..utils import atomic_write_rows, write_json
 from .card import SegmenterCard
 from .evaluate import predict_probs
 from .masks import clean_infection, clean_mask, judge_mask
@@ -60,14 +58,6 @@ def _save_mask(mask: np.ndarray, width: int, height: int, path: Path) -> None:
                                * 255).astype(np.uint8))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
-
-
-def _write_csv(path: Path, lines: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(lines[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(lines)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -186,7 +176,7 @@ def predict_masks(
                 bad.append({"path": rec.path, "reasons": "; ".join(verdict.reasons)})
             lines.append({"path": image_at.as_posix(), "mask": mask_at.as_posix() if use else "",
                           **verdict.to_dict(), "reasons": "; ".join(verdict.reasons)})  # fmt: skip
-    _write_csv(out / "masks.csv", lines)
+    atomic_write_rows(out / "masks.csv", lines)
     write_json(out / "segmenter.json", {"run": str(Path(run_dir).resolve()),
                                         "card": card.created, "doubtful": doubtful,
                                         "encoder": card.encoder, "test": card.test})  # fmt: skip
@@ -251,7 +241,7 @@ def _predict_infection(model: LungSegmenter, card: SegmenterCard, run_dir: Any, 
                 grades[str(row["grade"])] = grades.get(str(row["grade"]), 0) + 1
             lines.append(line | row | {"mask": mask_at, "infection_mask": sick_at.as_posix(),
                                        "ok": status == "ok" and sev.ok})  # fmt: skip
-    _write_csv(out / "severity.csv", lines)
+    atomic_write_rows(out / "severity.csv", lines)
     write_json(out / "segmenter.json", {"run": str(Path(run_dir).resolve()),
                                         "card": card.created, "target": card.target,
                                         "lungs": lung_source, "doubtful": doubtful,

@@ -22,9 +22,7 @@ applies.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import time
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from ..data import decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
 from ..errors import DataError
 from ..runtime import resolve_device
-from ..utils import atomic_write_text, write_json
+from ..utils import atomic_write_rows, write_json
 from .card import TARGETS, SegmentConfig, SegmenterCard, SegmenterData, SegmenterTraining
 from .evaluate import predict_probs, score_masks, summarise_scores
 from .infection import FP_AIM, FP_SHARE, score_infection, summarise_infection
@@ -124,7 +122,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
         tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
                    f"  {shown}  {seconds:.1f}s  {speed:.1f} img/s{mark}")  # fmt: skip
-    _write_history(out / run_files.HISTORY, history)
+    atomic_write_rows(out / run_files.HISTORY, history)
     best_model, _ = load_segmenter(out)
     best_model.to(device)
     if config.target == "lungs":
@@ -230,11 +228,3 @@ def _choice(scores: dict[str, float]) -> tuple[int, float]:
         if np.isfinite(infected):
             return (1, infected)
     return (0, scores["val_dice"])
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
