@@ -133,9 +133,12 @@ def predict_paths(
     with bar:
         for path in paths:
             try:
-                pixels = predictor.to_pixels(path)
-                if infection is not None:
-                    result.severity.append(infection.read(load_gray8(path)).to_dict())
+                if infection is None:
+                    pixels = predictor.to_pixels(path)
+                else:  # one decode for both
+                    gray = load_gray8(path)
+                    pixels = predictor.to_pixels(gray, str(path))
+                    result.severity.append(infection.read(gray).to_dict())
                 batch.append((str(path), pixels))
             except ImageReadError as e:
                 result.skipped.append((str(path), e.reason))
