@@ -1,8 +1,9 @@
 """The names of the files in a run folder: one place for each.
 
-A classifier's run folder, an ensemble's and a lung segmenter's share these names; what
-they hold is read through :class:`cxrlab.runs.RunDir` (a classifier's or an ensemble's)
-and :mod:`cxrlab.segment.model` (a segmenter's). This module imports nothing from cxrlab,
+A classifier's run folder, an ensemble's, a segmenter's and a pretraining run's share these
+names; what they hold is read through :class:`cxrlab.runs.RunDir` (a classifier's or an
+ensemble's), :mod:`cxrlab.segment.model` (a segmenter's) and :mod:`cxrlab.pretrain.card` (a
+pretraining run's). This module imports nothing from cxrlab,
 so that every package, the trainers included, can name the files.
 """
 
@@ -13,6 +14,7 @@ __all__ = [
     "AUDIT_DIR",
     "AUDIT_JSON",
     "AUDIT_MD",
+    "BACKBONE",
     "CARD",
     "CHECKPOINT",
     "CONFIG",
@@ -26,6 +28,9 @@ __all__ = [
     "METRICS",
     "MODEL",
     "PREDICTIONS",
+    "PRETRAIN_CARD",
+    "PRETRAIN_IMAGES",
+    "PRETRAIN_SIGNATURES",
     "RELIABILITY_FIGURE",
     "SEGMENTER_CARD",
     "SHIFT_DIR",
@@ -51,6 +56,10 @@ AUDIT_JSON = "audit.json"  # in an audit folder: the findings
 AUDIT_MD = "audit.md"  # in an audit folder: the report
 SHIFT_DIR = "shift"  # what 'cxrlab shift' and 'predict' compare new images with
 TRACKING = "tracking.json"  # the experiment trackers' run ids, to resume them
+PRETRAIN_CARD = "pretrain_card.json"  # a self-supervised pretraining run's card
+BACKBONE = "backbone.safetensors"  # a pretraining run's backbone (no classifier head)
+PRETRAIN_IMAGES = "images.csv"  # a pretraining run: every image it saw, with its content hash
+PRETRAIN_SIGNATURES = "signatures.npz"  # a pretraining run: their perceptual signatures
 ADAPTATION = "adaptation.json"  # an adapted run: how it was adapted, and its scores
 SITE_SPLIT = "site_split.csv"  # an adapted run: the site's images read and scored
 #: The figures of a finished run.

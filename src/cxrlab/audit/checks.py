@@ -62,7 +62,7 @@ def penultimate_features(
 ) -> np.ndarray:
     """``(N, D)`` float32: what the model's classifier head receives for ``(N, H, W)`` uint8
     images (the pooled features, or a ViT's class token)."""
-    head = model.head[0].rsplit(".", 1)[0]  # the module that owns the head's weight
+    head = model.head_module
     captured: list[torch.Tensor] = []
     handle = model.net.get_submodule(head).register_forward_hook(
         lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())

@@ -83,6 +83,20 @@ class CxrClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(x))  # (B, num_classes) logits
 
+    @property
+    def head_module(self) -> str:
+        """The name (inside ``net``) of the module that owns the classifier head's weight;
+        what it receives are the pooled features (or a ViT's class token)."""
+        return self.head[0].rsplit(".", 1)[0]
+
+    def drop_head(self) -> CxrClassifier:
+        """Replace the classifier head by an identity, in place: the model then returns the
+        ``(B, D)`` features its head would receive (self-supervised pretraining trains
+        these). Returns the model."""
+        self.net.set_submodule(self.head_module, nn.Identity())
+        self.head = []
+        return self
+
     def set_frozen_modules(self, modules: list[nn.Module]) -> None:
         """Modules that stay in eval mode even while the model trains (frozen BatchNorm)."""
         self._frozen_modules = list(modules)

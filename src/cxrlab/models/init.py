@@ -41,9 +41,10 @@ class WeightsSpec:
     """A parsed ``--weights`` value.
 
     Attributes:
-        kind: ``imagenet``, ``none``, ``stats``, ``transfusion`` or ``file``.
+        kind: ``imagenet``, ``none``, ``stats``, ``transfusion``, ``file`` or
+            ``pretrained`` (a ``cxrlab pretrain`` run's backbone).
         keep: for ``transfusion``, how many leading units keep their pretrained weights.
-        path: for ``file``, the weights file.
+        path: for ``file``, the weights file; for ``pretrained``, the pretraining run.
     """
 
     kind: str
@@ -57,10 +58,19 @@ class WeightsSpec:
 
 
 def parse_weights(text: str) -> WeightsSpec:
-    """Parse ``imagenet``, ``none``, ``stats``, ``imagenet:K`` or a file path."""
+    """Parse ``imagenet``, ``none``, ``stats``, ``imagenet:K``, ``pretrained:RUN`` or a file
+    path."""
     s = str(text).strip()
     if s in ("imagenet", "none", "stats"):
         return WeightsSpec(s)
+    if s.startswith("pretrained:"):
+        run = s.removeprefix("pretrained:")
+        if not run:
+            raise ConfigError(
+                "weights='pretrained:' (--weights): give the folder of a 'cxrlab pretrain' run "
+                "(pretrained:runs/pretrain)"
+            )
+        return WeightsSpec("pretrained", path=run)
     if m := re.fullmatch(r"imagenet:(\d+)", s):
         return WeightsSpec("transfusion", keep=int(m.group(1)))
     if s.startswith("imagenet:"):

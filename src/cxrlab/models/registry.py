@@ -30,6 +30,7 @@ from .weights import (
     efficientnet_lite0_package_state_dict,
     load_into,
     load_state_dict_file,
+    pretrained_backbone,
     timm_imagenet,
     torchvision_imagenet_state_dict,
 )
@@ -236,9 +237,8 @@ def create_model(
     ws = parse_weights(wname)
     if ws.kind == "file" and not Path(wname).expanduser().is_file():
         raise ConfigError(
-            "weights (--weights) must be 'imagenet', 'none', 'stats', 'imagenet:K' or an existing "
-            "file; "
-            f"{wname!r} is none of these"
+            "weights (--weights) must be 'imagenet', 'none', 'stats', 'imagenet:K', "
+            f"'pretrained:RUN' or an existing file; {wname!r} is none of these"
         )
     if spec.fixed_size and image_size != spec.fixed_size and ws.pretrained:
         raise ConfigError(
@@ -251,7 +251,10 @@ def create_model(
     )
     origin = "offline package checkpoint" if spec.offline_imagenet else f"{spec.source} weights"
     init_report = None
-    if ws.kind == "file":
+    if ws.kind == "pretrained":
+        state, source = pretrained_backbone(ws.path, name)
+        load_into(net, state, head, source=source, model_name=name)
+    elif ws.kind == "file":
         path = Path(wname).expanduser()
         state = load_state_dict_file(path)
         head_loaded = load_into(net, state, head, source=str(path), model_name=name)

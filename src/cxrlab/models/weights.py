@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from .. import run_files
+from ..errors import ConfigError, WeightsError
 
 __all__ = [
     "efficientnet_lite0_package_state_dict",
     "load_into",
     "load_state_dict_file",
     "map_lukemelas_efficientnet",
+    "pretrained_backbone",
     "torchvision_imagenet_state_dict",
 ]
 
@@ -98,6 +100,64 @@ def load_into(
     keep = {k: v for k, v in state.items() if k not in head_keys or head_fits}
     net.load_state_dict(keep, strict=False)
     return head_fits
+
+
+#: The ``format`` a pretraining run's card and backbone file carry (cxrlab.pretrain).
+PRETRAIN_FORMAT = "cxrlab-pretrain/1"
+
+
+def pretrained_backbone(run: str | os.PathLike[str], model_name: str) -> tuple[StateDict, str]:
+    """The backbone of a finished ``cxrlab pretrain`` run, checked to be of ``model_name``.
+
+    Returns:
+        The state dict (the classifier head's keys absent) and a description for the card:
+        the run, its method and initialisation, and the weights' SHA-256.
+
+    Raises:
+        ConfigError: not a pretraining run, a run still training, or one of another model.
+    """
+    folder = Path(run).expanduser()
+    weights = folder / run_files.BACKBONE
+    if not folder.is_dir():
+        raise ConfigError(f"weights='pretrained:{run}': no folder {folder}")
+    if not (folder / run_files.METRICS).is_file():
+        if (folder / run_files.CHECKPOINT).is_file():
+            raise ConfigError(
+                f"weights='pretrained:{run}': the pretraining run {folder} has not finished "
+                f"(it is training, or stopped); resume it with cxrlab pretrain --out {folder} "
+                "--resume, then use its weights"
+            )
+        raise ConfigError(
+            f"weights='pretrained:{run}': {folder} is not a finished 'cxrlab pretrain' run "
+            f"(no {run_files.METRICS})"
+        )
+    if not weights.is_file():
+        raise ConfigError(f"weights='pretrained:{run}': {folder} has no {run_files.BACKBONE}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise WeightsError(f"Cannot read {weights} ({type(e).__name__})") from e
+    if meta.get("format") != PRETRAIN_FORMAT:
+        raise ConfigError(
+            f"weights='pretrained:{run}': {weights} is not a cxrlab pretraining backbone "
+            f"(format {meta.get('format')!r})"
+        )
+    if meta.get("model") != model_name:
+        raise ConfigError(
+            f"weights='pretrained:{run}': that run pretrained {meta.get('model')}, not "
+            f"{model_name}; train --model {meta.get('model')}, or pretrain {model_name}"
+        )
+    import hashlib
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    about = (
+        f"pretrained:{run} ({meta.get('method')}, init {meta.get('init')}, "
+        f"{meta.get('epochs')} epochs at {meta.get('image_size')} px, sha256 {digest[:16]})"
+    )
+    return load_state_dict_file(weights), about
 
 
 def torchvision_imagenet_state_dict(weights_enum: object, model_name: str) -> StateDict:

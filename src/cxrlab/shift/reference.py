@@ -96,7 +96,7 @@ def captured_features(model: Any) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward pass of ``model`` appends what its classifier head
     receives (``(B, D)`` float32 on the CPU: the pooled features, or a ViT's class token)
     to the list it yields."""
-    head = model.head[0].rsplit(".", 1)[0]  # the module that owns the head's weight
+    head = model.head_module
     captured: list[torch.Tensor] = []
     handle = model.net.get_submodule(head).register_forward_hook(
         lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())
