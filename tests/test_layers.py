@@ -22,6 +22,7 @@ LAYERS = [
     {"freeze"},
     {"evaluation"},
     {"segment"},
+    {"pretrain"},
     {"engine"},
     {"runs"},
     {"shift"},

@@ -36,6 +36,11 @@ AUGMENTS = {
     # xray, then what differs between hospitals and detectors (see _acquisition)
     "acquisition": {"rotate": 10, "scale": 0.1, "shift": 0.06, "brightness": 0.1,
                     "contrast": 0.15, "gamma": 0.25, "acquisition": True},
+    # self-supervised views (cxrlab.pretrain): a random crop of 30-100 % of the area
+    # (zoom 1-1.8, placed anywhere inside the image), stronger intensity changes, then the
+    # acquisition perturbations (blur, noise, tone curves)
+    "pretrain": {"rotate": 10, "scale": 0.0, "shift": 0.0, "crop": 0.8, "brightness": 0.2,
+                 "contrast": 0.3, "gamma": 0.4, "acquisition": True},
 }  # fmt: skip
 #: How often each acquisition perturbation is applied to an image, and how strongly.
 ACQUISITION = {
@@ -69,6 +74,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str = "ligh
     differ between hospitals and detectors). ``acquisition``: ``xray``, then per image tone
     curves, histogram equalisation, blur or sharpening, noise, resampling, JPEG and border
     frames (:data:`ACQUISITION`), so that how an image was taken stops telling the class.
+    ``pretrain``: the views of self-supervised pretraining (a crop of 30-100 % of the area,
+    rotation ±10°, brightness ±20 %, contrast ±30 %, gamma 0.67-1.49, then
+    ``acquisition``'s perturbations).
     Never flips: left and right are anatomically
     meaningful (the heart, situs, the "L"/"R" markers), so a flipped X-ray is not a
     plausible X-ray of the same class.
@@ -99,6 +107,10 @@ def _augment(x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Gener
     sym = r * 2 - 1  # in [-1, 1)
     geometry = (sym[:, 0] * math.radians(p["rotate"]), 1 + sym[:, 1] * p["scale"],
                 sym[:, 2] * p["shift"], sym[:, 3] * p["shift"])  # fmt: skip
+    if p.get("crop"):  # zoom in by 1..1+crop, the window anywhere inside the image
+        zoom = 1 + r[:, 1] * p["crop"]
+        room = 1 - 1 / zoom
+        geometry = (geometry[0], zoom, sym[:, 2] * room, sym[:, 3] * room)
     if masks is None:
         x = _affine(x, *geometry)
     else:

@@ -62,13 +62,19 @@ __all__ = [
 ]
 
 #: How a run's initialisation is named in tables and figures (Matsoukas et al.'s terms).
-KIND_NAMES = {"WT": "weight transfer", "ST": "statistics transfer", "RI": "random init"}
+KIND_NAMES = {"WT": "weight transfer", "ST": "statistics transfer", "RI": "random init",
+              "XR-WT": "X-ray pretraining continued from ImageNet",
+              "XR-RI": "X-ray pretraining from scratch"}  # fmt: skip
 
 
 def init_kind(card: RunCard) -> str:
     """``WT`` (ImageNet weights), ``ST`` (statistics transfer), ``RI`` (random init),
-    ``TF<K>`` (transfusion, first K units pretrained) or ``file``, from a model card."""
+    ``TF<K>`` (transfusion, first K units pretrained), ``XR-WT`` / ``XR-RI`` (a ``cxrlab
+    pretrain`` backbone, its pretraining started from ImageNet / from scratch) or ``file``,
+    from a model card."""
     ws = parse_weights(card.training.config.weights)
+    if ws.kind == "pretrained":
+        return "XR-WT" if card.pretraining and card.pretraining.init == "imagenet" else "XR-RI"
     return {"imagenet": "WT", "stats": "ST", "none": "RI", "file": "file"}.get(
         ws.kind, f"TF{ws.keep}"
     )

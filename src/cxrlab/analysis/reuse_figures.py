@@ -18,7 +18,8 @@ from ..data.split import train_size_label
 
 __all__ = ["plot_by_size", "plot_cka_pairs", "plot_units"]
 
-_COLOURS = {"WT": "tab:blue", "ST": "tab:orange", "RI": "tab:green"}
+_COLOURS = {"WT": "tab:blue", "ST": "tab:orange", "RI": "tab:green", "XR-WT": "tab:red",
+            "XR-RI": "tab:brown"}  # fmt: skip
 
 UNIT_METRICS = (
     ("cka_to_init", "CKA to its initialisation"),

@@ -90,7 +90,11 @@ class TrainConfig:
         weights: ``imagenet``; ``none`` (random init); ``stats`` (statistics transfer: every
             backbone tensor drawn from the mean and std of its pretrained tensor, norms
             reset); ``imagenet:K`` (transfusion: the first K units pretrained, statistics
-            transfer above); or a weights file.
+            transfer above); ``pretrained:RUN`` (the backbone of a finished ``cxrlab pretrain``
+            run, :mod:`cxrlab.pretrain`); or a weights file.
+        allow_transductive: accept ``pretrained:RUN`` weights whose pretraining saw this
+            run's validation or test images (exactly or as near copies); without it they are
+            refused. The card records how many it saw either way.
         freeze: ``none``, ``head``, a fraction such as ``0.5``, or ``last:K``.
         freeze_bn: ``frozen`` (frozen BatchNorm keeps its statistics) or ``update``.
     Optimisation:
@@ -196,7 +200,12 @@ class TrainConfig:
     weights: str = option(
         "imagenet",
         "imagenet; none; stats (statistics transfer); imagenet:K (first K units pretrained, "
-        "stats above); or a weights file.", panel=_M)  # fmt: skip
+        "stats above); pretrained:RUN (a 'cxrlab pretrain' run's backbone); or a weights "
+        "file.", panel=_M)  # fmt: skip
+    allow_transductive: bool = option(
+        False,
+        "Accept pretrained:RUN weights whose pretraining saw validation or test images of "
+        "this run (the card and report then say so); refused otherwise.", panel=_M)  # fmt: skip
     freeze: str = option("none", "none, head, 0.5, 0.75, last:K.", panel=_M)
     freeze_bn: Literal["frozen", "update"] = option(
         "frozen", "frozen: frozen BatchNorm keeps its statistics.", panel=_M

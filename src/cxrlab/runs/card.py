@@ -40,6 +40,7 @@ __all__ = [
     "DataRecord",
     "EnsembleCard",
     "MemberRecord",
+    "PretrainingRecord",
     "RunCard",
     "TrainingRecord",
     "read_card",
@@ -123,6 +124,30 @@ class AdaptationRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PretrainingRecord:
+    """The ``cxrlab pretrain`` run a run's backbone came from (``--weights pretrained:RUN``),
+    and whether that pretraining saw this run's validation or test images."""
+
+    run: str  # the pretraining run's folder
+    method: str  # simsiam, byol
+    init: str  # what the pretraining started from: imagenet or none
+    images: int  # images it pretrained on
+    images_hash: str  # fingerprint of their content hashes
+    weights_sha256: str  # of its backbone.safetensors
+    eval_images_seen: int = 0  # this run's validation and test images it saw (copies too)
+    allow_transductive: bool = False  # --allow-transductive was given
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: str = "pretraining") -> PretrainingRecord:
+        return cls(**_fields(cls, record, where))
+
+    @property
+    def transductive(self) -> bool:
+        """The pretraining saw images this run is scored on."""
+        return self.eval_images_seen > 0
 
 
 def _preprocessing(record: dict[str, Any], where: str) -> PreprocessConfig:
@@ -243,6 +268,7 @@ class RunCard(_Card):
     initialisation: InitReport | None = None  # what a redrawn initialisation redrew
     calibration: Calibration | None = None
     adaptation: AdaptationRecord | None = None  # an adapted run: its parent, site, method
+    pretraining: PretrainingRecord | None = None  # --weights pretrained:RUN: that run
     format: str = CARD_FORMAT
 
     # ---------------------------------------------------------------- derived facts
@@ -284,6 +310,8 @@ class RunCard(_Card):
             out["calibration"] = dataclasses.asdict(self.calibration)
         if self.adaptation is not None:
             out["adaptation"] = self.adaptation.to_dict()
+        if self.pretraining is not None:
+            out["pretraining"] = dataclasses.asdict(self.pretraining)
         return out
 
     @classmethod
@@ -307,6 +335,8 @@ class RunCard(_Card):
                 d["calibration"] = Calibration.from_dict(d["calibration"], f"{where}: cal")
             if d.get("adaptation") is not None:
                 d["adaptation"] = AdaptationRecord.from_dict(d["adaptation"], f"{where}: adapt")
+            if d.get("pretraining") is not None:
+                d["pretraining"] = PretrainingRecord.from_dict(d["pretraining"], f"{where}: pre")
         except (TypeError, KeyError) as e:
             raise CheckpointError(f"{where} cannot be read ({type(e).__name__}: {e})") from e
         d["classes"] = tuple(d["classes"])

@@ -30,7 +30,7 @@ from ..freeze import FreezeReport
 from ..models import CxrClassifier, create_model, get_spec
 from ..runtime import versions
 from ..utils import write_json
-from .card import CARD_FORMAT, DataRecord, RunCard, TrainingRecord, read_card
+from .card import CARD_FORMAT, DataRecord, PretrainingRecord, RunCard, TrainingRecord, read_card
 from .metrics import RunMetrics
 
 __all__ = [
@@ -325,6 +325,8 @@ def build_card(
     best_val_loss: float,
     device: torch.device,
     amp: torch.dtype | None,
+    *,
+    pretraining: PretrainingRecord | None = None,
 ) -> RunCard:
     """The model card: everything needed to use, reproduce and trust the model."""
     spec = get_spec(cfg.model)
@@ -362,6 +364,7 @@ def build_card(
         ),
         versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        pretraining=pretraining,
     )
 
 

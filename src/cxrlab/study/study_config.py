@@ -328,6 +328,8 @@ def _arm_label(weights: str, freeze: str) -> str:
         prefix = "Statistics transfer"
     elif ws.kind == "transfusion":
         prefix = f"Pretrained first {ws.keep} units, statistics above"
+    elif ws.kind == "pretrained":
+        prefix = f"X-ray pretrained ({Path(ws.path).name})"
     else:
         prefix = f"Weights {Path(weights).name}"
     if policy.kind == "none":
@@ -344,7 +346,9 @@ def _tag(weights: str, freeze: str) -> str:
     ws = parse_weights(weights)
     w = {"imagenet": "in1k", "none": "scratch", "stats": "st"}.get(weights)
     if w is None:
-        w = f"tf{ws.keep}" if ws.kind == "transfusion" else f"file-{Path(weights).stem}"
+        w = {"transfusion": f"tf{ws.keep}", "pretrained": f"pt-{Path(ws.path).name}"}.get(
+            ws.kind, f"file-{Path(weights).stem}"
+        )
     f = {"none": "full", "head": "head"}.get(policy.kind)
     if f is None:
         f = f"f{round(policy.value * 100):03d}" if policy.kind == "fraction" else str(policy)

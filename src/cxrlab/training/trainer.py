@@ -42,7 +42,7 @@ from ..engine.features import TrainableRest, build_frozen_features, feature_cach
 from ..engine.optim import build_ema, build_optimizer, lr_at
 from ..engine.tracking import Tracker, open_trackers, require_trackers
 from ..engine.train_config import TrainConfig
-from ..errors import ConfigError, TrainingError, TrainingInterrupted
+from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..evaluation import (
     classification_metrics,
     expected_calibration_error,
@@ -53,7 +53,7 @@ from ..evaluation.calibration import apply_temperature, fit_temperature, nll, pl
 from ..freeze import FreezeReport, apply_freeze
 from ..models import CxrClassifier, create_model, get_spec, parse_weights
 from ..models.init import InitReport
-from ..runs.card import Calibration, RunCard
+from ..runs.card import Calibration, PretrainingRecord, RunCard
 from ..runs.folder import (
     RunDir,
     build_card,
@@ -144,6 +144,7 @@ class _Run:
     wall_before: float  # wall seconds of earlier sessions of an interrupted run
     features: np.ndarray | None = None  # the frozen prefix's output for every image, if cached
     n_frozen: int = 0
+    pretraining: PretrainingRecord | None = None  # --weights pretrained:RUN, checked
     tracker: Tracker = field(default_factory=Tracker)  # --log: TensorBoard and/or MLflow
 
     def wall_seconds(self) -> float:
@@ -258,6 +259,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
         return _finished(out)
     device, amp = _runtime(config, ddp)
     data, batches = _data(config, out, resume, ddp, log)
+    pretraining = _pretraining(config, data, log)
     model, freeze = _model(config, out, resume, data, ddp, log)
     log(
         f"{config.model} ({model.weights_source}) on {device}"  # type: ignore[attr-defined]
@@ -296,7 +298,42 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
                 net=prefix.net, forward=forward, ema=ema, eval_net=eval_net, params=params,
                 opt=opt, criterion=criterion, state=state, started=started,
                 wall_before=state.wall_seconds, features=prefix.features,
-                n_frozen=prefix.n_frozen)  # fmt: skip
+                n_frozen=prefix.n_frozen, pretraining=pretraining)  # fmt: skip
+
+
+def _pretraining(config: TrainConfig, data: PreparedData,
+                 log: Callable[[str], None]) -> PretrainingRecord | None:  # fmt: skip
+    """For ``--weights pretrained:RUN``: that run, checked not to have seen this run's
+    validation or test images (exact or near copies) unless ``--allow-transductive``."""
+    ws = parse_weights(config.weights)
+    if ws.kind != "pretrained":
+        return None
+    from ..pretrain import read_pretrain_card
+    from ..pretrain.leakage import seen_by_pretraining
+
+    try:
+        card = read_pretrain_card(ws.path)
+    except CheckpointError as e:
+        raise ConfigError(f"weights={config.weights!r}: {e}") from e
+    rows = sorted(data.split.indices("val") + data.split.indices("test"))
+    records = data.split.records
+    pixels = np.asarray(data.whole_images().array[rows]) if rows else np.zeros((0, 1, 1), np.uint8)
+    seen = seen_by_pretraining(ws.path, [records[i].hash for i in rows], pixels)
+    if len(seen):
+        what = (f"the pretraining run {ws.path} saw {len(seen)} of this run's {len(rows)} "
+                f"validation and test images ({len(seen.exact)} exact, {len(seen.near)} near "
+                f"copies; e.g. {records[rows[seen.rows[0]]].path})")  # fmt: skip
+        if not config.allow_transductive:
+            raise ConfigError(
+                f"{what[0].upper()}{what[1:]}: scores on them would be transductive. Pretrain "
+                "with --use train and this run's data and split options, or pass "
+                "--allow-transductive (the card and report then say so)"
+            )
+        log(f"Transductive (--allow-transductive): {what}")
+    return PretrainingRecord(run=str(ws.path), method=card.method, init=card.init,
+                             images=card.images, images_hash=card.images_hash,
+                             weights_sha256=card.weights_sha256, eval_images_seen=len(seen),
+                             allow_transductive=config.allow_transductive)  # fmt: skip
 
 
 def _runtime(config: TrainConfig, ddp: Distributed) -> tuple[torch.device, torch.dtype | None]:
@@ -674,7 +711,8 @@ def _end_epoch(run: _Run, lr: float) -> None:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
     if improved and ddp.main:
         card = build_card(config, run.data, run.kept_model, run.freeze, state.best_epoch,
-                          state.best_val_loss, run.device, run.amp)  # fmt: skip
+                          state.best_val_loss, run.device, run.amp,
+                          pretraining=run.pretraining)  # fmt: skip
         save_model(out, run.kept_model, card)
     elif not improved:
         state.bad_epochs += 1

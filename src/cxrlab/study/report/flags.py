@@ -9,6 +9,11 @@ checked for every run:
 * **validation loss rose from epoch 1**: over three or more epochs, the validation loss was lowest
   after the first epoch and ended higher, while the training loss fell (the model fitted
   the training images without learning anything that carried over).
+
+A third sign makes a run's numbers incomparable rather than broken:
+
+* **pretraining saw test images**: its backbone came from a ``cxrlab pretrain`` run that saw
+  some of its validation or test images (allowed only with ``--allow-transductive``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from ... import run_files
 from ...evaluation.intervals import wilson_interval
 
-__all__ = ["DIVERGED", "NOT_ABOVE_CHANCE", "run_flags"]
+__all__ = ["DIVERGED", "NOT_ABOVE_CHANCE", "TRANSDUCTIVE", "run_flags"]
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
@@ -36,6 +41,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
 #: Short names of the flags, as verdicts cite them.
 NOT_ABOVE_CHANCE = "not above chance"
 DIVERGED = "validation loss rose from epoch 1"
+TRANSDUCTIVE = "pretraining saw test images"
 
 
 def run_flags(run_dir: Path, metrics: dict[str, Any]) -> dict[str, str]:
@@ -61,4 +67,23 @@ def run_flags(run_dir: Path, metrics: dict[str, Any]) -> dict[str, str]:
                 f"{val[-1]:.3f} while the training loss fell ({train[0]:.3f} -> {train[-1]:.3f}); "
                 "the kept checkpoint is from epoch 1"
             )
+    seen = _pretraining_seen(run_dir)
+    if seen:
+        flags[TRANSDUCTIVE] = (
+            f"its backbone's self-supervised pretraining saw {seen} of its validation and test "
+            "images (--allow-transductive): its scores are transductive"
+        )
     return flags
+
+
+def _pretraining_seen(run_dir: Path) -> int:
+    """How many of a run's validation and test images its pretraining saw (0: none, or not
+    a pretrained run, or no readable card)."""
+    from ...errors import CheckpointError
+    from ...runs import RunDir
+
+    try:
+        record = RunDir(run_dir).card().pretraining
+    except (CheckpointError, OSError):
+        return 0
+    return record.eval_images_seen if record is not None else 0
