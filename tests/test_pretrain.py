@@ -5,6 +5,7 @@ backbone strictly, the leakage refusal, and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from cxrlab.models import create_model
 from cxrlab.pretrain import COLLAPSE, PretrainConfig, embedding_spread, knn_accuracy, pretrain
 from cxrlab.pretrain import methods as pm
 from cxrlab.pretrain.train import _draw
+from cxrlab.runs import evaluate_run
 from cxrlab.study.report.flags import TRANSDUCTIVE, run_flags
 from cxrlab.study.study_config import _tag, arm_label
 from cxrlab.training import train
@@ -258,6 +260,14 @@ def test_leakage_refusal_fires_on_a_planted_copy_of_a_test_image(tmp_path: Path,
     flags = run_flags(result.run_dir, result.metrics)
     assert "saw 1 of its validation and test images" in flags[TRANSDUCTIVE]
     assert init_kind(result.card) == "XR-RI"  # pretrained from scratch (init none)
+    # scored on other data, the images its pretraining saw are not held out
+    mixed = planted(tmp_path / "mixed", per_class=12, seed=9)  # 24 images never seen
+    for png in other.rglob("*.png"):  # and the 25 the pretraining saw
+        shutil.copy(png, mixed / png.parent.relative_to(other) / f"seen-{png.name}")
+    metrics = evaluate_run(result.run_dir, str(mixed), split="all", progress=False)
+    left_out = metrics["excluded_pretraining"] + metrics["excluded_copies"]
+    assert metrics["excluded_pretraining"] >= 24 and left_out + metrics["n"] == 49
+    assert metrics["n"] >= 20  # the unseen images (a few may copy a run image)
 
 
 def test_a_study_names_pretrained_cells() -> None:

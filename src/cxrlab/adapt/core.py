@@ -354,7 +354,11 @@ def adapt_run(
     site.split.save(out / run_files.SITE_SPLIT)
     result = {
         "adaptation": record.to_dict(),
-        "left_out": {"copies": len(seen.copies), "patients": len(seen.patients)},
+        "left_out": {
+            "copies": len(seen.copies),
+            "patients": len(seen.patients),
+            "pretraining": len(seen.pretrained),
+        },
         "pool_images": pool_paths,
         "site_test": {"before": before, "after": after},
     }

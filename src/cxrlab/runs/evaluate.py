@@ -123,6 +123,7 @@ def evaluate_run(
         or not), ``external``, ``ece_calibrated`` (a single run with a temperature: the ECE
         of its calibrated probabilities) and, for another dataset, ``overlap``,
         ``excluded_copies``, ``excluded_patients`` (other images of patients the run saw),
+        ``excluded_pretraining`` (images its backbone's self-supervised pretraining saw),
         ``copy_share`` (the share of its images that copy the run's
         training or validation images) and ``not_external`` (that share is above
         :data:`NOT_EXTERNAL_SHARE`).
@@ -180,6 +181,7 @@ def evaluate_run(
         metrics["overlap"] = seen.overlap.to_dict()
         metrics["excluded_copies"] = len(seen.copies) if exclude_copies else 0
         metrics["excluded_patients"] = len(seen.patients) if exclude_copies else 0
+        metrics["excluded_pretraining"] = len(seen.pretrained) if exclude_copies else 0
         metrics["copy_share"] = len(seen.copies) / max(1, len(records))
         metrics["not_external"] = metrics["copy_share"] > NOT_EXTERNAL_SHARE
     if predictions is not None:

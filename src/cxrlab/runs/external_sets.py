@@ -281,7 +281,9 @@ def describe_result(result: Mapping[str, Any]) -> str:
             f"{result['ece']:.4f} on {result['n']} images ({result.get('excluded_copies', 0)} "
             "copies of training/validation images"
             + (f" and {result['excluded_patients']} images of their patients"
-               if result.get("excluded_patients") else "") + " left out)")  # fmt: skip
+               if result.get("excluded_patients") else "")
+            + (f" and {result['excluded_pretraining']} images its pretraining saw"
+               if result.get("excluded_pretraining") else "") + " left out)")  # fmt: skip
     if result.get("not_external"):
         text += f"  NOT EXTERNAL: {result['copy_share']:.0%} of its images copy the run's data"
     return text

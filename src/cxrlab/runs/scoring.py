@@ -95,22 +95,26 @@ class Preparation:
 @dataclass(frozen=True)
 class NotHeldOut:
     """Images of other data that are not held out from a run: copies of its training or
-    validation images, and other images of patients it trained or validated on.
+    validation images, other images of patients it trained or validated on, and images its
+    backbone's self-supervised pretraining saw (``--weights pretrained:RUN``).
 
     Attributes:
         overlap: every copy of a run image found (train, val and test).
         copies: paths that copy a training or validation image.
         patients: paths of other images of a patient the run saw (not in ``copies``).
+        pretrained: paths its pretraining saw, exactly or as near copies (in neither of the
+            above).
     """
 
     overlap: Overlap
     copies: frozenset[str]
     patients: frozenset[str]
+    pretrained: frozenset[str] = frozenset()
 
     @property
     def paths(self) -> set[str]:
         """Every path to leave out of a held-out number."""
-        return set(self.copies | self.patients)
+        return set(self.copies | self.patients | self.pretrained)
 
 
 @dataclass(frozen=True)
@@ -242,13 +246,38 @@ class ScoringRun:
     ) -> NotHeldOut:
         """Which of ``prepared``'s images at ``rows`` (other data than the run's) are not
         held out from it: copies of its training or validation images (exact and near, on
-        whole images) and other images of the patients it saw (:meth:`seen_patients`)."""
+        whole images), other images of the patients it saw (:meth:`seen_patients`), and
+        images its backbone's pretraining saw (:meth:`seen_in_pretraining`)."""
         records = [prepared.split.records[i] for i in rows]
         whole = prepared.whole_images(progress).array  # copies are of whole radiographs
-        overlap = self.copies(records, whole[list(rows)], progress=progress)
+        pixels = whole[list(rows)]
+        overlap = self.copies(records, pixels, progress=progress)
         copies = overlap.paths(("train", "val"))
         patients = self.seen_patients(prepared, rows, copies) - copies
-        return NotHeldOut(overlap, frozenset(copies), frozenset(patients))
+        pretrained = self.seen_in_pretraining(records, pixels) - copies - patients
+        return NotHeldOut(overlap, frozenset(copies), frozenset(patients), frozenset(pretrained))
+
+    def seen_in_pretraining(self, records: Sequence[Any], pixels: np.ndarray) -> set[str]:
+        """Paths of ``records`` (their whole decoded images ``pixels``) that the run's
+        backbone's self-supervised pretraining saw, exactly or as near copies (nothing for
+        a run without ``pretrained:RUN`` weights, and for an ensemble).
+
+        Raises:
+            CheckpointError: the pretraining run is gone, so it cannot be checked.
+        """
+        record = getattr(self.card, "pretraining", None)
+        if record is None:
+            return set()
+        from ..pretrain.leakage import seen_by_pretraining
+
+        try:
+            seen = seen_by_pretraining(record.run, [r.hash for r in records], pixels)
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{self.path} started from the pretraining run {record.run}, which cannot be "
+                f"read to find the images it saw ({e}); put it back to score other data"
+            ) from e
+        return {records[i].path for i in seen.rows}
 
     def seen_patients(
         self, prepared: PreparedData, rows: Sequence[int], copies: set[str]

@@ -185,7 +185,11 @@ def shift_report(
         "data": str(prepared.report.root),
         "split": split,
         "n": len(records),
-        "left_out": {"copies": len(seen.copies), "patients": len(seen.patients)},
+        "left_out": {
+            "copies": len(seen.copies),
+            "patients": len(seen.patients),
+            "pretraining": len(seen.pretrained),
+        },
         "signal": signal,
         "keep": keep,
         "threshold": detector.thresholds[signal],
