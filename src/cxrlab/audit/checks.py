@@ -20,6 +20,7 @@ from ..errors import CxrlabError
 from ..evaluation.intervals import bootstrap_interval, wilson_interval
 from ..models import CxrClassifier
 from ..runs.evaluate import predict_batches
+from ..shift.reference import captured_features
 
 __all__ = [
     "LUNG_VARIANTS",
@@ -62,19 +63,14 @@ def penultimate_features(
 ) -> np.ndarray:
     """``(N, D)`` float32: what the model's classifier head receives for ``(N, H, W)`` uint8
     images (the pooled features, or a ViT's class token)."""
-    head = model.head_module
-    captured: list[torch.Tensor] = []
-    handle = model.net.get_submodule(head).register_forward_hook(
-        lambda m, inputs, out: captured.append(inputs[0].detach().flatten(1).float().cpu())
-    )
     was = model.training
     model.eval().to(device)
     try:
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            model(x[:, None].to(device))
+        with captured_features(model) as captured:
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+                model(x[:, None].to(device))
     finally:
-        handle.remove()
         model.train(was)
     return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
 
