@@ -170,9 +170,7 @@ def test_unknown_names_and_values() -> None:
         get_spec("resnet19")
     with pytest.raises(ConfigError, match="timm has no model"):
         get_spec("timm:not_a_model_at_all")
-    with pytest.raises(
-        ConfigError, match="'imagenet', 'none', 'stats', 'imagenet:K' or an existing file"
-    ):
+    with pytest.raises(ConfigError, match="'imagenet:K', 'pretrained:RUN' or an existing file"):
         create_model("resnet18", 4, "imagnet")
     with pytest.raises(ConfigError, match="224px"):
         create_model("vit_b_16", 4, "imagenet", image_size=128)
