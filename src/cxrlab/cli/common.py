@@ -26,6 +26,7 @@ __all__ = [
     "BatchSize",
     "Device",
     "Progress",
+    "ResumeOpt",
     "ScoreClassMap",
     "ScoreSplit",
     "Seed",
@@ -89,6 +90,10 @@ def _root(
 Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")]
 #: ``--progress/--no-progress``.
 Progress = Annotated[bool, typer.Option(help="Progress bars.")]
+#: ``--resume`` of the commands that write a resumable run folder (train, pretrain).
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel="Runtime")
+]
 #: ``--batch-size``.
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 #: ``--seed``.

@@ -13,6 +13,7 @@ from ..pretrain.card import PretrainConfig
 from .common import (
     ExternalMapOpt,
     ExternalOpt,
+    ResumeOpt,
     app,
     config_from_options,
     external_sets,
@@ -26,9 +27,7 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="Run folder to write.", rich_help_panel="Runtime")] = (
         Path("runs/train")
     ),
-    resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel="Runtime")
-    ] = False,
+    resume: ResumeOpt = False,
     external: ExternalOpt = None,
     external_class_map: ExternalMapOpt = None,
     shift_reference: Annotated[
@@ -61,9 +60,7 @@ def pretrain_cmd(
     out: Annotated[Path, typer.Option(help="Run folder to write.", rich_help_panel="Runtime")] = (
         Path("runs/pretrain")
     ),
-    resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run in --out.", rich_help_panel="Runtime")
-    ] = False,
+    resume: ResumeOpt = False,
     **options: Any,
 ) -> None:
     """Self-supervised pretraining (SimSiam or BYOL) of a backbone on X-rays, labels

@@ -152,12 +152,18 @@ def pretrained_backbone(run: str | os.PathLike[str], model_name: str) -> tuple[S
         )
     import hashlib
 
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    from safetensors.torch import load
+
+    data = weights.read_bytes()  # read once: hashed, then parsed
+    digest = hashlib.sha256(data).hexdigest()
     about = (
         f"pretrained:{run} ({meta.get('method')}, init {meta.get('init')}, "
         f"{meta.get('epochs')} epochs at {meta.get('image_size')} px, sha256 {digest[:16]})"
     )
-    return load_state_dict_file(weights), about
+    try:
+        return load(data), about
+    except Exception as e:  # a truncated or corrupt file
+        raise WeightsError(f"Cannot read {weights} ({type(e).__name__})") from e
 
 
 def torchvision_imagenet_state_dict(weights_enum: object, model_name: str) -> StateDict:

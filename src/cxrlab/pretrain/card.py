@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,10 +103,6 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @property
-    def data_sources(self) -> tuple[str, ...]:
-        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
-
 
 @dataclass(frozen=True)
 class PretrainCard:
@@ -143,7 +139,6 @@ class PretrainCard:
     versions: dict[str, Any]
     created: str
     format: str = PRETRAIN_FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

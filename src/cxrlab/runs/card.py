@@ -144,11 +144,6 @@ class PretrainingRecord:
     def from_dict(cls, record: dict[str, Any], where: str = "pretraining") -> PretrainingRecord:
         return cls(**_fields(cls, record, where))
 
-    @property
-    def transductive(self) -> bool:
-        """The pretraining saw images this run is scored on."""
-        return self.eval_images_seen > 0
-
 
 def _preprocessing(record: dict[str, Any], where: str) -> PreprocessConfig:
     pre = _fields(PreprocessConfig, record, f"{where}: preprocessing")
