@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..data.options import DataOptions
 from ..errors import ConfigError
 from ..freeze import BN_MODES, parse_freeze
 from ..typed_config import from_dict, option
@@ -38,38 +39,18 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DataOptions):
     """One training run. Defaults follow the original experiment: Adam, lr 1e-3,
     cross-entropy, 10 epochs, 224 px.
 
     Data:
-        data: dataset folder, or ``"phantoms"`` (``"phantoms:N[@SIZE]"``: N per class, drawn
-            SIZE px wide) for the embedded synthetic phantoms; or several sources
-            (``[NAME=]PATH`` each), trained on as one dataset that records each image's
-            source (:mod:`cxrlab.data.sources`).
-        class_map: each source's class map, ``NAME=FROM=TO,...`` (``TO`` may merge classes
-            or be ``-`` to drop one; with one source ``FROM=TO,...``).
-        sources_csv: ``NAME=FILE``: a CSV of ``path,source`` naming finer sources (hospitals,
-            collections) of a source's images.
+        data, class_map, sources_csv, split_seed, ratios, split_source, near_copies,
+            patients, image_size: :class:`~cxrlab.data.options.DataOptions`' fields, which
+            ``cxrlab pretrain`` shares.
         holdout_source: leave this source of ``data`` out of training, and score it
             afterwards on its own validation and test splits (``holdout.json``; see
             :mod:`cxrlab.runs.heldout`).
         split_file: a manifest from ``cxrlab data split`` (used if it exists, else written).
-        split_seed: seed of a newly made split (independent of ``seed``).
-        ratios: train/val/test fractions of a newly made split.
-        split_source: ``auto`` (the dataset's own Train/Val/Test folders when it has them,
-            else a stratified split), ``folders`` or ``stratified``.
-        near_copies: a newly drawn split keeps near copies (one radiograph re-saved,
-            re-sized or re-cropped, found by perceptual signature) in one split, as it keeps
-            exact copies; ``False`` groups exact copies only.
-        patients: each source's patient rule, ``[NAME=]RULE``: ``kermany`` (the Kermany et
-            al. file names, ``person124_virus_238.jpeg``), ``re:PATTERN`` (a regular
-            expression on the file name), ``FILE.csv[#COLUMN]`` (a CSV of path and patient)
-            or ``none``. A source without one gets the Kermany naming wherever its file names
-            follow it. A newly drawn split keeps each patient's images in one split, and
-            held-out and external scoring leave out images of patients the run saw
-            (:mod:`cxrlab.data.patients`).
-        image_size: square input size in pixels.
         train_size: train on part of the training split: a fraction in (0, 1] of each class,
             or a whole count per class (``50``). Stratified and nested (the 10 % lies inside
             the 30 %), the same images for every seed; validation and test are unchanged.
@@ -151,36 +132,13 @@ class TrainConfig:
         log_experiment: the MLflow experiment (default ``cxrlab``; a study uses its name).
     """
 
-    # ---- data
-    data: str | tuple[str, ...] = option(
-        "phantoms",
-        "Dataset folder, or 'phantoms' / 'phantoms:N[@SIZE]' (synthetic, N per class, SIZE "
-        "px wide); repeat as [NAME=]PATH to train on several sources.", panel=_D)  # fmt: skip
-    class_map: tuple[str, ...] = option(
-        (), "A source's class map: NAME=FROM=TO,... (TO '-' drops a class); repeatable.", panel=_D
-    )
-    sources_csv: tuple[str, ...] = option(
-        (), "NAME=FILE: a CSV of path,source naming finer sources of a source's images.", panel=_D
-    )
+    # ---- data (and those of DataOptions)
     holdout_source: str | None = option(
         None, "Train on every source but this one, then score it (holdout.json).", panel=_D
     )
     split_file: str | None = option(
         None, "Manifest from 'cxrlab data split' (made if missing).", panel=_D
     )
-    split_seed: int = option(0, "Seed of a new split.", panel=_D)
-    ratios: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test.", panel=_D)
-    split_source: Literal["auto", "folders", "stratified"] = option(
-        "auto", "auto: the dataset's Train/Val/Test folders if any.", panel=_D
-    )
-    near_copies: bool = option(
-        True, "Keep near copies (re-saved, re-sized, re-cropped images) in one split.", panel=_D
-    )
-    patients: tuple[str, ...] = option(
-        (),
-        "A source's patient rule: [NAME=]kermany|re:PATTERN|FILE.csv[#COLUMN]|none; default: "
-        "Kermany file names where they appear. Repeatable.", panel=_D)  # fmt: skip
-    image_size: int = option(224, "Input size (px).", panel=_D)
     train_size: float = option(
         1.0,
         "Part of the training split: a fraction (0.1) or a count per class (50); stratified, "

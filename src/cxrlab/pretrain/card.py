@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import run_files
+from ..data.options import DataOptions
 from ..errors import CheckpointError, ConfigError
 from ..models.weights import PRETRAIN_FORMAT
 from ..typed_config import check_format, from_dict, option
@@ -25,35 +26,20 @@ _D, _M, _T, _R = "Data", "Model", "Training", "Runtime"
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(DataOptions):
     """One self-supervised pretraining run (``cxrlab pretrain``'s options, one field each).
 
-    The data options are ``cxrlab train``'s: with the same values and ``use="train"``, a
-    pretraining run sees exactly the training images that ``train`` would train on, and none
-    of its validation or test images.
+    The data options are ``cxrlab train``'s (:class:`~cxrlab.data.options.DataOptions`): with
+    the same values and ``use="train"``, a pretraining run sees exactly the training images
+    that ``train`` would train on, and none of its validation or test images. Labels are
+    ignored for training and used only by the k-NN monitor.
     """
 
-    data: str | tuple[str, ...] = option(
-        "phantoms",
-        "Dataset folder(s), as 'cxrlab train' takes them ([NAME=]PATH, repeatable); labels "
-        "are ignored for training and used only by the k-NN monitor.", panel=_D)  # fmt: skip
-    class_map: tuple[str, ...] = option(
-        (), "A source's class map: NAME=FROM=TO,... (as 'cxrlab train').", panel=_D
-    )
-    sources_csv: tuple[str, ...] = option((), "NAME=FILE: finer sources (as 'train').", panel=_D)
-    patients: tuple[str, ...] = option((), "A source's patient rule (as 'train').", panel=_D)
-    split_seed: int = option(0, "Seed of the split (as 'train').", panel=_D)
-    ratios: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test.", panel=_D)
-    split_source: Literal["auto", "folders", "stratified"] = option(
-        "auto", "auto: the dataset's Train/Val/Test folders if any.", panel=_D
-    )
-    near_copies: bool = option(True, "Keep near copies in one split.", panel=_D)
     use: Literal["train", "all"] = option(
         "train",
         "Which images to pretrain on: the training split only (a later 'train' with the same "
         "data options may use its validation and test images), or all (then no study may "
         "test on this data without --allow-transductive).", panel=_D)  # fmt: skip
-    image_size: int = option(224, "Input size (px).", panel=_D)
     model: str = option("efficientnet_lite0", "The backbone (see 'cxrlab models').", panel=_M)
     init: Literal["imagenet", "none"] = option(
         "imagenet", "Start from ImageNet weights (continued pretraining) or from scratch.",

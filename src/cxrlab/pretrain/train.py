@@ -73,12 +73,8 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False) -
     if config.threads:
         torch.set_num_threads(config.threads)
     split_file = out / run_files.SPLIT
-    data = prepare_data(config.data, class_map=config.class_map, sources_csv=config.sources_csv,
-                        patients=config.patients,
-                        split_file=split_file if split_file.exists() else None,
-                        split_seed=config.split_seed, ratios=config.ratios,
-                        image_size=config.image_size, split_source=config.split_source,
-                        near_copies=config.near_copies, progress=config.progress)  # fmt: skip
+    data = prepare_data(config.data, split_file=split_file if split_file.exists() else None,
+                        progress=config.progress, **config.split_options())  # fmt: skip
     data.split.save(split_file)
     parts = ("train",) if config.use == "train" else ("train", "val", "test")
     rows = np.array(sorted(i for p in parts for i in data.split.indices(p)), dtype=np.int64)

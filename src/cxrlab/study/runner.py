@@ -399,12 +399,8 @@ def _shared_split(study: StudyConfig, out: Path, progress: bool) -> PreparedData
     """The study's data and its one split (``split.csv``), made or checked before any cell
     starts."""
     first = study.cells[0].config
-    return prepare_data(first.data, class_map=first.class_map, sources_csv=first.sources_csv,
-                        patients=first.patients, split_file=out / run_files.SPLIT,
-                        split_seed=first.split_seed, ratios=first.ratios,
-                        split_source=first.split_source, near_copies=first.near_copies,
-                        image_size=first.image_size,
-                        progress=progress)  # fmt: skip
+    return prepare_data(first.data, split_file=out / run_files.SPLIT, progress=progress,
+                        **first.split_options())  # fmt: skip
 
 
 def _run_cell(study: StudyConfig, cell: Cell, out: Path, split_file: Path,

@@ -356,14 +356,14 @@ def _data(config: TrainConfig, out: Path, resume: bool, ddp: Distributed,
     if not ddp.main:
         ddp.barrier()  # rank 0 scans, splits and decodes first; the others reuse its caches
     (train_data, class_map, sources_csv, patients), _ = split_sources(config)
-    data = prepare_data(train_data, class_map=class_map, sources_csv=sources_csv,
-                        patients=patients,
-                        split_file=split_file, split_seed=config.split_seed,
-                        ratios=config.ratios, image_size=config.image_size,
-                        split_source=config.split_source, lungs=config.lungs,
-                        doubtful=config.doubtful, near_copies=config.near_copies,
-                        mask_provider=segmenter_masks(config.masks_from),
-                        progress=config.progress)  # fmt: skip
+    options = config.split_options() | {  # the training sources' own, without a held-out one
+        "class_map": class_map,
+        "sources_csv": sources_csv,
+        "patients": patients,
+    }
+    data = prepare_data(train_data, split_file=split_file, lungs=config.lungs,
+                        doubtful=config.doubtful, mask_provider=segmenter_masks(config.masks_from),
+                        progress=config.progress, **options)  # fmt: skip
     groups, joined = data.split.joined()
     if groups:
         log(f"Split: {groups} near-copy group(s) of {joined} images, each kept in one split")
