@@ -6,7 +6,7 @@ import torch
 
 from cxrlab.errors import ConfigError, WeightsError
 from cxrlab.freeze import apply_freeze, parse_freeze
-from cxrlab.models import create_model, get_spec, list_models
+from cxrlab.models import create_model, forward_images, get_spec, list_models
 
 SIZE = 32  # tiny inputs: every registered model must still build and run
 
@@ -32,6 +32,20 @@ def test_every_model_builds_runs_and_learns(built: dict, name: str) -> None:
     assert set(unit_params) | set(model.head) == {n for n, _ in model.net.named_parameters()}
     assert model.unit_names[0] == "stem" and len(model.unit_names) == len(model.units)
     model.zero_grad()
+
+
+def test_forward_images_matches_a_direct_pass_and_restores_the_mode() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, "none", image_size=32).train()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    rows = np.array([5, 0, 3])
+    out = forward_images(model, images, rows, batch_size=2)  # three batches, one short
+    assert model.training  # restored
+    with torch.no_grad():
+        direct = model.eval()(torch.from_numpy(images[rows])[:, None]).float()
+    assert out.dtype == torch.float32 and out.shape == (3, 3)
+    assert torch.allclose(out, direct, atol=1e-5)
+    assert forward_images(model, images[:0]).numel() == 0
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -18,7 +18,7 @@ from ..data import apply_lung_mask
 from ..engine.batches import ImageBatches
 from ..errors import CxrlabError
 from ..evaluation.intervals import bootstrap_interval, wilson_interval
-from ..models import CxrClassifier
+from ..models import CxrClassifier, forward_images
 from ..runs.evaluate import predict_batches
 from ..shift.reference import captured_features
 
@@ -63,15 +63,8 @@ def penultimate_features(
 ) -> np.ndarray:
     """``(N, D)`` float32: what the model's classifier head receives for ``(N, H, W)`` uint8
     images (the pooled features, or a ViT's class token)."""
-    was = model.training
-    model.eval().to(device)
-    try:
-        with captured_features(model) as captured:
-            for start in range(0, len(images), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-                model(x[:, None].to(device))
-    finally:
-        model.train(was)
+    with captured_features(model) as captured:
+        forward_images(model, images, device=device, batch_size=batch_size)
     return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CxrClassifier", "Preprocess", "PreprocessConfig"]
+__all__ = ["CxrClassifier", "Preprocess", "PreprocessConfig", "forward_images"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,29 @@ class CxrClassifier(nn.Module):
         for m in self._frozen_modules:
             m.eval()
         return self
+
+
+@torch.no_grad()
+def forward_images(
+    model: nn.Module,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """What ``model`` returns, as float32 on the CPU, for ``(N, H, W)`` uint8 images (those of
+    ``rows`` only, in that order, when given), one plain view each, in eval mode and without
+    gradients; the model's training mode is restored afterwards. A classifier gives its
+    logits, a headless backbone (:meth:`CxrClassifier.drop_head`) its pooled features."""
+    order = np.arange(len(images)) if rows is None else np.asarray(rows)
+    was = model.training
+    model.eval().to(device)
+    out = []
+    try:
+        for start in range(0, len(order), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[order[start : start + batch_size]]))
+            out.append(model(x[:, None].to(device)).float().cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, 0)

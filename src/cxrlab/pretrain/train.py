@@ -40,7 +40,7 @@ from ..augment import augment_batch, step_generator
 from ..data import prepare_data
 from ..data.dedup import signatures
 from ..errors import CheckpointError, DataError
-from ..models import CxrClassifier, create_model
+from ..models import CxrClassifier, create_model, forward_images
 from ..runtime import resolve_device, versions
 from ..utils import atomic_write_bytes, atomic_write_rows, hash_strings, write_json
 from .card import PRETRAIN_FORMAT, PretrainCard, PretrainConfig
@@ -171,21 +171,6 @@ def _draw(indices: list[int], labels: np.ndarray, cap: int, seed: int) -> np.nda
 
 
 @torch.no_grad()
-def features(backbone: CxrClassifier, images: np.ndarray, rows: np.ndarray,
-             device: torch.device, batch: int = 64) -> np.ndarray:  # fmt: skip
-    """``(len(rows), D)`` float32 features of a headless backbone, in eval mode."""
-    was = backbone.training
-    backbone.eval()
-    out = []
-    try:
-        for s in range(0, len(rows), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[rows[s : s + batch]]))[:, None]
-            out.append(backbone(x.to(device)).float().cpu())
-    finally:
-        backbone.train(was)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
 def knn_accuracy(backbone: CxrClassifier, images: np.ndarray, bank: np.ndarray,
                  queries: np.ndarray, labels: np.ndarray, k: int,
                  device: torch.device) -> dict[str, float]:  # fmt: skip
@@ -196,8 +181,8 @@ def knn_accuracy(backbone: CxrClassifier, images: np.ndarray, bank: np.ndarray,
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(bank)), metric="cosine",
                                algorithm="brute")  # fmt: skip
-    knn.fit(features(backbone, images, bank, device), labels[bank])
-    pred = knn.predict(features(backbone, images, queries, device))
+    knn.fit(forward_images(backbone, images, bank, device=device).numpy(), labels[bank])
+    pred = knn.predict(forward_images(backbone, images, queries, device=device).numpy())
     truth = labels[queries]
     return {"accuracy": float((pred == truth).mean()),
             "balanced_accuracy": float(balanced_accuracy_score(truth, pred))}  # fmt: skip

@@ -26,6 +26,7 @@ import torch
 
 from .. import run_files
 from ..errors import CheckpointError, CxrlabError
+from ..models import forward_images
 from ..utils import atomic_write_text, hash_strings
 from .signals import KnnDistance, Mahalanobis, keep_threshold, max_softmax_score
 
@@ -107,7 +108,6 @@ def captured_features(model: Any) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-@torch.no_grad()
 def calibrated_probs(
     model: Any,
     images: np.ndarray,
@@ -118,14 +118,10 @@ def calibrated_probs(
 ) -> np.ndarray:
     """``(N, K)`` probabilities (logits divided by ``temperature`` before the softmax) of
     ``(N, H, W)`` uint8 images, one plain view each (no augmentation), in eval mode."""
-    model.eval().to(device)
-    logits = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8))
-        logits.append(model(x[:, None].to(device)).float().cpu())
-    if not logits:
+    if not len(images):
         raise CheckpointError("No image to predict")
-    return torch.softmax(torch.cat(logits) / temperature, dim=1).numpy()
+    logits = forward_images(model, images, device=device, batch_size=batch_size)
+    return torch.softmax(logits / temperature, dim=1).numpy()
 
 
 def image_evidence(
