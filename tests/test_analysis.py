@@ -317,6 +317,25 @@ def test_transfer_summary_gain_and_share() -> None:
     assert lo < 0.2 < hi and lo > 0.15
     assert row["st_share_ci"][0] < 0.45 < row["st_share_ci"][1]
     assert json.dumps(row)  # plain numbers only
+    assert "xr_wt_gain" not in row
+
+
+def test_transfer_summary_xray_pretraining_gains() -> None:
+    """XR-WT against WT and XR-RI against RI, each with its interval; one seed: no interval."""
+    accs = {"WT": [0.80, 0.82, 0.81], "XR-WT": [0.83, 0.85, 0.84], "RI": [0.5, 0.52, 0.51],
+            "XR-RI": [0.45]}  # fmt: skip
+    runs = [{"model": "m", "freeze": "none", "train_size": 0.1, "init": k, "accuracy": a}
+            for k, v in accs.items() for a in v]  # fmt: skip
+    (row,) = transfer_summary(runs)
+    assert row["xr_wt_gain"] == pytest.approx(0.03)
+    lo, hi = row["xr_wt_gain_ci"]
+    assert 0.0 < lo < 0.03 < hi < 0.06
+    assert row["xr_ri_gain"] == pytest.approx(-0.06) and row["xr_ri_gain_ci"] is None
+    from cxrlab.analysis.report import _xray_markdown
+
+    (table_row,) = [line for line in _xray_markdown([row]) if line.startswith("| m ")]
+    assert "| 81.0 (3) | 84.0 (3) | 51.0 (3) | 45.0 (1) | +3.0 [" in table_row
+    assert table_row.endswith("| -6.0 |")
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vit_b_16", "efficientnet_lite0",

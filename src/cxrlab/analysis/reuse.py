@@ -539,12 +539,29 @@ def _pairs(
     return out
 
 
+def _boot_means(accs: list[float], rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Bootstrap means of one arm's seeds (resampled on their own)."""
+    v = np.array(accs)
+    return v[rng.integers(0, len(v), (resamples, len(v)))].mean(1)
+
+
+def _ci(values: np.ndarray, arms: dict[str, list[float]], *kinds: str) -> list[float] | None:
+    """The 95 % bootstrap interval of ``values``, or ``None`` where one of ``kinds`` has a
+    single seed (no replication, no interval)."""
+    if not all(len(arms[k]) >= 2 for k in kinds):
+        return None
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
 def transfer_summary(
     runs: list[dict[str, Any]], *, resamples: int = 5000, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Per model, freezing and training size: the gain of weight transfer over random init,
     and the share of it recovered by statistics transfer, with 95 % bootstrap intervals
-    over seeds (each arm's seeds resampled on their own).
+    over seeds (each arm's seeds resampled on their own); where there are X-ray pretrained
+    arms, what X-ray pretraining adds: ``xr_wt_gain`` (XR-WT over WT, pretraining continued
+    from ImageNet against ImageNet alone) and ``xr_ri_gain`` (XR-RI over RI, pretraining from
+    scratch against none), each with its interval.
 
     ``share = (ST - RI) / (WT - RI)``; it is only meaningful when the gain is clearly above
     zero, which the interval of the gain shows. With one seed in an arm there is no
@@ -560,18 +577,16 @@ def transfer_summary(
         for kind, accs in sorted(arms.items()):
             row[f"{kind}_accuracy"] = float(np.mean(accs))
             row[f"{kind}_seeds"] = len(accs)
+        boot = {k: _boot_means(v, rng, resamples) for k, v in sorted(arms.items())}
+        for key, (better, base) in {"xr_wt_gain": ("XR-WT", "WT"),
+                                    "xr_ri_gain": ("XR-RI", "RI")}.items():  # fmt: skip
+            if better in arms and base in arms:
+                row[key] = row[f"{better}_accuracy"] - row[f"{base}_accuracy"]
+                row[f"{key}_ci"] = _ci(boot[better] - boot[base], arms, better, base)
         if "WT" in arms and "RI" in arms:
-            boot = {
-                k: np.array(v)[rng.integers(0, len(v), (resamples, len(v)))].mean(1)
-                for k, v in arms.items()
-                if k in ("WT", "ST", "RI")
-            }
             gain = boot["WT"] - boot["RI"]
             row["gain"] = row["WT_accuracy"] - row["RI_accuracy"]
-            replicated = all(len(arms[k]) >= 2 for k in boot)  # one seed: no interval
-            row["gain_ci"] = (
-                [float(v) for v in np.percentile(gain, [2.5, 97.5])] if replicated else None
-            )
+            row["gain_ci"] = _ci(gain, arms, "WT", "RI")
             if "ST" in arms:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     share = (boot["ST"] - boot["RI"]) / gain
@@ -580,10 +595,6 @@ def transfer_summary(
                 row["st_share"] = (
                     (row["ST_accuracy"] - row["RI_accuracy"]) / point if point else None
                 )
-                row["st_share_ci"] = (
-                    [float(v) for v in np.percentile(share, [2.5, 97.5])]
-                    if len(share) and replicated
-                    else None
-                )
+                row["st_share_ci"] = _ci(share, arms, "WT", "ST", "RI") if len(share) else None
         out.append(row)
     return out
