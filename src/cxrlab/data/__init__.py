@@ -15,6 +15,7 @@ from .download import KAGGLE_URL, download_database
 from .imageio import ImageReadError, load_gray8, to_gray8
 from .layout import COVID_RADIOGRAPHY_CLASSES, DatasetLayout, find_layout
 from .masks import LUNG_MODES, DecodedMasks, apply_lung_mask, apply_lungs, decoded_masks
+from .options import DataOptions
 from .prepare import PreparedData, near_copy_groups, prepare_data, resolve_data
 from .scan import ImageRecord, InvalidFile, ScanReport, scan_dataset
 from .split import SPLITS, Split, load_split, make_split, train_size_label
@@ -26,6 +27,7 @@ __all__ = [
     "LUNG_MODES",
     "RESIZE_METHOD",
     "SPLITS",
+    "DataOptions",
     "DatasetLayout",
     "DecodedImages",
     "DecodedMasks",
