@@ -192,6 +192,36 @@ def test_segment_evaluate_matches_its_per_image_scores(seg_run, masked, capsys) 
     assert "Dice" in capsys.readouterr().out
 
 
+def test_segment_evaluate_leaves_out_copies_of_what_it_saw(seg_run, masked, tmp_path) -> None:
+    """Scored on another copy of its data, every training image re-saved cropped and resized
+    (a near copy, another hash): those and the exact copies of its validation images are
+    left out; only its test images are scored."""
+    import shutil
+
+    from PIL import Image
+
+    from cxrlab.data import load_split
+    from cxrlab.segment.evaluate import evaluate_segmenter
+
+    out, card = seg_run
+    other = tmp_path / "other"
+    shutil.copytree(masked, other)
+    split = load_split(out / "split.csv")
+    for rec, part in zip(split.records, split.assignment):
+        if part == "train":
+            path = other / rec.path
+            img = Image.open(path)
+            w, h = img.size
+            img.crop((1, 1, w - 1, h - 1)).resize((w, h), Image.BILINEAR).save(path)
+    r = evaluate_segmenter(out, other, split="all", out=tmp_path / "ev", progress=False)
+    n = card.data.images
+    assert r["left_out_copies"] == {"exact": n["val"], "near": n["train"], "note": ""}
+    assert r["overall"]["n"] == n["test"]
+    assert {p["path"] for p in r["images"]} == {
+        rec.path for rec, part in zip(split.records, split.assignment) if part == "test"
+    }
+
+
 def test_segment_predict_writes_a_masked_dataset(seg_run, masked, tmp_path, capsys) -> None:
     import csv
 

@@ -56,6 +56,13 @@ def segment_evaluate(
         _lung_table(r)
     if r["left_out_without_mask"]:
         typer.echo(f"{r['left_out_without_mask']} image(s) without a valid reference mask left out")
+    copies = r["left_out_copies"]
+    if copies["exact"] or copies["near"]:
+        typer.echo(f"{copies['exact'] + copies['near']} copies of images it trained on (or "
+                   f"chose its epoch by) left out: {copies['exact']} exact, "
+                   f"{copies['near']} near")  # fmt: skip
+    if copies["note"]:
+        typer.echo(f"note: {copies['note']}")
     typer.echo(f"Wrote {Path(r['files']['metrics']).parent}")
 
 
