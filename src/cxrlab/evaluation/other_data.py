@@ -146,6 +146,7 @@ def find_overlap(
     records: Sequence[Any],
     pixels: np.ndarray,
     *,
+    splits: Sequence[str] | None = None,
     progress: bool = False,
 ) -> Overlap:
     """Images of another dataset that copy one of a run's images.
@@ -157,17 +158,26 @@ def find_overlap(
         records: the other dataset's images (``path``, ``hash``).
         pixels: their decoded ``(N, H, W)`` uint8 whole images (no lungs mode applied: the
             run's images are compared whole), row-aligned with ``records``.
+        splits: compare with the run's images of these splits only (default: all of them);
+            so the run's own test images, scored again, are not found as copies of
+            themselves.
     """
     from ..data import decoded_images, load_split
 
     split = load_split(split_file)
+    own_records = [(r, s) for r, s in zip(split.records, split.assignment)
+                   if splits is None or s in splits]  # fmt: skip
     by_hash: dict[str, tuple[str, str]] = {}
-    for r, s in zip(split.records, split.assignment):
+    for r, s in own_records:
         by_hash.setdefault(r.hash, (r.path, s))
     exact = [(rec.path, *by_hash[rec.hash]) for rec in records if rec.hash in by_hash]
     overlap = Overlap(exact=exact)
+    if not own_records:
+        overlap.checked_near = True
+        return overlap
     try:
-        own = decoded_images(Path(root), split.records, image_size, progress=progress)
+        own = decoded_images(Path(root), [r for r, _ in own_records], image_size,
+                             progress=progress)  # fmt: skip
     except Exception as e:  # the run's data may live on another machine
         overlap.note = f"the run's images at {root} cannot be read ({e})"
         return overlap
@@ -175,6 +185,6 @@ def find_overlap(
     for i, j, _, r in near_duplicates(signatures(pixels), signatures(own.array)):
         path = records[i].path
         if path not in exact_paths:
-            overlap.near.append((path, split.records[j].path, split.assignment[j], r))
+            overlap.near.append((path, own_records[j][0].path, own_records[j][1], r))
     overlap.checked_near = True
     return overlap

@@ -170,7 +170,6 @@ def _draw(indices: list[int], labels: np.ndarray, cap: int, seed: int) -> np.nda
     return np.sort(np.concatenate(keep))
 
 
-@torch.no_grad()
 def knn_accuracy(backbone: CxrClassifier, images: np.ndarray, bank: np.ndarray,
                  queries: np.ndarray, labels: np.ndarray, k: int,
                  device: torch.device) -> dict[str, float]:  # fmt: skip

@@ -4,7 +4,8 @@ Every predicted mask is first post-processed as every command does (two largest 
 holes filled: :func:`~cxrlab.segment.masks.clean_mask`), so the numbers describe the masks a
 user gets. Images without a valid reference mask are left out and counted, and so are
 images that copy (exactly or nearly) one the segmenter trained on or chose its epoch by
-(:func:`copies_of_seen`). An infection
+(:func:`copies_of_seen`; only its training images when its validation split is scored,
+none when its training split is). An infection
 segmenter is scored as :mod:`~cxrlab.segment.infection` describes (Dice on images with
 infection, the false-positive area on those without, the infected share and grade).
 """
@@ -14,30 +15,26 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import run_files
-from ..data import PreparedData, decoded_images, decoded_masks, load_split, prepare_data
-from ..data.dedup import near_duplicates, signatures
+from ..data import PreparedData, decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
-from ..data.scan import ImageRecord
 from ..errors import CheckpointError
+from ..evaluation.other_data import find_overlap
 from ..utils import atomic_write_rows, write_json
-from .card import TARGETS, SegmenterCard
+from .card import TARGETS
 from .infection import score_infection, summarise_infection
 from .masks import clean_infection, clean_mask, judge_mask
 from .metrics import describe, mask_scores
 from .model import LungSegmenter, load_segmenter, predict_probs
 
 __all__ = [
-    "SeenCopies",
     "copies_of_seen",
     "evaluate_segmenter",
-    "match_copies",
     "predict_probs",
     "score_masks",
     "summarise_scores",
@@ -119,63 +116,24 @@ def plot_worst(scores: list[dict[str, Any]], data: PreparedData, masks: DecodedM
     return out
 
 
-@dataclass(frozen=True)
-class SeenCopies:
-    """Rows of an evaluated set that copy an image the segmenter trained or was chosen on:
-    ``exact`` (identical pixels) and ``near`` (re-saved, re-sized, re-cropped; not exact),
-    each with the split of the run's image it copies."""
-
-    exact: dict[int, str]
-    near: dict[int, str]
-    note: str = ""
-
-    @property
-    def rows(self) -> set[int]:
-        return {*self.exact, *self.near}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"exact": len(self.exact), "near": len(self.near), "note": self.note}
-
-
-def match_copies(prepared: PreparedData, rows: Sequence[int], seen: Sequence[ImageRecord],
-                 seen_splits: Sequence[str], seen_pixels: np.ndarray | None,
-                 note: str = "") -> SeenCopies:  # fmt: skip
-    """The rows of ``prepared`` that copy one of the ``seen`` images (``seen_splits``: the
-    split each was in): by content hash, and as near copies when ``seen_pixels`` (their
-    decoded ``(M, H, W)`` uint8 images) are given (else ``note`` says why not)."""
-    by_hash = {r.hash: s for r, s in zip(seen, seen_splits)}
+def copies_of_seen(split_file: Path, root: str | os.PathLike[str], prepared: PreparedData,
+                   rows: Sequence[int], splits: Sequence[str], *,
+                   progress: bool = False) -> tuple[set[int], dict[str, Any]]:  # fmt: skip
+    """The rows of ``prepared`` (the set being scored) that copy, exactly or nearly, one of a
+    segmenter's images of ``splits`` (its ``split_file``, its images under ``root``), found
+    as a classifier's external scores find them
+    (:func:`~cxrlab.evaluation.other_data.find_overlap`); and what ``metrics.json`` records
+    of them (how many exact, how many near, and why near copies were not looked for, if
+    they were not). A score on such an image is not a score on an unseen image."""
+    rows = list(rows)
     records = prepared.split.records
-    exact = {i: by_hash[records[i].hash] for i in rows if records[i].hash in by_hash}
-    rest = [i for i in rows if i not in exact]
-    if not rest or not len(seen) or seen_pixels is None:
-        return SeenCopies(exact, {}, note if rest and len(seen) else "")
-    pairs = near_duplicates(signatures(prepared.images.array[rest]), signatures(seen_pixels))
-    return SeenCopies(exact, {rest[i]: seen_splits[j] for i, j, _, _ in pairs})
-
-
-def copies_of_seen(run_dir: Path, card: SegmenterCard, prepared: PreparedData,
-                   rows: Sequence[int], split: str, *,
-                   progress: bool = False) -> SeenCopies:  # fmt: skip
-    """The rows of ``prepared`` (the set being scored) that copy, exactly or nearly, an image
-    the segmenter trained on or chose its epoch by (its training and validation images;
-    only its training images when its own validation split is scored; ``evaluate`` does not
-    ask when its training split itself is scored). A score on them is
-    not a score on unseen images: they are left out, as a classifier's external scores leave
-    out copies of its images. Where the run's images cannot be read, copies are found by
-    content hash only, and ``note`` says so."""
-    keep = ("train",) if split == "val" else ("train", "val")
-    own = load_split(run_dir / run_files.SPLIT)
-    seen = [(r, s) for r, s in zip(own.records, own.assignment) if s in keep]
-    records, splits = [r for r, _ in seen], [s for _, s in seen]
-    root = card.data.root if card.data is not None else ""
-    try:
-        pixels = decoded_images(Path(root), records, prepared.images.size,
-                                progress=progress).array  # fmt: skip
-    except Exception as e:  # the training images may live on another machine
-        return match_copies(prepared, rows, records, splits, None,
-                            f"near copies not checked: the run's images at {root} cannot be "
-                            f"read ({type(e).__name__})")  # fmt: skip
-    return match_copies(prepared, rows, records, splits, pixels)
+    found = find_overlap(split_file, root, prepared.images.size, [records[i] for i in rows],
+                         prepared.images.array[rows], splits=splits,
+                         progress=progress)  # fmt: skip
+    paths = found.paths(tuple(splits))
+    record = {"exact": len({e for e, *_ in found.exact}), "near": len({n for n, *_ in found.near}),
+              "note": found.note}  # fmt: skip
+    return {i for i in rows if records[i].path in paths}, record
 
 
 def evaluate_segmenter(
@@ -219,15 +177,19 @@ def evaluate_segmenter(
     masks = decoded_masks(prepared.report.root, prepared.split.records, size, kind,
                           progress=progress)  # fmt: skip
     rows = [i for i in prepared.split.indices(split) if masks.status[i] == "ok"]
-    copies = SeenCopies({}, {})  # its training split is scored by request, as it is
+    # what it trained on or chose its epoch by; its training split is scored by request
+    seen, copies = set(), {"exact": 0, "near": 0, "note": ""}
     if split != "train":
-        copies = copies_of_seen(run_dir, card, prepared, rows, split, progress=progress)
-    rows = [i for i in rows if i not in copies.rows]
+        seen, copies = copies_of_seen(
+            run_dir / run_files.SPLIT, card.data.root if card.data is not None else "",
+            prepared, rows, ("train",) if split == "val" else ("train", "val"),
+            progress=progress)  # fmt: skip
+    rows = [i for i in rows if i not in seen]
     if not rows:
         raise CheckpointError(
             f"No {split} image of {prepared.report.root} has a valid {kind} mask to compare "
             f"with, once copies of the images it trained on are left out ({masks.summary()}; "
-            f"{len(copies.rows)} copies)"
+            f"{len(seen)} copies)"
         )
     if kind == "lung" and lungs is not None:
         raise CheckpointError(f"{run_dir} segments the lungs: --lungs is for an infection "
@@ -250,9 +212,9 @@ def evaluate_segmenter(
         result = summarise_infection(scores)
         keys = ["path", "label", "infected", "dice", "iou", "true_fraction", "pred_fraction",
                 "fp_area", "true_grade", "pred_grade", "lungs"]  # fmt: skip
-    left_out = len(prepared.split.indices(split)) - len(rows) - len(copies.rows)
+    left_out = len(prepared.split.indices(split)) - len(rows) - len(seen)
     result.update({"split": split, "data_root": str(prepared.report.root), "target": card.target,
-                   "left_out_without_mask": left_out, "left_out_copies": copies.to_dict(),
+                   "left_out_without_mask": left_out, "left_out_copies": copies,
                    "lungs": str(lungs) if lungs is not None else "reference"})  # fmt: skip
     suffix = "-predicted-lungs" if lungs is not None else ""
     folder = Path(out) if out is not None else run_dir / f"evaluation-{split}{suffix}"

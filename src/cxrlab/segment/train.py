@@ -41,7 +41,7 @@ from ..errors import DataError
 from ..runtime import resolve_device
 from ..utils import atomic_write_rows, write_json
 from .card import TARGETS, SegmentConfig, SegmenterCard, SegmenterData, SegmenterTraining
-from .evaluate import match_copies, predict_probs, score_masks, summarise_scores
+from .evaluate import copies_of_seen, predict_probs, score_masks, summarise_scores
 from .infection import FP_AIM, FP_SHARE, score_infection, summarise_infection
 from .masks import clean_infection
 from .metrics import dice
@@ -126,20 +126,20 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     atomic_write_rows(out / run_files.HISTORY, history)
     best_model, _ = load_segmenter(out)
     best_model.to(device)
-    seen = [i for s in ("train", "val") for i in data.split.indices(s)]
-    copies = match_copies(data, rows["test"], [data.split.records[i] for i in seen],
-                          [data.split.assignment[i] for i in seen], images[seen])  # fmt: skip
-    if copies.rows:  # a dataset's own folders may put copies of one image on both sides
-        tqdm.write(f"test: {len(copies.rows)} copies of training or validation images left out "
-                   f"({len(copies.exact)} exact, {len(copies.near)} near)")  # fmt: skip
-        rows["test"] = [i for i in rows["test"] if i not in copies.rows]
+    # a dataset's own folders may put copies of one image on both sides
+    seen, copies = copies_of_seen(out / run_files.SPLIT, data.report.root, data, rows["test"],
+                                  ("train", "val"), progress=config.progress)  # fmt: skip
+    if seen:
+        tqdm.write(f"test: {len(seen)} copies of training or validation images left out "
+                   f"({copies['exact']} exact, {copies['near']} near)")  # fmt: skip
+        rows["test"] = [i for i in rows["test"] if i not in seen]
     if config.target == "lungs":
         test = summarise_scores(score_masks(best_model, data, masks, rows["test"],
                                             config.batch_size))  # fmt: skip
     else:
         probs = predict_probs(best_model, images, rows["test"], config.batch_size)
         test = summarise_infection(score_infection(probs, data, masks, lungs, rows["test"]))
-    test["left_out_copies"] = copies.to_dict()
+    test["left_out_copies"] = copies
     card = dataclasses.replace(
         base_card(model, config.image_size, config.target),
         partial=False,
