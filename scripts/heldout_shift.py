@@ -50,6 +50,7 @@ from cxrlab.adapt import METHODS, adapt_run
 from cxrlab.data import prepare_data
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation import classification_metrics
+from cxrlab.runs import open_run
 from cxrlab.runs.folder import load_card, load_run_model
 from cxrlab.runs.heldout import score_holdout, split_sources
 from cxrlab.shift import SIGNALS
@@ -94,11 +95,15 @@ def _adaptation(run_dir: Path, folders: dict[str, Path], tmp: Path) -> dict[str,
 KEYS = ("n", "accuracy", "macro_f1", "ece", "nll")
 
 
-def _scores(run_dir: Path, folder: Path, paths: list[str]) -> dict[str, Any]:
-    """Calibrated, plain-view metrics of ``run_dir`` on ``paths`` of class folder ``folder``."""
+def _prepared(folder: Path, image_size: int) -> Any:
+    """A class folder as one split of everything (its images decoded at ``image_size``)."""
+    return prepare_data(folder, image_size=image_size, split_seed=0, ratios=(1.0, 0.0, 0.0),
+                        progress=False)  # fmt: skip
+
+
+def _scores(run_dir: Path, prepared: Any, paths: list[str]) -> dict[str, Any]:
+    """Calibrated, plain-view metrics of ``run_dir`` on ``paths`` of ``prepared``."""
     model, card = load_run_model(run_dir)
-    prepared = prepare_data(folder, image_size=card.image_size, split_seed=0,
-                            ratios=(1.0, 0.0, 0.0), progress=False)  # fmt: skip
     where = {r.path: i for i, r in enumerate(prepared.split.records)}
     rows = [where[p] for p in paths]
     y = np.array([card.classes.index(prepared.split.records[i].label) for i in rows])
@@ -107,11 +112,24 @@ def _scores(run_dir: Path, folder: Path, paths: list[str]) -> dict[str, Any]:
     return {k: m[k] for k in KEYS}
 
 
+def _held_out_from_all(runs: list[Path], prepared: Any, paths: list[str]) -> list[str]:
+    """``paths`` less every image one of ``runs`` is not held out from: copies of its
+    training or validation images and other images of its patients. A run trained with the
+    source saw part of the held-out source's split, drawn on that source alone."""
+    where = {r.path: i for i, r in enumerate(prepared.split.records)}
+    rows = [where[p] for p in paths]
+    seen: set[str] = set()
+    for run in runs:
+        seen |= open_run(run).not_held_out(prepared, rows).paths
+    return [p for p in paths if p not in seen]
+
+
 def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
-              with_source: Path | None, tmp: Path) -> list[dict[str, Any]]:  # fmt: skip
-    """Adaptation with N labelled images per class, each N and draw; the run trained with the
-    source from the start, scored on the same half."""
-    out, ref = [], None
+              with_source: list[Path], tmp: Path) -> list[dict[str, Any]]:  # fmt: skip
+    """Adaptation with N labelled images per class, each N and draw; the runs trained with the
+    source from the start (every seed given), all scored on the same images: the scored half
+    less what any of them saw (``common``)."""
+    out, dests = [], []
     for n in labels:
         for draw in range(draws if n else 1):
             dest = tmp / f"{run_dir.name}-labels{n}-{draw}"
@@ -131,14 +149,30 @@ def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
                   f"{row['before']['accuracy']:.3f} -> {row['after']['accuracy']:.3f}",
                   flush=True)  # fmt: skip
             out.append(row)
-            shutil.rmtree(dest, ignore_errors=True)
-    if with_source is not None:  # the scored half is the same for every N and draw
-        while not (with_source / "metrics.json").is_file():  # still training: wait for it
+            dests.append(dest)
+    if not with_source:
+        return out
+    for other in with_source:
+        while not (other / "metrics.json").is_file():  # still training: wait for it
             time.sleep(60)
-        ref = _scores(with_source, folder, scored)
-        print(f"   trained with the source: accuracy {ref['accuracy']:.3f}", flush=True)
-    for row in out:
-        row["with_source"] = ref
+    # the scored half is the same for every N and draw; every model is scored on its images
+    # that none of the runs saw (the adapted runs' own numbers above leave out only what
+    # their parent saw)
+    prepared = _prepared(folder, load_card(run_dir).image_size)
+    common = _held_out_from_all([run_dir, *with_source], prepared, scored)
+    print(f"   {len(common)} of the {len(scored)} scored images held out from every run",
+          flush=True)  # fmt: skip
+    refs = {o.name: _scores(o, prepared, common) for o in with_source}
+    for name, ref in refs.items():
+        print(f"   trained with the source ({name}): accuracy {ref['accuracy']:.3f}", flush=True)
+    seed = run_dir.name.rsplit("-s", 1)[-1]
+    own = next((v for k, v in refs.items() if k.endswith(f"-s{seed}")), None)
+    before = _scores(run_dir, prepared, common)
+    for row, dest in zip(out, dests):
+        row["common"] = {"before": before, "after": _scores(dest, prepared, common)}
+        row["with_source"] = own
+        row["with_source_seeds"] = refs
+        shutil.rmtree(dest, ignore_errors=True)
     return out
 
 
@@ -147,25 +181,40 @@ def _labelled_summary(rows: list[dict[str, Any]]) -> str:
     if not have:
         return ""
     lines = ["", f"Labelled adaptation on the held-out test split (half read, half scored; "
-             f"{len(have)} run(s), mean ± std over runs x draws):", "",
-             "| N per class | accuracy | macro-F1 | ECE | scope chosen | trained with the "
-             "source: accuracy |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"{len(have)} run(s), mean ± std over runs x draws). Last two columns: on the "
+             "scored images that no run compared saw (the run trained with the source saw "
+             "part of the held-out source's split, drawn on that source alone):", "",
+             "| N per class | accuracy | macro-F1 | ECE | scope chosen | accuracy, images no "
+             "run saw | trained with the source: accuracy there |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for n in sorted({x["labels"] for r in have for x in r["labelled"]}):
         got = [x for r in have for x in r["labelled"] if x["labels"] == n]
         scopes = {}
         for x in got:
             scopes[x["scope"] or "-"] = scopes.get(x["scope"] or "-", 0) + 1
-        ref = [x["with_source"]["accuracy"] for x in got if x["with_source"]]
+        ref = [x["with_source"]["accuracy"] for x in got if x.get("with_source")]
+        common = [x["common"]["after"]["accuracy"] for x in got if x.get("common")]
         lines.append(f"| {n} | {_ms([x['after']['accuracy'] for x in got])} | "
                      f"{_ms([x['after']['macro_f1'] for x in got])} | "
                      f"{_ms([x['after']['ece'] for x in got])} | "
                      f"{', '.join(f'{k} {v}' for k, v in sorted(scopes.items()))} | "
+                     f"{_ms(common) if common else 'n/a'} | "
                      f"{_ms(ref) if ref else 'n/a'} |")  # fmt: skip
     got = [x for r in have for x in r["labelled"] if x["labels"] == 0]
     if got:
+        common = [x["common"]["before"]["accuracy"] for x in got if x.get("common")]
         lines.append(f"| (before) | {_ms([x['before']['accuracy'] for x in got])} | "
                      f"{_ms([x['before']['macro_f1'] for x in got])} | "
-                     f"{_ms([x['before']['ece'] for x in got])} | | |")  # fmt: skip
+                     f"{_ms([x['before']['ece'] for x in got])} | | "
+                     f"{_ms(common) if common else 'n/a'} | |")  # fmt: skip
+    seeds = {k: v for r in have for x in r["labelled"]
+             for k, v in x.get("with_source_seeds", {}).items()}  # fmt: skip
+    if seeds:
+        each = ", ".join(f"{k[-2:]} {v['accuracy']:.3f}" for k, v in sorted(seeds.items()))
+        n = sorted({v["n"] for v in seeds.values()})
+        lines += ["", f"Trained with the source, every seed, on the images no run saw "
+                      f"({', '.join(map(str, n))}): "
+                      f"{_ms([v['accuracy'] for v in seeds.values()])} ({each})"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -277,6 +326,9 @@ def main() -> None:
     parser.add_argument(
         "--with-source", default="", help="run id text of the cell that trained with the source"
     )
+    parser.add_argument("--all-seeds", action="store_true",
+                        help="score every seed of --with-source on the same half (not only "
+                             "this run's seed)")  # fmt: skip
     parser.add_argument("--no-unlabelled", action="store_true",
                         help="skip the unlabelled methods (step 3)")  # fmt: skip
     args = parser.parse_args()
@@ -305,11 +357,12 @@ def main() -> None:
             row = _row(run_dir, held, adapted)
             if args.labels:
                 seed = run_dir.name.rsplit("-s", 1)[-1]
-                ref = [d for d in (args.study / "runs").iterdir() if args.with_source and
-                       args.with_source in d.name and d.name.endswith(f"-s{seed}")
-                       and d.is_dir()]  # fmt: skip
+                ref = sorted((d for d in (args.study / "runs").iterdir()
+                              if args.with_source and args.with_source in d.name and d.is_dir()
+                              and (args.all_seeds or d.name.endswith(f"-s{seed}"))),
+                             key=lambda d: not d.name.endswith(f"-s{seed}"))  # fmt: skip
                 row["labelled"] = _labelled(run_dir, folders["test"], args.labels, args.draws,
-                                            ref[0] if ref else None, Path(tmp))  # fmt: skip
+                                            ref, Path(tmp))  # fmt: skip
             elif "labelled" in earlier:
                 row["labelled"] = earlier["labelled"]
             rows.append(row)
