@@ -21,8 +21,10 @@ For each finished run that held a source out (and whose id contains a ``--cell``
    labelled images per class (``cxrlab adapt --labels N``; draws 0..D-1 of the labelled
    images, half of the split read, the other half scored), and scores, on that scored half,
    the study's run of the same seed that trained with the source from the start
-   (``--with-source TEXT``, the text of its run id, e.g. ``full-cdd637``): calibrated
-   probabilities, one plain view, for both.
+   (``--with-source TEXT``, the text of its run id, e.g. ``full-cdd637``; ``--all-seeds``:
+   every seed of it): calibrated probabilities, one plain view, for both, on the scored
+   images that none of the compared runs saw (a run trained with the source saw part of the
+   source's split drawn here, and copies of the adapted runs' training images).
 
 Prints a Markdown summary over the runs (mean ± std over seeds) and writes every number to
 ``<study>/heldout_shift.json``, each run as soon as it is measured (runs measured by an
@@ -129,7 +131,7 @@ def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
     """Adaptation with N labelled images per class, each N and draw; the runs trained with the
     source from the start (every seed given), all scored on the same images: the scored half
     less what any of them saw (``common``)."""
-    out, dests = [], []
+    out, dests, scored = [], [], []
     for n in labels:
         for draw in range(draws if n else 1):
             dest = tmp / f"{run_dir.name}-labels{n}-{draw}"
@@ -150,7 +152,7 @@ def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
                   flush=True)  # fmt: skip
             out.append(row)
             dests.append(dest)
-    if not with_source:
+    if not with_source or not scored:
         return out
     for other in with_source:
         while not (other / "metrics.json").is_file():  # still training: wait for it
