@@ -103,27 +103,27 @@ def _prepared(folder: Path, image_size: int) -> Any:
                         progress=False)  # fmt: skip
 
 
-def _scores(run_dir: Path, prepared: Any, paths: list[str]) -> dict[str, Any]:
-    """Calibrated, plain-view metrics of ``run_dir`` on ``paths`` of ``prepared``."""
+def _scores(run_dir: Path, prepared: Any, rows: list[int]) -> dict[str, Any]:
+    """Calibrated, plain-view metrics of ``run_dir`` on the images of ``prepared`` at
+    ``rows``."""
     model, card = load_run_model(run_dir)
-    where = {r.path: i for i, r in enumerate(prepared.split.records)}
-    rows = [where[p] for p in paths]
     y = np.array([card.classes.index(prepared.split.records[i].label) for i in rows])
     probs = calibrated_probs(model, prepared.images.array[rows], card.temperature)
     m = classification_metrics(y, probs, card.classes)
     return {k: m[k] for k in KEYS}
 
 
-def _held_out_from_all(runs: list[Path], prepared: Any, paths: list[str]) -> list[str]:
-    """``paths`` less every image one of ``runs`` is not held out from: copies of its
-    training or validation images and other images of its patients. A run trained with the
-    source saw part of the held-out source's split, drawn on that source alone."""
+def _held_out_from_all(runs: list[Path], prepared: Any, paths: list[str]) -> list[int]:
+    """The rows of ``prepared`` at ``paths`` less every image one of ``runs`` is not held
+    out from: copies of its training or validation images and other images of its patients.
+    A run trained with the source saw part of the held-out source's split, drawn on that
+    source alone."""
     where = {r.path: i for i, r in enumerate(prepared.split.records)}
     rows = [where[p] for p in paths]
     seen: set[str] = set()
     for run in runs:
         seen |= open_run(run).not_held_out(prepared, rows).paths
-    return [p for p in paths if p not in seen]
+    return [i for i in rows if prepared.split.records[i].path not in seen]
 
 
 def _labelled(run_dir: Path, folder: Path, labels: list[int], draws: int,
@@ -359,10 +359,9 @@ def main() -> None:
             row = _row(run_dir, held, adapted)
             if args.labels:
                 seed = run_dir.name.rsplit("-s", 1)[-1]
-                ref = sorted((d for d in (args.study / "runs").iterdir()
-                              if args.with_source and args.with_source in d.name and d.is_dir()
-                              and (args.all_seeds or d.name.endswith(f"-s{seed}"))),
-                             key=lambda d: not d.name.endswith(f"-s{seed}"))  # fmt: skip
+                ref = [d for d in (args.study / "runs").iterdir()
+                       if args.with_source and args.with_source in d.name and d.is_dir()
+                       and (args.all_seeds or d.name.endswith(f"-s{seed}"))]  # fmt: skip
                 row["labelled"] = _labelled(run_dir, folders["test"], args.labels, args.draws,
                                             ref, Path(tmp))  # fmt: skip
             elif "labelled" in earlier:
