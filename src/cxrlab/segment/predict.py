@@ -210,7 +210,8 @@ def _predict_infection(model: LungSegmenter, card: SegmenterCard, run_dir: Any, 
     for start in tqdm(range(0, len(records), 64), desc="Segmenting infection", unit="batch",
                       leave=False, disable=not progress or None):  # fmt: skip
         chunk = list(range(start, min(start + 64, len(records))))
-        for i, prob in zip(chunk, predict_probs(model, images.array, chunk, batch_size)):
+        probs = predict_probs(model, images.array, chunk, batch_size, lung.array)
+        for i, prob in zip(chunk, probs):
             rec = records[i]
             image_at, sick_at = _targets(rec.path, "infection masks")
             _link(root / rec.path, out / image_at)

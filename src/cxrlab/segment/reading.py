@@ -96,16 +96,19 @@ class InfectionReader:
         self.lung_model.to(self.device)
 
     @torch.no_grad()
-    def _probs(self, model: Any, gray: np.ndarray, size: int) -> np.ndarray:
+    def _probs(self, model: Any, gray: np.ndarray, size: int,
+               lungs: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         x = torch.from_numpy(np.array(resize_gray8(gray, size), copy=True))[None, None]
-        return model(x.to(self.device)).sigmoid()[0, 0].float().cpu().numpy()
+        lung = None if lungs is None else torch.from_numpy(np.asarray(lungs))[None, None]
+        lung = None if lung is None else lung.to(self.device)
+        return model(x.to(self.device), lung).sigmoid()[0, 0].float().cpu().numpy()
 
     def read(self, gray: np.ndarray) -> InfectionReading:
         """The reading of one decoded ``(H, W)`` uint8 image."""
         size = self.card.image_size
         lung, status = finished_mask(self._probs(self.lung_model, gray, self.lung_card.image_size),
                                      size)  # fmt: skip
-        sick = clean_infection(self._probs(self.model, gray, size), lung)
+        sick = clean_infection(self._probs(self.model, gray, size, lung), lung)
         if status == "ok":
             sev = severity(lung, sick)
         else:

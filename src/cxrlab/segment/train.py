@@ -84,6 +84,12 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     rows = {s: [i for i in data.split.indices(s) if masks.status[i] == "ok"]
             for s in ("train", "val", "test")}  # fmt: skip
     tqdm.write(f"{kind.capitalize()} masks: {masks.summary()}")
+    if config.context == "lungs":  # the lungs are an input: images without them cannot be used
+        without = {s: sum(lungs.status[i] != "ok" for i in r) for s, r in rows.items()}
+        rows = {s: [i for i in r if lungs.status[i] == "ok"] for s, r in rows.items()}
+        if any(without.values()):
+            tqdm.write("left out for want of a valid lung mask (the context): "
+                       + ", ".join(f"{s} {n}" for s, n in without.items()))  # fmt: skip
     for s in ("train", "val"):
         if not rows[s]:
             raise DataError(
@@ -97,7 +103,9 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
             "infection to learn"
         )
     device = resolve_device(config.device)
-    model = LungSegmenter(config.encoder, config.weights).to(device)
+    model = LungSegmenter(config.encoder, config.weights, config.decoder,
+                          config.context).to(device)  # fmt: skip
+    context = lungs.array if config.context == "lungs" else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
     images, ref = data.images.array, masks.array
@@ -107,9 +115,9 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         loss_sum, n = _segmenter_epoch(model, opt, images, ref, rows["train"], config, epoch,
-                                       device)  # fmt: skip
+                                       device, context)  # fmt: skip
         sched.step()
-        probs = predict_probs(model, images, rows["val"], config.batch_size)
+        probs = predict_probs(model, images, rows["val"], config.batch_size, context)
         scores = _val_scores(probs, rows["val"], ref, lungs, config.target)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), **scores,
@@ -137,7 +145,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
         test = summarise_scores(score_masks(best_model, data, masks, rows["test"],
                                             config.batch_size))  # fmt: skip
     else:
-        probs = predict_probs(best_model, images, rows["test"], config.batch_size)
+        probs = predict_probs(best_model, images, rows["test"], config.batch_size, context)
         test = summarise_infection(score_infection(probs, data, masks, lungs, rows["test"]))
     test["left_out_copies"] = copies
     card = dataclasses.replace(
@@ -180,9 +188,11 @@ def test_line(overall: dict, target: str) -> str:
 
 def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.ndarray,
                      ref: np.ndarray, train: list[int], config: SegmentConfig, epoch: int,
-                     device: torch.device) -> tuple[float, int]:  # fmt: skip
+                     device: torch.device,
+                     context: np.ndarray | None = None) -> tuple[float, int]:  # fmt: skip
     """One epoch over the training images with valid masks, in a seeded order, each batch
-    augmented with its own seed: ``(summed loss, images seen)``."""
+    augmented with its own seed (``context``: the lung masks, moved with their images):
+    ``(summed loss, images seen)``."""
     model.train()
     order = torch.randperm(len(train), generator=step_generator(config.seed, epoch, -1))
     train_rows = np.asarray(train)[order.numpy()]
@@ -195,9 +205,15 @@ def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.nd
             continue  # BatchNorm cannot train on one image
         x = torch.from_numpy(np.asarray(images[idx])).unsqueeze(1).float().to(device)
         y = torch.from_numpy(np.asarray(ref[idx])).unsqueeze(1).float().to(device)
+        lung = None
+        if context is not None:
+            lung = torch.from_numpy(np.asarray(context[idx])).unsqueeze(1).float().to(device)
         if config.augment != "none":
-            x, y = augment_pair(x, y, step_generator(config.seed, epoch, step), config.augment)
-        logits = model(x)
+            both = y if lung is None else torch.cat([y, lung], dim=1)
+            x, both = augment_pair(x, both, step_generator(config.seed, epoch, step),
+                                   config.augment)  # fmt: skip
+            y, lung = both[:, :1], (None if lung is None else both[:, 1:])
+        logits = model(x, lung)
         loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
