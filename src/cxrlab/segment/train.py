@@ -18,7 +18,9 @@ applies.
   :data:`~cxrlab.segment.infection.FP_SHARE`); while no epoch does, the best mean Dice over
   all validation images (an image without infection scoring 1 when nothing is called
   infected, 0 otherwise). ``history.csv`` has all three numbers per epoch. Tested as
-  :mod:`~cxrlab.segment.infection` describes.
+  :mod:`~cxrlab.segment.infection` describes. With ``context="lungs"`` the reference lung
+  mask is an input too (moved with its image by the augmentation); images without a valid
+  lung mask are then left out, and counted.
 """
 
 from __future__ import annotations
