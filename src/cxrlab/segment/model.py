@@ -56,6 +56,8 @@ DECODERS: dict[str, tuple[int, ...]] = {"light": (128, 64, 32, 16, 8),
                                         "full": (256, 128, 64, 32, 16)}  # fmt: skip
 #: What a segmenter sees beside the image: nothing, or the lung mask.
 CONTEXTS = ("none", "lungs")
+_NEEDS_LUNGS = ("This infection segmenter takes the lungs as context: give it lung masks (the "
+                "dataset's, or a lung segmenter's with --lungs)")  # fmt: skip
 
 
 def _smp() -> Any:
@@ -116,10 +118,7 @@ class LungSegmenter(nn.Module):
         x = self.preprocess(x)
         if self.context == "lungs":
             if lungs is None:
-                raise ConfigError(
-                    "This segmenter takes the lungs as context: give it lung masks (the "
-                    "dataset's, or a lung segmenter's)"
-                )
+                raise ConfigError(_NEEDS_LUNGS)
             m = (lungs.to(x.dtype) != 0).to(x.dtype) * 255 * self.preprocess.scale[:, 2:]
             x = torch.cat([x[:, :2], m + self.preprocess.shift[:, 2:]], dim=1)
         return self.net(x)
@@ -205,10 +204,7 @@ def predict_probs(
         ConfigError: a segmenter with the lungs as context, and no ``lungs``.
     """
     if model.context == "lungs" and lungs is None:
-        raise ConfigError(
-            "This infection segmenter takes the lungs as context: give it lung masks (the "
-            "dataset's, or a lung segmenter's with --lungs)"
-        )
+        raise ConfigError(_NEEDS_LUNGS)
     was = model.training
     model.eval()
     device = next(model.parameters()).device
