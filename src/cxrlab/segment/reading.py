@@ -22,7 +22,7 @@ from PIL import Image
 from ..data import resize_gray8
 from .apply import finished_mask, segmenter_id
 from .masks import clean_infection
-from .model import load_segmenter
+from .model import load_segmenter, predict_probs
 from .severity import Severity, severity
 
 __all__ = ["SEVERITY_COLUMNS", "InfectionReader", "InfectionReading", "severity_cells"]
@@ -95,13 +95,11 @@ class InfectionReader:
         self.model.to(self.device)
         self.lung_model.to(self.device)
 
-    @torch.no_grad()
-    def _probs(self, model: Any, gray: np.ndarray, size: int,
+    @staticmethod
+    def _probs(model: Any, gray: np.ndarray, size: int,
                lungs: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        x = torch.from_numpy(np.array(resize_gray8(gray, size), copy=True))[None, None]
-        lung = None if lungs is None else torch.from_numpy(np.asarray(lungs))[None, None]
-        lung = None if lung is None else lung.to(self.device)
-        return model(x.to(self.device), lung).sigmoid()[0, 0].float().cpu().numpy()
+        context = None if lungs is None else np.asarray(lungs)[None]
+        return predict_probs(model, resize_gray8(gray, size)[None], [0], lungs=context)[0]
 
     def read(self, gray: np.ndarray) -> InfectionReading:
         """The reading of one decoded ``(H, W)`` uint8 image."""
