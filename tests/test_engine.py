@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from cxrlab.cli import main
 from cxrlab.data import write_synthetic_dataset
@@ -374,6 +375,29 @@ def test_preloaded_batches_equal_memory_mapped_ones(phantoms: Path, tmp_path: Pa
     a = train(tiny(phantoms, epochs=1, preload="on"), tmp_path / "on")
     b = train(tiny(phantoms, epochs=1, preload="off"), tmp_path / "off")
     assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], abs=1e-6)
+
+
+def test_weight_average_against_a_direct_computation() -> None:
+    """build_ema: after the first step a copy, then decay x average + (1 - decay) x weights,
+    BatchNorm running statistics included."""
+    from cxrlab.engine.optim import build_ema
+
+    assert build_ema(0.0, nn.Linear(2, 2)) is None
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = build_ema(0.75, net)
+    seen = []
+    for value in (1.0, 3.0, 7.0):
+        with torch.no_grad():
+            net[0].weight.fill_(value)
+            net[1].running_mean.fill_(-value)
+        ema.update_parameters(net)
+        seen.append(value)
+    want = seen[0]
+    for value in seen[1:]:
+        want = 0.75 * want + 0.25 * value  # 1, 1.5, 2.875
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), want))
+    assert torch.allclose(ema.module[1].running_mean, torch.full((2,), -want))
+    assert want == pytest.approx(2.875)
 
 
 @pytest.mark.parametrize("freeze", ["none", "0.5"])

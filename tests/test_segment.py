@@ -1,6 +1,7 @@
 """Lung-segmentation building blocks: mask metrics against direct computations, and the
 post-processing and verdict on planted defects."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,31 @@ def test_segment_train_writes_a_run_with_a_card(seg_run) -> None:
     assert saved["data"]["images"]["train"] > 0 and 0 <= saved["test"]["dice"]["mean"] <= 1
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,val_dice") and len(rows) == 3
+
+
+def test_segmenter_weight_average_is_what_is_validated_and_kept(masked, tmp_path) -> None:
+    """--ema: training is the same, the average is validated and saved, and the card says so."""
+    import torch
+
+    from cxrlab.errors import ConfigError
+    from cxrlab.segment.card import read_segmenter_card
+    from cxrlab.segment.model import load_segmenter
+    from cxrlab.segment.train import SegmentConfig, train_segmenter
+
+    cfg = SegmentConfig(data=str(masked), image_size=64, epochs=1, batch_size=8, threads=2,
+                        weights="none", progress=False)  # fmt: skip
+    train_segmenter(cfg, tmp_path / "plain")
+    train_segmenter(dataclasses.replace(cfg, ema=0.5), tmp_path / "ema")
+    plain, ema = ((tmp_path / n / "history.csv").read_text().splitlines()[1].split(",")
+                  for n in ("plain", "ema"))  # fmt: skip
+    assert plain[1] == ema[1] and plain[2] != ema[2]  # same training loss, other validation
+    assert read_segmenter_card(tmp_path / "ema").training.config.ema == 0.5
+    a, _ = load_segmenter(tmp_path / "plain")
+    b, _ = load_segmenter(tmp_path / "ema")
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                      b.state_dict().values()))  # fmt: skip
+    with pytest.raises(ConfigError, match="ema"):
+        SegmentConfig(ema=1.0)
 
 
 def test_segmenter_card_is_typed_read_once_and_refuses_what_it_cannot_read(

@@ -29,12 +29,12 @@ def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     )
 
 
-def build_ema(cfg: TrainConfig, model: nn.Module) -> AveragedModel | None:
-    """The moving average of ``model``'s weights (``ema``, ``--ema``), BatchNorm statistics
-    included; ``None`` without ``ema``."""
-    if not cfg.ema:
+def build_ema(decay: float, model: nn.Module) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights, updated once per step with
+    ``decay`` (``--ema``), BatchNorm statistics included; ``None`` when ``decay`` is 0."""
+    if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def lr_at(

@@ -73,6 +73,10 @@ class SegmentConfig:
     epochs: int = option(12, "Epochs (Adam, cosine decay over them).", panel="Training")
     batch_size: int = option(8, "Images per step.", panel="Training")
     lr: float = option(1e-3, "Learning rate.", panel="Training")
+    ema: float = option(
+        0.0, "Decay of a moving average of the weights (and BatchNorm statistics) per step, "
+        "e.g. 0.99; the average is what is validated and kept. 0 = off.", panel="Training",
+    )  # fmt: skip
     augment: Literal["none", "light", "xray"] = option(
         "light", "Augmentation that moves each mask with its image.", panel="Training"
     )
@@ -86,6 +90,8 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.image_size < 32:
             raise ConfigError("epochs, batch_size >= 1, lr > 0 and image_size >= 32 are needed")
+        if not 0 <= self.ema < 1:
+            raise ConfigError("ema must be in [0, 1) (a decay such as 0.99; 0 = off)")
         if self.context == "lungs" and self.target != "infection":
             raise ConfigError("--context lungs is for an infection segmenter (--target infection)")
 

@@ -33,12 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .. import run_files
 from ..augment import augment_pair, step_generator
 from ..data import decoded_masks, prepare_data
 from ..data.masks import DecodedMasks
+from ..engine.optim import build_ema
 from ..errors import DataError
 from ..runtime import resolve_device
 from ..utils import atomic_write_rows, write_json
@@ -109,6 +111,8 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
                           config.context).to(device)  # fmt: skip
     context = lungs.array if config.context == "lungs" else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    ema = build_ema(config.ema, model)
+    kept: LungSegmenter = model if ema is None else ema.module  # validated and saved
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
     images, ref = data.images.array, masks.array
     history: list[dict[str, float]] = []
@@ -117,9 +121,9 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         loss_sum, n = _segmenter_epoch(model, opt, images, ref, rows["train"], config, epoch,
-                                       device, context)  # fmt: skip
+                                       device, context, ema)  # fmt: skip
         sched.step()
-        probs = predict_probs(model, images, rows["val"], config.batch_size, context)
+        probs = predict_probs(kept, images, rows["val"], config.batch_size, context)
         scores = _val_scores(probs, rows["val"], ref, lungs, config.target)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), **scores,
@@ -128,7 +132,7 @@ def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
         mark, key = "", _choice(scores)
         if key > best[0]:
             best, mark = (key, epoch + 1), "  *best"
-            save_segmenter(out, model, base_card(model, config.image_size, config.target))
+            save_segmenter(out, kept, base_card(kept, config.image_size, config.target))
         speed = n / seconds
         shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
         tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {loss_sum / max(1, n):.4f}"
@@ -191,10 +195,11 @@ def test_line(overall: dict, target: str) -> str:
 def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.ndarray,
                      ref: np.ndarray, train: list[int], config: SegmentConfig, epoch: int,
                      device: torch.device,
-                     context: np.ndarray | None = None) -> tuple[float, int]:  # fmt: skip
+                     context: np.ndarray | None = None,
+                     ema: AveragedModel | None = None) -> tuple[float, int]:  # fmt: skip
     """One epoch over the training images with valid masks, in a seeded order, each batch
-    augmented with its own seed (``context``: the lung masks, moved with their images):
-    ``(summed loss, images seen)``."""
+    augmented with its own seed (``context``: the lung masks, moved with their images;
+    ``ema``: the moving average, updated after each step): ``(summed loss, images seen)``."""
     model.train()
     order = torch.randperm(len(train), generator=step_generator(config.seed, epoch, -1))
     train_rows = np.asarray(train)[order.numpy()]
@@ -220,6 +225,8 @@ def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.nd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.item() * len(idx)
         n += len(idx)
     return loss_sum, n

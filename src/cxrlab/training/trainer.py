@@ -273,7 +273,7 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> _Run | TrainResult
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(config, params)
     criterion = _loss(config, batches[0], len(data.classes), device)
-    ema = build_ema(config, model)
+    ema = build_ema(config.ema, model)
     state = RunState(history=[])
     if resume and (out / run_files.CHECKPOINT).exists():
         state = load_checkpoint(out / run_files.CHECKPOINT, model, opt, config, ema)
