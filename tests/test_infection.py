@@ -316,10 +316,11 @@ def test_a_segmenter_with_the_lungs_as_context_uses_them_everywhere(
     out = tmp_path / "ctx"
     cfg = SegmentConfig(data=str(sick_data), target="infection", image_size=64, epochs=1,
                         batch_size=8, threads=2, decoder="full", context="lungs",
-                        weights="none", progress=False)  # fmt: skip
+                        dice="batch", weights="none", progress=False)  # fmt: skip
     train_segmenter(cfg, out)
     card = read_segmenter_card(out)
     assert (card.decoder, card.context) == ("full", "lungs") and "256, 128" in card.architecture
+    assert card.training.config.dice == "batch"
     model, _ = load_segmenter(out)
     assert model.net.decoder.blocks[0].conv1[0].out_channels == 256
     # the lung mask is an input: other lungs, other probabilities; none, a one-line refusal

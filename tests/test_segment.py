@@ -120,6 +120,22 @@ def test_segment_train_writes_a_run_with_a_card(seg_run) -> None:
     assert rows[0].startswith("epoch,train_loss,val_dice") and len(rows) == 3
 
 
+def test_dice_loss_per_image_and_over_the_batch_against_direct_computations() -> None:
+    """Two 1x2 images: one with a mask on its first pixel, called 0.8 and 0.2; one empty,
+    called 0.5 everywhere."""
+    import torch
+
+    from cxrlab.segment.train import _dice_loss
+
+    p = torch.tensor([[[[0.8, 0.2]]], [[[0.5, 0.5]]]])
+    t = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])
+    logits = torch.logit(p)
+    per_image = ((1 - (2 * 0.8 + 1) / (1.0 + 1 + 1)) + (1 - 1 / (1.0 + 0 + 1))) / 2
+    batch = 1 - (2 * 0.8 + 1) / (2.0 + 1 + 1)
+    assert _dice_loss(logits, t).item() == pytest.approx(per_image)
+    assert _dice_loss(logits, t, "batch").item() == pytest.approx(batch)
+
+
 def test_segmenter_weight_average_is_what_is_validated_and_kept(masked, tmp_path) -> None:
     """--ema: training is the same, the average is validated and saved, and the card says so."""
     import torch

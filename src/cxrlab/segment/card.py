@@ -73,6 +73,11 @@ class SegmentConfig:
     epochs: int = option(12, "Epochs (Adam, cosine decay over them).", panel="Training")
     batch_size: int = option(8, "Images per step.", panel="Training")
     lr: float = option(1e-3, "Learning rate.", panel="Training")
+    dice: Literal["image", "batch"] = option(
+        "image", "The soft Dice term of the loss: per image, averaged (an empty mask scores "
+        "well only when nothing at all is called), or over the whole batch's pixels at once.",
+        panel="Training",
+    )  # fmt: skip
     ema: float = option(
         0.0, "Decay of a moving average of the weights (and BatchNorm statistics) per step, "
         "e.g. 0.99; the average is what is validated and kept. 0 = off.", panel="Training",

@@ -3,9 +3,10 @@
 One loop, as the classifier's: the images and masks are decoded once (cached), each epoch
 trains on the training split with augmentation that moves every mask with its image, and the
 weights with the best validation Dice are kept. The loss is binary cross-entropy plus soft
-Dice. The test split (less copies of training or validation images, which a dataset's own
-folders may hold) is scored once at the end with the post-processing every command
-applies.
+Dice (per image, or over the batch: ``dice``); with ``ema``, a moving average of the weights
+is what is validated and kept. The test split (less copies of training or validation images,
+which a dataset's own folders may hold) is scored once at the end with the post-processing
+every command applies.
 
 - ``target="lungs"``: validation Dice per image at 0.5; tested with
   :func:`~cxrlab.segment.masks.clean_mask` (:mod:`~cxrlab.segment.evaluate`).
@@ -54,12 +55,14 @@ from .model import LungSegmenter, base_card, load_segmenter, save_segmenter
 __all__ = ["SegmentConfig", "train_segmenter"]
 
 
-def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice loss over each image, averaged."""
-    p = logits.sigmoid().flatten(1)
-    t = target.flatten(1)
-    inter = (p * t).sum(1)
-    return (1 - (2 * inter + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor, over: str = "image") -> torch.Tensor:
+    """Soft Dice loss over each image, averaged (``over="image"``), or over all the batch's
+    pixels at once (``"batch"``, where an image without a mask adds only to the
+    denominator)."""
+    p = logits.sigmoid().flatten(1 if over == "image" else 0)
+    t = target.flatten(1 if over == "image" else 0)
+    inter = (p * t).sum(-1)
+    return (1 - (2 * inter + 1) / (p.sum(-1) + t.sum(-1) + 1)).mean()
 
 
 def train_segmenter(config: SegmentConfig, out: str | Path) -> SegmenterCard:
@@ -221,7 +224,7 @@ def _segmenter_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.nd
                                    config.augment)  # fmt: skip
             y, lung = both[:, :1], (None if lung is None else both[:, 1:])
         logits = model(x, lung)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + _dice_loss(logits, y, config.dice)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
