@@ -8,7 +8,7 @@
 set -u
 R=$(pwd)
 EPOCHS=${EPOCHS:-40}; SIZE=${SIZE:-256}; DEVICE=${DEVICE:-cuda}; TLIM=${TLIM:-400}
-BS=${BS:-16}; SEEDS=${SEEDS:-"0 1"}
+BS=${BS:-16}; SEEDS=${SEEDS:-"0 1"}; EMA=${EMA:-0.99}  # the moving average chosen on validation
 W=${W:-/tmp/segruns}; mkdir -p "$W" "$OUT"
 SITE=""
 if [ "$DEVICE" = cuda ]; then
@@ -27,7 +27,8 @@ job() {
   local name=$1; shift
   CXRLAB_CACHE=/tmp/cache-$name timeout "$TLIM" python3 -m cxrlab segment train \
     --data "$R/.gpu/isd" --image-size "$SIZE" --epochs "$EPOCHS" --batch-size "$BS" \
-    --device "$DEVICE" --threads 2 --no-progress --out "$W/$name" "$@" > "$W/$name.log" 2>&1
+    --ema "$EMA" --device "$DEVICE" --threads 2 --no-progress --out "$W/$name" "$@" \
+    > "$W/$name.log" 2>&1
   echo "$name rc=$?" >> "$W/rc.txt"
 }
 START=$(date +%s)
