@@ -17,6 +17,7 @@ import numpy as np
 from cxrlab.segment.train import _choice
 
 W, OUT = Path(sys.argv[1]), Path(sys.argv[2])
+OUT.mkdir(parents=True, exist_ok=True)
 LINE = re.compile(r"epoch\s+(\d+)/(\d+)\s+train loss ([\d.]+)\s+(.*?)\s+([\d.]+)s\s+([\d.]+) img/s")
 
 
