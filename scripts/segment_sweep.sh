@@ -4,8 +4,8 @@
 # target with the best mean validation number is chosen (scripts/segment_sweep_pick.py) and
 # its seed-0 run packed. Data: COVID-QU-Ex at .gpu/isd (Train/Val/Test); the offline encoder
 # weights on PYTHONPATH from .gpu/site; smp as a wheel in .gpu/whl. Tried on the CPU with
-# DEVICE=cpu EPOCHS=1 SIZE=64 SEEDS=0 W=/tmp/w OUT=/tmp/out TLIM=1500 (six jobs decoding at
-# once on 2 cores need more than the GPU's 400 s); never run on a GPU yet.
+# DEVICE=cpu EPOCHS=1 SIZE=64 SEEDS=0 W=/tmp/w OUT=/tmp/out (on 2 cores, also raise TLIM: six
+# jobs decoding at once there take more than its default 400 s); never run on a GPU yet.
 set -u
 R=$(pwd)
 EPOCHS=${EPOCHS:-40}; SIZE=${SIZE:-256}; DEVICE=${DEVICE:-cuda}; TLIM=${TLIM:-400}
