@@ -271,7 +271,7 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
             banner = page.wait_for_selector("#cxr-banner", timeout=60_000)
             assert "not a diagnostic device" in banner.inner_text()
             page.set_input_files("#cxr-files input[type=file]", [str(xray)])
-            page.wait_for_selector("#cxr-files >> text=" + xray.name, timeout=60_000)
+            page.wait_for_selector("#cxr-files >> text=" + xray.name, timeout=180_000)
             page.click("#cxr-classify")
             shown = page.wait_for_selector(".cxr-pred", timeout=120_000)
             assert shown.inner_text().strip() == want_class
@@ -292,7 +292,8 @@ def test_browser_upload_of_a_real_xray(models, sample_root: Path, tmp_path: Path
             bad = tmp_path / "report.pdf"
             bad.write_bytes(b"%PDF-1.4 not an x-ray")
             page.set_input_files("#cxr-files input[type=file]", [str(bad)])
-            page.wait_for_selector("#cxr-files >> text=report.pdf", timeout=60_000)
+            # (generous: on a loaded 2-core CI machine the upload once took over 60 s)
+            page.wait_for_selector("#cxr-files >> text=report.pdf", timeout=180_000)
             page.click("#cxr-classify")
             err = page.wait_for_selector(".cxr-error", timeout=60_000)
             assert "Could not use this file" in err.inner_text()
